@@ -1,0 +1,15 @@
+"""MetaQNN on cifar100 with the paper's settings (SPEC sections 1, 2 and 4).
+
+  python -m metaqnn.main --config=configs/cifar100.py --workdir=/tmp/metaqnn_cifar100
+
+The full schedule is 2,700 unique models of 20 epochs each: days on one GPU.
+"""
+
+from metaqnn import config_lib
+
+
+def get_config():
+  config = config_lib.base_config("cifar100")
+  config.space.max_depth = 18
+  config.dataset.preprocess = "gcn"
+  return config

@@ -1,0 +1,15 @@
+"""MetaQNN on mnist with the paper's settings (SPEC sections 1, 2 and 4).
+
+  python -m metaqnn.main --config=configs/mnist.py --workdir=/tmp/metaqnn_mnist
+
+The full schedule is 2,700 unique models of 20 epochs each: days on one GPU.
+"""
+
+from metaqnn import config_lib
+
+
+def get_config():
+  config = config_lib.base_config("mnist")
+  config.space.max_depth = 12
+  config.dataset.preprocess = "mean"
+  return config

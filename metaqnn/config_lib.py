@@ -1,0 +1,81 @@
+"""Building blocks of the configs in `configs/`: the paper's defaults, in one place.
+
+Each `configs/<name>.py` calls `base_config()` and overrides what differs, so a config
+file reads as the list of ways its experiment departs from the paper.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# SPEC section 1: epsilon -> number of unique models trained at that epsilon.
+PAPER_SCHEDULE = "1.0:1500,0.9:100,0.8:100,0.7:100,0.6:150,0.5:150,0.4:150,0.3:150,0.2:150,0.1:150"
+
+# Data sets known by name: image side, channels, classes, validation split.
+DATASETS = {
+    "digits": dict(image_size=8, channels=1, num_classes=10),
+    "mnist": dict(image_size=28, channels=1, num_classes=10),
+    "cifar10": dict(image_size=32, channels=3, num_classes=10),
+    "cifar100": dict(image_size=32, channels=3, num_classes=100),
+    "svhn": dict(image_size=32, channels=3, num_classes=10),
+}
+
+
+def base_config(dataset: str) -> ml_collections.ConfigDict:
+  """The paper's settings (SPEC sections 1, 2 and 4) for one of `DATASETS`."""
+  if dataset not in DATASETS:
+    raise ValueError(f"unknown data set {dataset!r}; known: {', '.join(sorted(DATASETS))}")
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = dataset
+  c.dataset.update(DATASETS[dataset])
+  c.dataset.data_dir = ""          # tensorflow-datasets directory; "" = tfds default.
+  c.dataset.download = False       # Never touch the network unless asked.
+  c.dataset.val_size = 5000        # Stratified validation examples (SPEC section 4).
+  c.dataset.val_fraction = 0.0     # Used instead of val_size when > 0 (small data sets).
+  c.dataset.train_fraction = 1.0   # Search on a stratified subset (stability study: 0.1).
+  c.dataset.preprocess = "mean"    # "mean" (global mean subtraction) or "gcn".
+
+  # SPEC section 2. Sizes are lower bounds of the representation-size bins, largest first.
+  c.space = ml_collections.ConfigDict()
+  c.space.max_depth = 12
+  c.space.conv_filters = (64, 128, 256, 512)
+  c.space.conv_kernels = (1, 3, 5)
+  c.space.pools = ((5, 3), (3, 2), (2, 2))
+  c.space.fc_units = (512, 256, 128)
+  c.space.max_fc = 2
+  c.space.size_bins = (8, 4, 1)
+  c.space.fc_max_side = 7          # FC only when every side in the bin is <= this.
+  c.space.allow_gap = True
+
+  c.agent = ml_collections.ConfigDict()
+  c.agent.alpha = 0.01
+  c.agent.gamma = 1.0
+  c.agent.q_init = 0.5
+
+  c.search = ml_collections.ConfigDict()
+  c.search.schedule = PAPER_SCHEDULE
+  c.search.replay_samples = 100
+
+  c.evaluator = "train"            # "train" or "synthetic".
+
+  # SPEC section 4: training of each sampled network.
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 128
+  c.train.epochs = 20
+  c.train.learning_rate = 1e-3
+  c.train.lr_decay = 0.2
+  c.train.lr_decay_every = 5
+  c.train.adam_b1 = 0.9
+  c.train.adam_b2 = 0.999
+  c.train.adam_eps = 1e-8
+  c.train.weight_decay = 0.0       # The released code used 5e-4; the paper does not say.
+  c.train.restart_lr_factor = 0.4
+  c.train.max_restarts = 5
+  c.train.restart_threshold = 0.0  # 0 = chance (1 / classes); else an accuracy threshold.
+  c.train.dropout = True
+  c.train.augment = False          # Random mirror + translation up to 5 px (final training).
+  c.train.eval_batch_size = 1000
+  return c

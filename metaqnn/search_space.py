@@ -1,0 +1,322 @@
+"""The MetaQNN state space (SPEC section 2), enumerated once into integer ids.
+
+A state is a `State` tuple, its one canonical key: the same key is computed when the
+agent samples and when it replays, because both go through `SearchSpace.step`. Actions
+are the layers themselves (`Conv`, `Pool`, `FC`, and the terminations `GAP`, `Softmax`),
+so an action sequence *is* an architecture. The agent sees only binned representation
+sizes; the true side is tracked along every path, which makes pooling transitions
+stochastic from the agent's point of view (paper, Figure A1).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+from typing import Callable, NamedTuple, Optional, Sequence
+
+import numpy as np
+
+from metaqnn import architecture as arch_lib
+from metaqnn.architecture import FC, GAP, Architecture, ArchitectureError, Conv, Pool, Softmax
+
+START, CONV, POOL, FCL = "start", "conv", "pool", "fc"
+_KIND_ORDER = {START: 0, CONV: 1, POOL: 2, FCL: 3}
+
+
+class State(NamedTuple):
+  """Canonical state key.
+
+  kind: start | conv | pool | fc; depth: number of layers so far; bin: representation-
+  size bin (-1 for FC, whose successors do not depend on it); a, b: the layer's
+  parameters (conv: filters, kernel; pool: kernel, stride; fc: units, consecutive FCs).
+  """
+  kind: str
+  depth: int
+  bin: int
+  a: int = 0
+  b: int = 0
+
+  def __str__(self) -> str:
+    if self.kind == START:
+      return f"start(bin={self.bin})"
+    if self.kind == CONV:
+      return f"{self.depth}:C({self.a},{self.b},1)@bin{self.bin}"
+    if self.kind == POOL:
+      return f"{self.depth}:P({self.a},{self.b})@bin{self.bin}"
+    return f"{self.depth}:FC({self.a})#{self.b}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Path:
+  """One walk: states[i] --actions[i]--> states[i+1]; the last action terminates."""
+  states: tuple[int, ...]
+  actions: tuple[int, ...]
+  architecture: Architecture
+
+
+@dataclasses.dataclass(frozen=True)
+class SpaceConfig:
+  """The limits of the space (config `space`), plus the input side and class count."""
+  image_size: int
+  num_classes: int
+  max_depth: int = 12
+  conv_filters: tuple[int, ...] = (64, 128, 256, 512)
+  conv_kernels: tuple[int, ...] = (1, 3, 5)
+  pools: tuple[tuple[int, int], ...] = ((5, 3), (3, 2), (2, 2))
+  fc_units: tuple[int, ...] = (512, 256, 128)
+  max_fc: int = 2
+  size_bins: tuple[int, ...] = (8, 4, 1)
+  fc_max_side: int = 7
+  allow_gap: bool = True
+
+  def __post_init__(self):
+    def positive(name, values):
+      if not values or any(not isinstance(v, int) or v < 1 for v in values):
+        raise ValueError(f"space.{name} must be a non-empty list of positive integers, "
+                         f"got {values!r}")
+    positive("conv_filters", self.conv_filters)
+    positive("conv_kernels", self.conv_kernels)
+    positive("fc_units", self.fc_units) if self.max_fc > 0 else None
+    positive("size_bins", self.size_bins)
+    if any(len(p) != 2 for p in self.pools):
+      raise ValueError(f"space.pools must be (kernel, stride) pairs, got {self.pools!r}")
+    for p in self.pools:
+      positive("pools", p)
+    if list(self.size_bins) != sorted(set(self.size_bins), reverse=True) or self.size_bins[-1] != 1:
+      raise ValueError("space.size_bins must be strictly decreasing lower bounds ending "
+                       f"with 1, e.g. (8, 4, 1); got {self.size_bins!r}")
+    if self.max_depth < 0 or self.max_fc < 0:
+      raise ValueError("space.max_depth and space.max_fc must be >= 0")
+    if self.image_size < 1 or self.num_classes < 1:
+      raise ValueError("image_size and num_classes must be positive")
+
+  @classmethod
+  def from_config(cls, config) -> "SpaceConfig":
+    """From a full run config (`config.space` plus `config.dataset` sizes)."""
+    s = config.space
+    return cls(
+        image_size=int(config.dataset.image_size),
+        num_classes=int(config.dataset.num_classes),
+        max_depth=int(s.max_depth),
+        conv_filters=tuple(int(v) for v in s.conv_filters),
+        conv_kernels=tuple(int(v) for v in s.conv_kernels),
+        pools=tuple((int(f), int(l)) for f, l in s.pools),
+        fc_units=tuple(int(v) for v in s.fc_units),
+        max_fc=int(s.max_fc),
+        size_bins=tuple(int(v) for v in s.size_bins),
+        fc_max_side=int(s.fc_max_side),
+        allow_gap=bool(s.allow_gap),
+    )
+
+  def to_json(self) -> dict:
+    return {k: (list(map(list, v)) if k == "pools" else list(v) if isinstance(v, tuple) else v)
+            for k, v in dataclasses.asdict(self).items()}
+
+
+class SearchSpace:
+  """Explicit graph of states and allowed actions with integer ids.
+
+  Attributes:
+    states: list of `State`, indexed by state id (start is id 0).
+    actions: list of layers, indexed by action id; GAP and SM actions terminate.
+    allowed: bool array [num_states, num_actions].
+    allowed_ids: per state, the int array of its allowed action ids.
+  """
+
+  def __init__(self, cfg: SpaceConfig):
+    self.cfg = cfg
+    k = cfg.num_classes
+    actions: list = [Conv(d, f, 1) for d in cfg.conv_filters for f in cfg.conv_kernels]
+    actions += [Pool(f, l) for f, l in cfg.pools]
+    actions += [FC(d) for d in cfg.fc_units] if cfg.max_fc > 0 else []
+    actions += ([GAP(k)] if cfg.allow_gap else []) + [Softmax(k)]
+    self.actions = actions
+    self.action_index = {a: i for i, a in enumerate(actions)}
+    self._enumerate()
+
+  # -- rules -------------------------------------------------------------------------
+
+  def bin_of(self, side: int) -> int:
+    """Index of the representation-size bin holding `side` (bins are lower bounds)."""
+    for i, low in enumerate(self.cfg.size_bins):
+      if side >= low:
+        return i
+    raise ValueError(f"representation size {side} is below every bin")
+
+  def _bin_fits(self, b: int, f: int) -> bool:
+    """A window f is allowed if it fits every side the bin can hold."""
+    return f <= self.cfg.size_bins[b]
+
+  def _bin_allows_fc(self, b: int) -> bool:
+    return b > 0 and self.cfg.size_bins[b - 1] - 1 <= self.cfg.fc_max_side
+
+  def _legal(self, s: State, a) -> bool:
+    """Transition rules of SPEC section 2 for state key `s` and action (a layer) `a`."""
+    cfg = self.cfg
+    if isinstance(a, Softmax):
+      return True
+    if isinstance(a, GAP):
+      return s.kind != FCL
+    if s.depth >= cfg.max_depth:
+      return False
+    if isinstance(a, FC):
+      if s.kind == FCL:
+        return s.b < cfg.max_fc and a.units <= s.a
+      return self._bin_allows_fc(s.bin)
+    if s.kind == FCL:
+      return False
+    if isinstance(a, Conv):
+      return self._bin_fits(s.bin, a.kernel)
+    if isinstance(a, Pool):
+      return s.kind == CONV and self._bin_fits(s.bin, a.kernel)
+    raise TypeError(f"not an action: {a!r}")
+
+  def _next(self, s: State, side: int, a) -> tuple[State, int]:
+    """Successor key and true side of a non-terminal action."""
+    depth = s.depth + 1
+    if isinstance(a, Conv):
+      return State(CONV, depth, self.bin_of(side), a.filters, a.kernel), side
+    if isinstance(a, Pool):
+      new = (side - a.kernel) // a.stride + 1
+      return State(POOL, depth, self.bin_of(new), a.kernel, a.stride), new
+    consecutive = s.b + 1 if s.kind == FCL else 1
+    return State(FCL, depth, -1, a.units, consecutive), side
+
+  # -- enumeration ---------------------------------------------------------------------
+
+  def _enumerate(self) -> None:
+    cfg = self.cfg
+    start = State(START, 0, self.bin_of(cfg.image_size))
+    nodes = {(start, cfg.image_size)}
+    frontier = [(start, cfg.image_size)]
+    edges = {}  # (state, side, action index) -> (state, side)
+    while frontier:
+      s, side = frontier.pop()
+      for ai, a in enumerate(self.actions):
+        if isinstance(a, (GAP, Softmax)) or not self._legal(s, a):
+          continue
+        nxt = self._next(s, side, a)
+        edges[(s, side, ai)] = nxt
+        if nxt not in nodes:
+          nodes.add(nxt)
+          frontier.append(nxt)
+    keys = sorted({s for s, _ in nodes},
+                  key=lambda s: (s.depth, _KIND_ORDER[s.kind], s.bin, -s.a, s.b))
+    assert keys[0] == start
+    self.states = keys
+    self.state_index = {s: i for i, s in enumerate(keys)}
+    self.allowed = np.array([[self._legal(s, a) for a in self.actions] for s in keys], bool)
+    self.allowed_ids = [np.flatnonzero(row) for row in self.allowed]
+    self.terminal = np.array([isinstance(a, (GAP, Softmax)) for a in self.actions])
+    # (state id, true side, action id) -> (next state id, next side)
+    self._edges = {(self.state_index[s], side, ai): (self.state_index[n], nside)
+                   for (s, side, ai), (n, nside) in edges.items()}
+    self._nodes = {(self.state_index[s], side) for s, side in nodes}
+
+  # -- walking -------------------------------------------------------------------------
+
+  @property
+  def num_states(self) -> int:
+    return len(self.states)
+
+  @property
+  def num_actions(self) -> int:
+    return len(self.actions)
+
+  def step(self, state: int, side: int, action: int) -> tuple[Optional[int], int]:
+    """Takes an allowed action; returns (next state id or None if terminal, true side)."""
+    if self.terminal[action]:
+      return None, side
+    return self._edges[(state, side, action)]
+
+  def walk(self, choose: Callable[[int], int]) -> Path:
+    """Walks from the start; `choose(state_id)` returns an allowed action id."""
+    states, actions = [0], []
+    side = self.cfg.image_size
+    while True:
+      a = choose(states[-1])
+      actions.append(a)
+      nxt, side = self.step(states[-1], side, a)
+      if nxt is None:
+        return Path(tuple(states), tuple(actions), self.architecture(actions))
+      states.append(nxt)
+
+  def architecture(self, actions: Sequence[int]) -> Architecture:
+    """The architecture an action sequence spells (GAP(k) expands to GAP(k), SM(k))."""
+    layers = [self.actions[a] for a in actions]
+    if isinstance(layers[-1], GAP):
+      layers.append(Softmax(self.cfg.num_classes))
+    return Architecture(tuple(layers))
+
+  def path(self, arch: Architecture | str) -> Path:
+    """The state/action path of an architecture; `ArchitectureError` if outside the space."""
+    if isinstance(arch, str):
+      arch = arch_lib.parse(arch)
+    layers = list(arch.layers)
+    if isinstance(layers[-2:][0], GAP) and len(layers) >= 2:
+      layers = layers[:-1]
+    if arch.num_classes != self.cfg.num_classes:
+      raise ArchitectureError(
+          f"{arch} has {arch.num_classes} classes; this space has {self.cfg.num_classes}")
+    states, actions = [0], []
+    side = self.cfg.image_size
+    for i, layer in enumerate(layers):
+      ai = self.action_index.get(layer)
+      s = states[-1]
+      if ai is None or not self.allowed[s, ai]:
+        why = ("is not one of this space's layer choices" if ai is None
+               else f"is not allowed in state {self.states[s]}")
+        raise ArchitectureError(f"{arch} is outside the search space: layer {i + 1} "
+                                f"({layer}) {why}")
+      actions.append(ai)
+      nxt, side = self.step(s, side, ai)
+      if nxt is None:
+        if i != len(layers) - 1:  # pragma: no cover - Architecture forbids it
+          raise ArchitectureError(f"{arch}: layers after termination")
+        return Path(tuple(states), tuple(actions), arch)
+      states.append(nxt)
+    raise ArchitectureError(f"{arch} does not terminate")  # pragma: no cover
+
+  # -- statistics ----------------------------------------------------------------------
+
+  def count_architectures(self) -> int:
+    """Exact number of distinct architectures (paths) for this input size."""
+    memo: dict = {}
+    order = sorted(self._nodes, key=lambda n: -self.states[n[0]].depth)
+    for s, side in order:  # deepest first: successors are already counted
+      total = 0
+      for a in self.allowed_ids[s]:
+        total += 1 if self.terminal[a] else memo[self._edges[(s, side, a)]]
+      memo[(s, side)] = total
+    return memo[(0, self.cfg.image_size)]
+
+  def stats(self) -> dict:
+    """A summary of the space for a researcher (the `space stats` command)."""
+    by_kind = collections.Counter(s.kind for s in self.states)
+    by_depth = collections.Counter(s.depth for s in self.states)
+    pairs_by_kind = collections.Counter()
+    for s, row in zip(self.states, self.allowed):
+      pairs_by_kind[s.kind] += int(row.sum())
+    stochastic = sum(
+        1 for s in range(self.num_states) for a in self.allowed_ids[s] if not self.terminal[a]
+        and len({self._edges[(s, side, a)][0] for (t, side) in self._nodes if t == s}) > 1)
+    return {
+        "num_states": self.num_states,
+        "num_state_actions": int(self.allowed.sum()),
+        "num_actions": self.num_actions,
+        "num_architectures": self.count_architectures(),
+        "states_by_type": {k: by_kind[k] for k in (START, CONV, POOL, FCL)},
+        "state_actions_by_type": {k: pairs_by_kind[k] for k in (START, CONV, POOL, FCL)},
+        "states_by_depth": {str(d): by_depth[d] for d in sorted(by_depth)},
+        "stochastic_state_actions": stochastic,
+        "true_side_nodes": len(self._nodes),
+        "config": self.cfg.to_json(),
+        "definitions": ("states: non-terminal states incl. start; state-actions: allowed "
+                        "(state, action) pairs incl. terminations (SM, GAP)"),
+    }
+
+
+def from_config(config) -> SearchSpace:
+  """The space of a run config (`configs/*.py`)."""
+  return SearchSpace(SpaceConfig.from_config(config))
