@@ -1,0 +1,223 @@
+"""Data sets for MetaQNN: whole splits as NumPy uint8 arrays, plus in-jit normalisation.
+
+Every data set fits in host memory (the largest, SVHN's train split, is ~225 MB as uint8), so
+`load` reads each split once into arrays and the trainer batches from them. The validation
+split is carved from the training split, stratified and seeded (SPEC section 4).
+
+  digits   scikit-learn's 8x8 digits (offline; the embedded default).
+  mnist, cifar10, cifar100, svhn (`svhn_cropped`): tensorflow-datasets, read through
+           `tfds.data_source` from data prepared in array_record format (see BUILD.md,
+           "Preparing data sets"); TensorFlow is not needed to read them.
+
+Nothing heavy happens at import time; tensorflow_datasets is imported only when a tfds data
+set is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+# config.dataset.name -> tensorflow-datasets builder name.
+TFDS_NAMES = {
+    "mnist": "mnist",
+    "cifar10": "cifar10",
+    "cifar100": "cifar100",
+    "svhn": "svhn_cropped",
+}
+KNOWN = ("digits",) + tuple(TFDS_NAMES)
+
+# digits has no official test split: a stratified 20% is held out with this fixed seed, so the
+# test set is the same whatever config.seed is (results across seeds stay comparable).
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_TEST_SEED = 20170101
+
+PREPROCESS = ("mean", "gcn")
+
+# Stream tags for np.random.default_rng([seed, tag]): independent draws per purpose.
+_VAL_TAG = 1
+_SUBSET_TAG = 2
+
+
+class DatasetError(Exception):
+  """A user-facing data problem; str() is one line that says what to do."""
+
+
+@dataclasses.dataclass
+class Dataset:
+  """One data set in memory: images uint8 [N, H, W, C] as stored, labels int32 [N]."""
+  name: str
+  train_images: np.ndarray
+  train_labels: np.ndarray
+  val_images: np.ndarray
+  val_labels: np.ndarray
+  test_images: np.ndarray
+  test_labels: np.ndarray
+  num_classes: int
+  preprocess: str
+  mean: np.ndarray  # float32 [C], per-channel mean of train_images / 255.
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalisation (inside jit).
+
+
+def normalize(images: Any, preprocess: str, mean: Any) -> Any:
+  """uint8 [..., H, W, C] -> float32 in the network's input scale; jit-friendly.
+
+  Pixels are first scaled to [0, 1]. Then
+    'mean': subtract the per-channel training mean `mean` ([C]); the paper's "global mean
+            subtraction" (SPEC section 4, MNIST/SVHN).
+    'gcn':  global contrast normalisation, per image: (x - m) / max(s, 1 / sqrt(n)), with m, s
+            the image's own mean and standard deviation over its n = H*W*C values. The floor
+            1/sqrt(n) (as in tf.image.per_image_standardization) keeps flat images finite (they
+            become all zeros) and caps the gain on near-flat ones. `mean` is unused.
+  `preprocess` must be a Python string (static under jit).
+  """
+  import jax.numpy as jnp  # Local: keeps `import metaqnn.input_pipeline` cheap.
+
+  x = jnp.asarray(images).astype(jnp.float32) / 255.0
+  if preprocess == "mean":
+    return x - jnp.asarray(mean, jnp.float32)
+  if preprocess == "gcn":
+    axes = (-3, -2, -1)
+    n = x.shape[-3] * x.shape[-2] * x.shape[-1]
+    m = jnp.mean(x, axis=axes, keepdims=True)
+    s = jnp.sqrt(jnp.mean(jnp.square(x - m), axis=axes, keepdims=True))
+    return (x - m) / jnp.maximum(s, 1.0 / np.sqrt(n))
+  raise ValueError(f"unknown preprocess {preprocess!r}; known: {', '.join(PREPROCESS)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits.
+
+
+def stratified_split(labels: np.ndarray, n_take: int,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  """Indices (taken, rest) with `n_take` taken so each class keeps its share (largest remainder).
+
+  Both index arrays are sorted, so the examples keep their stored order.
+  """
+  labels = np.asarray(labels)
+  n = len(labels)
+  if not 0 <= n_take <= n:
+    raise ValueError(f"cannot take {n_take} of {n} examples")
+  classes, counts = np.unique(labels, return_counts=True)
+  quota = counts * (n_take / n)
+  take = np.floor(quota).astype(np.int64)
+  short = n_take - int(take.sum())
+  if short:
+    # Largest fractional parts first; ties broken at random (seeded), not by class order.
+    frac = quota - take
+    order = np.lexsort((rng.random(len(classes)), -frac))
+    take[order[:short]] += 1
+  taken = []
+  for c, k in zip(classes, take):
+    idx = np.flatnonzero(labels == c)
+    taken.append(rng.permutation(idx)[:k])
+  taken = np.sort(np.concatenate(taken)) if taken else np.zeros(0, np.int64)
+  mask = np.ones(n, bool)
+  mask[taken] = False
+  return taken, np.flatnonzero(mask)
+
+
+def _check_config(ds) -> None:
+  """Config values that are wrong whatever the data: one-line DatasetError."""
+  tf_ = float(ds.get("train_fraction", 1.0))
+  if not 0.0 < tf_ <= 1.0:
+    raise DatasetError(
+        f"config.dataset.train_fraction={tf_} must be in (0, 1]; use 1.0 for the whole set.")
+  vf = float(ds.get("val_fraction", 0.0))
+  if not 0.0 <= vf < 1.0:
+    raise DatasetError(
+        f"config.dataset.val_fraction={vf} must be in (0, 1), or 0 to use val_size instead.")
+  if vf == 0.0 and int(ds.get("val_size", 0)) < 1:
+    raise DatasetError(
+        f"config.dataset.val_size={ds.get('val_size')} must be >= 1 "
+        "(or set config.dataset.val_fraction > 0).")
+  pp = ds.get("preprocess", "mean")
+  if pp not in PREPROCESS:
+    raise DatasetError(
+        f"config.dataset.preprocess={pp!r} is unknown; use one of: {', '.join(PREPROCESS)}.")
+
+
+def _split(config, name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+           test_y: np.ndarray, num_classes: int, final: bool) -> Dataset:
+  """Carve validation (and the train_fraction subset) out of the training split."""
+  ds = config.dataset
+  seed = int(config.seed)
+  n = len(train_y)
+  empty_x = np.zeros((0,) + train_x.shape[1:], np.uint8)
+  empty_y = np.zeros((0,), np.int32)
+  if final:
+    # Final training: all of train (validation included); train_fraction is a search setting.
+    tr_x, tr_y, va_x, va_y = train_x, train_y, empty_x, empty_y
+  else:
+    vf = float(ds.get("val_fraction", 0.0))
+    n_val = int(round(vf * n)) if vf > 0 else int(ds.val_size)
+    if not 1 <= n_val < n:
+      what = f"val_fraction={vf}" if vf > 0 else f"val_size={ds.val_size}"
+      raise DatasetError(
+          f"config.dataset.{what} gives {n_val} validation examples but {name}'s training "
+          f"split has {n}; choose a value that leaves both splits non-empty.")
+    val_idx, rest = stratified_split(train_y, n_val, np.random.default_rng([seed, _VAL_TAG]))
+    tf_ = float(ds.get("train_fraction", 1.0))
+    if tf_ < 1.0:
+      n_keep = max(1, int(round(tf_ * len(rest))))
+      keep, _ = stratified_split(train_y[rest], n_keep,
+                                 np.random.default_rng([seed, _SUBSET_TAG]))
+      rest = rest[keep]
+    tr_x, tr_y = train_x[rest], train_y[rest]
+    va_x, va_y = train_x[val_idx], train_y[val_idx]
+  mean = (tr_x.reshape(-1, tr_x.shape[-1]).mean(axis=0, dtype=np.float64) / 255.0)
+  return Dataset(
+      name=name,
+      train_images=tr_x, train_labels=tr_y.astype(np.int32),
+      val_images=va_x, val_labels=va_y.astype(np.int32),
+      test_images=test_x, test_labels=test_y.astype(np.int32),
+      num_classes=int(num_classes),
+      preprocess=str(ds.get("preprocess", "mean")),
+      mean=mean.astype(np.float32))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources.
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+  """scikit-learn digits as uint8 [N, 8, 8, 1] (0..16 rescaled to 0..255), fixed 20% test."""
+  from sklearn.datasets import load_digits  # Ships with scikit-learn: no download.
+
+  d = load_digits()
+  x = np.rint(d.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)[..., None]
+  y = d.target.astype(np.int32)
+  test_idx, train_idx = stratified_split(
+      y, int(round(DIGITS_TEST_FRACTION * len(y))), np.random.default_rng(DIGITS_TEST_SEED))
+  return x[train_idx], y[train_idx], x[test_idx], y[test_idx], 10
+
+
+def load(config, final: bool = False) -> Dataset:
+  """The data set named by `config.dataset.name`, split for the search (or final training).
+
+  final=False: train (optionally a stratified `train_fraction` subset), a stratified seeded
+  validation split of `val_size` examples (or `val_fraction` of train), and test.
+  final=True: train = the whole training split (validation included), val empty, test.
+  Raises DatasetError (one line) for unknown names, bad split settings or missing data.
+  """
+  ds = config.dataset
+  name = ds.name
+  if name not in KNOWN:
+    raise DatasetError(
+        f"unknown data set {name!r} (config.dataset.name); known: {', '.join(KNOWN)}.")
+  _check_config(ds)
+  if name == "digits":
+    tr_x, tr_y, te_x, te_y, k = _digits()
+  else:
+    tr_x, tr_y, te_x, te_y, k = _tfds(name, ds)
+  return _split(config, name, tr_x, tr_y, te_x, te_y, k, final)
+
+
+def _tfds(name: str, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+  raise DatasetError(f"{name}: tensorflow-datasets loading is not implemented yet.")
