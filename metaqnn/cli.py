@@ -1,0 +1,53 @@
+"""Shared command-line plumbing: user errors become one clear line and a non-zero exit."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from absl import app
+
+# Errors a user can cause with bad input; anything else is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError)
+
+
+class UserError(Exception):
+  """A problem with the user's input or work directory, reported as one line."""
+
+
+def run(main: Callable[[list[str]], int | None]) -> None:
+  """`absl.app.run(main)`, reporting user errors as `error: ...` on stderr, exit 2."""
+
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except BrokenPipeError:  # output piped into `head`: not an error
+      sys.stderr.close()
+      sys.exit(0)
+    except OSError as e:
+      if "config file" not in str(e):
+        raise
+      # ml_collections reports a missing or broken config file over several lines.
+      lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+      _fail(f"cannot load the config file: {lines[-1]}")
+    except (UserError,) + USER_ERRORS + _lazy_user_errors() as e:
+      _fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+
+  try:
+    app.run(wrapped)
+  except KeyError as e:  # raised by ml_collections while parsing --config.x.y overrides
+    _fail("bad --config override: unknown field " + " ".join(str(e.args[0]).split()))
+
+
+def _fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _lazy_user_errors() -> tuple[type[BaseException], ...]:
+  """User-error types of optional modules, without importing heavy ones eagerly."""
+  errors = []
+  mod = sys.modules.get("metaqnn.input_pipeline")
+  if mod is not None and hasattr(mod, "DatasetError"):
+    errors.append(mod.DatasetError)
+  return tuple(errors)

@@ -1,0 +1,52 @@
+"""Look at the search space from the command line.
+
+  python -m metaqnn.space stats --config=configs/cifar10.py
+  python -m metaqnn.space sample --config=configs/cifar10.py --num=2000 --seed=0
+
+`stats` prints one JSON object (state and state-action counts, counts per layer type and
+depth, the exact number of distinct architectures). `sample` prints architectures in the
+paper's notation, one per line, from uniform random walks (epsilon 1) with true sizes
+tracked; the same seed gives the same output.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+from metaqnn import agent as agent_lib
+from metaqnn import cli
+from metaqnn import search_space
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
+_NUM = flags.DEFINE_integer("num", 10, "sample: number of architectures.")
+_SEED = flags.DEFINE_integer("seed", None, "sample: random seed (default: config.seed).")
+_EPSILON = flags.DEFINE_float("epsilon", 1.0, "sample: epsilon (1 = uniform random walks).")
+
+COMMANDS = ("stats", "sample")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    raise cli.UserError(f"usage: python -m metaqnn.space {{{'|'.join(COMMANDS)}}} "
+                        "--config=configs/<name>.py [--num=N --seed=S]")
+  if _CONFIG.value is None:
+    raise cli.UserError("--config is required, e.g. --config=configs/cifar10.py")
+  space = search_space.from_config(_CONFIG.value)
+  if argv[1] == "stats":
+    print(json.dumps(space.stats(), indent=1))
+    return
+  if _NUM.value < 0:
+    raise cli.UserError("--num must be >= 0")
+  seed = _CONFIG.value.seed if _SEED.value is None else _SEED.value
+  agent = agent_lib.Agent(space, seed=seed)
+  out = sys.stdout
+  for _ in range(_NUM.value):
+    out.write(str(agent.sample(_EPSILON.value).architecture) + "\n")
+
+
+if __name__ == "__main__":
+  cli.run(main)

@@ -1,0 +1,231 @@
+"""The state space of SPEC section 2: every transition rule, enumeration, round trips."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from metaqnn import agent as agent_lib
+from metaqnn import config_lib
+from metaqnn import search_space as S
+from metaqnn.architecture import FC, GAP, ArchitectureError, Conv, Pool, Softmax, parse
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def paper_space(image_size=32, depth=12):
+  return S.SearchSpace(S.SpaceConfig(image_size=image_size, num_classes=10, max_depth=depth))
+
+
+def allowed_layers(space, state):
+  return {space.actions[a] for a in space.allowed_ids[space.state_index[state]]}
+
+
+def check_legal(arch, cfg):
+  """An independent reading of SPEC section 2 on a layer list with true sizes."""
+  side, depth, prev, fcs = cfg.image_size, 0, None, 0
+  bins = cfg.size_bins
+  bin_low = lambda n: next(b for b in bins if n >= b)
+  for layer in arch.layers:
+    if isinstance(layer, Softmax):
+      break
+    if isinstance(layer, GAP):
+      assert not isinstance(prev, FC)
+      continue
+    depth += 1
+    assert depth <= cfg.max_depth
+    assert not isinstance(prev, FC) or isinstance(layer, FC)
+    if isinstance(layer, Conv):
+      assert layer.stride == 1 and layer.kernel <= bin_low(side)
+      assert layer.filters in cfg.conv_filters and layer.kernel in cfg.conv_kernels
+    elif isinstance(layer, Pool):
+      assert isinstance(prev, Conv), "pooling only after a convolution"
+      assert (layer.kernel, layer.stride) in cfg.pools and layer.kernel <= bin_low(side)
+      side = (side - layer.kernel) // layer.stride + 1
+    elif isinstance(layer, FC):
+      fcs = fcs + 1 if isinstance(prev, FC) else 1
+      assert fcs <= cfg.max_fc and layer.units in cfg.fc_units
+      if isinstance(prev, FC):
+        assert layer.units <= prev.units
+      else:
+        low = bin_low(side)
+        upper = bins[bins.index(low) - 1] - 1 if low != bins[0] else float("inf")
+        assert upper <= cfg.fc_max_side
+    prev = layer
+  assert arch.num_classes == cfg.num_classes
+
+
+def test_start_state_rules():
+  space = paper_space()
+  layers = allowed_layers(space, space.states[0])
+  assert space.states[0] == S.State(S.START, 0, 0)
+  assert {l for l in layers if isinstance(l, Conv)} == {
+      Conv(d, f, 1) for d in (64, 128, 256, 512) for f in (1, 3, 5)}
+  assert not any(isinstance(l, (Pool, FC)) for l in layers)  # no pooling or FC at 32px
+  assert GAP(10) in layers and Softmax(10) in layers
+
+
+def test_conv_state_rules_per_bin():
+  space = paper_space()
+  big = allowed_layers(space, S.State(S.CONV, 1, 0, 64, 3))
+  assert {Pool(5, 3), Pool(3, 2), Pool(2, 2), GAP(10), Softmax(10)} <= big
+  assert not any(isinstance(l, FC) for l in big)  # side >= 8: no FC
+  mid = allowed_layers(space, S.State(S.CONV, 5, 1, 64, 3))  # sides 4..7
+  assert {l.kernel for l in mid if isinstance(l, Conv)} == {1, 3}
+  assert {l for l in mid if isinstance(l, Pool)} == {Pool(3, 2), Pool(2, 2)}
+  assert {l for l in mid if isinstance(l, FC)} == {FC(512), FC(256), FC(128)}
+  small = allowed_layers(space, S.State(S.CONV, 8, 2, 64, 1))  # sides 1..3
+  assert {l.kernel for l in small if isinstance(l, Conv)} == {1}
+  assert not any(isinstance(l, Pool) for l in small)
+  assert FC(512) in small
+
+
+def test_pool_state_cannot_pool_again():
+  space = paper_space()
+  layers = allowed_layers(space, S.State(S.POOL, 2, 0, 2, 2))
+  assert not any(isinstance(l, Pool) for l in layers)
+  assert any(isinstance(l, Conv) for l in layers) and GAP(10) in layers
+
+
+def test_fc_rules():
+  space = paper_space()
+  after_one = allowed_layers(space, S.State(S.FCL, 5, -1, 256, 1))
+  assert after_one == {FC(256), FC(128), Softmax(10)}  # no larger FC, no GAP, no conv
+  assert allowed_layers(space, S.State(S.FCL, 6, -1, 256, 2)) == {Softmax(10)}  # max two
+
+
+def test_max_depth_only_terminates():
+  space = paper_space(depth=12)
+  for s in space.states:
+    layers = allowed_layers(space, s)
+    if s.depth == 12:
+      assert layers <= {GAP(10), Softmax(10)}
+    assert s.depth <= 12
+
+
+def test_pooling_transition_is_stochastic_between_bins():
+  # 32 -> C -> P(2,2) -> 16 -> C -> P(2,2) -> 8 (bin 0); 28 -> ... -> 7 (bin 1).
+  for size, expected_bin in ((32, 0), (28, 1)):
+    space = paper_space(image_size=size)
+    path = space.path(parse("[C(64,3,1), P(2,2), C(64,3,1), P(2,2), SM(10)]"))
+    assert space.states[path.states[-1]].bin == expected_bin
+  space = paper_space(image_size=32)
+  # The same (state, action) reached with true sides 16 and 15 lands in different bins.
+  p1 = space.path(parse("[C(64,3,1), P(2,2), C(64,3,1), P(2,2), SM(10)]"))
+  p2 = space.path(parse("[C(64,3,1), P(3,2), C(64,3,1), P(2,2), SM(10)]"))
+  assert space.states[p1.states[-2]] == space.states[p2.states[-2]]
+  assert space.states[p1.states[-1]].bin != space.states[p2.states[-1]].bin
+
+
+def test_fc_state_key_is_the_same_from_every_bin():
+  # SPEC section 5: FC keys must not depend on the path that led there.
+  space = paper_space(image_size=28)
+  a = space.path(parse("[C(64,3,1), P(2,2), C(64,3,1), P(2,2), FC(128), SM(10)]"))
+  b = space.path(parse("[C(64,3,1), P(2,2), C(64,3,1), P(3,2), FC(128), SM(10)]"))
+  assert a.states[-1] == b.states[-1]
+
+
+def test_outside_the_space_is_a_clear_error():
+  space = paper_space()
+  for text, fragment in [
+      ("[P(2,2), SM(10)]", "not allowed in state start"),
+      ("[C(64,3,1), P(2,2), P(2,2), SM(10)]", "layer 3 (P(2,2))"),
+      ("[C(64,7,1), SM(10)]", "not one of this space's layer choices"),
+      ("[C(64,3,1), FC(512), SM(10)]", "layer 2 (FC(512))"),
+      ("[C(64,3,1), SM(100)]", "100 classes"),
+      ("[" + "C(64,3,1), " * 13 + "SM(10)]", "layer 13"),
+  ]:
+    with pytest.raises(ArchitectureError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+      space.path(text)
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist", "svhn", "cifar10"])
+def test_random_samples_are_legal_and_replay_to_the_same_path(name):
+  config = load_config(name)
+  space = S.from_config(config)
+  agent = agent_lib.Agent(space, seed=1)
+  seen = set()
+  for i in range(1500):
+    path = agent.sample(1.0 if i % 2 else 0.3)
+    arch = path.architecture
+    check_legal(arch, space.cfg)
+    again = space.path(parse(str(arch)))
+    assert (again.states, again.actions) == (path.states, path.actions)
+    seen.add(str(arch))
+  assert len(seen) > 500
+
+
+def test_enumeration_is_fast_and_consistent():
+  import time
+  config = load_config("cifar10")
+  t = time.perf_counter()
+  space = S.from_config(config)
+  assert time.perf_counter() - t < 1.0
+  assert space.allowed.shape == (space.num_states, space.num_actions)
+  assert len(set(space.states)) == space.num_states
+  # Every non-start state is the successor of some state: the graph holds no dead states.
+  assert all(row.any() for row in space.allowed)
+
+
+def test_count_architectures_matches_brute_force():
+  cfg = S.SpaceConfig(image_size=8, num_classes=3, max_depth=3, conv_filters=(4, 8),
+                      conv_kernels=(1, 3), pools=((2, 2),), fc_units=(16, 8),
+                      size_bins=(4, 2, 1), fc_max_side=3)
+  space = S.SearchSpace(cfg)
+  archs = set()
+
+  def extend(state, side, actions):
+    for a in space.allowed_ids[state]:
+      nxt, nside = space.step(state, side, int(a))
+      if nxt is None:
+        archs.add(str(space.architecture(actions + [int(a)])))
+      else:
+        extend(nxt, nside, actions + [int(a)])
+
+  extend(0, 8, [])
+  assert space.count_architectures() == len(archs) > 50
+  for text in archs:
+    check_legal(parse(text), cfg)
+
+
+def test_stats_and_sample_commands():
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  run = lambda *args: subprocess.run([sys.executable, "-m", "metaqnn.space", *args],
+                                     cwd=ROOT, env=env, capture_output=True, text=True)
+  stats = run("stats", "--config=configs/mnist.py")
+  assert stats.returncode == 0, stats.stderr
+  stats = json.loads(stats.stdout)
+  space = S.from_config(load_config("mnist"))
+  assert stats["num_states"] == space.num_states
+  assert stats["num_state_actions"] == int(space.allowed.sum())
+  assert sum(stats["states_by_type"].values()) == space.num_states
+  first = run("sample", "--config=configs/mnist.py", "--num=50", "--seed=3")
+  second = run("sample", "--config=configs/mnist.py", "--num=50", "--seed=3")
+  other = run("sample", "--config=configs/mnist.py", "--num=50", "--seed=4")
+  lines = first.stdout.splitlines()
+  assert len(lines) == 50 and first.stdout == second.stdout != other.stdout
+  for line in lines:
+    check_legal(parse(line), space.cfg)
+  bad = run("stats", "--config=configs/mnist.py", "--config.space.size_bins=3,2")
+  assert bad.returncode != 0 and "Traceback" not in bad.stderr
+  assert "size_bins" in bad.stderr
+
+
+def test_bad_space_config():
+  with pytest.raises(ValueError, match="size_bins"):
+    S.SpaceConfig(image_size=32, num_classes=10, size_bins=(4, 8, 1))
+  with pytest.raises(ValueError, match="conv_filters"):
+    S.SpaceConfig(image_size=32, num_classes=10, conv_filters=())
+  with pytest.raises(ValueError, match="unknown data set"):
+    config_lib.base_config("imagenet")
