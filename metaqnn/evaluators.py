@@ -1,0 +1,105 @@
+"""Evaluators turn an architecture into a reward: trained, synthetic, or a user function.
+
+Every evaluator is wrapped into `Evaluator.__call__(arch) -> Outcome`, which never raises
+for a failing candidate: the failure becomes a status, a message and the chance reward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import time
+import traceback
+from typing import Callable, Optional
+
+from metaqnn.architecture import FC, GAP, Architecture, Conv, Pool
+
+
+@dataclasses.dataclass
+class Outcome:
+  """What the record keeps of one evaluation; `accuracy` is the reward."""
+  accuracy: float
+  status: str = "ok"
+  message: str = ""
+  best_val_accuracy: Optional[float] = None
+  last_val_accuracy: Optional[float] = None
+  restarts: int = 0
+  params: Optional[int] = None
+  seconds: float = 0.0
+
+
+def synthetic_accuracy(arch: Architecture) -> float:
+  """A cheap, deterministic stand-in for training, for dry runs and tests.
+
+  It rewards what tends to help small CNNs: some depth of convolutions (saturating at
+  about six), 3x3 kernels, one or two poolings, and a GAP or FC head, plus a fixed
+  pseudo-random term in [0, 0.1) from the SHA-256 of the architecture string. The result
+  lies in [1/k, 0.95] for k classes.
+  """
+  hidden = arch.hidden
+  convs = [l for l in hidden if isinstance(l, Conv)]
+  pools = sum(isinstance(l, Pool) for l in hidden)
+  fcs = sum(isinstance(l, FC) for l in hidden)
+  depth_term = 1.0 - math.exp(-len(convs) / 3.0)
+  kernel_term = sum(l.kernel == 3 for l in convs) / len(convs) if convs else 0.0
+  pool_term = {0: 0.0, 1: 0.7, 2: 1.0}.get(pools, 0.6)
+  head_term = 1.0 if isinstance(arch.terminal, GAP) or fcs == 1 else 0.5 if fcs else 0.0
+  noise = int(hashlib.sha256(str(arch).encode()).hexdigest()[:8], 16) / 16 ** 8
+  quality = (0.45 * depth_term + 0.15 * kernel_term + 0.15 * pool_term
+             + 0.15 * head_term + 0.1 * noise)
+  chance = 1.0 / arch.num_classes
+  return chance + (0.95 - chance) * quality
+
+
+class Evaluator:
+  """Wraps a reward source; `kind` names it in the record's fingerprint."""
+
+  def __init__(self, fn: Callable, kind: str, num_classes: int):
+    self.fn, self.kind, self.chance = fn, kind, 1.0 / num_classes
+
+  def __call__(self, arch: Architecture) -> Outcome:
+    start = time.perf_counter()
+    try:
+      out = self.fn(arch)
+    except MemoryError as e:
+      out = Outcome(self.chance, "oom", f"MemoryError: {e}")
+    except Exception as e:  # a failing candidate must never stop the search
+      last = traceback.extract_tb(e.__traceback__)[-1]
+      out = Outcome(self.chance, "error",
+                    f"{type(e).__name__}: {e} ({last.filename}:{last.lineno})")
+    out = self._to_outcome(out)
+    if not out.seconds:
+      out.seconds = time.perf_counter() - start
+    return out
+
+  def _to_outcome(self, out) -> Outcome:
+    if isinstance(out, Outcome):
+      return out
+    if hasattr(out, "best_val_accuracy") and hasattr(out, "status"):  # train.CandidateResult
+      return Outcome(accuracy=float(out.best_val_accuracy), status=out.status,
+                     message=out.message, best_val_accuracy=out.best_val_accuracy,
+                     last_val_accuracy=out.last_val_accuracy, restarts=out.restarts,
+                     params=out.params, seconds=out.seconds)
+    try:
+      value = float(out)
+    except (TypeError, ValueError):
+      return Outcome(self.chance, "error", f"the evaluator returned {out!r}, not a number")
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+      return Outcome(self.chance, "invalid",
+                     f"the evaluator returned {value}, not an accuracy in [0, 1]")
+    return Outcome(value, best_val_accuracy=value)
+
+
+def from_config(config, evaluate: Optional[Callable] = None) -> Evaluator:
+  """The evaluator a config asks for, or a user's `evaluate(arch) -> accuracy`."""
+  classes = int(config.dataset.num_classes)
+  if evaluate is not None:
+    return Evaluator(evaluate, "function", classes)
+  if config.evaluator == "synthetic":
+    return Evaluator(synthetic_accuracy, "synthetic", classes)
+  if config.evaluator == "train":
+    from metaqnn import train  # JAX and the data set only when training for real
+    trainer = train.Trainer(config)
+    return Evaluator(trainer.evaluate, "train", classes)
+  raise ValueError(f"unknown evaluator {config.evaluator!r}; use train or synthetic")

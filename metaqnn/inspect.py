@@ -1,0 +1,97 @@
+"""Summarises a search's work directory.
+
+  python -m metaqnn.inspect --workdir=DIR          # readable summary
+  python -m metaqnn.inspect --workdir=DIR --json   # one JSON object, every model
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from typing import Optional
+
+from absl import flags
+
+from metaqnn import cli
+from metaqnn import store as store_lib
+from metaqnn.agent import Schedule
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of a search.")
+_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a summary.")
+_TOP = flags.DEFINE_integer("top", 10, "Number of top models to list.")
+
+
+def summarize(workdir: str, top: int = 10) -> dict:
+  """Everything `inspect` shows, as one JSON-ready dict."""
+  store = store_lib.open_existing(workdir)
+  try:
+    meta = store.meta()
+    records = list(store.models())
+  finally:
+    store.close()
+  config = json.loads(meta["config"]) if "config" in meta else {}
+  schedule_text = config.get("search", {}).get("schedule")
+  unique = [r for r in records if not r.resampled]
+  by_eps = collections.defaultdict(list)
+  for r in records:
+    by_eps[r.epsilon].append(r.accuracy)
+  schedule: Optional[dict] = None
+  if schedule_text:
+    sched = Schedule.parse(schedule_text)
+    schedule = {"text": str(sched), "total": sched.total,
+                "stage": None if sched.stage(len(unique)) is None else sched.stage(len(unique)) + 1,
+                "stages": len(sched.stages), "finished": sched.stage(len(unique)) is None}
+  ranked = sorted(unique, key=lambda r: -r.accuracy)
+  return {
+      "workdir": workdir,
+      "dataset": config.get("dataset", {}).get("name"),
+      "unique_models": len(unique),
+      "iterations": len(records),
+      "resampled": len(records) - len(unique),
+      "schedule": schedule,
+      "mean_accuracy_by_epsilon": {f"{e:g}": {"mean": sum(v) / len(v), "models": len(v)}
+                                   for e, v in sorted(by_eps.items(), reverse=True)},
+      "top": [{"arch": r.arch, "accuracy": r.accuracy, "iteration": r.iteration,
+               "params": r.params} for r in ranked[:top]],
+      "failures": [{"arch": r.arch, "status": r.status, "message": r.message,
+                    "iteration": r.iteration} for r in unique if r.status not in ("ok",)],
+      "models": [{"arch": r.arch, "accuracy": r.accuracy, "epsilon": r.epsilon,
+                  "iteration": r.iteration, "status": r.status, "resampled": r.resampled,
+                  "best_val_accuracy": r.best_val_accuracy,
+                  "last_val_accuracy": r.last_val_accuracy, "seconds": r.seconds,
+                  "time": r.time} for r in records],
+  }
+
+
+def render(s: dict) -> str:
+  """The readable form of `summarize`'s result."""
+  lines = [f"work directory: {s['workdir']}   data set: {s['dataset']}"]
+  sched = s["schedule"]
+  if sched:
+    state = "finished" if sched["finished"] else f"stage {sched['stage']}/{sched['stages']}"
+    lines.append(f"schedule: {s['unique_models']}/{sched['total']} unique models ({state}); "
+                 f"{s['iterations']} iterations, {s['resampled']} re-samples")
+  lines.append("\nmean accuracy per epsilon:")
+  for eps, v in s["mean_accuracy_by_epsilon"].items():
+    lines.append(f"  eps {eps:>4}  {v['mean']:.4f}  ({v['models']} models)")
+  lines.append(f"\ntop {len(s['top'])} models:")
+  for i, m in enumerate(s["top"], 1):
+    lines.append(f"  {i:2d}. {m['accuracy']:.4f}  #{m['iteration']:<5d} {m['arch']}")
+  lines.append(f"\nfailures: {len(s['failures'])}")
+  for f in s["failures"][:20]:
+    lines.append(f"  #{f['iteration']} {f['status']}: {f['message'][:120]}  {f['arch']}")
+  return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1 or not _WORKDIR.value:
+    raise cli.UserError("usage: python -m metaqnn.inspect --workdir=DIR [--json]")
+  try:
+    summary = summarize(_WORKDIR.value, _TOP.value)
+  except store_lib.WorkdirError as e:
+    raise cli.UserError(str(e)) from None
+  print(json.dumps(summary) if _JSON.value else render(summary))
+
+
+if __name__ == "__main__":
+  cli.run(main)

@@ -1,0 +1,53 @@
+"""Runs (or resumes) a MetaQNN search.
+
+  python -m metaqnn.main --config=configs/digits.py --workdir=/tmp/metaqnn_digits
+
+Any config field can be overridden, e.g. `--config.seed=1`,
+`--config.search.schedule=1.0:20,0.5:10,0.1:10`, `--config.evaluator=synthetic`,
+`--config.train.epochs=5`. Running the same command again resumes the search.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+from metaqnn import cli
+from metaqnn import search
+from metaqnn.store import WorkdirError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Work directory: the record, the agent, logs.")
+
+
+def _terminate(signum, frame):
+  raise KeyboardInterrupt  # SIGTERM (preemption, `kill`) stops as cleanly as Ctrl-C
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if _CONFIG.value is None or not _WORKDIR.value:
+    raise cli.UserError("usage: python -m metaqnn.main --config=configs/<name>.py "
+                        "--workdir=DIR [--config.x.y=value ...]")
+  signal.signal(signal.SIGTERM, _terminate)
+  try:
+    result = search.run_search(_CONFIG.value, _WORKDIR.value)
+  except KeyboardInterrupt:
+    print(f"interrupted; the record is saved. Run the same command to resume.",
+          file=sys.stderr)
+    sys.exit(130)
+  except WorkdirError as e:
+    raise cli.UserError(str(e)) from None
+  status = "finished" if result.finished else "stopped"
+  print(f"search {status}: {result.unique_models} unique models, {result.iterations} "
+        f"iterations; best {result.best_accuracy} {result.best_arch}")
+  print(f"inspect it with: python -m metaqnn.inspect --workdir={_WORKDIR.value}")
+
+
+if __name__ == "__main__":
+  cli.run(main)

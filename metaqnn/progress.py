@@ -1,0 +1,77 @@
+"""Progress a person can follow: one line per model (throttled), and TensorBoard scalars."""
+
+from __future__ import annotations
+
+import collections
+import os
+import sys
+import time
+from typing import Optional, TextIO
+
+from metaqnn.agent import Schedule
+from metaqnn.store import ModelRecord
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class Progress:
+  """Prints `[eps 0.8 | stage 3/10 12/100 | unique 1612/2700] ...` lines and logs scalars."""
+
+  def __init__(self, schedule: Schedule, *, best: float = 0.0, log_interval: float = 1.0,
+               tensorboard_dir: Optional[str] = None, out: TextIO = sys.stdout):
+    self.schedule, self.best, self.out = schedule, best, out
+    self.log_interval = log_interval
+    self.start = time.perf_counter()
+    self.trained_here = 0
+    self.last_log = -float("inf")
+    self.recent = collections.deque(maxlen=50)
+    self.writer = None
+    if tensorboard_dir:
+      from tensorboardX import SummaryWriter  # no TensorFlow needed
+      self.writer = SummaryWriter(tensorboard_dir, flush_secs=30)
+
+  def update(self, rec: ModelRecord, unique_models: int) -> None:
+    self.best = max(self.best, rec.accuracy)
+    self.recent.append(rec.accuracy)
+    if not rec.resampled:
+      self.trained_here += 1
+    if self.writer:
+      step = rec.iteration
+      self.writer.add_scalar("search/accuracy", rec.accuracy, step)
+      self.writer.add_scalar("search/best_accuracy", self.best, step)
+      self.writer.add_scalar("search/epsilon", rec.epsilon, step)
+      self.writer.add_scalar("search/unique_models", unique_models, step)
+      self.writer.add_scalar("search/rolling_mean_accuracy",
+                             sum(self.recent) / len(self.recent), step)
+    now = time.perf_counter()
+    finished = self.schedule.stage(unique_models) is None
+    if now - self.last_log < self.log_interval and not finished:
+      return
+    self.last_log = now
+    self.out.write(self.line(rec, unique_models) + "\n")
+    self.out.flush()
+
+  def line(self, rec: ModelRecord, unique_models: int) -> str:
+    stages = self.schedule.stages
+    in_stage, stage = unique_models, 0
+    while stage < len(stages) - 1 and in_stage >= stages[stage][1]:
+      in_stage -= stages[stage][1]
+      stage += 1
+    elapsed = time.perf_counter() - self.start
+    rate = self.trained_here / elapsed if elapsed > 0 else 0.0
+    remaining = self.schedule.total - unique_models
+    eta = _duration(remaining / rate) if rate > 0 else "?"
+    what = "resampled" if rec.resampled else rec.status
+    return (f"[eps {rec.epsilon:g} | stage {stage + 1}/{len(stages)} "
+            f"{in_stage}/{stages[stage][1]} | unique {unique_models}/{self.schedule.total}]"
+            f" #{rec.iteration} acc {rec.accuracy:.4f} ({what}) best {self.best:.4f}"
+            f" | {rate * 60:.1f} models/min ETA {eta} | {rec.arch}")
+
+  def close(self) -> None:
+    if self.writer:
+      self.writer.close()

@@ -1,0 +1,189 @@
+"""The durable record of a search: one SQLite database in the work directory.
+
+Every sampled model (trained, failed or re-sampled) is one row, committed before the
+agent learns from it. The database also holds the run's fingerprint (data set, search
+space, seed, agent), so that a work directory made for another search is refused.
+SQLite's WAL journal keeps the record whole through a `kill -9` at any moment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sqlite3
+import time
+from typing import Iterator, Optional
+
+DB_FILE = "metaqnn.db"
+_CREATING = ".metaqnn.db.creating"
+FORMAT = "metaqnn-search/1"
+
+
+class WorkdirError(Exception):
+  """The work directory is foreign, corrupt, or made for another search."""
+
+
+@dataclasses.dataclass
+class ModelRecord:
+  """One sampled model. `accuracy` is the reward the agent received."""
+  iteration: int
+  arch: str
+  accuracy: float
+  epsilon: float
+  stage: int
+  status: str = "ok"
+  resampled: bool = False
+  best_val_accuracy: Optional[float] = None
+  last_val_accuracy: Optional[float] = None
+  restarts: int = 0
+  params: Optional[int] = None
+  seconds: float = 0.0
+  time: float = dataclasses.field(default_factory=time.time)
+  message: str = ""
+
+  def to_json(self) -> dict:
+    d = dataclasses.asdict(self)
+    d["resampled"] = bool(d["resampled"])
+    return d
+
+
+_FIELDS = [f.name for f in dataclasses.fields(ModelRecord)]
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS models (
+  iteration INTEGER PRIMARY KEY,
+  arch TEXT NOT NULL,
+  accuracy REAL NOT NULL,
+  epsilon REAL NOT NULL,
+  stage INTEGER NOT NULL,
+  status TEXT NOT NULL,
+  resampled INTEGER NOT NULL,
+  best_val_accuracy REAL,
+  last_val_accuracy REAL,
+  restarts INTEGER NOT NULL,
+  params INTEGER,
+  seconds REAL NOT NULL,
+  time REAL NOT NULL,
+  message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS models_arch ON models (arch, resampled);
+"""
+
+
+class Store:
+  """Append-only record of a search's models, in `workdir/metaqnn.db`."""
+
+  def __init__(self, workdir: str, fingerprint: dict):
+    """Opens or creates the record; raises `WorkdirError` for a foreign or other search."""
+    self.path = os.path.join(workdir, DB_FILE)
+    creating = os.path.join(workdir, _CREATING)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+      raise WorkdirError(f"{workdir} is a file, not a directory")
+    exists = os.path.exists(self.path)
+    if not exists and os.path.isdir(workdir) and set(os.listdir(workdir)) - {_CREATING}:
+      raise WorkdirError(f"{workdir} is not empty and holds no metaqnn search "
+                         f"(no {DB_FILE}); use a new or empty work directory")
+    try:
+      if not exists:  # built aside, then renamed: a kill never leaves half a record
+        os.makedirs(workdir, exist_ok=True)
+        if os.path.exists(creating):
+          os.remove(creating)
+        db = sqlite3.connect(creating, isolation_level=None)
+        db.executescript(_SCHEMA)
+        db.executemany("INSERT INTO meta VALUES (?, ?)", [
+            ("format", FORMAT), ("fingerprint", json.dumps(fingerprint, sort_keys=True)),
+            ("created", str(time.time()))])
+        db.close()
+        os.replace(creating, self.path)
+      self._check_sqlite_header()
+      self.db = sqlite3.connect(self.path, isolation_level=None)
+      self._check(fingerprint)
+      self.db.execute("PRAGMA journal_mode=WAL")
+      self.db.execute("PRAGMA synchronous=NORMAL")
+    except sqlite3.DatabaseError as e:
+      raise WorkdirError(f"{self.path} is not a readable metaqnn record ({e})") from None
+
+  def _check_sqlite_header(self) -> None:
+    with open(self.path, "rb") as f:
+      if f.read(16) != b"SQLite format 3\x00":
+        raise WorkdirError(f"{self.path} is not an SQLite database; the work directory is "
+                           "corrupt or foreign (it was left untouched)")
+
+  def _check(self, fingerprint: dict) -> None:
+    meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+    if meta.get("format") != FORMAT:
+      raise WorkdirError(f"{self.path} is not a {FORMAT} record")
+    stored = json.loads(meta["fingerprint"])
+    if stored != json.loads(json.dumps(fingerprint, sort_keys=True)):
+      diff = sorted(k for k in set(stored) | set(fingerprint)
+                    if stored.get(k) != fingerprint.get(k))
+      raise WorkdirError(
+          f"the work directory {os.path.dirname(self.path)} was made for another search "
+          f"(differs in: {', '.join(diff)}); it was left untouched. Use a new --workdir")
+
+  # -- writing -------------------------------------------------------------------------
+
+  def add(self, record: ModelRecord) -> None:
+    """Commits one model; durable when this returns."""
+    row = record.to_json()
+    row["resampled"] = int(row["resampled"])
+    with self.db:
+      self.db.execute("BEGIN IMMEDIATE")
+      self.db.execute(f"INSERT INTO models ({', '.join(_FIELDS)}) VALUES "
+                      f"({', '.join('?' * len(_FIELDS))})", [row[f] for f in _FIELDS])
+
+  def set_meta(self, key: str, value) -> None:
+    with self.db:
+      self.db.execute("BEGIN IMMEDIATE")
+      self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+  # -- reading -------------------------------------------------------------------------
+
+  def meta(self) -> dict:
+    return dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+
+  def count(self) -> int:
+    return self.db.execute("SELECT COUNT(*) FROM models").fetchone()[0]
+
+  def unique_count(self) -> int:
+    return self.db.execute("SELECT COUNT(*) FROM models WHERE resampled = 0").fetchone()[0]
+
+  def trained(self, arch: str) -> Optional[ModelRecord]:
+    """The first (non re-sampled) record of `arch`, if it was trained or failed before."""
+    cur = self.db.execute(f"SELECT {', '.join(_FIELDS)} FROM models "
+                          "WHERE arch = ? AND resampled = 0 LIMIT 1", (arch,))
+    row = cur.fetchone()
+    return self._record(row) if row else None
+
+  def models(self, after: int = -1) -> Iterator[ModelRecord]:
+    """Records in iteration order, those with iteration > `after`."""
+    cur = self.db.execute(f"SELECT {', '.join(_FIELDS)} FROM models WHERE iteration > ? "
+                          "ORDER BY iteration", (after,))
+    return (self._record(r) for r in cur)
+
+  @staticmethod
+  def _record(row) -> ModelRecord:
+    d = dict(zip(_FIELDS, row))
+    d["resampled"] = bool(d["resampled"])
+    return ModelRecord(**d)
+
+  def close(self) -> None:
+    self.db.close()
+
+
+def open_existing(workdir: str) -> Store:
+  """Opens a record for reading without a fingerprint check (inspection)."""
+  path = os.path.join(workdir, DB_FILE)
+  if not os.path.exists(path):
+    raise WorkdirError(f"{workdir} holds no metaqnn search (no {DB_FILE})")
+  store = Store.__new__(Store)
+  store.path = path
+  store._check_sqlite_header()
+  try:
+    store.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    if store.meta().get("format") != FORMAT:
+      raise WorkdirError(f"{path} is not a {FORMAT} record")
+  except sqlite3.DatabaseError as e:
+    raise WorkdirError(f"{path} is not a readable metaqnn record ({e})") from None
+  return store

@@ -1,0 +1,258 @@
+"""The search: complete runs, the durable record, resume after any stop, failures."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from metaqnn import config_lib
+from metaqnn import evaluators
+from metaqnn import inspect as inspect_lib
+from metaqnn import search
+from metaqnn.architecture import FC, GAP, Conv, Pool, parse
+from metaqnn.store import WorkdirError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small_config(schedule="1.0:30,0.5:15,0.1:15", dataset="mnist"):
+  config = config_lib.base_config(dataset)
+  config.search.schedule = schedule
+  config.search.replay_samples = 20
+  config.evaluator = "synthetic"
+  return config
+
+
+def records(workdir):
+  db = sqlite3.connect(os.path.join(workdir, "metaqnn.db"))
+  rows = db.execute("SELECT iteration, arch, accuracy, epsilon, resampled, status "
+                    "FROM models ORDER BY iteration").fetchall()
+  db.close()
+  return rows
+
+
+def check_record(rows, total_unique):
+  assert [r[0] for r in rows] == list(range(len(rows)))
+  trained = [r[1] for r in rows if not r[4]]
+  assert len(trained) == len(set(trained)) == total_unique  # none trained twice
+  first = {}
+  for it, arch, acc, eps, resampled, status in rows:
+    if resampled:
+      assert arch in first and first[arch] == acc  # the stored reward, presented again
+    else:
+      first[arch] = acc
+
+
+def test_complete_run_and_inspect(tmp_path):
+  config = small_config()
+  result = search.run_search(config, str(tmp_path / "w"), log_interval=100)
+  assert result.finished and result.unique_models == 60
+  rows = records(tmp_path / "w")
+  check_record(rows, 60)
+  # The epsilon of each model follows the count of unique models before it.
+  unique_before = 0
+  for _, _, _, eps, resampled, _ in rows:
+    assert eps == (1.0 if unique_before < 30 else 0.5 if unique_before < 45 else 0.1)
+    unique_before += not resampled
+  summary = inspect_lib.summarize(str(tmp_path / "w"))
+  assert summary["unique_models"] == 60 and len(summary["models"]) == len(rows)
+  assert set(summary["models"][0]) >= {"arch", "accuracy", "epsilon", "iteration",
+                                       "status", "resampled"}
+  assert summary["schedule"]["finished"]
+  # Running again on a finished search trains nothing more.
+  again = search.run_search(config, str(tmp_path / "w"), log_interval=100)
+  assert again.finished and records(tmp_path / "w") == rows
+
+
+def test_resume_after_stop_matches_uninterrupted_run(tmp_path):
+  config = small_config()
+  search.run_search(config, str(tmp_path / "ref"), log_interval=100)
+  runs = 1
+  while not search.run_search(config, str(tmp_path / "w"), log_interval=100,
+                              max_models=11).finished:
+    runs += 1
+  assert runs > 5
+  assert records(tmp_path / "w") == records(tmp_path / "ref")
+
+
+def test_resume_without_agent_snapshot_replays_the_record(tmp_path):
+  config = small_config()
+  search.run_search(config, str(tmp_path / "ref"), log_interval=100)
+  search.run_search(config, str(tmp_path / "w"), log_interval=100, max_models=25)
+  import shutil
+  shutil.rmtree(tmp_path / "w" / "agent")  # as if killed before the first snapshot
+  search.run_search(config, str(tmp_path / "w"), log_interval=100)
+  assert records(tmp_path / "w") == records(tmp_path / "ref")
+
+
+KILL_SCRIPT = """
+import sys, time
+sys.path.insert(0, {root!r})
+from metaqnn import config_lib, evaluators, search
+config = config_lib.base_config("mnist")
+config.search.schedule = "1.0:40,0.5:20,0.1:20"
+config.search.replay_samples = 20
+def slow(arch):
+    time.sleep(0.02)
+    return evaluators.synthetic_accuracy(arch)
+search.run_search(config, sys.argv[1], evaluate=slow, log_interval=100)
+"""
+
+
+def test_kill_9_at_random_moments_loses_nothing(tmp_path):
+  script = tmp_path / "run.py"
+  script.write_text(KILL_SCRIPT.format(root=ROOT))
+  ref, work = str(tmp_path / "ref"), str(tmp_path / "w")
+  subprocess.run([sys.executable, str(script), ref], check=True, capture_output=True)
+  rng = np.random.default_rng(0)
+  kills, count = 0, lambda: len(records(work)) if os.path.exists(work + "/metaqnn.db") else 0
+  while True:  # kill -9 a few records after each start, at a random moment
+    target = count() + int(rng.integers(2, 12))
+    proc = subprocess.Popen([sys.executable, str(script), work],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while proc.poll() is None and count() < target:
+      time.sleep(0.005)
+    time.sleep(float(rng.uniform(0.0, 0.06)))
+    if proc.poll() is not None:
+      break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kills += 1
+    check_record(records(work), len({r[1] for r in records(work) if not r[4]}))
+  assert proc.returncode == 0 and kills >= 5
+  assert records(work) == records(ref)
+
+
+def test_foreign_and_mismatched_workdirs_are_refused_untouched(tmp_path):
+  work = tmp_path / "w"
+  search.run_search(small_config(), str(work), log_interval=100, max_models=5)
+  before = {p: (work / p).read_bytes() for p in ("metaqnn.db",)}
+  for other in (small_config(dataset="svhn"), small_config(dataset="cifar10")):
+    with pytest.raises(WorkdirError, match="another search"):
+      search.run_search(other, str(work), log_interval=100)
+  changed = small_config()
+  changed.space.max_depth = 5
+  with pytest.raises(WorkdirError, match="space"):
+    search.run_search(changed, str(work), log_interval=100)
+  assert {p: (work / p).read_bytes() for p in before} == before
+  foreign = tmp_path / "foreign"
+  foreign.mkdir()
+  (foreign / "notes.txt").write_text("mine")
+  with pytest.raises(WorkdirError, match="not empty"):
+    search.run_search(small_config(), str(foreign), log_interval=100)
+  assert os.listdir(foreign) == ["notes.txt"]
+  corrupt = tmp_path / "corrupt"
+  corrupt.mkdir()
+  (corrupt / "metaqnn.db").write_bytes(b"garbage" * 100)
+  with pytest.raises(WorkdirError, match="not an SQLite"):
+    search.run_search(small_config(), str(corrupt), log_interval=100)
+  assert (corrupt / "metaqnn.db").read_bytes() == b"garbage" * 100
+
+
+def test_failures_get_chance_and_the_search_goes_on(tmp_path):
+  calls = []
+
+  def flaky(arch):
+    calls.append(arch)
+    if len(calls) % 3 == 0:
+      raise RuntimeError("out of luck")
+    if len(calls) % 3 == 1:
+      return float("nan")
+    return 0.7
+
+  result = search.run_search(small_config("1.0:12"), str(tmp_path / "w"), evaluate=flaky,
+                             log_interval=100)
+  assert result.finished
+  s = inspect_lib.summarize(str(tmp_path / "w"))
+  statuses = [m["status"] for m in s["models"] if not m["resampled"]]
+  assert statuses.count("error") == 4 and statuses.count("invalid") == 4
+  for m in s["models"]:
+    if m["status"] != "ok":
+      assert m["accuracy"] == pytest.approx(0.1)
+  assert any("out of luck" in f["message"] for f in s["failures"])
+
+
+def hidden_reward(arch):
+  """A reward the agent cannot see: 5x5 convolutions early, one pooling, an FC head."""
+  score, convs = 0.0, 0
+  for i, layer in enumerate(arch.hidden):
+    if isinstance(layer, Conv):
+      convs += 1
+      score += 0.08 if layer.kernel == 5 and i < 4 else 0.0
+    if isinstance(layer, Pool):
+      score += 0.1
+  if any(isinstance(l, FC) for l in arch.hidden):
+    score += 0.2
+  return min(1.0, 0.1 + score + 0.05 * min(convs, 4))
+
+
+def test_agent_learns_a_user_reward():
+  config = small_config("1.0:300,0.7:100,0.4:100,0.1:150")
+  config.search.replay_samples = 100
+  import tempfile
+  with tempfile.TemporaryDirectory() as d:
+    search.run_search(config, d + "/w", evaluate=hidden_reward, log_interval=100,
+                      tensorboard=False)
+    s = inspect_lib.summarize(d + "/w")
+  means = {k: v["mean"] for k, v in s["mean_accuracy_by_epsilon"].items()}
+  assert means["0.1"] > means["1"] + 0.1, means
+
+
+def test_main_and_inspect_commands(tmp_path):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  work = str(tmp_path / "w")
+  cmd = [sys.executable, "-m", "metaqnn.main", "--config=configs/digits.py",
+         f"--workdir={work}", "--config.evaluator=synthetic",
+         "--config.search.schedule=1.0:20,0.5:10,0.1:10", "--config.search.replay_samples=5",
+         "--config.seed=3"]
+  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr
+  assert "search finished: 40 unique models" in out.stdout
+  assert "[eps 0.1 | stage 3/3 10/10 | unique 40/40]" in out.stdout
+  js = subprocess.run([sys.executable, "-m", "metaqnn.inspect", f"--workdir={work}", "--json"],
+                      cwd=ROOT, env=env, capture_output=True, text=True)
+  summary = json.loads(js.stdout)
+  assert summary["unique_models"] == 40
+  text = subprocess.run([sys.executable, "-m", "metaqnn.inspect", f"--workdir={work}"],
+                        cwd=ROOT, env=env, capture_output=True, text=True).stdout
+  assert "mean accuracy per epsilon" in text and "top 10 models" in text
+  assert os.listdir(os.path.join(work, "tensorboard"))
+  # Another seed on the same work directory is refused with one line and no traceback.
+  bad = subprocess.run(cmd[:-1] + ["--config.seed=4"], cwd=ROOT, env=env,
+                       capture_output=True, text=True)
+  assert bad.returncode == 2 and "Traceback" not in bad.stderr
+  assert bad.stderr.strip().startswith("error:") and "seed" in bad.stderr
+  missing = subprocess.run([sys.executable, "-m", "metaqnn.inspect",
+                            f"--workdir={tmp_path / 'none'}"], cwd=ROOT, env=env,
+                           capture_output=True, text=True)
+  assert missing.returncode == 2 and "no metaqnn search" in missing.stderr
+
+
+def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
+  script = tmp_path / "run.py"
+  script.write_text(KILL_SCRIPT.format(root=ROOT).replace(
+      "search.run_search(", "try:\n    search.run_search(").rstrip() +
+      "\nexcept KeyboardInterrupt:\n    sys.exit(130)\n")
+  work = str(tmp_path / "w")
+  proc = subprocess.Popen([sys.executable, str(script), work])
+  time.sleep(1.5)
+  proc.send_signal(signal.SIGINT)
+  assert proc.wait() == 130
+  n = len(records(work))
+  meta = json.load(open(os.path.join(work, "agent", "agent.json")))
+  assert 0 < n and meta["iterations"] == n  # saved on the way out, consistent
+  subprocess.run([sys.executable, str(script), work], check=True)
+  check_record(records(work), 80)
+
+
+def test_synthetic_is_deterministic_and_bounded():
+  a = parse("[C(64,3,1), P(2,2), C(64,3,1), GAP(10), SM(10)]")
+  assert evaluators.synthetic_accuracy(a) == evaluators.synthetic_accuracy(a)
+  for text in ("[SM(10)]", "[C(512,5,1), FC(128), FC(128), SM(10)]"):
+    assert 0.1 <= evaluators.synthetic_accuracy(parse(text)) <= 0.95
