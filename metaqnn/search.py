@@ -58,7 +58,7 @@ def fingerprint(config, evaluator_kind: str) -> dict:
   return fp
 
 
-def _restore_agent(agent: agent_lib.Agent, store: store_lib.Store, agent_dir: str,
+def restore_agent(agent: agent_lib.Agent, store: store_lib.Store, agent_dir: str,
                    replay_samples: int) -> None:
   """Brings the agent to the record's last iteration: snapshot, then replay the rest."""
   if os.path.exists(os.path.join(agent_dir, agent_lib.STATE_FILE)):
@@ -109,7 +109,7 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
       store.set_meta("config", json.loads(config.to_json()))
     agent = agent_lib.Agent.from_config(space, config)
     agent_dir = os.path.join(workdir, AGENT_DIR)
-    _restore_agent(agent, store, agent_dir, replay_samples)
+    restore_agent(agent, store, agent_dir, replay_samples)
     if schedule.stage(agent.unique_models) is None:
       return _result(workdir, store, agent, finished=True)
     evaluate_fn = evaluators.from_config(config, evaluate)

@@ -1,0 +1,216 @@
+"""The paper's analysis figures as PNG files, from one or several work directories.
+
+  python -m metaqnn.plots --workdir=DIR                 # Figures 3, A4, A5 into DIR/plots
+  python -m metaqnn.plots --workdir=D1,D2,D3 --out=OUT  # plus the stability plot (A3)
+
+Figure 3: rolling mean accuracy against iteration, with the mean per epsilon stage.
+Figure A4: accuracy distribution per epsilon. Figure A5: mean Q-value by layer type and
+by convolution receptive field against layer depth. Figure A3: mean accuracy per epsilon
+over several runs (seeds), with their spread, and each run's curve.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+from typing import Sequence
+
+import ml_collections
+import numpy as np
+from absl import flags
+
+from metaqnn import agent as agent_lib
+from metaqnn import cli
+from metaqnn import search
+from metaqnn import search_space
+from metaqnn import store as store_lib
+from metaqnn.architecture import FC, GAP, Conv, Pool, Softmax
+
+
+def _pyplot():
+  import matplotlib
+  matplotlib.use("Agg")  # files only; no display needed
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def load_run(workdir: str):
+  """(config, records, agent) of a work directory; the agent brought up to the record."""
+  store = store_lib.open_existing(workdir)
+  try:
+    meta = store.meta()
+    if "config" not in meta:
+      raise store_lib.WorkdirError(f"{workdir} has no stored config")
+    config = ml_collections.ConfigDict(json.loads(meta["config"]))
+    records = list(store.models())
+    agent = agent_lib.Agent.from_config(search_space.from_config(config), config)
+    search.restore_agent(agent, store, os.path.join(workdir, search.AGENT_DIR),
+                         int(config.search.replay_samples))
+  finally:
+    store.close()
+  return config, records, agent
+
+
+def _by_epsilon(records) -> dict[float, list[float]]:
+  out = collections.OrderedDict()
+  for r in records:
+    out.setdefault(r.epsilon, []).append(r.accuracy)
+  return out
+
+
+def plot_rolling(records, path: str, title: str, window: int = 100) -> None:
+  """Figure 3: rolling mean of accuracy, and the mean accuracy of each epsilon stage."""
+  plt = _pyplot()
+  acc = np.array([r.accuracy for r in records])
+  fig, ax = plt.subplots(figsize=(9, 4.5))
+  start = 0
+  for i, (eps, values) in enumerate(_by_epsilon(records).items()):
+    end = start + len(values)
+    ax.bar((start + end) / 2, np.mean(values), width=end - start, color="tab:blue",
+           alpha=0.15 + 0.1 * (i % 2), edgecolor="none",
+           label="mean accuracy per epsilon stage" if i == 0 else None)
+    ax.text((start + end) / 2, np.mean(values) + 0.01, f"ε={eps:g}", ha="center",
+            fontsize=8)
+    start = end
+  w = max(1, min(window, len(acc)))
+  rolling = np.convolve(acc, np.ones(w) / w, mode="valid")
+  ax.plot(np.arange(w - 1, len(acc)), rolling, color="tab:blue",
+          label=f"rolling mean over {w} models")
+  ax.set(xlabel="iteration", ylabel="validation accuracy", title=title,
+         xlim=(0, len(acc)), ylim=(0, 1))
+  ax.legend(loc="lower right")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_distribution(records, path: str, title: str) -> None:
+  """Figure A4: how accuracy is distributed at each epsilon."""
+  plt = _pyplot()
+  groups = _by_epsilon(records)
+  fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+  bins = np.linspace(0, 1, 21)
+  cmap = plt.get_cmap("viridis")
+  for i, (eps, values) in enumerate(groups.items()):
+    hist, _ = np.histogram(values, bins=bins)
+    ax.plot((bins[:-1] + bins[1:]) / 2, hist / max(len(values), 1),
+            color=cmap(i / max(len(groups) - 1, 1)), label=f"ε={eps:g} ({len(values)})")
+  ax.set(xlabel="validation accuracy", ylabel="fraction of models",
+         title="accuracy distribution per ε")
+  ax.legend(fontsize=8)
+  ends = [e for e in (max(groups), min(groups)) if e in groups]
+  for eps in dict.fromkeys(ends):
+    ax2.hist(groups[eps], bins=bins, alpha=0.6, density=True, label=f"ε={eps:g}")
+  ax2.set(xlabel="validation accuracy", ylabel="density", title="first and last ε")
+  ax2.legend()
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def q_by_depth(agent) -> tuple[dict, dict]:
+  """Mean Q-value by layer type and by conv receptive field, keyed by layer depth."""
+  space = agent.space
+  types = collections.defaultdict(lambda: collections.defaultdict(list))
+  fields = collections.defaultdict(lambda: collections.defaultdict(list))
+  names = {Conv: "convolution", Pool: "pooling", FC: "fully connected",
+           GAP: "global avg. pooling", Softmax: "softmax"}
+  for s, state in enumerate(space.states):
+    for a in space.allowed_ids[s]:
+      action, q = space.actions[a], float(agent.q[s, a])
+      types[names[type(action)]][state.depth + 1].append(q)
+      if isinstance(action, Conv):
+        fields[f"{action.kernel}x{action.kernel}"][state.depth + 1].append(q)
+  mean = lambda d: {k: {depth: float(np.mean(v)) for depth, v in sorted(per.items())}
+                    for k, per in d.items()}
+  return mean(types), mean(fields)
+
+
+def plot_q_values(agent, path: str, title: str) -> None:
+  """Figure A5: mean Q-value against layer depth, by layer type and receptive field."""
+  plt = _pyplot()
+  types, fields = q_by_depth(agent)
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+  for ax, data, what in ((axes[0], types, "layer type"), (axes[1], fields,
+                                                            "receptive field (convolutions)")):
+    for name, per_depth in data.items():
+      ax.plot(list(per_depth), list(per_depth.values()), marker="o", label=name)
+    ax.set(xlabel="layer depth", ylabel="mean Q-value", title=f"by {what}")
+    ax.legend(fontsize=8)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_stability(runs: Sequence[tuple[str, list]], path: str) -> None:
+  """Figure A3: mean accuracy per epsilon over runs (mean and std), and each run's."""
+  plt = _pyplot()
+  per_run = [(name, _by_epsilon(recs)) for name, recs in runs]
+  eps_all = sorted({e for _, g in per_run for e in g}, reverse=True)
+  x = np.arange(len(eps_all))
+  table = np.array([[np.mean(g[e]) if e in g else np.nan for e in eps_all]
+                    for _, g in per_run])
+  fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+  ax.errorbar(x, np.nanmean(table, 0), yerr=np.nanstd(table, 0), marker="o", capsize=4)
+  ax.set(title=f"mean and std over {len(per_run)} runs", xlabel="ε",
+         ylabel="mean validation accuracy")
+  for (name, _), row in zip(per_run, table):
+    ax2.plot(x, row, marker=".", label=os.path.basename(os.path.normpath(name)))
+  ax2.set(title="each run", xlabel="ε")
+  ax2.legend(fontsize=7)
+  for a in (ax, ax2):
+    a.set_xticks(x, [f"{e:g}" for e in eps_all])
+  best = [max(r.accuracy for r in recs) for _, recs in runs]
+  fig.suptitle(f"Q-learning stability: best model {np.mean(best):.4f} ± {np.std(best):.4f}")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def write_all(workdirs: Sequence[str], out: str | None = None) -> list[str]:
+  """Writes every figure that the given work directories support; returns the paths."""
+  out = out or os.path.join(workdirs[0], "plots")
+  os.makedirs(out, exist_ok=True)
+  written, runs = [], []
+  for workdir in workdirs:
+    config, records, agent = load_run(workdir)
+    if not records:
+      raise store_lib.WorkdirError(f"{workdir} holds no models yet")
+    runs.append((workdir, records))
+    tag = "" if len(workdirs) == 1 else os.path.basename(os.path.normpath(workdir)) + "_"
+    name = config.dataset.name
+    for fname, fn in (("rolling_accuracy.png", lambda p: plot_rolling(
+        records, p, f"{name}: accuracy over the search (Figure 3)")),
+                      ("accuracy_by_epsilon.png", lambda p: plot_distribution(
+        records, p, f"{name}: accuracy per ε (Figure A4)")),
+                      ("q_values.png", lambda p: plot_q_values(
+        agent, p, f"{name}: Q-values after the search (Figure A5)"))):
+      path = os.path.join(out, tag + fname)
+      fn(path)
+      written.append(path)
+  if len(runs) > 1:
+    path = os.path.join(out, "stability.png")
+    plot_stability(runs, path)
+    written.append(path)
+  return written
+
+
+_WORKDIR = flags.DEFINE_list("workdir", None, "Work directory, or several (comma-separated).")
+_OUT = flags.DEFINE_string("out", None, "Output folder (default: first workdir's plots/).")
+
+
+def main(argv):
+  if len(argv) > 1 or not _WORKDIR.value:
+    raise cli.UserError("usage: python -m metaqnn.plots --workdir=DIR[,DIR2,...] [--out=DIR]")
+  try:
+    for path in write_all(_WORKDIR.value, _OUT.value):
+      print(path)
+  except store_lib.WorkdirError as e:
+    raise cli.UserError(str(e)) from None
+
+
+if __name__ == "__main__":
+  cli.run(main)

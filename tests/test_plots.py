@@ -1,0 +1,53 @@
+"""The analysis figures: written as PNGs from work directories; Q-value summaries."""
+
+import numpy as np
+import pytest
+
+from metaqnn import agent as agent_lib
+from metaqnn import config_lib
+from metaqnn import plots
+from metaqnn import search
+from metaqnn import search_space
+from metaqnn.store import WorkdirError
+
+
+def run(tmp_path, seed):
+  config = config_lib.base_config("mnist")
+  config.seed = seed
+  config.evaluator = "synthetic"
+  config.search.schedule = "1.0:40,0.5:20,0.1:20"
+  config.search.replay_samples = 20
+  workdir = str(tmp_path / f"seed{seed}")
+  search.run_search(config, workdir, log_interval=1e9, tensorboard=False)
+  return workdir
+
+
+def test_write_all_single_and_stability(tmp_path):
+  one = run(tmp_path, 0)
+  paths = plots.write_all([one])
+  assert sorted(p.rsplit("/", 1)[1] for p in paths) == [
+      "accuracy_by_epsilon.png", "q_values.png", "rolling_accuracy.png"]
+  for p in paths:
+    with open(p, "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  many = plots.write_all([one, run(tmp_path, 1)], str(tmp_path / "out"))
+  assert any(p.endswith("stability.png") for p in many) and len(many) == 7
+
+
+def test_q_by_depth_averages_the_right_pairs():
+  config = config_lib.base_config("mnist")
+  space = search_space.from_config(config)
+  agent = agent_lib.Agent(space)
+  sm = space.action_index[space.actions[-1]]
+  agent.q[0, sm] = 0.1  # softmax straight from the start: the only depth-1 softmax
+  types, fields = plots.q_by_depth(agent)
+  assert types["softmax"][1] == pytest.approx(0.1)
+  assert types["convolution"][1] == pytest.approx(0.5)
+  assert set(fields) == {"1x1", "3x3", "5x5"}
+  assert max(types["pooling"]) <= config.space.max_depth
+  assert min(types["pooling"]) == 2  # never from the start state
+
+
+def test_missing_workdir_is_a_clear_error(tmp_path):
+  with pytest.raises(WorkdirError, match="no metaqnn search"):
+    plots.write_all([str(tmp_path / "nothing")])
