@@ -78,6 +78,7 @@ class Agent:
     self.replay: list[tuple[str, float]] = []
     self.unique_models = 0   # position in the epsilon schedule
     self.iterations = 0      # models learned from, re-samples included
+    self.meta: dict = {}     # saved with the agent; the search keeps its position here
     self._paths: dict[str, Path] = {}
 
   @classmethod
@@ -151,6 +152,7 @@ class Agent:
         "iterations": self.iterations,
         "rng": self.rng.bit_generator.state,
         "replay": [[a, r] for a, r in self.replay],
+        "meta": self.meta,
         "space": self.space.cfg.to_json(),
     }
 
@@ -190,6 +192,7 @@ class Agent:
     self.unique_models, self.iterations = meta["unique_models"], meta["iterations"]
     self.rng.bit_generator.state = meta["rng"]
     self.replay = [(a, float(r)) for a, r in meta["replay"]]
+    self.meta = meta.get("meta", {})
     for a, _ in self.replay:
       self.path(a)
 

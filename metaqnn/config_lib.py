@@ -60,6 +60,10 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
   c.search.replay_samples = 100
 
   c.evaluator = "train"            # "train" or "synthetic".
+  c.executor = "local"             # "local" (this machine) or "ray" (a Ray cluster).
+  c.num_workers = 1                # Candidates evaluated at once.
+  c.parallel = "data"              # "data": each candidate data-parallel over all local
+                                   # devices; "candidate": one candidate per device.
 
   # SPEC section 4: training of each sampled network.
   c.train = ml_collections.ConfigDict()

@@ -91,8 +91,13 @@ class Evaluator:
     return Outcome(value, best_val_accuracy=value)
 
 
-def from_config(config, evaluate: Optional[Callable] = None) -> Evaluator:
-  """The evaluator a config asks for, or a user's `evaluate(arch) -> accuracy`."""
+def from_config(config, evaluate: Optional[Callable] = None, *, devices=None,
+                dataset=None) -> Evaluator:
+  """The evaluator a config asks for, or a user's `evaluate(arch) -> accuracy`.
+
+  `devices` and `dataset` go to the trainer: the devices it trains on (default: all
+  local devices, data-parallel) and an already loaded data set to share.
+  """
   classes = int(config.dataset.num_classes)
   if evaluate is not None:
     return Evaluator(evaluate, "function", classes)
@@ -100,6 +105,6 @@ def from_config(config, evaluate: Optional[Callable] = None) -> Evaluator:
     return Evaluator(synthetic_accuracy, "synthetic", classes)
   if config.evaluator == "train":
     from metaqnn import train  # JAX and the data set only when training for real
-    trainer = train.Trainer(config)
+    trainer = train.Trainer(config, dataset=dataset, devices=devices)
     return Evaluator(trainer.evaluate, "train", classes)
   raise ValueError(f"unknown evaluator {config.evaluator!r}; use train or synthetic")

@@ -219,5 +219,100 @@ def load(config, final: bool = False) -> Dataset:
   return _split(config, name, tr_x, tr_y, te_x, te_y, k, final)
 
 
+# Records read per `__getitems__` call: batched reads from array_record, bounded memory.
+_READ_CHUNK = 4096
+
+
+def _prepare_hint(tfds_name: str) -> str:
+  """The one command that prepares `tfds_name` readably for `load`, and where it is explained."""
+  return (f"on a machine with network run `pip install tensorflow && tfds build {tfds_name} "
+          f"--file_format=array_record --data_dir=DIR`, copy DIR here and pass "
+          f"--config.dataset.data_dir=DIR (BUILD.md, \"Preparing data sets\")")
+
+
 def _tfds(name: str, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-  raise DatasetError(f"{name}: tensorflow-datasets loading is not implemented yet.")
+  """train and test splits of a tensorflow-datasets set, read without TensorFlow."""
+  try:
+    import tensorflow_datasets as tfds  # Lazy: digits users never pay for it.
+  except ImportError as e:
+    raise DatasetError(
+        f"{name} needs tensorflow-datasets ({e}); run `pip install -r requirements.txt`.") from None
+  tfds_name = TFDS_NAMES[name]
+  data_dir = ds.data_dir or None
+  download = bool(ds.download)
+  failure = None
+  try:
+    # file_format is passed explicitly: tfds.data_source only defaults to array_record when no
+    # data_dir is given, and download=True would otherwise prepare unreadable TFRecords.
+    train_src, test_src = tfds.data_source(
+        tfds_name, split=["train", "test"], data_dir=data_dir, download=download,
+        builder_kwargs={"file_format": "array_record"})
+  except (KeyError, NotImplementedError, ValueError, FileNotFoundError) as e:
+    # tfds reports missing or TFRecord-only data in several ways (KeyError: no splits;
+    # NotImplementedError: no random-access format; ...). Explained below; others re-raised.
+    failure = e
+  except ImportError as e:
+    # download=True: preparing (encoding the images) imports TensorFlow.
+    raise DatasetError(
+        f"{name}: preparing {tfds_name} needs TensorFlow ({e}); {_prepare_hint(tfds_name)}, "
+        "or `pip install tensorflow` here.") from None
+  except OSError as e:  # Includes requests' ConnectionError: no network.
+    raise DatasetError(
+        f"{name}: downloading {tfds_name} failed ({type(e).__name__}); "
+        f"{_prepare_hint(tfds_name)}.") from None
+  except Exception as e:  # pylint: disable=broad-except
+    # tfds' own download failures (DownloadError, NonMatchingChecksumError, ExtractError) have
+    # no common base class; match them by module so that real bugs still surface.
+    if not (download and type(e).__module__.startswith("tensorflow_datasets.core.download")):
+      raise
+    first = str(e).splitlines()[0] if str(e) else ""
+    raise DatasetError(
+        f"{name}: downloading {tfds_name} failed ({type(e).__name__}: {first}); "
+        f"{_prepare_hint(tfds_name)}.") from None
+  if failure is not None:
+    _diagnose(tfds, name, tfds_name, data_dir)  # Outside `except`: no chained traceback.
+    raise failure
+  num_classes = int(train_src.dataset_info.features["label"].num_classes)
+  tr_x, tr_y = _read_all(train_src)
+  te_x, te_y = _read_all(test_src)
+  return tr_x, tr_y, te_x, te_y, num_classes
+
+
+def _diagnose(tfds, name: str, tfds_name: str, data_dir: str | None) -> None:
+  """Raise a one-line DatasetError if the data is missing or not array_record; else return."""
+  from tensorflow_datasets.core import constants  # pylint: disable=g-import-not-at-top
+
+  root = data_dir or constants.get_default_data_dir()
+  builder = tfds.builder(tfds_name, data_dir=data_dir)
+  if not builder.is_prepared():
+    raise DatasetError(
+        f"{name}: no prepared {tfds_name} data under {root}; {_prepare_hint(tfds_name)}.")
+  formats = {f.value for f in builder.info.available_file_formats()}
+  if "array_record" not in formats:
+    raise DatasetError(
+        f"{name}: {tfds_name} under {root} is prepared as {', '.join(sorted(formats)) or '?'}, "
+        f"not array_record (needed to read without TensorFlow); convert it with `tfds "
+        f"convert_format --dataset_dir={root}/{tfds_name} --out_file_format=array_record` "
+        f"or re-prepare: {_prepare_hint(tfds_name)}.")
+
+
+def _read_all(source) -> tuple[np.ndarray, np.ndarray]:
+  """A whole tfds data source as (uint8 images [N, H, W, C], int32 labels [N]).
+
+  Uses `__getitems__` (one batched array_record read per chunk, instead of one read per
+  example); decoding each example (proto + PNG) stays per example inside tfds.
+  """
+  n = len(source)
+  images = labels = None
+  for start in range(0, n, _READ_CHUNK):
+    stop = min(n, start + _READ_CHUNK)
+    examples = source.__getitems__(list(range(start, stop)))
+    if images is None:
+      first = np.asarray(examples[0]["image"])
+      images = np.empty((n,) + first.shape, np.uint8)
+      labels = np.empty((n,), np.int32)
+    images[start:stop] = np.stack([ex["image"] for ex in examples])
+    labels[start:stop] = np.fromiter((ex["label"] for ex in examples), np.int64, stop - start)
+  if images is None:
+    raise DatasetError(f"{source!r} is empty; re-prepare the data set (BUILD.md).")
+  return images, labels

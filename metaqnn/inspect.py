@@ -16,11 +16,6 @@ from metaqnn import cli
 from metaqnn import store as store_lib
 from metaqnn.agent import Schedule
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Work directory of a search.")
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a summary.")
-_TOP = flags.DEFINE_integer("top", 10, "Number of top models to list.")
-
-
 def summarize(workdir: str, top: int = 10) -> dict:
   """Everything `inspect` shows, as one JSON-ready dict."""
   store = store_lib.open_existing(workdir)
@@ -84,14 +79,18 @@ def render(s: dict) -> str:
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1 or not _WORKDIR.value:
+  f = flags.FLAGS
+  if len(argv) > 1 or not f.workdir:
     raise cli.UserError("usage: python -m metaqnn.inspect --workdir=DIR [--json]")
   try:
-    summary = summarize(_WORKDIR.value, _TOP.value)
+    summary = summarize(f.workdir, f.top)
   except store_lib.WorkdirError as e:
     raise cli.UserError(str(e)) from None
-  print(json.dumps(summary) if _JSON.value else render(summary))
+  print(json.dumps(summary) if f.json else render(summary))
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # flags only for the command, so the library imports cleanly
+  flags.DEFINE_string("workdir", None, "Work directory of a search.")
+  flags.DEFINE_bool("json", False, "Print one JSON object instead of a summary.")
+  flags.DEFINE_integer("top", 10, "Number of top models to list.")
   cli.run(main)

@@ -198,19 +198,18 @@ def write_all(workdirs: Sequence[str], out: str | None = None) -> list[str]:
   return written
 
 
-_WORKDIR = flags.DEFINE_list("workdir", None, "Work directory, or several (comma-separated).")
-_OUT = flags.DEFINE_string("out", None, "Output folder (default: first workdir's plots/).")
-
-
 def main(argv):
-  if len(argv) > 1 or not _WORKDIR.value:
+  f = flags.FLAGS
+  if len(argv) > 1 or not f.workdir:
     raise cli.UserError("usage: python -m metaqnn.plots --workdir=DIR[,DIR2,...] [--out=DIR]")
   try:
-    for path in write_all(_WORKDIR.value, _OUT.value):
+    for path in write_all(f.workdir, f.out):
       print(path)
   except store_lib.WorkdirError as e:
     raise cli.UserError(str(e)) from None
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # flags only for the command, so the library imports cleanly
+  flags.DEFINE_list("workdir", None, "Work directory, or several (comma-separated).")
+  flags.DEFINE_string("out", None, "Output folder (default: first workdir's plots/).")
   cli.run(main)

@@ -3,13 +3,17 @@
     from metaqnn import search
     search.run_search(config, workdir, evaluate=lambda arch: my_accuracy(str(arch)))
 
-Each iteration: the agent samples an architecture under the schedule's epsilon; one
-trained before is not trained again (its stored reward is presented again); the model
-is committed to the SQLite record; then the agent learns from it. The agent is
-snapshotted now and then; on resume, records newer than the snapshot are replayed
-through the agent (sampling is deterministic given the seed, so each replayed sample is
-checked against the record). So a stop at any moment loses no trained model and trains
-none twice.
+The agent samples an architecture under the epsilon of the stage it falls in; the sample
+is journaled, then evaluated (one trained before is not trained again: its stored reward
+is presented again, SPEC section 1); each result is committed to the SQLite record, then
+the agent learns from it. With several workers, W evaluations are in flight and the agent
+learns from each result as it arrives; stages count in-flight models, so no stage
+overshoots its quota, and an architecture in flight is never sent twice.
+
+Resume: the agent is snapshotted now and then; events journaled after the snapshot are
+replayed through it in their original order (sampling is deterministic given the seed,
+and each replayed sample is checked against the journal); samples that were in flight
+are evaluated again. A stop at any moment loses no finished model and trains none twice.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ from typing import Callable, Optional
 
 from metaqnn import agent as agent_lib
 from metaqnn import evaluators
+from metaqnn import executors
 from metaqnn import progress as progress_lib
 from metaqnn import search_space
 from metaqnn import store as store_lib
-from metaqnn.store import ModelRecord, WorkdirError
+from metaqnn.store import ModelRecord, Sample, WorkdirError
 
 AGENT_DIR = "agent"
+MAX_LOST = 3  # a candidate whose worker died this many times is recorded as failed
 
 
 @dataclasses.dataclass
@@ -59,25 +65,136 @@ def fingerprint(config, evaluator_kind: str) -> dict:
 
 
 def restore_agent(agent: agent_lib.Agent, store: store_lib.Store, agent_dir: str,
-                   replay_samples: int) -> None:
-  """Brings the agent to the record's last iteration: snapshot, then replay the rest."""
+                  replay_samples: int) -> None:
+  """Brings the agent to the journal's last event: snapshot, then replay the rest."""
   if os.path.exists(os.path.join(agent_dir, agent_lib.STATE_FILE)):
     try:
       agent.load(agent_dir)
     except (ValueError, KeyError, OSError) as e:
       raise WorkdirError(f"cannot restore the agent from {agent_dir}: {e}") from None
-  if agent.iterations > store.count():
-    raise WorkdirError(f"the agent snapshot in {agent_dir} is ahead of the record "
-                       f"({agent.iterations} > {store.count()} models); the work "
-                       "directory is inconsistent")
-  for rec in store.models(after=agent.iterations - 1):
-    path = agent.sample(rec.epsilon)
-    if str(path.architecture) != rec.arch:
-      raise WorkdirError(
-          f"replaying the record diverged at iteration {rec.iteration} (sampled "
-          f"{path.architecture}, recorded {rec.arch}); the record was not made by this "
-          "configuration")
-    agent.learn(rec.arch, rec.accuracy, new=not rec.resampled, replay_samples=replay_samples)
+  seen = agent.meta.get("event", -1)
+  if seen > store.last_event():
+    raise WorkdirError(f"the agent snapshot in {agent_dir} is ahead of the record; the "
+                       "work directory is inconsistent")
+  for event, item in store.events(after=seen):
+    if isinstance(item, Sample):
+      path = agent.sample(item.epsilon)
+      if str(path.architecture) != item.arch:
+        raise WorkdirError(
+            f"replaying the record diverged at sample {item.id} (sampled "
+            f"{path.architecture}, recorded {item.arch}); the record was not made by this "
+            "configuration")
+    else:
+      agent.learn(item.arch, item.accuracy, new=not item.resampled,
+                  replay_samples=replay_samples)
+    agent.meta["event"] = event
+
+
+class _Search:
+  """The loop's state: agent, record, executor, and what is in flight."""
+
+  def __init__(self, agent, store, schedule, executor, prog, agent_dir, replay_samples):
+    self.agent, self.store, self.schedule = agent, store, schedule
+    self.executor, self.prog, self.agent_dir = executor, prog, agent_dir
+    self.replay_samples = replay_samples
+    self.in_flight: dict[str, list[Sample]] = {}  # arch -> samples waiting on it
+    self.lost: dict[str, int] = {}
+    self.last_snapshot = time.perf_counter()
+
+  @property
+  def busy(self) -> int:
+    return len(self.in_flight)
+
+  def next_stage(self) -> Optional[int]:
+    """The stage of the next unique model, counting those in flight."""
+    return self.schedule.stage(self.store.unique_count() + self.busy)
+
+  def _learn(self, rec: ModelRecord) -> None:
+    rec = self.store.add(rec)  # durable before the agent learns from it
+    self.agent.learn(rec.arch, rec.accuracy, new=not rec.resampled,
+                     replay_samples=self.replay_samples)
+    self.agent.meta["event"] = self.store.last_event()
+    self.prog.update(rec, self.agent.unique_models)
+
+  def dispatch(self, sample: Sample, arch) -> None:
+    """Re-sample of a finished model: learn now; in flight: wait on it; else submit."""
+    prior = self.store.trained(sample.arch)
+    if prior is not None:
+      self._learn(ModelRecord(
+          iteration=-1, sample=sample.id, arch=sample.arch, accuracy=prior.accuracy,
+          epsilon=sample.epsilon, stage=sample.stage, status=prior.status, resampled=True,
+          best_val_accuracy=prior.best_val_accuracy,
+          last_val_accuracy=prior.last_val_accuracy, params=prior.params))
+    elif sample.arch in self.in_flight:
+      self.in_flight[sample.arch].append(sample)
+    else:
+      self.in_flight[sample.arch] = [sample]
+      self.executor.submit(sample.id, arch)
+
+  def sample(self, stage: int) -> None:
+    epsilon = self.schedule.stages[stage][0]
+    path = self.agent.sample(epsilon)
+    sample = self.store.add_sample(Sample(str(path.architecture), epsilon, stage))
+    self.agent.meta["event"] = sample.event
+    self.dispatch(sample, path.architecture)
+
+  def collect(self) -> None:
+    """Waits for at least one result and learns from everything that finished."""
+    for key, out in self.executor.wait():
+      arch = next(a for a, s in self.in_flight.items() if s[0].id == key)
+      first = self.in_flight[arch][0]
+      if isinstance(out, executors.Lost):
+        self.lost[arch] = self.lost.get(arch, 0) + 1
+        if self.lost[arch] < MAX_LOST:
+          self.executor.submit(key, search_space.arch_lib.parse(arch))
+          continue
+        out = evaluators.Outcome(1.0 / self.agent.space.cfg.num_classes, "error",
+                                 f"worker lost {MAX_LOST} times: {out.message}")
+      waiting = self.in_flight.pop(arch)
+      self._learn(ModelRecord(
+          iteration=-1, sample=first.id, arch=arch, accuracy=out.accuracy,
+          epsilon=first.epsilon, stage=first.stage, status=out.status,
+          message=out.message, best_val_accuracy=out.best_val_accuracy,
+          last_val_accuracy=out.last_val_accuracy, restarts=out.restarts,
+          params=out.params, seconds=out.seconds))
+      for later in waiting[1:]:  # sampled again while it was in flight
+        self.dispatch(later, None)
+    if time.perf_counter() - self.last_snapshot > 10.0:
+      self.snapshot()
+
+  def snapshot(self) -> None:
+    self.agent.save(self.agent_dir)
+    self.last_snapshot = time.perf_counter()
+
+  def run(self, max_models: Optional[int]) -> None:
+    for sample in self.store.pending():  # in flight when the search last stopped
+      self.dispatch(sample, search_space.arch_lib.parse(sample.arch))
+    start = self.store.count()
+    while True:
+      budget = max_models is None or self.store.count() - start < max_models
+      while (budget and self.busy < self.executor.capacity
+             and (stage := self.next_stage()) is not None):
+        self.sample(stage)
+        budget = max_models is None or self.store.count() - start < max_models
+      if not self.busy:
+        return
+      self.collect()
+
+
+def make_executor(config, evaluate: Optional[Callable]):
+  """The executor of `config.executor` (local or ray) and `config.num_workers`."""
+  kind = str(config.get("executor", "local"))
+  if kind == "ray":
+    from metaqnn import ray_executor  # optional dependency
+    return ray_executor.RayExecutor(config, evaluate)
+  if kind != "local":
+    raise ValueError(f"unknown executor {kind!r}; use local or ray")
+  dataset = None
+  if evaluate is None and config.evaluator == "train" and int(config.num_workers) > 1:
+    from metaqnn import input_pipeline
+    dataset = input_pipeline.load(config)  # loaded once, shared by the workers
+  return executors.local(config, evaluate, lambda devices: evaluators.from_config(
+      config, evaluate, devices=devices, dataset=dataset))
 
 
 def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
@@ -93,7 +210,7 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     log_interval: seconds between progress lines (default: every trained model for
       the train evaluator, at most one per second otherwise).
     tensorboard: write TensorBoard scalars under `workdir/tensorboard`.
-    max_models: stop after this many new iterations (for tests and time-boxed runs).
+    max_models: stop after about this many new results (for tests and time boxes).
   """
   schedule = agent_lib.Schedule.parse(config.search.schedule)
   replay_samples = int(config.search.replay_samples)
@@ -110,60 +227,30 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     agent = agent_lib.Agent.from_config(space, config)
     agent_dir = os.path.join(workdir, AGENT_DIR)
     restore_agent(agent, store, agent_dir, replay_samples)
-    if schedule.stage(agent.unique_models) is None:
+    if schedule.stage(store.unique_count()) is None and not store.pending():
       return _result(workdir, store, agent, finished=True)
-    evaluate_fn = evaluators.from_config(config, evaluate)
+    executor = make_executor(config, evaluate)
     if log_interval is None:
       log_interval = 0.0 if kind == "train" else 1.0
     best = max((r.accuracy for r in store.models()), default=0.0)
     prog = progress_lib.Progress(
         schedule, best=best, log_interval=log_interval,
         tensorboard_dir=os.path.join(workdir, "tensorboard") if tensorboard else None)
+    loop = _Search(agent, store, schedule, executor, prog, agent_dir, replay_samples)
     try:
-      _loop(agent, store, schedule, evaluate_fn, prog, agent_dir, replay_samples, max_models)
+      loop.run(max_models)
     finally:
+      executor.close()
       prog.close()
-      if agent.iterations == store.count():  # consistent: snapshot it (Ctrl-C included)
-        agent.save(agent_dir)
-    return _result(workdir, store, agent, finished=schedule.stage(agent.unique_models) is None)
+      loop.snapshot()  # the agent always matches the journal up to its `event`
+    finished = schedule.stage(store.unique_count()) is None and not store.pending()
+    return _result(workdir, store, agent, finished=finished)
   finally:
     store.close()
 
 
-def _loop(agent, store, schedule, evaluate_fn, prog, agent_dir, replay_samples,
-          max_models, snapshot_seconds: float = 10.0) -> None:
-  last_snapshot = time.perf_counter()
-  done = 0
-  while (stage := schedule.stage(agent.unique_models)) is not None:
-    if max_models is not None and done >= max_models:
-      return
-    epsilon = schedule.stages[stage][0]
-    path = agent.sample(epsilon)
-    arch = str(path.architecture)
-    rec = ModelRecord(iteration=agent.iterations, arch=arch, accuracy=0.0,
-                      epsilon=epsilon, stage=stage)
-    prior = store.trained(arch)
-    if prior is not None:  # SPEC section 1: not trained again, reward presented again
-      rec.accuracy, rec.status, rec.resampled = prior.accuracy, prior.status, True
-      rec.best_val_accuracy, rec.last_val_accuracy = prior.best_val_accuracy, prior.last_val_accuracy
-      rec.params = prior.params
-    else:
-      out = evaluate_fn(path.architecture)
-      for field in ("accuracy", "status", "message", "best_val_accuracy",
-                    "last_val_accuracy", "restarts", "params", "seconds"):
-        setattr(rec, field, getattr(out, field))
-    rec.time = time.time()
-    store.add(rec)  # durable before the agent learns from it
-    agent.learn(arch, rec.accuracy, new=not rec.resampled, replay_samples=replay_samples)
-    done += 1
-    prog.update(rec, agent.unique_models)
-    if time.perf_counter() - last_snapshot > snapshot_seconds:
-      agent.save(agent_dir)
-      last_snapshot = time.perf_counter()
-
-
 def _result(workdir, store, agent, finished: bool) -> SearchResult:
   best = max(store.models(), key=lambda r: r.accuracy, default=None)
-  return SearchResult(workdir=workdir, unique_models=agent.unique_models,
-                      iterations=agent.iterations, best_arch=best.arch if best else None,
+  return SearchResult(workdir=workdir, unique_models=store.unique_count(),
+                      iterations=store.count(), best_arch=best.arch if best else None,
                       best_accuracy=best.accuracy if best else None, finished=finished)

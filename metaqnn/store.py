@@ -1,7 +1,9 @@
 """The durable record of a search: one SQLite database in the work directory.
 
-Every sampled model (trained, failed or re-sampled) is one row, committed before the
-agent learns from it. The database also holds the run's fingerprint (data set, search
+Every sample the agent draws is journaled (table `samples`) before it is evaluated, and
+every result (trained, failed or re-sampled; table `models`) is committed before the
+agent learns from it. Both carry one global `event` number: the order in which the
+agent consumed them, which is what an exact resume replays. The database also holds the run's fingerprint (data set, search
 space, seed, agent), so that a work directory made for another search is refused.
 SQLite's WAL journal keeps the record whole through a `kill -9` at any moment.
 """
@@ -28,6 +30,7 @@ class WorkdirError(Exception):
 class ModelRecord:
   """One sampled model. `accuracy` is the reward the agent received."""
   iteration: int
+  sample: int
   arch: str
   accuracy: float
   epsilon: float
@@ -48,11 +51,32 @@ class ModelRecord:
     return d
 
 
+@dataclasses.dataclass
+class Sample:
+  """One architecture drawn by the agent, journaled before it is evaluated."""
+  arch: str
+  epsilon: float
+  stage: int
+  id: int = -1
+  event: int = -1
+  time: float = dataclasses.field(default_factory=time.time)
+
+
 _FIELDS = [f.name for f in dataclasses.fields(ModelRecord)]
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS samples (
+  id INTEGER PRIMARY KEY,
+  event INTEGER NOT NULL UNIQUE,
+  arch TEXT NOT NULL,
+  epsilon REAL NOT NULL,
+  stage INTEGER NOT NULL,
+  time REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS models (
   iteration INTEGER PRIMARY KEY,
+  event INTEGER NOT NULL UNIQUE,
+  sample INTEGER NOT NULL UNIQUE REFERENCES samples (id),
   arch TEXT NOT NULL,
   accuracy REAL NOT NULL,
   epsilon REAL NOT NULL,
@@ -124,14 +148,35 @@ class Store:
 
   # -- writing -------------------------------------------------------------------------
 
-  def add(self, record: ModelRecord) -> None:
-    """Commits one model; durable when this returns."""
+  def _next_event(self) -> int:
+    row = self.db.execute("SELECT MAX(e) FROM (SELECT MAX(event) AS e FROM samples "
+                          "UNION ALL SELECT MAX(event) FROM models)").fetchone()
+    return 0 if row[0] is None else row[0] + 1
+
+  def add_sample(self, sample: Sample) -> Sample:
+    """Journals a sample before it is evaluated; returns it with its id and event."""
+    with self.db:
+      self.db.execute("BEGIN IMMEDIATE")
+      sample.event = self._next_event()
+      cur = self.db.execute("INSERT INTO samples (event, arch, epsilon, stage, time) "
+                            "VALUES (?, ?, ?, ?, ?)", (sample.event, sample.arch,
+                                                       sample.epsilon, sample.stage,
+                                                       sample.time))
+      sample.id = cur.lastrowid
+    return sample
+
+  def add(self, record: ModelRecord) -> ModelRecord:
+    """Commits one result (its `iteration` and event are assigned here); durable on return."""
     row = record.to_json()
     row["resampled"] = int(row["resampled"])
     with self.db:
       self.db.execute("BEGIN IMMEDIATE")
-      self.db.execute(f"INSERT INTO models ({', '.join(_FIELDS)}) VALUES "
-                      f"({', '.join('?' * len(_FIELDS))})", [row[f] for f in _FIELDS])
+      row["iteration"] = record.iteration = self.count()
+      event = self._next_event()
+      self.db.execute(f"INSERT INTO models (event, {', '.join(_FIELDS)}) VALUES "
+                      f"(?, {', '.join('?' * len(_FIELDS))})",
+                      [event] + [row[f] for f in _FIELDS])
+    return record
 
   def set_meta(self, key: str, value) -> None:
     with self.db:
@@ -160,7 +205,28 @@ class Store:
     """Records in iteration order, those with iteration > `after`."""
     cur = self.db.execute(f"SELECT {', '.join(_FIELDS)} FROM models WHERE iteration > ? "
                           "ORDER BY iteration", (after,))
-    return (self._record(r) for r in cur)
+    return (self._record(r) for r in cur.fetchall())
+
+  def events(self, after: int = -1) -> list[tuple[int, object]]:
+    """(event, Sample or ModelRecord) after event `after`, in the order the agent used them."""
+    samples = self.db.execute("SELECT id, event, arch, epsilon, stage, time FROM samples "
+                              "WHERE event > ?", (after,)).fetchall()
+    models = self.db.execute(f"SELECT event, {', '.join(_FIELDS)} FROM models "
+                             "WHERE event > ?", (after,)).fetchall()
+    out = [(r[1], Sample(id=r[0], event=r[1], arch=r[2], epsilon=r[3], stage=r[4], time=r[5]))
+           for r in samples]
+    out += [(r[0], self._record(r[1:])) for r in models]
+    return sorted(out, key=lambda e: e[0])
+
+  def last_event(self) -> int:
+    return self._next_event() - 1
+
+  def pending(self) -> list[Sample]:
+    """Samples journaled but without a result: in flight when the search stopped."""
+    rows = self.db.execute("SELECT id, event, arch, epsilon, stage, time FROM samples "
+                           "WHERE id NOT IN (SELECT sample FROM models) ORDER BY id").fetchall()
+    return [Sample(id=r[0], event=r[1], arch=r[2], epsilon=r[3], stage=r[4], time=r[5])
+            for r in rows]
 
   @staticmethod
   def _record(row) -> ModelRecord:

@@ -256,3 +256,54 @@ def test_synthetic_is_deterministic_and_bounded():
   assert evaluators.synthetic_accuracy(a) == evaluators.synthetic_accuracy(a)
   for text in ("[SM(10)]", "[C(512,5,1), FC(128), FC(128), SM(10)]"):
     assert 0.1 <= evaluators.synthetic_accuracy(parse(text)) <= 0.95
+
+
+def stage_counts(workdir):
+  db = sqlite3.connect(os.path.join(workdir, "metaqnn.db"))
+  rows = db.execute("SELECT stage, COUNT(*) FROM models WHERE resampled = 0 "
+                    "GROUP BY stage ORDER BY stage").fetchall()
+  db.close()
+  return [n for _, n in rows]
+
+
+def test_parallel_workers_count_stages_exactly(tmp_path):
+  rng = np.random.default_rng(0)
+
+  def jittery(arch):  # finishes out of order
+    time.sleep(float(rng.uniform(0, 0.01)))
+    return evaluators.synthetic_accuracy(arch)
+
+  config = small_config("1.0:30,0.5:15,0.1:15")
+  config.num_workers = 4
+  result = search.run_search(config, str(tmp_path / "w"), evaluate=jittery, log_interval=100)
+  assert result.finished and result.unique_models == 60
+  check_record(records(tmp_path / "w"), 60)
+  assert stage_counts(tmp_path / "w") == [30, 15, 15]
+
+
+PARALLEL_KILL_SCRIPT = KILL_SCRIPT.replace(
+    'config.search.replay_samples = 20', 'config.search.replay_samples = 20\n'
+    'config.num_workers = 3')
+
+
+def test_kill_9_with_workers_in_flight_loses_nothing(tmp_path):
+  script = tmp_path / "run.py"
+  script.write_text(PARALLEL_KILL_SCRIPT.format(root=ROOT))
+  work = str(tmp_path / "w")
+  count = lambda: len(records(work)) if os.path.exists(work + "/metaqnn.db") else 0
+  kills = 0
+  rng = np.random.default_rng(1)
+  while True:
+    target = count() + int(rng.integers(3, 15))
+    proc = subprocess.Popen([sys.executable, str(script), work],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while proc.poll() is None and count() < target:
+      time.sleep(0.005)
+    if proc.poll() is not None:
+      break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kills += 1
+  assert proc.returncode == 0 and kills >= 3
+  check_record(records(work), 80)
+  assert stage_counts(work) == [40, 20, 20]

@@ -1,0 +1,96 @@
+"""Where candidates are evaluated: in the calling thread, in worker threads, or on Ray.
+
+An executor takes `submit(key, arch)` and hands back finished `(key, Outcome)` pairs
+from `wait()`. `Lost` in place of an Outcome means the worker died: the search
+re-queues the candidate. Threads overlap one candidate's compile with another's
+training, and with `parallel="candidate"` give each worker its own device.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+from typing import Callable, Optional
+
+from metaqnn.architecture import Architecture
+from metaqnn.evaluators import Evaluator, Outcome
+
+
+@dataclasses.dataclass
+class Lost:
+  """The worker evaluating a candidate died; the candidate must be evaluated again."""
+  message: str
+
+
+class SerialExecutor:
+  """One candidate at a time, in the calling thread."""
+
+  def __init__(self, evaluate: Evaluator):
+    self.capacity = 1
+    self._evaluate = evaluate
+    self._queue: list[tuple[int, Architecture]] = []
+
+  def submit(self, key: int, arch: Architecture) -> None:
+    self._queue.append((key, arch))
+
+  def wait(self) -> list[tuple[int, Outcome | Lost]]:
+    key, arch = self._queue.pop(0)
+    return [(key, self._evaluate(arch))]
+
+  def close(self) -> None:
+    pass
+
+
+class ThreadExecutor:
+  """`workers` candidates at once in threads, each worker with its own evaluator.
+
+  `make_evaluator(i)` builds worker i's evaluator (e.g. a trainer bound to device i);
+  JAX releases the GIL while compiling and running, so workers overlap.
+  """
+
+  def __init__(self, make_evaluator: Callable[[int], Evaluator], workers: int):
+    self.capacity = workers
+    self._pool = concurrent.futures.ThreadPoolExecutor(workers, "metaqnn-worker")
+    self._evaluators = [make_evaluator(i) for i in range(workers)]
+    self._free = list(range(workers))
+    self._futures: dict[concurrent.futures.Future, tuple[int, int]] = {}
+    self._queue: list[tuple[int, Architecture]] = []
+
+  def submit(self, key: int, arch: Architecture) -> None:
+    self._queue.append((key, arch))
+    self._start()
+
+  def _start(self) -> None:
+    while self._queue and self._free:
+      key, arch = self._queue.pop(0)
+      worker = self._free.pop(0)
+      future = self._pool.submit(self._evaluators[worker], arch)
+      self._futures[future] = (key, worker)
+
+  def wait(self) -> list[tuple[int, Outcome | Lost]]:
+    done, _ = concurrent.futures.wait(self._futures,
+                                      return_when=concurrent.futures.FIRST_COMPLETED)
+    out = []
+    for future in done:
+      key, worker = self._futures.pop(future)
+      self._free.append(worker)
+      out.append((key, future.result()))  # evaluators never raise for a candidate
+    self._start()
+    return out
+
+  def close(self) -> None:
+    self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def local(config, evaluate: Optional[Callable], make: Callable) -> SerialExecutor | ThreadExecutor:
+  """The local executor a config asks for; `make(devices_or_None)` builds an evaluator."""
+  workers = int(config.num_workers)
+  if workers < 1:
+    raise ValueError(f"num_workers must be >= 1, got {workers}")
+  if workers == 1:
+    return SerialExecutor(make(None))
+  if evaluate is not None or config.evaluator != "train" or config.parallel == "data":
+    return ThreadExecutor(lambda i: make(None), workers)
+  import jax
+  devices = jax.local_devices()
+  return ThreadExecutor(lambda i: make([devices[i % len(devices)]]), workers)
