@@ -64,6 +64,10 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
   c.num_workers = 1                # Candidates evaluated at once.
   c.parallel = "data"              # "data": each candidate data-parallel over all local
                                    # devices; "candidate": one candidate per device.
+  c.ray = ml_collections.ConfigDict()
+  c.ray.address = ""               # "" starts Ray on this machine; "auto" joins a cluster.
+  c.ray.cpus_per_worker = 1
+  c.ray.gpus_per_worker = 0        # Set to 1 (or more) on a GPU cluster.
 
   # SPEC section 4: training of each sampled network.
   c.train = ml_collections.ConfigDict()

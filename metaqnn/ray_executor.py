@@ -1,0 +1,82 @@
+"""Candidates on a Ray cluster: W actors, each holding its data set and asking for GPUs.
+
+The agent and the record stay on the driver (`metaqnn.main`); actors only evaluate.
+A dead actor is replaced and its candidate handed back as `Lost`, which the search
+re-queues. Ray is optional: `pip install "ray>=2.40"` (see BUILD.md).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+from metaqnn import evaluators
+from metaqnn.executors import Lost
+
+
+class _Worker:
+  """One Ray actor: builds its evaluator once (data on its devices), then evaluates."""
+
+  def __init__(self, config, evaluate):
+    self._evaluate = evaluators.from_config(config, evaluate)
+
+  def evaluate(self, arch: str):
+    from metaqnn.architecture import parse
+    return self._evaluate(parse(arch))
+
+  def pid(self) -> int:
+    return os.getpid()
+
+
+class RayExecutor:
+  """`config.num_workers` Ray actors; `config.ray` says where and with what resources."""
+
+  def __init__(self, config, evaluate: Optional[Callable] = None):
+    # Ray >= 2.60 writes an auth token under $HOME on first start unless told not to.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    self._ray = ray
+    self.capacity = int(config.num_workers)
+    if self.capacity < 1:
+      raise ValueError(f"num_workers must be >= 1, got {self.capacity}")
+    r = config.ray
+    if not ray.is_initialized():
+      ray.init(address=r.address or None, include_dashboard=False, log_to_driver=False,
+               num_cpus=None if r.address else max(self.capacity * r.cpus_per_worker, 1))
+    self._remote = ray.remote(num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker)(_Worker)
+    self._args = (config, evaluate)
+    self._actors = [self._remote.remote(*self._args) for _ in range(self.capacity)]
+    self._free = list(range(self.capacity))
+    self._futures = {}  # ObjectRef -> (key, actor index)
+    self._queue: list[tuple[int, object]] = []
+
+  def submit(self, key: int, arch) -> None:
+    self._queue.append((key, arch))
+    self._start()
+
+  def _start(self) -> None:
+    while self._queue and self._free:
+      key, arch = self._queue.pop(0)
+      i = self._free.pop(0)
+      self._futures[self._actors[i].evaluate.remote(str(arch))] = (key, i)
+
+  def wait(self):
+    ray = self._ray
+    ready, _ = ray.wait(list(self._futures), num_returns=1)
+    out = []
+    for ref in ready:
+      key, i = self._futures.pop(ref)
+      try:
+        out.append((key, ray.get(ref)))
+      except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as e:
+        out.append((key, Lost(f"{type(e).__name__}: {str(e).splitlines()[0]}")))
+        self._actors[i] = self._remote.remote(*self._args)  # a fresh worker
+      self._free.append(i)
+    self._start()
+    return out
+
+  def close(self) -> None:
+    for actor in self._actors:
+      self._ray.kill(actor)
+    self._actors = []

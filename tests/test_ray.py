@@ -1,0 +1,67 @@
+"""The search on a local Ray cluster: two workers, and a worker that dies mid-candidate."""
+
+import os
+import sqlite3
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from metaqnn import config_lib  # noqa: E402
+from metaqnn import evaluators  # noqa: E402
+from metaqnn import search  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_cluster(tmp_path_factory):
+  os.environ["RAY_AUTH_MODE"] = "disabled"
+  os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+  home = os.path.expanduser("~")
+  before = set(os.listdir(home)) if os.path.isdir(home) else set()
+  ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+           _temp_dir=str(tmp_path_factory.mktemp("ray")))
+  yield
+  ray.shutdown()
+  after = set(os.listdir(home)) if os.path.isdir(home) else set()
+  assert after - before <= {".cache"}, f"Ray wrote into $HOME: {after - before}"
+
+
+def config(schedule="1.0:16,0.5:8,0.1:8"):
+  c = config_lib.base_config("mnist")
+  c.search.schedule = schedule
+  c.search.replay_samples = 10
+  c.evaluator = "synthetic"
+  c.executor = "ray"
+  c.num_workers = 2
+  return c
+
+
+def rows(workdir):
+  db = sqlite3.connect(os.path.join(workdir, "metaqnn.db"))
+  out = db.execute("SELECT arch, stage, resampled, status FROM models").fetchall()
+  db.close()
+  return out
+
+
+def test_two_workers_complete_with_exact_counts(tmp_path):
+  result = search.run_search(config(), str(tmp_path / "w"), log_interval=100)
+  assert result.finished and result.unique_models == 32
+  trained = [r for r in rows(tmp_path / "w") if not r[2]]
+  assert len(trained) == len({r[0] for r in trained}) == 32  # none trained twice
+  assert [sum(r[1] == s for r in trained) for s in range(3)] == [16, 8, 8]
+
+
+def test_a_dying_worker_loses_nothing(tmp_path):
+  marker = tmp_path / "died"
+
+  def dies_once(arch):  # runs in a Ray worker: kill that worker the first time
+    if not marker.exists():
+      marker.write_text("x")
+      os._exit(1)
+    return evaluators.synthetic_accuracy(arch)
+
+  result = search.run_search(config("1.0:12"), str(tmp_path / "w"), evaluate=dies_once,
+                             log_interval=100)
+  assert marker.exists() and result.finished and result.unique_models == 12
+  trained = [r for r in rows(tmp_path / "w") if not r[2]]
+  assert len({r[0] for r in trained}) == 12 and all(r[3] == "ok" for r in trained)
