@@ -1,0 +1,12 @@
+# Shared by the launch scripts: the Python to use and a dry-run switch.
+# PYTHON defaults to the repository's .venv; DRY_RUN=1 prints commands instead of running them.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
+[ -x "$PYTHON" ] || PYTHON=python3
+run() {
+  if [ "${DRY_RUN:-0}" = 1 ]; then printf '%q ' "$@"; echo; else (cd "$ROOT" && "$@"); fi
+}
+usage() {  # the comment block at the top of the calling script
+  awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0" >&2
+  exit 2
+}

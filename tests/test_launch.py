@@ -1,0 +1,46 @@
+"""The launch scripts run their documented commands (tiny synthetic searches)."""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config.evaluator=synthetic", "--config.search.schedule=1.0:6,0.1:4",
+        "--config.search.replay_samples=5"]
+
+
+def launch(script, *args, dry=False):
+  env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=ROOT, DRY_RUN="1" if dry else "0")
+  return subprocess.run(["bash", os.path.join(ROOT, "launch", script), *args], cwd=ROOT,
+                        env=env, capture_output=True, text=True)
+
+
+def test_usage_without_arguments():
+  for script in ("one_machine.sh", "ray_cluster.sh", "sweep_seeds.sh",
+                 "stability_study.sh", "all_datasets.sh"):
+    out = launch(script)
+    assert out.returncode == 2 and "Usage:" in out.stderr and "Example:" in out.stderr
+
+
+def test_sweep_seeds_runs_searches_and_the_stability_plot(tmp_path):
+  out = launch("sweep_seeds.sh", "configs/digits.py", str(tmp_path), "2", *TINY)
+  assert out.returncode == 0, out.stderr
+  for seed in (0, 1):
+    assert os.path.exists(tmp_path / f"seed{seed}" / "metaqnn.db")
+  assert os.path.exists(tmp_path / "plots" / "stability.png")
+
+
+def test_one_machine_runs_a_search(tmp_path):
+  out = launch("one_machine.sh", "configs/digits.py", str(tmp_path / "w"), "candidate", *TINY)
+  assert out.returncode == 0, out.stderr
+  assert "search finished: 10 unique models" in out.stdout
+
+
+def test_dry_runs_show_the_commands(tmp_path):
+  out = launch("ray_cluster.sh", "search", "configs/cifar10.py", "runs/c10", "10", dry=True)
+  assert "--config.executor=ray" in out.stdout and "--config.num_workers=10" in out.stdout
+  out = launch("stability_study.sh", str(tmp_path), "3", dry=True)
+  assert out.stdout.count("metaqnn.main") == 3
+  assert "train_fraction=0.1" in out.stdout and "1.0:1000" in out.stdout
+  out = launch("all_datasets.sh", str(tmp_path), dry=True)
+  assert all(f"configs/{n}.py" in out.stdout for n in ("mnist", "svhn", "cifar10", "cifar100"))
