@@ -300,7 +300,9 @@ def _read_all(source) -> tuple[np.ndarray, np.ndarray]:
   """A whole tfds data source as (uint8 images [N, H, W, C], int32 labels [N]).
 
   Uses `__getitems__` (one batched array_record read per chunk, instead of one read per
-  example); decoding each example (proto + PNG) stays per example inside tfds.
+  example); decoding each example (proto + PNG) stays per example inside tfds. Measured on
+  50,000 32x32x3 records, 2 CPU cores: raw reads 0.4-0.7 s batched vs 6-8 s one by one;
+  decoding ~4-5 s with PIL (threads did not help).
   """
   n = len(source)
   images = labels = None
