@@ -1,0 +1,197 @@
+"""Tests of metaqnn.train and the two CLIs, on digits with tiny epochs and tiny nets."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import digits
+from metaqnn import input_pipeline, models, train
+from metaqnn.architecture import parse
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = "[C(16,3,1), P(2,2), FC(32), SM(10)]"
+
+
+def tiny_config(**train_overrides):
+  config = digits.get_config()
+  config.train.epochs = 2
+  config.train.batch_size = 32
+  config.train.eval_batch_size = 64
+  config.train.update(train_overrides)
+  return config
+
+
+@pytest.fixture(scope="module")
+def dataset():
+  return input_pipeline.load(tiny_config())
+
+
+def count_compiles(fn):
+  """Runs fn() and returns (its result, the number of XLA compilations it caused)."""
+  events = []
+  listener = lambda name, *args, **kwargs: events.append(name)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    result = fn()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  return result, events.count("/jax/core/compile/backend_compile_duration")
+
+
+def test_learns_digits_with_one_compile_per_program(dataset):
+  trainer = train.Trainer(tiny_config(epochs=3), dataset)
+  result, compiles = count_compiles(lambda: trainer.evaluate(SMALL))
+  assert result.status == "ok", result.message
+  assert result.best_val_accuracy > 0.7
+  assert result.epochs == 3 and result.restarts == 0
+  assert result.params == models.count_params(parse(SMALL), (8, 8, 1))
+  assert compiles == 2  # One training epoch and one evaluation program for all epochs.
+  assert json.loads(json.dumps(result.to_json()))["arch"] == SMALL
+
+
+def test_restart_rule_gives_chance_when_it_never_learns(dataset):
+  trainer = train.Trainer(tiny_config(restart_threshold=0.999, max_restarts=2), dataset)
+  result, compiles = count_compiles(lambda: trainer.evaluate(SMALL))
+  assert result.status == "no_learning"
+  assert result.restarts == 2
+  assert result.best_val_accuracy == pytest.approx(0.1)
+  assert compiles == 2  # Restarts reuse the executables.
+
+
+def test_nan_loss_is_a_status_not_a_crash(dataset):
+  trainer = train.Trainer(tiny_config(learning_rate=1e30, max_restarts=1), dataset)
+  result = trainer.evaluate(SMALL)
+  assert result.status == "nan"
+  assert result.best_val_accuracy == pytest.approx(0.1)
+  assert "not finite" in result.message
+
+
+@pytest.mark.parametrize("error,status", [
+    (RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 1 bytes"), "oom"),
+    (RuntimeError("compile failed\nsecond line"), "error"),
+])
+def test_runtime_failures_are_reported(dataset, monkeypatch, error, status):
+  def fail(*args, **kwargs):
+    raise error
+  monkeypatch.setattr(train, "build_train_epoch", fail)
+  result = train.Trainer(tiny_config(), dataset).evaluate(SMALL)
+  assert result.status == status
+  assert result.best_val_accuracy == pytest.approx(0.1)
+  assert "\n" not in result.message
+
+
+def test_bad_architecture_is_an_error_result(dataset):
+  trainer = train.Trainer(tiny_config(), dataset)
+  assert trainer.evaluate("[P(9,2), SM(10)]").status == "error"
+  assert "classes" in trainer.evaluate("[FC(8), SM(7)]").message
+  assert trainer.evaluate("[C(8,3,1)").status == "error"
+
+
+def test_indivisible_batch_raises(dataset):
+  with pytest.raises(ValueError, match="multiple of the number of devices"):
+    train.Trainer(tiny_config(batch_size=30), dataset, devices=jax.devices()[:4])
+  with pytest.raises(ValueError, match="eval_batch_size"):
+    train.Trainer(tiny_config(eval_batch_size=66), dataset, devices=jax.devices()[:4])
+
+
+def test_same_seed_same_result(dataset):
+  a = train.Trainer(tiny_config(epochs=1), dataset).evaluate(SMALL)
+  b = train.Trainer(tiny_config(epochs=1), dataset).evaluate(SMALL)
+  assert (a.best_val_accuracy, a.last_val_accuracy) == (b.best_val_accuracy, b.last_val_accuracy)
+
+
+def _one_epoch(config, dataset, devices):
+  """Params after one epoch from the same init, on a mesh over `devices`."""
+  trainer = train.Trainer(config, dataset, devices=devices)
+  model = models.CNN(parse("[C(8,3,1), C(8,3,1), P(2,2), FC(16), SM(10)]"))
+  shapes = models.param_shapes(model, trainer.input_shape)
+  opt = jax.eval_shape(train.make_optimizer(config.train, 0.0).init, shapes)
+  epoch = train.build_train_epoch(model, config.train, trainer.mesh,
+                                  len(dataset.train_labels), trainer._normalize)
+  params, _, loss = epoch(trainer._put(models.init_params(shapes, 0)),
+                          trainer._put(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), opt)),
+                          np.uint32(0), np.uint32(0), np.uint32(0), np.float32(1e-3),
+                          *trainer._train_data)
+  evaluate = train.build_evaluate(model, trainer.mesh, 64, len(dataset.val_labels),
+                                  trainer._normalize)
+  return jax.device_get(params), float(loss), int(evaluate(params, *trainer._val_data))
+
+
+def test_one_and_four_devices_agree(dataset):
+  assert len(jax.devices()) >= 4
+  p1, loss1, correct1 = _one_epoch(tiny_config(), dataset, jax.devices()[:1])
+  p4, loss4, correct4 = _one_epoch(tiny_config(), dataset, jax.devices()[:4])
+  assert loss1 == pytest.approx(loss4, rel=1e-5)
+  assert abs(correct1 - correct4) <= 1
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_evaluate_counts_every_example_once(dataset):
+  # All-zero params give all-zero logits: every prediction is class 0.
+  model = models.CNN(parse("[C(4,1,1), GAP(10), SM(10)]"))
+  shapes = models.param_shapes(model, (8, 8, 1))
+  zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+  mesh = train.make_mesh(jax.devices()[:4])
+  labels = dataset.val_labels[:37]
+  evaluate = train.build_evaluate(model, mesh, 8, 37, lambda x: x.astype(np.float32))
+  assert int(evaluate(zeros, dataset.val_images[:37], labels)) == int(np.sum(labels == 0))
+
+
+def _run(module, *args):
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+
+
+def test_train_one_cli_end_to_end():
+  proc = _run("metaqnn.train_one", "--config=configs/digits.py", f"--arch={SMALL}",
+              "--config.train.epochs=1", "--config.train.batch_size=32")
+  assert proc.returncode == 0, proc.stderr
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert result["arch"] == SMALL and result["status"] == "ok"
+  assert {"best_val_accuracy", "restarts", "seconds"} <= set(result)
+
+
+@pytest.mark.parametrize("args", [
+    ["--config=configs/digits.py", "--arch=[C(8,3,1), P(9,2), SM(10)]"],
+    ["--config=configs/digits.py", "--arch=[C(8,3,1)"],
+    ["--config=configs/digits.py", f"--arch={SMALL}", "--config.train.batch_size=30"],
+    ["--config=configs/digits.py", f"--arch={SMALL}", "--config.train.no_such_field=1"],
+    ["--config=configs/no_such_config.py", f"--arch={SMALL}"],
+])
+def test_train_one_cli_errors_are_one_line(args):
+  proc = _run("metaqnn.train_one", *args)
+  assert proc.returncode != 0
+  assert "Traceback" not in proc.stderr
+  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_arch_cli_json():
+  proc = _run("metaqnn.arch", "params", "[C(64,3,1), P(2,2), FC(128), SM(10)]",
+              "--input_shape=32,32,3", "--num_classes=10")
+  assert proc.returncode == 0, proc.stderr
+  out = json.loads(proc.stdout)
+  assert out["arch"] == "[C(64,3,1), P(2,2), FC(128), SM(10)]"
+  assert out["params"] == (27 * 64 + 64) + (16 * 16 * 64 * 128 + 128) + (128 * 10 + 10)
+  assert out["output_shape"] == [10]
+  assert [l["output_shape"] for l in out["layers"]] == [[32, 32, 64], [16, 16, 64], [128], [10]]
+  assert sum(l["params"] for l in out["layers"]) == out["params"]
+  assert out["flops"] > 0
+
+
+@pytest.mark.parametrize("args", [
+    ["params", "[C(64,3,1), P(2,2), SM(10)"],
+    ["params", "[P(9,2), SM(10)]", "--input_shape=8,8,1"],
+    ["params", "[C(8,3,1), SM(10)]", "--num_classes=100"],
+    ["params", "[C(8,3,1), SM(10)]", "--input_shape=8,x,1"],
+])
+def test_arch_cli_errors_are_one_line(args):
+  proc = _run("metaqnn.arch", *args)
+  assert proc.returncode != 0 and proc.stdout == ""
+  assert "Traceback" not in proc.stderr
+  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
