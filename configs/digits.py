@@ -22,7 +22,7 @@ def get_config():
   config.space.fc_max_side = 3
   config.search.schedule = (
       "1.0:40,0.9:4,0.8:4,0.7:4,0.6:6,0.5:6,0.4:6,0.3:6,0.2:6,0.1:6")
-  config.train.batch_size = 128
+  config.train.batch_size = 32
   config.train.epochs = 8
   config.train.lr_decay_every = 3
   config.train.eval_batch_size = 512

@@ -207,8 +207,6 @@ class Trainer:
       result = self._failure(name, "error", str(e), params)
     except Exception as e:  # A candidate must not stop the search: report and go on.
       result = self._failure(name, _classify_error(e), f"{type(e).__name__}: {e}", params)
-    finally:
-      jax.clear_caches()
     result.seconds = time.perf_counter() - start
     return result
 
@@ -229,6 +227,16 @@ class Trainer:
                                     self._normalize)
     evaluate = build_evaluate(model, self.mesh, int(t.eval_batch_size),
                               len(self.dataset.val_labels), self._normalize)
+    try:
+      return self._attempts(arch, model, shapes, opt_shapes, train_epoch, evaluate)
+    finally:  # release this candidate's executables, and only its own: other workers
+      train_epoch.clear_cache()  # may be compiling or training in other threads
+      evaluate.clear_cache()
+
+  def _attempts(self, arch, model, shapes, opt_shapes, train_epoch, evaluate):
+    """Up to 1 + max_restarts attempts; the restart rule after each first epoch."""
+    t = self.config.train
+    n_params = models.tree_size(shapes)
     num_val = len(self.dataset.val_labels)
     seed = np.uint32(self.config.seed)
     for attempt in range(int(t.max_restarts) + 1):
