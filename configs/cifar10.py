@@ -12,4 +12,8 @@ def get_config():
   config = config_lib.base_config("cifar10")
   config.space.max_depth = 18
   config.dataset.preprocess = "gcn"
+  # Final training as the paper reports it (SPEC section 4), with moderate augmentation.
+  config.final.schedule = "0.025:40,0.0125:40,0.0001:160,0.00001:60"
+  config.final.optimizer = "sgd"
+  config.final.augment = True
   return config

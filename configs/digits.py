@@ -21,9 +21,12 @@ def get_config():
   config.space.size_bins = (4, 2, 1)
   config.space.fc_max_side = 3
   config.search.schedule = (
-      "1.0:40,0.9:4,0.8:4,0.7:4,0.6:6,0.5:6,0.4:6,0.3:6,0.2:6,0.1:6")
+      "1.0:60,0.9:6,0.8:6,0.7:6,0.6:8,0.5:8,0.4:8,0.3:8,0.2:8,0.1:8")
   config.train.batch_size = 32
   config.train.epochs = 8
   config.train.lr_decay_every = 3
   config.train.eval_batch_size = 512
+  config.final.top = 5
+  config.final.ensemble = 3
+  config.final.epochs = 20
   return config

@@ -6,6 +6,8 @@ import sys
 from typing import Callable
 
 from absl import app
+from absl import flags
+from absl import logging
 
 # Errors a user can cause with bad input; anything else is a bug and keeps its traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError)
@@ -19,6 +21,8 @@ def run(main: Callable[[list[str]], int | None]) -> None:
   """`absl.app.run(main)`, reporting user errors as `error: ...` on stderr, exit 2."""
 
   def wrapped(argv):
+    if not flags.FLAGS["verbosity"].present:  # library INFO logs only when asked for
+      logging.set_verbosity(logging.WARNING)
     try:
       return main(argv)
     except BrokenPipeError:  # output piped into `head`: not an error

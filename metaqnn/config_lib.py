@@ -86,4 +86,18 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
   c.train.dropout = True
   c.train.augment = False          # Random mirror + translation up to 5 px (final training).
   c.train.eval_batch_size = 1000
+
+  # The final stage (SPEC sections 1 and 4): top models retrained longer, then ensembled.
+  c.final = ml_collections.ConfigDict()
+  c.final.top = 10
+  c.final.ensemble = 5
+  c.final.run_after_search = True  # `metaqnn.main` runs it when the search finishes.
+  c.final.schedule = ""            # "lr:epochs,..."; "" = learning_rate decayed as in train.
+  c.final.epochs = 40
+  c.final.learning_rate = 1e-3
+  c.final.optimizer = "adam"       # "adam" or "sgd" (with momentum; where the paper gives
+  c.final.momentum = 0.9           # Caffe-style rates such as 0.025, SGD is meant).
+  c.final.weight_decay = 0.0
+  c.final.augment = False
+  c.final.plots = True             # Write the analysis plots when the search finishes.
   return c

@@ -2,14 +2,17 @@
 
   python -m metaqnn.inspect --workdir=DIR          # readable summary
   python -m metaqnn.inspect --workdir=DIR --json   # one JSON object, every model
+  python -m metaqnn.inspect --checkpoint=DIR/final/01-.../checkpoint [--split=test]
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import os
 from typing import Optional
 
+import numpy as np
 from absl import flags
 
 from metaqnn import cli
@@ -37,8 +40,14 @@ def summarize(workdir: str, top: int = 10) -> dict:
                 "stage": None if sched.stage(len(unique)) is None else sched.stage(len(unique)) + 1,
                 "stages": len(sched.stages), "finished": sched.stage(len(unique)) is None}
   ranked = sorted(unique, key=lambda r: -r.accuracy)
+  final = None
+  final_path = os.path.join(workdir, "final", "results.json")
+  if os.path.exists(final_path):
+    with open(final_path) as f:
+      final = json.load(f)
   return {
       "workdir": workdir,
+      "final": final,
       "dataset": config.get("dataset", {}).get("name"),
       "unique_models": len(unique),
       "iterations": len(records),
@@ -72,17 +81,77 @@ def render(s: dict) -> str:
   lines.append(f"\ntop {len(s['top'])} models:")
   for i, m in enumerate(s["top"], 1):
     lines.append(f"  {i:2d}. {m['accuracy']:.4f}  #{m['iteration']:<5d} {m['arch']}")
+  if s.get("final"):
+    lines.append("\nfinal models (retrained, test accuracy):")
+    for m in s["final"]["models"]:
+      lines.append(f"  {m['rank']:2d}. test {m['test_accuracy']:.4f}  val {m['val_accuracy']:.4f}"
+                   f"  {m['arch']}  {m['checkpoint']}")
+    if s["final"].get("ensemble"):
+      e = s["final"]["ensemble"]
+      lines.append(f"  ensemble of {e['size']}: test {e['test_accuracy']:.4f}")
   lines.append(f"\nfailures: {len(s['failures'])}")
   for f in s["failures"][:20]:
     lines.append(f"  #{f['iteration']} {f['status']}: {f['message'][:120]}  {f['arch']}")
   return "\n".join(lines)
 
 
+def checkpoint_summary(path: str, split: Optional[str] = None) -> dict:
+  """Architecture, parameter table and stored metrics of a final model's checkpoint;
+  with `split` ("test", "train"), also its accuracy evaluated there now."""
+  from metaqnn import checkpoints, models
+  from metaqnn.architecture import parse
+  meta = checkpoints.metadata(path)
+  params = checkpoints.restore(path)
+  arch = parse(meta["arch"])
+  shapes = {}
+  for layer, leaves in params.items():
+    for name, value in leaves.items():
+      shapes[f"{layer}/{name}"] = list(value.shape)
+  out = {"checkpoint": path, "arch": str(arch), "dataset": meta.get("dataset"),
+         "params": int(sum(int(np.prod(s)) for s in shapes.values())),
+         "parameters": shapes,
+         "layers": [l.to_json() for l in models.layer_summary(arch, meta["input_shape"])],
+         "metrics": {k: meta[k] for k in ("val_accuracy", "test_accuracy", "seconds")
+                     if k in meta}}
+  if split:
+    import ml_collections
+    from metaqnn import input_pipeline, train
+    config = ml_collections.ConfigDict(meta["config"])
+    data = input_pipeline.load(config, final=True)
+    images, labels = {"test": (data.test_images, data.test_labels),
+                      "train": (data.train_images, data.train_labels)}[split]
+    probs = train.FinalTrainer(config, data).predict(arch, params, images)
+    out["evaluated"] = {"split": split, "examples": int(len(labels)),
+                        "accuracy": float((probs.argmax(-1) == labels).mean())}
+  return out
+
+
+def render_checkpoint(s: dict) -> str:
+  lines = [f"checkpoint: {s['checkpoint']}", f"architecture: {s['arch']}",
+           f"data set: {s['dataset']}   trainable parameters: {s['params']:,}", "",
+           f"  {'layer':<10} {'output shape':<16} {'params':>10}  dropout"]
+  for l in s["layers"]:
+    lines.append(f"  {l['name']:<10} {str(tuple(l['output_shape'])):<16} {l['params']:>10,}"
+                 f"  {l['dropout'] or ''}")
+  lines.append("")
+  lines += [f"{k}: {v:.4f}" for k, v in s["metrics"].items()]
+  if "evaluated" in s:
+    e = s["evaluated"]
+    lines.append(f"evaluated now on {e['split']} ({e['examples']} examples): "
+                 f"accuracy {e['accuracy']:.4f}")
+  return "\n".join(lines)
+
+
 def main(argv: list[str]) -> None:
   f = flags.FLAGS
-  if len(argv) > 1 or not f.workdir:
-    raise cli.UserError("usage: python -m metaqnn.inspect --workdir=DIR [--json]")
+  if len(argv) > 1 or bool(f.workdir) == bool(f.checkpoint):
+    raise cli.UserError("usage: python -m metaqnn.inspect (--workdir=DIR | "
+                        "--checkpoint=PATH [--split=test]) [--json]")
   try:
+    if f.checkpoint:
+      summary = checkpoint_summary(f.checkpoint, f.split)
+      print(json.dumps(summary) if f.json else render_checkpoint(summary))
+      return
     summary = summarize(f.workdir, f.top)
   except store_lib.WorkdirError as e:
     raise cli.UserError(str(e)) from None
@@ -93,4 +162,6 @@ if __name__ == "__main__":  # flags only for the command, so the library imports
   flags.DEFINE_string("workdir", None, "Work directory of a search.")
   flags.DEFINE_bool("json", False, "Print one JSON object instead of a summary.")
   flags.DEFINE_integer("top", 10, "Number of top models to list.")
+  flags.DEFINE_string("checkpoint", None, "A final model's checkpoint directory.")
+  flags.DEFINE_enum("split", None, ["test", "train"], "Evaluate the checkpoint on this split.")
   cli.run(main)

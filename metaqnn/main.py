@@ -46,7 +46,20 @@ def main(argv: list[str]) -> None:
   status = "finished" if result.finished else "stopped"
   print(f"search {status}: {result.unique_models} unique models, {result.iterations} "
         f"iterations; best {result.best_accuracy} {result.best_arch}")
-  print(f"inspect it with: python -m metaqnn.inspect --workdir={_WORKDIR.value}")
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  if result.finished and config.final.plots:
+    from metaqnn import plots
+    print("plots: " + ", ".join(plots.write_all([workdir])))
+  if result.finished and config.final.run_after_search and config.evaluator == "train":
+    from metaqnn import finalize  # the final stage: top models retrained, tested, ensembled
+    try:
+      results = finalize.finalize(workdir)
+    except KeyboardInterrupt:
+      print("interrupted; finished final models are kept. Run the same command (or "
+            "python -m metaqnn.finalize) to resume.", file=sys.stderr)
+      sys.exit(130)
+    print(finalize.results_table(results))
+  print(f"inspect it with: python -m metaqnn.inspect --workdir={workdir}")
 
 
 if __name__ == "__main__":

@@ -57,17 +57,39 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
 
 
 def make_optimizer(train_config: Any, learning_rate: Any) -> optax.GradientTransformation:
-  """Adam with optional L2 weight decay on kernels (coupled, as Caffe's) at `learning_rate`.
+  """Adam (or SGD with momentum, `optimizer="sgd"`) with optional L2 weight decay on
+  kernels (coupled, as Caffe's) at `learning_rate`.
 
   The state does not depend on `learning_rate`, which may be a traced scalar.
   """
   decay_kernels = lambda params: jax.tree_util.tree_map_with_path(
       lambda path, _: path[-1].key == "kernel", params)
+  kind = train_config.get("optimizer", "adam")
+  if kind == "adam":
+    direction = optax.scale_by_adam(b1=train_config.adam_b1, b2=train_config.adam_b2,
+                                    eps=train_config.adam_eps)
+  elif kind == "sgd":
+    direction = optax.trace(decay=float(train_config.momentum))
+  else:
+    raise ValueError(f"unknown optimizer {kind!r}; use adam or sgd")
   return optax.chain(
       optax.add_decayed_weights(float(train_config.weight_decay), mask=decay_kernels),
-      optax.scale_by_adam(b1=train_config.adam_b1, b2=train_config.adam_b2,
-                          eps=train_config.adam_eps),
-      optax.scale_by_learning_rate(learning_rate))
+      direction, optax.scale_by_learning_rate(learning_rate))
+
+
+def augment(images: jax.Array, key: jax.Array, max_shift: int = 5) -> jax.Array:
+  """Random horizontal mirroring and translation by up to `max_shift` pixels (zero fill).
+
+  The moderate augmentation of the paper's final CIFAR training; uint8 in, uint8 out.
+  """
+  n, h, w, _ = images.shape
+  flip_key, shift_key = jax.random.split(key)
+  flip = jax.random.bernoulli(flip_key, 0.5, (n,))
+  images = jnp.where(flip[:, None, None, None], images[:, :, ::-1], images)
+  padded = jnp.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)))
+  offsets = jax.random.randint(shift_key, (n, 2), 0, 2 * max_shift + 1)
+  crop = lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, img.shape[-1]))
+  return jax.vmap(crop)(padded, offsets)
 
 
 def _epoch_key(seed: jax.Array, attempt: jax.Array, epoch: jax.Array) -> jax.Array:
@@ -85,6 +107,7 @@ def build_train_epoch(model: models.CNN, train_config: Any, mesh: Mesh, num_trai
   steps = num_train // batch
   batch_sharding = NamedSharding(mesh, P(None, "data"))
   replicated = NamedSharding(mesh, P())
+  use_augment = bool(train_config.get("augment", False))
 
   def loss_fn(params, x, y, key):
     logits = model.apply({"params": params}, x, train=True, rngs={"dropout": key})
@@ -99,7 +122,11 @@ def build_train_epoch(model: models.CNN, train_config: Any, mesh: Mesh, num_trai
     def step(carry, xs):
       params, opt_state = carry
       idx, key = xs
-      x, y = normalize(images[idx]), labels[idx]
+      x, y = images[idx], labels[idx]
+      if use_augment:
+        key, aug_key = jax.random.split(key)
+        x = augment(x, aug_key)
+      x = normalize(x)
       loss, grads = jax.value_and_grad(loss_fn)(params, x, y, key)
       updates, opt_state = tx.update(grads, opt_state, params)
       return (optax.apply_updates(params, updates), opt_state), loss
@@ -274,3 +301,135 @@ class Trainer:
 
   def _put(self, tree: Any) -> Any:
     return jax.device_put(tree, self._replicated)
+
+
+def final_learning_rates(config: Any) -> list[float]:
+  """Per-epoch learning rates of the final stage (`config.final`).
+
+  `final.schedule` is "lr:epochs,lr:epochs,..." (the paper's CIFAR-10 and SVHN
+  schedules); if empty, `final.learning_rate` decays by `train.lr_decay` every
+  `train.lr_decay_every` epochs for `final.epochs` epochs (the MNIST schedule).
+  """
+  f = config.final
+  if f.schedule:
+    lrs = []
+    for part in str(f.schedule).replace(" ", "").split(","):
+      try:
+        lr, epochs = part.split(":")
+        lrs += [float(lr)] * int(epochs)
+      except ValueError:
+        raise ValueError(f"bad final.schedule {f.schedule!r}: expected lr:epochs pairs "
+                         "such as 0.025:40,0.0125:40") from None
+  else:
+    t = config.train
+    lrs = [float(f.learning_rate) * float(t.lr_decay) ** (e // int(t.lr_decay_every))
+           for e in range(int(f.epochs))]
+  if not lrs or min(lrs) <= 0:
+    raise ValueError("the final schedule must have at least one epoch and positive rates")
+  return lrs
+
+
+def build_predict(model: models.CNN, mesh: Mesh, batch_size: int, num_examples: int,
+                  normalize: Callable[[jax.Array], jax.Array]) -> Callable:
+  """A jitted `(params, images) -> class probabilities [num_examples, k]`."""
+  n_dev = mesh.size
+  batch = min(batch_size, -(-num_examples // n_dev) * n_dev)
+  steps = -(-num_examples // batch)
+  batch_sharding = NamedSharding(mesh, P(None, "data"))
+
+  def predict_fn(params, images):
+    idx = jnp.minimum(jnp.arange(steps * batch), num_examples - 1).reshape(steps, batch)
+    idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
+    body = lambda _, i: (None, jax.nn.softmax(
+        model.apply({"params": params}, normalize(images[i]), train=False)))
+    _, probs = jax.lax.scan(body, None, idx)
+    return probs.reshape(steps * batch, -1)[:num_examples]
+
+  return jax.jit(predict_fn)
+
+
+class FinalTrainer:
+  """Trains one architecture with the final stage's settings on all the training data.
+
+  `config.final` lays its optimizer, momentum, augmentation and schedule over
+  `config.train`; there is no validation split and no restart rule.
+  """
+
+  def __init__(self, config: Any, dataset: input_pipeline.Dataset,
+               devices: Sequence[jax.Device] | None = None):
+    import ml_collections
+    f = config.final
+    self.config, self.dataset = config, dataset
+    self.train_config = ml_collections.ConfigDict(config.train.to_dict())
+    self.train_config.update(optimizer=str(f.optimizer), momentum=float(f.momentum),
+                             augment=bool(f.augment), weight_decay=float(f.weight_decay))
+    self.lrs = final_learning_rates(config)
+    self.mesh = make_mesh(devices)
+    for field in ("batch_size", "eval_batch_size"):
+      if int(config.train[field]) % self.mesh.size:
+        raise ValueError(f"config.train.{field}={config.train[field]} must be a multiple "
+                         f"of the number of devices ({self.mesh.size})")
+    self.input_shape = tuple(dataset.train_images.shape[1:])
+    self._replicated = NamedSharding(self.mesh, P())
+    self._train_data = jax.device_put((np.asarray(dataset.train_images),
+                                       np.asarray(dataset.train_labels)), self._replicated)
+
+  def _normalize(self, images: jax.Array) -> jax.Array:
+    return input_pipeline.normalize(images, self.dataset.preprocess, self.dataset.mean)
+
+  def count_params(self, arch: Architecture | str) -> int:
+    arch = parse(arch) if isinstance(arch, str) else arch
+    return models.count_params(arch, self.input_shape)
+
+  def fit(self, arch: Architecture | str, init_params: Any = None,
+          seed: int | None = None) -> tuple[Any, list[dict]]:
+    """Trains `arch` (from `init_params` where shapes match, e.g. fine-tuning) and
+    returns (host parameters, per-epoch history). Stops early if the loss diverges."""
+    arch = parse(arch) if isinstance(arch, str) else arch
+    t = self.train_config
+    model = models.CNN(arch, dropout=bool(t.dropout))
+    shapes = models.param_shapes(model, self.input_shape)
+    seed = int(self.config.seed if seed is None else seed)
+    params = models.init_params(shapes, [seed, 1_000_003])
+    if init_params is not None:  # keep every pretrained tensor whose shape still fits
+      params = jax.tree.map(
+          lambda new, old: np.asarray(old, new.dtype)
+          if old is not None and np.shape(old) == np.shape(new) else new,
+          params, _match(params, init_params), is_leaf=lambda x: x is None)
+    opt_shapes = jax.eval_shape(make_optimizer(t, 0.0).init, shapes)
+    opt_state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), opt_shapes)
+    params, opt_state = jax.device_put((params, opt_state), self._replicated)
+    train_epoch = build_train_epoch(model, t, self.mesh, len(self.dataset.train_labels),
+                                    self._normalize)
+    history = []
+    try:
+      for epoch, lr in enumerate(self.lrs):
+        params, opt_state, loss = train_epoch(params, opt_state, np.uint32(seed),
+                                              np.uint32(0), np.uint32(epoch), np.float32(lr),
+                                              *self._train_data)
+        history.append({"epoch": epoch + 1, "lr": lr, "loss": float(loss)})
+        if not np.isfinite(float(loss)):
+          break
+      return jax.device_get(params), history
+    finally:
+      train_epoch.clear_cache()
+
+  def predict(self, arch: Architecture | str, params: Any, images: np.ndarray) -> np.ndarray:
+    """Class probabilities of `images` (uint8, stored form) under `params`."""
+    arch = parse(arch) if isinstance(arch, str) else arch
+    model = models.CNN(arch, dropout=bool(self.train_config.dropout))
+    fn = build_predict(model, self.mesh, int(self.config.train.eval_batch_size), len(images),
+                       self._normalize)
+    try:
+      return np.asarray(fn(jax.device_put(params, self._replicated),
+                           jax.device_put(np.asarray(images), self._replicated)))
+    finally:
+      fn.clear_cache()
+
+
+def _match(template: Any, tree: Any) -> Any:
+  """`tree` laid onto `template`'s structure: missing entries become None."""
+  if isinstance(template, dict):
+    tree = tree if isinstance(tree, dict) else {}
+    return {k: _match(v, tree.get(k)) for k, v in template.items()}
+  return tree

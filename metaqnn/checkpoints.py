@@ -1,0 +1,39 @@
+"""Orbax checkpoints of final models' parameters, plus the metadata stored beside them."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+
+def save(path: str, params: Any) -> None:
+  """Saves a parameter tree to `path` (a new directory) with Orbax; waits for it."""
+  import orbax.checkpoint as ocp
+  ckptr = ocp.StandardCheckpointer()
+  ckptr.save(os.path.abspath(path), params, force=True)
+  ckptr.wait_until_finished()
+  ckptr.close()
+
+
+def restore(path: str) -> Any:
+  """Restores a parameter tree (host NumPy arrays) saved by `save`."""
+  import orbax.checkpoint as ocp
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"no checkpoint at {path}")
+  ckptr = ocp.StandardCheckpointer()
+  try:
+    return ckptr.restore(path)
+  finally:
+    ckptr.close()
+
+
+def metadata(path: str) -> dict:
+  """The `meta.json` written beside a final model's checkpoint (arch, metrics, config)."""
+  path = os.path.abspath(path)
+  meta = os.path.join(os.path.dirname(path.rstrip("/")), "meta.json")
+  if not os.path.exists(meta):
+    raise FileNotFoundError(f"{path} is not a metaqnn checkpoint (no meta.json beside it)")
+  with open(meta) as f:
+    return json.load(f)

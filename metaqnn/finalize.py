@@ -1,0 +1,156 @@
+"""The final stage (SPEC section 1 and 4): retrain the top models longer, test, ensemble.
+
+  python -m metaqnn.finalize --workdir=DIR [--top=10] [--ensemble=5]
+
+The top N models of a search by validation accuracy are trained again from scratch with
+the data set's final schedule (`config.final`) on the whole training set (train plus
+validation), each checkpointed with Orbax and tested on the test split; the top M are
+ensembled by averaging their predicted class probabilities. Results go to
+`DIR/final/results.json` and a Markdown table like the paper's Table 3,
+`DIR/final/results.md`. Resumable: finished models (checkpoint, test probabilities and
+metadata present) are not trained again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from typing import Optional
+
+import ml_collections
+import numpy as np
+
+from metaqnn import store as store_lib
+
+FINAL_DIR = "final"
+
+
+def top_models(workdir: str, n: int) -> tuple[ml_collections.ConfigDict, list]:
+  """The stored config and the top `n` distinct, successfully trained models."""
+  store = store_lib.open_existing(workdir)
+  try:
+    meta = store.meta()
+    records = [r for r in store.models() if not r.resampled and r.status == "ok"]
+  finally:
+    store.close()
+  if "config" not in meta:
+    raise store_lib.WorkdirError(f"{workdir} has no stored config")
+  config = ml_collections.ConfigDict(json.loads(meta["config"]))
+  if "final" not in config:  # made before the final stage had settings: the defaults
+    from metaqnn import config_lib
+    config.final = config_lib.base_config(config.dataset.name).final
+  records.sort(key=lambda r: (-r.accuracy, r.iteration))
+  return config, records[:n]
+
+
+def model_dir(root: str, rank: int, arch: str) -> str:
+  digest = hashlib.sha256(arch.encode()).hexdigest()[:10]
+  return os.path.join(root, f"{rank:02d}-{digest}")
+
+
+def _write_json(path: str, obj) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
+
+
+def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = None,
+             config_overrides: Optional[dict] = None) -> dict:
+  """Runs (or resumes) the final stage of a finished search; returns results.json's content."""
+  from metaqnn import checkpoints, input_pipeline, train  # JAX only when needed
+  config, _ = top_models(workdir, 0)
+  if config_overrides:
+    config.update_from_flattened_dict(config_overrides)
+  top = int(config.final.top if top is None else top)
+  ensemble = int(config.final.ensemble if ensemble is None else ensemble)
+  if top < 1 or ensemble < 0:
+    raise ValueError("--top must be >= 1 and --ensemble >= 0")
+  _, best = top_models(workdir, top)
+  if not best:
+    raise store_lib.WorkdirError(f"{workdir} holds no successfully trained model yet")
+  root = os.path.join(workdir, FINAL_DIR)
+  os.makedirs(root, exist_ok=True)
+  dataset = input_pipeline.load(config, final=True)
+  trainer = train.FinalTrainer(config, dataset)
+  models, probs = [], []
+  for rank, rec in enumerate(best, 1):
+    path = model_dir(root, rank, rec.arch)
+    meta_path = os.path.join(path, "meta.json")
+    if not os.path.exists(meta_path):  # not finished before: train it now
+      start = time.perf_counter()
+      params, history = trainer.fit(rec.arch)
+      p = trainer.predict(rec.arch, params, dataset.test_images)
+      os.makedirs(path, exist_ok=True)
+      checkpoints.save(os.path.join(path, "checkpoint"), params)
+      np.save(os.path.join(path, "test_probs.npy"), p.astype(np.float32))
+      _write_json(meta_path, {
+          "arch": rec.arch, "rank": rank, "params": trainer.count_params(rec.arch),
+          "val_accuracy": rec.accuracy,
+          "test_accuracy": float(np.mean(p.argmax(-1) == dataset.test_labels)),
+          "search_iteration": rec.iteration, "history": history,
+          "seconds": time.perf_counter() - start, "dataset": config.dataset.name,
+          "input_shape": list(dataset.test_images.shape[1:]),
+          "config": json.loads(config.to_json())})  # written last: marks it finished
+      print(f"final {rank}/{len(best)}: test accuracy "
+            f"{json.load(open(meta_path))['test_accuracy']:.4f} {rec.arch}", flush=True)
+    with open(meta_path) as f:
+      meta = json.load(f)
+    models.append({k: meta[k] for k in ("arch", "params", "val_accuracy", "test_accuracy")}
+                  | {"checkpoint": os.path.join(path, "checkpoint"), "rank": rank})
+    probs.append(np.load(os.path.join(path, "test_probs.npy")))
+  m = min(ensemble, len(models))
+  ens = None
+  if m:
+    avg = np.mean(probs[:m], axis=0)
+    ens = {"size": m, "members": [x["arch"] for x in models[:m]],
+           "test_accuracy": float(np.mean(avg.argmax(-1) == dataset.test_labels))}
+  results = {"dataset": config.dataset.name, "models": models, "ensemble": ens,
+             "test_examples": int(len(dataset.test_labels))}
+  _write_json(os.path.join(root, "results.json"), results)
+  with open(os.path.join(root, "results.md"), "w") as f:
+    f.write(results_table(results))
+  return results
+
+
+def results_table(results: dict) -> str:
+  """A Markdown table in the spirit of the paper's Table 3 (test error, %)."""
+  lines = [f"# Final models: {results['dataset']}", "",
+           "| rank | model architecture | params | val. error (%) | test error (%) |",
+           "|---|---|---|---|---|"]
+  for m in results["models"]:
+    lines.append(f"| {m['rank']} | `{m['arch']}` | {m['params'] / 1e6:.2f}M | "
+                 f"{100 * (1 - m['val_accuracy']):.2f} | {100 * (1 - m['test_accuracy']):.2f} |")
+  e = results["ensemble"]
+  if e:
+    lines += ["", f"Ensemble of the top {e['size']} (mean of predicted probabilities): "
+              f"test error **{100 * (1 - e['test_accuracy']):.2f}%** on "
+              f"{results['test_examples']} test examples."]
+  return "\n".join(lines) + "\n"
+
+
+def main(argv):
+  from absl import flags
+  from metaqnn import cli
+  f = flags.FLAGS
+  if len(argv) > 1 or not f.workdir:
+    raise cli.UserError("usage: python -m metaqnn.finalize --workdir=DIR [--top=10] "
+                        "[--ensemble=5]")
+  try:
+    results = finalize(f.workdir, f.top, f.ensemble)
+  except store_lib.WorkdirError as e:
+    raise cli.UserError(str(e)) from None
+  print(results_table(results))
+  print(f"results: {os.path.join(f.workdir, FINAL_DIR, 'results.json')}")
+
+
+if __name__ == "__main__":
+  from absl import flags
+  from metaqnn import cli
+  flags.DEFINE_string("workdir", None, "Work directory of a finished search.")
+  flags.DEFINE_integer("top", None, "Models to retrain (default: config.final.top).")
+  flags.DEFINE_integer("ensemble", None, "Top models to ensemble (default: config.final.ensemble).")
+  cli.run(main)

@@ -1,0 +1,94 @@
+"""Transfer an architecture to another data set (paper Table 5): from scratch or fine-tuned.
+
+  python -m metaqnn.transfer --config=configs/cifar100.py --from_workdir=RUNS/cifar10 --workdir=OUT
+  python -m metaqnn.transfer --config=configs/cifar100.py --arch="[C(128,3,1), ..., SM(10)]" \\
+      --init_checkpoint=RUNS/cifar10/final/01-xxxx/checkpoint --workdir=OUT
+
+The architecture (given, or the best of a search's work directory) gets the target data
+set's number of classes, is trained with the target config's final schedule, and is
+tested on the target's test split. With `--init_checkpoint`, every pretrained tensor whose
+shape still fits starts from the checkpoint (the classifier is re-initialised when the
+class count changes). Writes `OUT/checkpoint`, `OUT/meta.json` and prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Optional
+
+from metaqnn import architecture as arch_lib
+from metaqnn.architecture import GAP, Architecture, Softmax
+
+
+def with_classes(arch: Architecture, k: int) -> Architecture:
+  """The same network with a k-way classifier (GAP(k) and SM(k))."""
+  layers = [GAP(k) if isinstance(l, GAP) else Softmax(k) if isinstance(l, Softmax) else l
+            for l in arch.layers]
+  return Architecture(tuple(layers))
+
+
+def best_of(workdir: str) -> str:
+  from metaqnn import finalize
+  _, best = finalize.top_models(workdir, 1)
+  if not best:
+    raise ValueError(f"{workdir} holds no successfully trained model")
+  return best[0].arch
+
+
+def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = None) -> dict:
+  """Trains `arch` on `config`'s data set with its final schedule; returns the metrics."""
+  from metaqnn import checkpoints, input_pipeline, train
+  if os.path.exists(os.path.join(workdir, "meta.json")):
+    with open(os.path.join(workdir, "meta.json")) as f:
+      return json.load(f)  # done before: nothing is trained twice
+  if os.path.isdir(workdir) and os.listdir(workdir):
+    raise ValueError(f"{workdir} is not empty; use a new directory for a transfer run")
+  target = with_classes(arch_lib.parse(arch), int(config.dataset.num_classes))
+  init = checkpoints.restore(init_checkpoint) if init_checkpoint else None
+  dataset = input_pipeline.load(config, final=True)
+  trainer = train.FinalTrainer(config, dataset)
+  start = time.perf_counter()
+  params, history = trainer.fit(target, init_params=init)
+  probs = trainer.predict(target, params, dataset.test_images)
+  os.makedirs(workdir, exist_ok=True)
+  checkpoints.save(os.path.join(workdir, "checkpoint"), params)
+  meta = {"arch": str(target), "source_arch": arch, "dataset": config.dataset.name,
+          "init_checkpoint": init_checkpoint, "params": trainer.count_params(target),
+          "test_accuracy": float((probs.argmax(-1) == dataset.test_labels).mean()),
+          "history": history, "seconds": time.perf_counter() - start,
+          "input_shape": list(dataset.test_images.shape[1:]),
+          "config": json.loads(config.to_json())}
+  tmp = os.path.join(workdir, "meta.json.tmp")
+  with open(tmp, "w") as f:
+    json.dump(meta, f, indent=1)
+  os.replace(tmp, os.path.join(workdir, "meta.json"))
+  return meta
+
+
+def main(argv):
+  from absl import flags
+  from metaqnn import cli
+  f = flags.FLAGS
+  if len(argv) > 1 or f.config is None or not f.workdir or bool(f.arch) == bool(f.from_workdir):
+    raise cli.UserError("usage: python -m metaqnn.transfer --config=configs/<target>.py "
+                        "(--arch=ARCH | --from_workdir=DIR) --workdir=OUT "
+                        "[--init_checkpoint=PATH]")
+  arch = f.arch or best_of(f.from_workdir)
+  meta = transfer(f.config, arch, f.workdir, f.init_checkpoint)
+  print(json.dumps({k: meta[k] for k in ("arch", "dataset", "params", "test_accuracy",
+                                         "init_checkpoint")}))
+
+
+if __name__ == "__main__":
+  from absl import flags
+  from ml_collections import config_flags
+  from metaqnn import cli
+  config_flags.DEFINE_config_file("config", None, "Target data set's config file.")
+  flags.DEFINE_string("arch", None, "Architecture in the paper's notation.")
+  flags.DEFINE_string("from_workdir", None, "Take the best model of this search instead.")
+  flags.DEFINE_string("init_checkpoint", None, "Fine-tune from this checkpoint.")
+  flags.DEFINE_string("workdir", None, "Output directory (new).")
+  cli.run(main)

@@ -1,0 +1,107 @@
+"""The final stage, transfer, and checkpoint inspection on digits (tiny settings)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from metaqnn import config_lib
+from metaqnn import finalize
+from metaqnn import inspect as inspect_lib
+from metaqnn import models
+from metaqnn import search
+from metaqnn import transfer
+from metaqnn.architecture import parse
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def digits_config():
+  config = config_lib.base_config("digits")
+  config.dataset.val_fraction = 0.2
+  config.space.max_depth = 3
+  config.space.conv_filters = (8, 16)
+  config.space.conv_kernels = (3,)
+  config.space.pools = ((2, 2),)
+  config.space.fc_units = (32,)
+  config.space.size_bins = (4, 2, 1)
+  config.space.fc_max_side = 3
+  config.search.schedule = "1.0:8,0.1:4"
+  config.search.replay_samples = 5
+  config.evaluator = "synthetic"
+  config.train.batch_size = 32
+  config.train.eval_batch_size = 128
+  config.final.epochs = 3
+  config.final.learning_rate = 3e-3
+  return config
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("search") / "w")
+  search.run_search(digits_config(), workdir, log_interval=1e9, tensorboard=False)
+  results = finalize.finalize(workdir, top=3, ensemble=2)
+  return workdir, results
+
+
+def test_results_json_and_table(finished):
+  workdir, results = finished
+  on_disk = json.load(open(os.path.join(workdir, "final", "results.json")))
+  assert on_disk == json.loads(json.dumps(results))
+  assert len(results["models"]) == 3
+  val = [m["val_accuracy"] for m in results["models"]]
+  assert val == sorted(val, reverse=True)
+  for m in results["models"]:
+    assert set(m) >= {"arch", "params", "val_accuracy", "test_accuracy", "checkpoint"}
+    assert 0.0 <= m["test_accuracy"] <= 1.0 and os.path.isdir(m["checkpoint"])
+    assert m["params"] == models.count_params(parse(m["arch"]), (8, 8, 1))
+  assert results["ensemble"]["size"] == 2 and 0.0 < results["ensemble"]["test_accuracy"] <= 1
+  assert results["test_examples"] > 300
+  table = open(os.path.join(workdir, "final", "results.md")).read()
+  assert "| rank | model architecture |" in table and "Ensemble of the top 2" in table
+  summary = inspect_lib.summarize(workdir)
+  assert summary["final"]["ensemble"]["size"] == 2
+
+
+def test_resume_trains_only_unfinished_models(finished):
+  workdir, results = finished
+  dirs = sorted(d for d in os.listdir(os.path.join(workdir, "final")) if d[:2].isdigit())
+  metas = [os.path.join(workdir, "final", d, "meta.json") for d in dirs]
+  stamps = [os.path.getmtime(m) for m in metas]
+  os.remove(metas[1])  # as if killed while the second model trained
+  again = finalize.finalize(workdir, top=3, ensemble=2)
+  assert os.path.getmtime(metas[0]) == stamps[0] and os.path.getmtime(metas[2]) == stamps[2]
+  assert os.path.exists(metas[1])
+  assert [m["arch"] for m in again["models"]] == [m["arch"] for m in results["models"]]
+
+
+def test_checkpoint_inspection(finished):
+  workdir, results = finished
+  path = results["models"][0]["checkpoint"]
+  s = inspect_lib.checkpoint_summary(path, split="test")
+  assert s["arch"] == results["models"][0]["arch"]
+  assert s["params"] == results["models"][0]["params"]
+  assert s["evaluated"]["accuracy"] == pytest.approx(results["models"][0]["test_accuracy"])
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  out = subprocess.run([sys.executable, "-m", "metaqnn.inspect", f"--checkpoint={path}"],
+                       cwd=ROOT, env=env, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr
+  assert s["arch"] in out.stdout and "test_accuracy" in out.stdout
+
+
+def test_transfer_from_scratch_and_fine_tuned(finished, tmp_path):
+  workdir, results = finished
+  config = digits_config()
+  config.final.learning_rate = 1e-12  # fine-tuning this gently keeps the source model
+  config.final.epochs = 1
+  source = results["models"][0]
+  tuned = transfer.transfer(config, source["arch"], str(tmp_path / "tuned"),
+                            init_checkpoint=source["checkpoint"])
+  scratch = transfer.transfer(config, source["arch"], str(tmp_path / "scratch"))
+  assert tuned["test_accuracy"] == pytest.approx(source["test_accuracy"], abs=0.01)
+  assert scratch["test_accuracy"] < source["test_accuracy"] - 0.2
+  assert transfer.with_classes(parse("[C(8,3,1), GAP(10), SM(10)]"), 100) == parse(
+      "[C(8,3,1), GAP(100), SM(100)]")
+  assert transfer.best_of(workdir) == inspect_lib.summarize(workdir)["top"][0]["arch"]
