@@ -36,8 +36,9 @@ class Schedule:
       except ValueError:
         raise ValueError(f"bad epsilon schedule {text!r}: expected epsilon:count pairs "
                          "such as 1.0:1500,0.9:100") from None
-      if not 0.0 <= stage[0] <= 1.0 or stage[1] < 0:
-        raise ValueError(f"bad epsilon schedule {text!r}: epsilon must be in [0, 1] and "
+      if not 0.0 < stage[0] <= 1.0 or stage[1] < 0:
+        # epsilon 0 could re-sample one trained model forever: the stage would never end
+        raise ValueError(f"bad epsilon schedule {text!r}: epsilon must be in (0, 1] and "
                          "counts >= 0")
       stages.append(stage)
     return cls(tuple(stages))

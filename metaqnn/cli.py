@@ -10,7 +10,7 @@ from absl import flags
 from absl import logging
 
 # Errors a user can cause with bad input; anything else is a bug and keeps its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError)
 
 
 class UserError(Exception):
@@ -28,12 +28,11 @@ def run(main: Callable[[list[str]], int | None]) -> None:
     except BrokenPipeError:  # output piped into `head`: not an error
       sys.stderr.close()
       sys.exit(0)
-    except OSError as e:
-      if "config file" not in str(e):
-        raise
-      # ml_collections reports a missing or broken config file over several lines.
-      lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-      _fail(f"cannot load the config file: {lines[-1]}")
+    except OSError as e:  # a path the user gave that cannot be read or written
+      lines = [l.strip() for l in str(e).splitlines() if l.strip()] or [type(e).__name__]
+      if "config file" in str(e):  # ml_collections reports it over several lines
+        _fail(f"cannot load the config file: {lines[-1]}")
+      _fail(lines[0])
     except (UserError,) + USER_ERRORS + _lazy_user_errors() as e:
       _fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
 
@@ -51,7 +50,9 @@ def _fail(message: str) -> None:
 def _lazy_user_errors() -> tuple[type[BaseException], ...]:
   """User-error types of optional modules, without importing heavy ones eagerly."""
   errors = []
-  mod = sys.modules.get("metaqnn.input_pipeline")
-  if mod is not None and hasattr(mod, "DatasetError"):
-    errors.append(mod.DatasetError)
+  for name, error in (("metaqnn.input_pipeline", "DatasetError"),
+                      ("metaqnn.store", "WorkdirError"), ("metaqnn.search", "WorkersLost")):
+    mod = sys.modules.get(name)
+    if mod is not None and hasattr(mod, error):
+      errors.append(getattr(mod, error))
   return tuple(errors)

@@ -79,7 +79,8 @@ class ThreadExecutor:
     return out
 
   def close(self) -> None:
-    self._pool.shutdown(wait=True, cancel_futures=True)
+    """Returns at once: queued work is cancelled; running candidates finish unrecorded."""
+    self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def local(config, evaluate: Optional[Callable], make: Callable) -> SerialExecutor | ThreadExecutor:

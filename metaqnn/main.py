@@ -9,7 +9,7 @@ Any config field can be overridden, e.g. `--config.seed=1`,
 
 from __future__ import annotations
 
-import json
+import os
 import signal
 import sys
 
@@ -18,7 +18,6 @@ from ml_collections import config_flags
 
 from metaqnn import cli
 from metaqnn import search
-from metaqnn.store import WorkdirError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory: the record, the agent, logs.")
@@ -26,6 +25,15 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory: the record, the
 
 def _terminate(signum, frame):
   raise KeyboardInterrupt  # SIGTERM (preemption, `kill`) stops as cleanly as Ctrl-C
+
+
+def _stop(message: str) -> None:
+  """Exits at once after an interrupt: everything worth keeping is already on disk, and
+  candidates still training in worker threads must not hold the exit up."""
+  print(message, file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(130)
 
 
 def main(argv: list[str]) -> None:
@@ -38,11 +46,7 @@ def main(argv: list[str]) -> None:
   try:
     result = search.run_search(_CONFIG.value, _WORKDIR.value)
   except KeyboardInterrupt:
-    print(f"interrupted; the record is saved. Run the same command to resume.",
-          file=sys.stderr)
-    sys.exit(130)
-  except WorkdirError as e:
-    raise cli.UserError(str(e)) from None
+    _stop("interrupted; the record is saved. Run the same command to resume.")
   status = "finished" if result.finished else "stopped"
   print(f"search {status}: {result.unique_models} unique models, {result.iterations} "
         f"iterations; best {result.best_accuracy} {result.best_arch}")
@@ -55,9 +59,8 @@ def main(argv: list[str]) -> None:
     try:
       results = finalize.finalize(workdir)
     except KeyboardInterrupt:
-      print("interrupted; finished final models are kept. Run the same command (or "
-            "python -m metaqnn.finalize) to resume.", file=sys.stderr)
-      sys.exit(130)
+      _stop("interrupted; finished final models are kept. Run the same command (or "
+            "python -m metaqnn.finalize) to resume.")
     print(finalize.results_table(results))
   print(f"inspect it with: python -m metaqnn.inspect --workdir={workdir}")
 

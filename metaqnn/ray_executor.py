@@ -69,8 +69,10 @@ class RayExecutor:
       key, i = self._futures.pop(ref)
       try:
         out.append((key, ray.get(ref)))
-      except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as e:
-        out.append((key, Lost(f"{type(e).__name__}: {str(e).splitlines()[0]}")))
+      except ray.exceptions.RayError as e:  # the worker died or its result was lost
+        first = (str(e).strip().splitlines() or [""])[0]
+        out.append((key, Lost(f"{type(e).__name__}: {first}")))
+        self._ray.kill(self._actors[i])
         self._actors[i] = self._remote.remote(*self._args)  # a fresh worker
       self._free.append(i)
     self._start()

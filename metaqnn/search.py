@@ -18,9 +18,12 @@ are evaluated again. A stop at any moment loses no finished model and trains non
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import signal
+import threading
 import time
 from typing import Callable, Optional
 
@@ -36,6 +39,34 @@ AGENT_DIR = "agent"
 MAX_LOST = 3  # a candidate whose worker died this many times is recorded as failed
 
 
+@contextlib.contextmanager
+def _atomic():
+  """Holds Ctrl-C and SIGTERM back until the block is done, so that journal, record and
+  agent move together; the signal then acts as usual. (Main thread only: elsewhere
+  signals cannot be handled, and the block runs as it is.)"""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  caught = []
+  previous = {sig: signal.signal(sig, lambda num, frame: caught.append((num, frame)))
+              for sig in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+    for num, frame in caught[:1]:
+      handler = previous[num]
+      if callable(handler):
+        handler(num, frame)  # Python's SIGINT handler raises KeyboardInterrupt
+      elif handler == signal.SIG_DFL:
+        signal.raise_signal(num)
+
+
+class WorkersLost(RuntimeError):
+  """Workers keep dying whatever they evaluate: a broken cluster, not a bad candidate."""
+
+
 @dataclasses.dataclass
 class SearchResult:
   workdir: str
@@ -46,9 +77,10 @@ class SearchResult:
   finished: bool
 
 
-def fingerprint(config, evaluator_kind: str) -> dict:
+def fingerprint(config, evaluator_kind: str, replay_samples: int) -> dict:
   """What must match for a work directory to be resumed with `config`."""
   fp = {
+      "replay_samples": replay_samples,  # resume replays learning with the same K
       "dataset": config.dataset.name,
       "image_size": int(config.dataset.image_size),
       "num_classes": int(config.dataset.num_classes),
@@ -99,21 +131,29 @@ class _Search:
     self.replay_samples = replay_samples
     self.in_flight: dict[str, list[Sample]] = {}  # arch -> samples waiting on it
     self.lost: dict[str, int] = {}
+    self.lost_streak = 0  # Lost results in a row, whatever the candidate
     self.last_snapshot = time.perf_counter()
+    # False while the agent is ahead of its journaled event (mid-sample, mid-learn): a
+    # snapshot then would not match the record, so an interrupt there skips it.
+    self.consistent = True
 
   @property
   def busy(self) -> int:
-    return len(self.in_flight)
+    """Samples waiting on a result (duplicates of an in-flight model included)."""
+    return sum(len(v) for v in self.in_flight.values())
 
   def next_stage(self) -> Optional[int]:
-    """The stage of the next unique model, counting those in flight."""
-    return self.schedule.stage(self.store.unique_count() + self.busy)
+    """The stage of the next unique model, counting the unique models in flight."""
+    return self.schedule.stage(self.store.unique_count() + len(self.in_flight))
 
   def _learn(self, rec: ModelRecord) -> None:
-    rec = self.store.add(rec)  # durable before the agent learns from it
-    self.agent.learn(rec.arch, rec.accuracy, new=not rec.resampled,
-                     replay_samples=self.replay_samples)
-    self.agent.meta["event"] = self.store.last_event()
+    with _atomic():
+      rec = self.store.add(rec)  # durable before the agent learns from it
+      self.consistent = False
+      self.agent.learn(rec.arch, rec.accuracy, new=not rec.resampled,
+                       replay_samples=self.replay_samples)
+      self.agent.meta["event"] = self.store.last_event()
+      self.consistent = True
     self.prog.update(rec, self.agent.unique_models)
 
   def dispatch(self, sample: Sample, arch) -> None:
@@ -133,9 +173,12 @@ class _Search:
 
   def sample(self, stage: int) -> None:
     epsilon = self.schedule.stages[stage][0]
-    path = self.agent.sample(epsilon)
-    sample = self.store.add_sample(Sample(str(path.architecture), epsilon, stage))
-    self.agent.meta["event"] = sample.event
+    with _atomic():
+      self.consistent = False
+      path = self.agent.sample(epsilon)
+      sample = self.store.add_sample(Sample(str(path.architecture), epsilon, stage))
+      self.agent.meta["event"] = sample.event
+      self.consistent = True
     self.dispatch(sample, path.architecture)
 
   def collect(self) -> None:
@@ -144,12 +187,18 @@ class _Search:
       arch = next(a for a, s in self.in_flight.items() if s[0].id == key)
       first = self.in_flight[arch][0]
       if isinstance(out, executors.Lost):
+        self.lost_streak += 1
+        if self.lost_streak > max(10, 3 * self.executor.capacity):
+          raise WorkersLost(f"{self.lost_streak} evaluations in a row lost their worker "
+                            f"(last: {out.message}); check the workers, then resume")
         self.lost[arch] = self.lost.get(arch, 0) + 1
         if self.lost[arch] < MAX_LOST:
           self.executor.submit(key, search_space.arch_lib.parse(arch))
           continue
-        out = evaluators.Outcome(1.0 / self.agent.space.cfg.num_classes, "error",
-                                 f"worker lost {MAX_LOST} times: {out.message}")
+        out = evaluators.Outcome(1.0 / self.agent.space.cfg.num_classes, "lost",
+                                 f"its worker died {MAX_LOST} times: {out.message}")
+      else:
+        self.lost_streak = 0
       waiting = self.in_flight.pop(arch)
       self._learn(ModelRecord(
           iteration=-1, sample=first.id, arch=arch, accuracy=out.accuracy,
@@ -163,8 +212,10 @@ class _Search:
       self.snapshot()
 
   def snapshot(self) -> None:
-    self.agent.save(self.agent_dir)
-    self.last_snapshot = time.perf_counter()
+    """Saves the agent if it matches the journal (else resume replays from an older one)."""
+    if self.consistent:
+      self.agent.save(self.agent_dir)
+      self.last_snapshot = time.perf_counter()
 
   def run(self, max_models: Optional[int]) -> None:
     for sample in self.store.pending():  # in flight when the search last stopped
@@ -220,10 +271,9 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   kind = "function" if evaluate is not None else str(config.evaluator)
   if kind not in ("function", "train", "synthetic"):
     raise ValueError(f"unknown evaluator {kind!r}; use train or synthetic")
-  store = store_lib.Store(workdir, fingerprint(config, kind))
+  store = store_lib.Store(workdir, fingerprint(config, kind, replay_samples))
   try:
-    if "config" not in store.meta():
-      store.set_meta("config", json.loads(config.to_json()))
+    store.set_meta("config", json.loads(config.to_json()))  # this run's settings
     agent = agent_lib.Agent.from_config(space, config)
     agent_dir = os.path.join(workdir, AGENT_DIR)
     restore_agent(agent, store, agent_dir, replay_samples)
@@ -240,9 +290,9 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     try:
       loop.run(max_models)
     finally:
-      executor.close()
+      loop.snapshot()  # first: an interrupt must not wait for running candidates
       prog.close()
-      loop.snapshot()  # the agent always matches the journal up to its `event`
+      executor.close()
     finished = schedule.stage(store.unique_count()) is None and not store.pending()
     return _result(workdir, store, agent, finished=finished)
   finally:

@@ -11,6 +11,7 @@ SQLite's WAL journal keeps the record whole through a `kill -9` at any moment.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import sqlite3
@@ -19,6 +20,7 @@ from typing import Iterator, Optional
 
 DB_FILE = "metaqnn.db"
 _CREATING = ".metaqnn.db.creating"
+LOCK_FILE = ".lock"
 FORMAT = "metaqnn-search/1"
 
 
@@ -121,21 +123,31 @@ class Store:
         db.close()
         os.replace(creating, self.path)
       self._check_sqlite_header()
+      # Checked through an immutable, read-only view first: a refused work directory is
+      # left byte for byte as it was (a writable connection could checkpoint its WAL).
+      check = sqlite3.connect(f"file:{self.path}?immutable=1", uri=True)
+      try:
+        self._check(check, fingerprint)
+      finally:
+        check.close()
+      self._lock = _lock(workdir)
       self.db = sqlite3.connect(self.path, isolation_level=None)
-      self._check(fingerprint)
       self.db.execute("PRAGMA journal_mode=WAL")
       self.db.execute("PRAGMA synchronous=NORMAL")
     except sqlite3.DatabaseError as e:
       raise WorkdirError(f"{self.path} is not a readable metaqnn record ({e})") from None
 
   def _check_sqlite_header(self) -> None:
+    if not os.path.isfile(self.path):
+      raise WorkdirError(f"{self.path} is not a file; the work directory is corrupt or "
+                         "foreign (it was left untouched)")
     with open(self.path, "rb") as f:
       if f.read(16) != b"SQLite format 3\x00":
         raise WorkdirError(f"{self.path} is not an SQLite database; the work directory is "
                            "corrupt or foreign (it was left untouched)")
 
-  def _check(self, fingerprint: dict) -> None:
-    meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+  def _check(self, db: sqlite3.Connection, fingerprint: dict) -> None:
+    meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
     if meta.get("format") != FORMAT:
       raise WorkdirError(f"{self.path} is not a {FORMAT} record")
     stored = json.loads(meta["fingerprint"])
@@ -236,6 +248,21 @@ class Store:
 
   def close(self) -> None:
     self.db.close()
+    if getattr(self, "_lock", None) is not None:
+      self._lock.close()  # releases the flock
+      self._lock = None
+
+
+def _lock(workdir: str):
+  """An exclusive lock on the work directory: one search process at a time."""
+  f = open(os.path.join(workdir, LOCK_FILE), "a")
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    f.close()
+    raise WorkdirError(f"another metaqnn process is running a search in {workdir}; "
+                       "wait for it to stop (or stop it) first") from None
+  return f
 
 
 def open_existing(workdir: str) -> Store:

@@ -69,7 +69,7 @@ def test_schedule():
   assert sched.total == 6
   assert [sched.epsilon(i) for i in range(7)] == [1.0, 1.0, 1.0, 0.5, 0.5, 0.1, None]
   assert str(sched) == "1:3,0.5:2,0.1:1"
-  for bad in ("1.0", "1.0:x", "2.0:3", "0.5:-1", ""):
+  for bad in ("1.0", "1.0:x", "2.0:3", "0.5:-1", "", "1.0:3,0.0:2"):
     with pytest.raises(ValueError, match="schedule"):
       agent_lib.Schedule.parse(bad)
 

@@ -307,3 +307,80 @@ def test_kill_9_with_workers_in_flight_loses_nothing(tmp_path):
   assert proc.returncode == 0 and kills >= 3
   check_record(records(work), 80)
   assert stage_counts(work) == [40, 20, 20]
+
+
+@pytest.mark.parametrize("where, at", [("update", 205), ("update", 37), ("add_sample", 12),
+                                       ("sample", 9)])
+def test_ctrl_c_anywhere_in_the_loop_resumes_exactly(tmp_path, monkeypatch, where, at):
+  from metaqnn import agent as agent_lib
+  from metaqnn import store as store_lib
+  config = small_config()
+  search.run_search(config, str(tmp_path / "ref"), log_interval=100)
+  target = {"update": (agent_lib.Agent, "update"), "sample": (agent_lib.Agent, "sample"),
+            "add_sample": (store_lib.Store, "add_sample")}[where]
+  original = getattr(*target)
+  calls = [0]
+
+  def interrupting(self, *args, **kwargs):
+    calls[0] += 1
+    if calls[0] == at:
+      raise KeyboardInterrupt
+    return original(self, *args, **kwargs)
+
+  monkeypatch.setattr(*target, interrupting)
+  with pytest.raises(KeyboardInterrupt):
+    search.run_search(config, str(tmp_path / "w"), log_interval=100)
+  monkeypatch.setattr(*target, original)
+  search.run_search(config, str(tmp_path / "w"), log_interval=100)
+  assert records(tmp_path / "w") == records(tmp_path / "ref")
+  ref = json.load(open(tmp_path / "ref" / "agent" / "agent.json"))
+  got = json.load(open(tmp_path / "w" / "agent" / "agent.json"))
+  assert got["replay"] == ref["replay"] and got["unique_models"] == ref["unique_models"]
+
+
+def test_duplicates_of_an_in_flight_model_do_not_spin(tmp_path):
+  def slow(arch):
+    time.sleep(0.05)
+    return evaluators.synthetic_accuracy(arch)
+
+  config = small_config("1.0:4,0.01:8")  # nearly greedy: re-samples the models in flight
+  config.num_workers = 2
+  calls = []
+  start = time.perf_counter()
+  result = search.run_search(config, str(tmp_path / "w"), evaluate=lambda a: calls.append(a)
+                             or slow(a), log_interval=100)
+  assert result.finished and time.perf_counter() - start < 30
+  check_record(records(tmp_path / "w"), 12)
+  assert len(calls) == len(set(map(str, calls))) == 12  # each model evaluated once
+
+
+def test_refused_workdir_is_byte_for_byte_untouched_after_a_kill(tmp_path):
+  script = tmp_path / "run.py"
+  script.write_text(KILL_SCRIPT.format(root=ROOT))
+  work = tmp_path / "w"
+  proc = subprocess.Popen([sys.executable, str(script), str(work)])
+  while not (work / "metaqnn.db").exists() or len(records(work)) < 5:
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  snapshot = lambda: {p.name: p.read_bytes() for p in work.rglob("*") if p.is_file()}
+  before = snapshot()
+  assert "metaqnn.db-wal" in before  # the killed run left its write-ahead log
+  other = small_config("1.0:40,0.5:20,0.1:20")
+  other.seed = 7
+  with pytest.raises(WorkdirError, match="seed"):
+    search.run_search(other, str(work), log_interval=100)
+  import gc
+  gc.collect()
+  assert snapshot() == before
+
+
+def test_one_search_process_per_workdir(tmp_path):
+  from metaqnn import store as store_lib
+  config = small_config()
+  fp = search.fingerprint(config, "synthetic", 20)
+  first = store_lib.Store(str(tmp_path / "w"), fp)
+  with pytest.raises(WorkdirError, match="another metaqnn process"):
+    store_lib.Store(str(tmp_path / "w"), fp)
+  first.close()
+  store_lib.Store(str(tmp_path / "w"), fp).close()
