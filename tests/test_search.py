@@ -241,7 +241,9 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
       "\nexcept KeyboardInterrupt:\n    sys.exit(130)\n")
   work = str(tmp_path / "w")
   proc = subprocess.Popen([sys.executable, str(script), work])
-  time.sleep(1.5)
+  while proc.poll() is None and (not os.path.exists(work + "/metaqnn.db")
+                                 or len(records(work)) < 3):
+    time.sleep(0.01)  # the search is under way
   proc.send_signal(signal.SIGINT)
   assert proc.wait() == 130
   n = len(records(work))
@@ -359,7 +361,8 @@ def test_refused_workdir_is_byte_for_byte_untouched_after_a_kill(tmp_path):
   script.write_text(KILL_SCRIPT.format(root=ROOT))
   work = tmp_path / "w"
   proc = subprocess.Popen([sys.executable, str(script), str(work)])
-  while not (work / "metaqnn.db").exists() or len(records(work)) < 5:
+  while proc.poll() is None and (not (work / "metaqnn.db").exists()
+                                 or len(records(work)) < 5):
     time.sleep(0.01)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
