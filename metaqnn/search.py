@@ -271,7 +271,17 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   kind = "function" if evaluate is not None else str(config.evaluator)
   if kind not in ("function", "train", "synthetic"):
     raise ValueError(f"unknown evaluator {kind!r}; use train or synthetic")
-  store = store_lib.Store(workdir, fingerprint(config, kind, replay_samples))
+  # A new search builds its executor (loads the data) before it creates the work
+  # directory, so that missing data leaves nothing behind; a resumed one checks the
+  # work directory first, so that a refused one costs no data loading.
+  new = not os.path.exists(os.path.join(workdir, store_lib.DB_FILE))
+  executor = make_executor(config, evaluate) if new else None
+  try:
+    store = store_lib.Store(workdir, fingerprint(config, kind, replay_samples))
+  except BaseException:
+    if executor is not None:
+      executor.close()
+    raise
   try:
     store.set_meta("config", json.loads(config.to_json()))  # this run's settings
     agent = agent_lib.Agent.from_config(space, config)
@@ -279,7 +289,7 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     restore_agent(agent, store, agent_dir, replay_samples)
     if schedule.stage(store.unique_count()) is None and not store.pending():
       return _result(workdir, store, agent, finished=True)
-    executor = make_executor(config, evaluate)
+    executor = executor or make_executor(config, evaluate)
     if log_interval is None:
       log_interval = 0.0 if kind == "train" else 1.0
     best = max((r.accuracy for r in store.models()), default=0.0)
@@ -292,10 +302,11 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     finally:
       loop.snapshot()  # first: an interrupt must not wait for running candidates
       prog.close()
-      executor.close()
     finished = schedule.stage(store.unique_count()) is None and not store.pending()
     return _result(workdir, store, agent, finished=finished)
   finally:
+    if executor is not None:
+      executor.close()
     store.close()
 
 

@@ -387,3 +387,14 @@ def test_one_search_process_per_workdir(tmp_path):
     store_lib.Store(str(tmp_path / "w"), fp)
   first.close()
   store_lib.Store(str(tmp_path / "w"), fp).close()
+
+
+def test_missing_data_is_one_line_and_creates_no_workdir(tmp_path):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  work = tmp_path / "w"
+  out = subprocess.run([sys.executable, "-m", "metaqnn.main", "--config=configs/mnist.py",
+                        f"--workdir={work}", f"--config.dataset.data_dir={tmp_path / 'none'}"],
+                       cwd=ROOT, env=env, capture_output=True, text=True)
+  assert out.returncode == 2 and "Traceback" not in out.stderr
+  assert "error: mnist" in out.stderr and "BUILD.md" in out.stderr
+  assert not work.exists()
