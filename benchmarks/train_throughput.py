@@ -7,12 +7,15 @@ For each architecture: images/s and achieved GFLOP/s of one compiled JAX epoch (
 same dropout), their ratio, the JAX compile time and the host-side init time. Then the
 resident memory of one process that trains many digits candidates in a row.
 GFLOP/s counts a training step as 3x the forward FLOPs (`models.flops_per_example`).
-Needs torch in the venv (`.venv/bin/pip install torch`); it is not a project dependency.
+Needs torch and psutil in the venv (`.venv/bin/pip install torch==2.13.0 psutil`); they are
+not project dependencies.
 """
 
 from __future__ import annotations
 
+import os
 import resource
+import sys
 import time
 
 import jax
@@ -21,12 +24,16 @@ import psutil
 import torch
 from absl import app, flags
 
-from configs import cifar10, digits
-from metaqnn import input_pipeline, models, train
-from metaqnn.architecture import FC, GAP, Architecture, Conv, Pool, parse
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs import cifar10, digits  # noqa: E402
+from metaqnn import input_pipeline, models, train  # noqa: E402
+from metaqnn.architecture import FC, GAP, Architecture, Conv, Pool, parse  # noqa: E402
 
 _STEPS = flags.DEFINE_integer("steps", 2, "Timed training steps per net and framework.")
 _CANDIDATES = flags.DEFINE_integer("candidates", 30, "Digits candidates for the memory run.")
+_THROUGHPUT = flags.DEFINE_bool("throughput", True, "Run the JAX-vs-PyTorch table "
+                                "(--nothroughput: only the memory run).")
 
 # (label, architecture, input shape, batch size)
 NETS = [
@@ -164,7 +171,7 @@ def main(argv: list[str]) -> None:
   print("| net | input | batch | params | fwd MFLOP/img | JAX img/s | JAX GFLOP/s | "
         "torch img/s | torch GFLOP/s | JAX/torch | compile s | init s |")
   print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-  for label, text, shape, batch in NETS:
+  for label, text, shape, batch in NETS if _THROUGHPUT.value else []:
     arch = parse(text)
     flops = models.flops_per_example(arch, shape)
     j = jax_throughput(arch, shape, batch, steps)
@@ -178,8 +185,8 @@ def main(argv: list[str]) -> None:
   start = time.perf_counter()
   rss = memory_over_candidates(_CANDIDATES.value)
   seconds = time.perf_counter() - start
-  marks = ", ".join(f"{i + 1}: {rss[i]:.0f}" for i in sorted({0, 4, 9, 19, len(rss) - 1})
-                    if i < len(rss))
+  marks = ", ".join(f"{i + 1}: {rss[i]:.0f}" for i in sorted(
+      {0, 4, 9, 19, 39, 59, 79, 99, len(rss) - 1}) if i < len(rss))
   print(f"\nRSS over {len(rss)} digits candidates (1 epoch each, {seconds / len(rss):.2f} s per "
         f"candidate), MiB after candidate {marks}; peak RSS of the whole run "
         f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")

@@ -65,3 +65,19 @@ def test_a_dying_worker_loses_nothing(tmp_path):
   assert marker.exists() and result.finished and result.unique_models == 12
   trained = [r for r in rows(tmp_path / "w") if not r[2]]
   assert len({r[0] for r in trained}) == 12 and all(r[3] == "ok" for r in trained)
+
+
+def test_ray_workers_train_real_candidates(tmp_path):
+  c = config("1.0:4")
+  c.dataset.name, c.dataset.image_size, c.dataset.channels = "digits", 8, 1
+  c.dataset.val_fraction = 0.2
+  c.space.max_depth = 2
+  c.space.conv_filters, c.space.conv_kernels = (8,), (3,)
+  c.space.pools, c.space.fc_units = ((2, 2),), (16,)
+  c.space.size_bins, c.space.fc_max_side = (4, 2, 1), 3
+  c.evaluator = "train"
+  c.train.epochs, c.train.batch_size, c.train.eval_batch_size = 1, 32, 128
+  result = search.run_search(c, str(tmp_path / "w"), log_interval=100)
+  assert result.finished and result.unique_models == 4
+  trained = [r for r in rows(tmp_path / "w") if not r[2]]
+  assert all(r[3] in ("ok", "no_learning") for r in trained), trained

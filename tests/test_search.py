@@ -398,3 +398,22 @@ def test_missing_data_is_one_line_and_creates_no_workdir(tmp_path):
   assert out.returncode == 2 and "Traceback" not in out.stderr
   assert "error: mnist" in out.stderr and "BUILD.md" in out.stderr
   assert not work.exists()
+
+
+def test_one_candidate_per_device_with_real_training(tmp_path):
+  import jax
+  config = config_lib.base_config("digits")
+  config.dataset.val_fraction = 0.2
+  config.space.max_depth = 2
+  config.space.conv_filters, config.space.conv_kernels = (8, 16), (3,)
+  config.space.pools, config.space.fc_units = ((2, 2),), (16,)
+  config.space.size_bins, config.space.fc_max_side = (4, 2, 1), 3
+  config.search.schedule = "1.0:4"
+  config.search.replay_samples = 5
+  config.train.epochs, config.train.batch_size, config.train.eval_batch_size = 1, 30, 100
+  config.num_workers, config.parallel = 2, "candidate"
+  assert len(jax.local_devices()) == 4  # batch 30 only divides over a single device
+  result = search.run_search(config, str(tmp_path / "w"), log_interval=100)
+  assert result.finished and result.unique_models == 4
+  statuses = {m["status"] for m in inspect_lib.summarize(str(tmp_path / "w"))["models"]}
+  assert statuses <= {"ok", "no_learning"}, statuses
