@@ -73,7 +73,7 @@ def plot_rolling(records, path: str, title: str, window: int = 100) -> None:
     ax.text((start + end) / 2, np.mean(values) + 0.01, f"ε={eps:g}", ha="center",
             fontsize=8)
     start = end
-  w = max(1, min(window, len(acc)))
+  w = max(1, min(window, len(acc) // 5))  # the paper's 100, shorter for short searches
   rolling = np.convolve(acc, np.ones(w) / w, mode="valid")
   ax.plot(np.arange(w - 1, len(acc)), rolling, color="tab:blue",
           label=f"rolling mean over {w} models")

@@ -81,3 +81,43 @@ def test_ray_workers_train_real_candidates(tmp_path):
   assert result.finished and result.unique_models == 4
   trained = [r for r in rows(tmp_path / "w") if not r[2]]
   assert all(r[3] in ("ok", "no_learning") for r in trained), trained
+
+
+RAY_DRIVER = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+os.environ["RAY_AUTH_MODE"] = "disabled"
+from metaqnn import config_lib, evaluators, search
+c = config_lib.base_config("mnist")
+c.search.schedule, c.search.replay_samples = "1.0:16,0.5:8", 10
+c.executor, c.num_workers = "ray", 2
+c.ray.address = {address!r}
+def slow(arch):
+    time.sleep(0.2)
+    return evaluators.synthetic_accuracy(arch)
+search.run_search(c, sys.argv[1], evaluate=slow, log_interval=100)
+"""
+
+
+def test_killed_driver_resumes_with_nothing_lost(tmp_path):
+  import signal
+  import subprocess
+  import sys
+  import time
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  address = ray.get_runtime_context().gcs_address  # the drivers join this test's cluster
+  script = tmp_path / "driver.py"
+  script.write_text(RAY_DRIVER.format(root=root, address=address))
+  work = str(tmp_path / "w")
+  count = lambda: len(rows(work)) if os.path.exists(work + "/metaqnn.db") else 0
+  proc = subprocess.Popen([sys.executable, str(script), work])
+  deadline = time.time() + 120
+  while proc.poll() is None and count() < 6 and time.time() < deadline:
+    time.sleep(0.05)
+  assert proc.poll() is None, "the driver ended before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  subprocess.run([sys.executable, str(script), work], check=True, timeout=300)
+  trained = [r for r in rows(work) if not r[2]]
+  assert len(trained) == len({r[0] for r in trained}) == 24
+  assert [sum(r[1] == s for r in trained) for s in range(2)] == [16, 8]
