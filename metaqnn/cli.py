@@ -21,8 +21,8 @@ def run(main: Callable[[list[str]], int | None]) -> None:
   """`absl.app.run(main)`, reporting user errors as `error: ...` on stderr, exit 2."""
 
   def wrapped(argv):
-    if not flags.FLAGS["verbosity"].present:  # library INFO logs only when asked for
-      logging.set_verbosity(logging.WARNING)
+    if not flags.FLAGS["verbosity"].present:  # libraries' logs only when asked for
+      logging.set_verbosity(logging.ERROR)    # (--verbosity=0 shows them)
     try:
       return main(argv)
     except BrokenPipeError:  # output piped into `head`: not an error
