@@ -38,7 +38,7 @@ def run(main: Callable[[list[str]], int | None]) -> None:
 
   try:
     app.run(wrapped)
-  except KeyError as e:  # raised by ml_collections while parsing --config.x.y overrides
+  except (KeyError, AttributeError) as e:  # ml_collections, parsing --config.x.y=...
     _fail("bad --config override: unknown field " + " ".join(str(e.args[0]).split()))
 
 

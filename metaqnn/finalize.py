@@ -46,9 +46,10 @@ def top_models(workdir: str, n: int) -> tuple[ml_collections.ConfigDict, list]:
   return config, records[:n]
 
 
-def model_dir(root: str, rank: int, arch: str) -> str:
-  digest = hashlib.sha256(arch.encode()).hexdigest()[:10]
-  return os.path.join(root, f"{rank:02d}-{digest}")
+def model_dir(root: str, arch: str) -> str:
+  """A final model's folder, named by its architecture alone: a model keeps it when a
+  longer search changes the ranking, so it is never retrained."""
+  return os.path.join(root, hashlib.sha256(arch.encode()).hexdigest()[:12])
 
 
 def _write_json(path: str, obj) -> None:
@@ -78,7 +79,7 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
   trainer = train.FinalTrainer(config, dataset)
   models, probs = [], []
   for rank, rec in enumerate(best, 1):
-    path = model_dir(root, rank, rec.arch)
+    path = model_dir(root, rec.arch)
     meta_path = os.path.join(path, "meta.json")
     if not os.path.exists(meta_path):  # not finished before: train it now
       start = time.perf_counter()
@@ -88,7 +89,8 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
       checkpoints.save(os.path.join(path, "checkpoint"), params)
       np.save(os.path.join(path, "test_probs.npy"), p.astype(np.float32))
       _write_json(meta_path, {
-          "arch": rec.arch, "rank": rank, "params": trainer.count_params(rec.arch),
+          "arch": rec.arch, "params": trainer.count_params(rec.arch),
+          "diverged": train.diverged(history),
           "val_accuracy": rec.accuracy,
           "test_accuracy": float(np.mean(p.argmax(-1) == dataset.test_labels)),
           "search_iteration": rec.iteration, "history": history,
@@ -99,14 +101,16 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
             f"{json.load(open(meta_path))['test_accuracy']:.4f} {rec.arch}", flush=True)
     with open(meta_path) as f:
       meta = json.load(f)
-    models.append({k: meta[k] for k in ("arch", "params", "val_accuracy", "test_accuracy")}
+    models.append({k: meta[k] for k in ("arch", "params", "val_accuracy", "test_accuracy",
+                                        "diverged")}
                   | {"checkpoint": os.path.join(path, "checkpoint"), "rank": rank})
     probs.append(np.load(os.path.join(path, "test_probs.npy")))
-  m = min(ensemble, len(models))
+  # The ensemble: the top M models whose final training did not diverge.
+  members = [i for i, m in enumerate(models) if not m["diverged"]][:ensemble]
   ens = None
-  if m:
-    avg = np.mean(probs[:m], axis=0)
-    ens = {"size": m, "members": [x["arch"] for x in models[:m]],
+  if members:
+    avg = np.mean([probs[i] for i in members], axis=0)
+    ens = {"size": len(members), "members": [models[i]["arch"] for i in members],
            "test_accuracy": float(np.mean(avg.argmax(-1) == dataset.test_labels))}
   results = {"dataset": config.dataset.name, "models": models, "ensemble": ens,
              "test_examples": int(len(dataset.test_labels))}
@@ -122,8 +126,9 @@ def results_table(results: dict) -> str:
            "| rank | model architecture | params | val. error (%) | test error (%) |",
            "|---|---|---|---|---|"]
   for m in results["models"]:
+    test = "diverged" if m["diverged"] else f"{100 * (1 - m['test_accuracy']):.2f}"
     lines.append(f"| {m['rank']} | `{m['arch']}` | {m['params'] / 1e6:.2f}M | "
-                 f"{100 * (1 - m['val_accuracy']):.2f} | {100 * (1 - m['test_accuracy']):.2f} |")
+                 f"{100 * (1 - m['val_accuracy']):.2f} | {test} |")
   e = results["ensemble"]
   if e:
     lines += ["", f"Ensemble of the top {e['size']} (mean of predicted probabilities): "

@@ -2,7 +2,7 @@
 
   python -m metaqnn.inspect --workdir=DIR          # readable summary
   python -m metaqnn.inspect --workdir=DIR --json   # one JSON object, every model
-  python -m metaqnn.inspect --checkpoint=DIR/final/01-.../checkpoint [--split=test]
+  python -m metaqnn.inspect --checkpoint=DIR/final/<hash>/checkpoint [--split=test]
 """
 
 from __future__ import annotations

@@ -53,6 +53,8 @@ def load_run(workdir: str):
 
 
 def _by_epsilon(records) -> dict[float, list[float]]:
+  """Accuracies of every sampled model (re-samples included: what the agent chose)
+  grouped by the epsilon it was sampled under, in schedule order."""
   out = collections.OrderedDict()
   for r in records:
     out.setdefault(r.epsilon, []).append(r.accuracy)

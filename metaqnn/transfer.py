@@ -2,7 +2,7 @@
 
   python -m metaqnn.transfer --config=configs/cifar100.py --from_workdir=RUNS/cifar10 --workdir=OUT
   python -m metaqnn.transfer --config=configs/cifar100.py --arch="[C(128,3,1), ..., SM(10)]" \\
-      --init_checkpoint=RUNS/cifar10/final/01-xxxx/checkpoint --workdir=OUT
+      --init_checkpoint=RUNS/cifar10/final/<hash>/checkpoint --workdir=OUT
 
 The architecture (given, or the best of a search's work directory) gets the target data
 set's number of classes, is trained with the target config's final schedule, and is
@@ -41,12 +41,19 @@ def best_of(workdir: str) -> str:
 def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = None) -> dict:
   """Trains `arch` on `config`'s data set with its final schedule; returns the metrics."""
   from metaqnn import checkpoints, input_pipeline, train
-  if os.path.exists(os.path.join(workdir, "meta.json")):
-    with open(os.path.join(workdir, "meta.json")) as f:
-      return json.load(f)  # done before: nothing is trained twice
-  if os.path.isdir(workdir) and os.listdir(workdir):
-    raise ValueError(f"{workdir} is not empty; use a new directory for a transfer run")
   target = with_classes(arch_lib.parse(arch), int(config.dataset.num_classes))
+  request = {"arch": str(target), "dataset": config.dataset.name,
+             "init_checkpoint": init_checkpoint}
+  meta_path = os.path.join(workdir, "meta.json")
+  if os.path.exists(meta_path):
+    with open(meta_path) as f:
+      meta = json.load(f)
+    if {k: meta.get(k) for k in request} != request:
+      raise ValueError(f"{workdir} holds another transfer run ({meta.get('arch')} on "
+                       f"{meta.get('dataset')}); use a new --workdir")
+    return meta  # done before: nothing is trained twice
+  if os.path.isdir(workdir) and set(os.listdir(workdir)) - {"checkpoint"}:
+    raise ValueError(f"{workdir} is not empty; use a new directory for a transfer run")
   init = checkpoints.restore(init_checkpoint) if init_checkpoint else None
   dataset = input_pipeline.load(config, final=True)
   trainer = train.FinalTrainer(config, dataset)
@@ -55,12 +62,13 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
   probs = trainer.predict(target, params, dataset.test_images)
   os.makedirs(workdir, exist_ok=True)
   checkpoints.save(os.path.join(workdir, "checkpoint"), params)
-  meta = {"arch": str(target), "source_arch": arch, "dataset": config.dataset.name,
-          "init_checkpoint": init_checkpoint, "params": trainer.count_params(target),
-          "test_accuracy": float((probs.argmax(-1) == dataset.test_labels).mean()),
-          "history": history, "seconds": time.perf_counter() - start,
-          "input_shape": list(dataset.test_images.shape[1:]),
-          "config": json.loads(config.to_json())}
+  meta = dict(request)
+  meta.update(source_arch=arch, params=trainer.count_params(target),
+              diverged=train.diverged(history),
+              test_accuracy=float((probs.argmax(-1) == dataset.test_labels).mean()),
+              history=history, seconds=time.perf_counter() - start,
+              input_shape=list(dataset.test_images.shape[1:]),
+              config=json.loads(config.to_json()))
   tmp = os.path.join(workdir, "meta.json.tmp")
   with open(tmp, "w") as f:
     json.dump(meta, f, indent=1)

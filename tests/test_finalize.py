@@ -67,8 +67,8 @@ def test_results_json_and_table(finished):
 
 def test_resume_trains_only_unfinished_models(finished):
   workdir, results = finished
-  dirs = sorted(d for d in os.listdir(os.path.join(workdir, "final")) if d[:2].isdigit())
-  metas = [os.path.join(workdir, "final", d, "meta.json") for d in dirs]
+  metas = [os.path.join(os.path.dirname(m["checkpoint"]), "meta.json")
+           for m in results["models"]]
   stamps = [os.path.getmtime(m) for m in metas]
   os.remove(metas[1])  # as if killed while the second model trained
   again = finalize.finalize(workdir, top=3, ensemble=2)
@@ -105,3 +105,24 @@ def test_transfer_from_scratch_and_fine_tuned(finished, tmp_path):
   assert transfer.with_classes(parse("[C(8,3,1), GAP(10), SM(10)]"), 100) == parse(
       "[C(8,3,1), GAP(100), SM(100)]")
   assert transfer.best_of(workdir) == inspect_lib.summarize(workdir)["top"][0]["arch"]
+
+
+def test_a_diverged_final_model_stays_out_of_the_ensemble(finished, tmp_path):
+  workdir, _ = finished
+  import shutil
+  copy = str(tmp_path / "w")
+  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("final", ".lock"))
+  results = finalize.finalize(copy, top=2, ensemble=2,
+                              config_overrides={"final.learning_rate": 1e12})
+  assert all(m["diverged"] for m in results["models"])
+  assert results["ensemble"] is None
+  assert "diverged" in open(os.path.join(copy, "final", "results.md")).read()
+
+
+def test_transfer_refuses_a_different_run_in_the_same_directory(finished, tmp_path):
+  workdir, results = finished
+  config = digits_config()
+  config.final.epochs = 1
+  transfer.transfer(config, results["models"][0]["arch"], str(tmp_path / "t"))
+  with pytest.raises(ValueError, match="another transfer run"):
+    transfer.transfer(config, results["models"][1]["arch"], str(tmp_path / "t"))

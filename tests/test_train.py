@@ -63,6 +63,13 @@ def test_restart_rule_gives_chance_when_it_never_learns(dataset):
   assert compiles == 2  # Restarts reuse the executables.
 
 
+def test_a_constant_guess_counts_as_not_learning(dataset):
+  """On unbalanced classes the majority class beats 1/k: it must still trigger a restart."""
+  trainer = train.Trainer(tiny_config(), dataset)
+  majority = np.bincount(dataset.val_labels).max() / len(dataset.val_labels)
+  assert majority > 0.1 and trainer.threshold == pytest.approx(majority)
+
+
 def test_nan_loss_is_a_status_not_a_crash(dataset):
   trainer = train.Trainer(tiny_config(learning_rate=1e30, max_restarts=1), dataset)
   result = trainer.evaluate(SMALL)
