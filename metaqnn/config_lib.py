@@ -37,6 +37,7 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
   c.dataset.val_fraction = 0.0     # Used instead of val_size when > 0 (small data sets).
   c.dataset.train_fraction = 1.0   # Search on a stratified subset (stability study: 0.1).
   c.dataset.preprocess = "mean"    # "mean" (global mean subtraction) or "gcn".
+  c.dataset.final_extra = False    # Final training adds tfds' "extra" split (SVHN).
 
   # SPEC section 2. Sizes are lower bounds of the representation-size bins, largest first.
   c.space = ml_collections.ConfigDict()

@@ -215,7 +215,9 @@ def load(config, final: bool = False) -> Dataset:
   if name == "digits":
     tr_x, tr_y, te_x, te_y, k = _digits()
   else:
-    tr_x, tr_y, te_x, te_y, k = _tfds(name, ds)
+    # SVHN's final training also uses the 531,131 "extra" images (SPEC section 4).
+    extra = final and bool(ds.get("final_extra", False))
+    tr_x, tr_y, te_x, te_y, k = _tfds(name, ds, extra)
   return _split(config, name, tr_x, tr_y, te_x, te_y, k, final)
 
 
@@ -230,8 +232,10 @@ def _prepare_hint(tfds_name: str) -> str:
           f"--config.dataset.data_dir=DIR (BUILD.md, \"Preparing data sets\")")
 
 
-def _tfds(name: str, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-  """train and test splits of a tensorflow-datasets set, read without TensorFlow."""
+def _tfds(name: str, ds, extra: bool = False
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+  """train (plus "extra" if asked) and test splits of a tensorflow-datasets set, read
+  without TensorFlow."""
   try:
     import tensorflow_datasets as tfds  # Lazy: digits users never pay for it.
   except ImportError as e:
@@ -244,9 +248,9 @@ def _tfds(name: str, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
   try:
     # file_format is passed explicitly: tfds.data_source only defaults to array_record when no
     # data_dir is given, and download=True would otherwise prepare unreadable TFRecords.
-    train_src, test_src = tfds.data_source(
-        tfds_name, split=["train", "test"], data_dir=data_dir, download=download,
-        builder_kwargs={"file_format": "array_record"})
+    train_src, test_src, *extra_src = tfds.data_source(
+        tfds_name, split=["train", "test"] + (["extra"] if extra else []), data_dir=data_dir,
+        download=download, builder_kwargs={"file_format": "array_record"})
   except (KeyError, NotImplementedError, ValueError, FileNotFoundError) as e:
     # tfds reports missing or TFRecord-only data in several ways (KeyError: no splits;
     # NotImplementedError: no random-access format; ...). Explained below; others re-raised.
@@ -274,6 +278,9 @@ def _tfds(name: str, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     raise failure
   num_classes = int(train_src.dataset_info.features["label"].num_classes)
   tr_x, tr_y = _read_all(train_src)
+  for src in extra_src:
+    ex_x, ex_y = _read_all(src)
+    tr_x, tr_y = np.concatenate([tr_x, ex_x]), np.concatenate([tr_y, ex_y])
   te_x, te_y = _read_all(test_src)
   return tr_x, tr_y, te_x, te_y, num_classes
 

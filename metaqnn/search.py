@@ -91,7 +91,7 @@ def fingerprint(config, evaluator_kind: str, replay_samples: int) -> dict:
   }
   if evaluator_kind == "train":  # rewards must come from one training procedure
     data = {k: v for k, v in config.dataset.to_dict().items()
-            if k not in ("data_dir", "download")}
+            if k not in ("data_dir", "download", "final_extra")}
     fp["training"] = json.loads(json.dumps({"dataset": data, "train": config.train.to_dict()}))
   return fp
 

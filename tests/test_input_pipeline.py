@@ -237,6 +237,19 @@ def test_tfds_data_source_mocked(name, shape, tmp_path):
   np.testing.assert_array_equal(np.sort(src), np.sort(d.test_labels))
 
 
+def test_svhn_final_training_adds_the_extra_split(tmp_path):
+  import tensorflow_datasets as tfds
+  config = _config("svhn", data_dir=str(tmp_path), val_size=50)
+  config.dataset.final_extra = True
+  with tfds.testing.mock_data(num_examples=200,
+                              mock_array_record_data_source=_mock_source_cls()()):
+    search = ip.load(config)
+    final = ip.load(config, final=True)
+  assert len(search.train_labels) + len(search.val_labels) == 200  # search: train only
+  assert len(final.train_labels) == 400 and len(final.val_labels) == 0  # train + extra
+  assert final.train_images.shape[1:] == (32, 32, 3)
+
+
 def test_tfds_missing_data_gives_one_line(tmp_path):
   c = _config("mnist", data_dir=str(tmp_path), download=False)
   with pytest.raises(ip.DatasetError) as e:
