@@ -62,4 +62,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from metaqnn import cli
+  app.run(main, flags_parser=cli.parse_flags)

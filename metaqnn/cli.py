@@ -36,10 +36,17 @@ def run(main: Callable[[list[str]], int | None]) -> None:
     except (UserError,) + USER_ERRORS + _lazy_user_errors() as e:
       _fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
 
+  app.run(wrapped, flags_parser=parse_flags)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with a bad flag or `--config.x.y=...` override as one line."""
   try:
-    app.run(wrapped)
-  except (KeyError, AttributeError) as e:  # ml_collections, parsing --config.x.y=...
+    return flags.FLAGS(argv)
+  except (KeyError, AttributeError) as e:  # ml_collections: no such config field
     _fail("bad --config override: unknown field " + " ".join(str(e.args[0]).split()))
+  except (flags.Error, TypeError, ValueError) as e:
+    _fail(" ".join(line.strip() for line in str(e).splitlines() if line.strip()))
 
 
 def _fail(message: str) -> None:

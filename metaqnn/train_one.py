@@ -23,16 +23,6 @@ def _one_line(e: BaseException) -> str:
   return "error: " + " ".join(line.strip() for line in str(e).splitlines() if line.strip())
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, with a bad flag or config override reported in one line."""
-  try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError) as e:
-    sys.exit(f"error: unknown config field in an override: {e}")
-  except (flags.Error, TypeError, ValueError) as e:
-    sys.exit(_one_line(e))
-
-
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {' '.join(argv[1:])!r}")
@@ -58,4 +48,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  from metaqnn import cli
+  app.run(main, flags_parser=cli.parse_flags)
