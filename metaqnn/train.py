@@ -138,13 +138,17 @@ def build_train_epoch(model: models.CNN, train_config: Any, mesh: Mesh, num_trai
   return jax.jit(epoch_fn, donate_argnums=(0, 1), out_shardings=replicated)
 
 
+def _eval_batches(mesh: Mesh, batch_size: int, num_examples: int) -> tuple[int, int, Any]:
+  """(batch, steps, sharding) to visit `num_examples` in sharded batches; the last batch
+  is padded (indices clipped), so callers mask or drop the padding."""
+  batch = min(batch_size, -(-num_examples // mesh.size) * mesh.size)
+  return batch, -(-num_examples // batch), NamedSharding(mesh, P(None, "data"))
+
+
 def build_evaluate(model: models.CNN, mesh: Mesh, batch_size: int, num_examples: int,
                    normalize: Callable[[jax.Array], jax.Array]) -> Callable:
   """A jitted `(params, images, labels) -> number correct`, every example counted once."""
-  n_dev = mesh.size
-  batch = min(batch_size, -(-num_examples // n_dev) * n_dev)
-  steps = -(-num_examples // batch)
-  batch_sharding = NamedSharding(mesh, P(None, "data"))
+  batch, steps, batch_sharding = _eval_batches(mesh, batch_size, num_examples)
 
   def eval_fn(params, images, labels):
     idx = jnp.arange(steps * batch).reshape(steps, batch)
@@ -335,10 +339,7 @@ def final_learning_rates(config: Any) -> list[float]:
 def build_predict(model: models.CNN, mesh: Mesh, batch_size: int, num_examples: int,
                   normalize: Callable[[jax.Array], jax.Array]) -> Callable:
   """A jitted `(params, images) -> class probabilities [num_examples, k]`."""
-  n_dev = mesh.size
-  batch = min(batch_size, -(-num_examples // n_dev) * n_dev)
-  steps = -(-num_examples // batch)
-  batch_sharding = NamedSharding(mesh, P(None, "data"))
+  batch, steps, batch_sharding = _eval_batches(mesh, batch_size, num_examples)
 
   def predict_fn(params, images):
     idx = jnp.minimum(jnp.arange(steps * batch), num_examples - 1).reshape(steps, batch)
