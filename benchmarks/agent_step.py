@@ -68,7 +68,7 @@ def main():
     t = time.perf_counter()
     result = search.run_search(config, os.path.join(d, "w"), log_interval=1e9)
     total = time.perf_counter() - t
-  print(f"\nfull paper schedule, synthetic evaluator, cifar10 space, 100 replay samples:")
+  print("\nfull paper schedule, synthetic evaluator, cifar10 space, 100 replay samples:")
   print(f"  {result.unique_models} unique models, {result.iterations} iterations in "
         f"{total:.1f} s = {total / result.iterations * 1e3:.2f} ms overhead per model "
         "(agent, SQLite commit, snapshots, TensorBoard)")

@@ -96,7 +96,7 @@ def torch_net(arch: Architecture, shape: tuple[int, ...]) -> torch.nn.Module:
     def forward(self, x):
       return x.mean(dim=(2, 3))
 
-  layers, channels, flat = [], shape[-1], None
+  layers, channels, flat, in_shape = [], shape[-1], None, shape
   infos = models.layer_summary(arch, shape)
   for layer, info in zip(arch.layers, infos):
     if isinstance(layer, Conv):
@@ -110,13 +110,13 @@ def torch_net(arch: Architecture, shape: tuple[int, ...]) -> torch.nn.Module:
       flat = layer.classes
     elif not isinstance(arch.terminal, GAP) or isinstance(layer, FC):
       units = layer.units if isinstance(layer, FC) else layer.classes
-      fan_in = flat if flat is not None else int(np.prod(previous.output_shape))
+      fan_in = flat if flat is not None else int(np.prod(in_shape))
       layers += [torch.nn.Flatten(), torch.nn.Linear(fan_in, units)]
       layers += [torch.nn.ReLU()] if isinstance(layer, FC) else []
       flat = units
     if info.dropout:
       layers.append(torch.nn.Dropout(info.dropout))
-    previous = info
+    in_shape = info.output_shape
   return torch.nn.Sequential(*layers)
 
 

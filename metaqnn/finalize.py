@@ -13,7 +13,6 @@ metadata present) are not trained again.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os

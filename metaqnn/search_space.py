@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import math
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np

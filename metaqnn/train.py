@@ -17,7 +17,6 @@ Design, for throughput over many small candidates:
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from typing import Any, Callable, Sequence
 
@@ -255,7 +254,6 @@ class Trainer:
     t = self.config.train
     model = models.CNN(arch, dropout=bool(t.dropout))
     shapes = models.param_shapes(model, self.input_shape)
-    n_params = models.tree_size(shapes)
     opt_shapes = jax.eval_shape(make_optimizer(t, 0.0).init, shapes)
     train_epoch = build_train_epoch(model, t, self.mesh, len(self.dataset.train_labels),
                                     self._normalize)

@@ -13,7 +13,6 @@ class count changes). Writes `OUT/checkpoint`, `OUT/meta.json` and prints one JS
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time

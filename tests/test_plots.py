@@ -1,6 +1,5 @@
 """The analysis figures: written as PNGs from work directories; Q-value summaries."""
 
-import numpy as np
 import pytest
 
 from metaqnn import agent as agent_lib

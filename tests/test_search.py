@@ -15,7 +15,7 @@ from metaqnn import config_lib
 from metaqnn import evaluators
 from metaqnn import inspect as inspect_lib
 from metaqnn import search
-from metaqnn.architecture import FC, GAP, Conv, Pool, parse
+from metaqnn.architecture import FC, Conv, Pool, parse
 from metaqnn.store import WorkdirError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
