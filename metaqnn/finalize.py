@@ -31,13 +31,10 @@ def top_models(workdir: str, n: int) -> tuple[ml_collections.ConfigDict, list]:
   """The stored config and the top `n` distinct, successfully trained models."""
   store = store_lib.open_existing(workdir)
   try:
-    meta = store.meta()
+    config = store.config()
     records = [r for r in store.models() if not r.resampled and r.status == "ok"]
   finally:
     store.close()
-  if "config" not in meta:
-    raise store_lib.WorkdirError(f"{workdir} has no stored config")
-  config = ml_collections.ConfigDict(json.loads(meta["config"]))
   if "final" not in config:  # made before the final stage had settings: the defaults
     from metaqnn import config_lib
     config.final = config_lib.base_config(config.dataset.name).final

@@ -36,9 +36,10 @@ def summarize(workdir: str, top: int = 10) -> dict:
   schedule: Optional[dict] = None
   if schedule_text:
     sched = Schedule.parse(schedule_text)
+    stage = sched.stage(len(unique))
     schedule = {"text": str(sched), "total": sched.total,
-                "stage": None if sched.stage(len(unique)) is None else sched.stage(len(unique)) + 1,
-                "stages": len(sched.stages), "finished": sched.stage(len(unique)) is None}
+                "stage": None if stage is None else stage + 1,
+                "stages": len(sched.stages), "finished": stage is None}
   ranked = sorted(unique, key=lambda r: -r.accuracy)
   final = None
   final_path = os.path.join(workdir, "final", "results.json")

@@ -12,11 +12,9 @@ over several runs (seeds), with their spread, and each run's curve.
 from __future__ import annotations
 
 import collections
-import json
 import os
 from typing import Sequence
 
-import ml_collections
 import numpy as np
 from absl import flags
 
@@ -39,10 +37,7 @@ def load_run(workdir: str):
   """(config, records, agent) of a work directory; the agent brought up to the record."""
   store = store_lib.open_existing(workdir)
   try:
-    meta = store.meta()
-    if "config" not in meta:
-      raise store_lib.WorkdirError(f"{workdir} has no stored config")
-    config = ml_collections.ConfigDict(json.loads(meta["config"]))
+    config = store.config()
     records = list(store.models())
     agent = agent_lib.Agent.from_config(search_space.from_config(config), config)
     search.restore_agent(agent, store, os.path.join(workdir, search.AGENT_DIR),

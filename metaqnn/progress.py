@@ -57,10 +57,7 @@ class Progress:
 
   def line(self, rec: ModelRecord, unique_models: int) -> str:
     stages = self.schedule.stages
-    in_stage, stage = unique_models, 0
-    while stage < len(stages) - 1 and in_stage >= stages[stage][1]:
-      in_stage -= stages[stage][1]
-      stage += 1
+    stage, in_stage = self.schedule.position(unique_models)
     elapsed = time.perf_counter() - self.start
     rate = self.trained_here / elapsed if elapsed > 0 else 0.0
     remaining = self.schedule.total - unique_models

@@ -200,6 +200,14 @@ class Store:
   def meta(self) -> dict:
     return dict(self.db.execute("SELECT key, value FROM meta").fetchall())
 
+  def config(self):
+    """The run config stored with the record (an `ml_collections.ConfigDict`)."""
+    import ml_collections
+    meta = self.meta()
+    if "config" not in meta:
+      raise WorkdirError(f"{os.path.dirname(self.path)} has no stored config")
+    return ml_collections.ConfigDict(json.loads(meta["config"]))
+
   def count(self) -> int:
     return self.db.execute("SELECT COUNT(*) FROM models").fetchone()[0]
 

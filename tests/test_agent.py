@@ -153,3 +153,9 @@ def test_agent_step_is_fast():
   for _ in range(50):
     agent.learn(agent.sample(1.0).architecture, 0.5, new=True, replay_samples=100)
   assert (time.perf_counter() - t) / 50 < 0.05  # generous bound for loaded CI machines
+
+
+def test_schedule_position():
+  sched = agent_lib.Schedule.parse("1.0:3,0.5:2,0.1:1")
+  assert [sched.position(i) for i in range(7)] == [
+      (0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (2, 0), (2, 1)]
