@@ -10,7 +10,7 @@ from absl import flags
 from absl import logging
 
 # Errors a user can cause with bad input; anything else is a bug and keeps its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError,)
 
 
 class UserError(Exception):

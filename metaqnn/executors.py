@@ -41,19 +41,17 @@ class SerialExecutor:
     pass
 
 
-class ThreadExecutor:
-  """`workers` candidates at once in threads, each worker with its own evaluator.
+class WorkerPool:
+  """A fixed set of workers and a queue: candidates start as workers come free.
 
-  `make_evaluator(i)` builds worker i's evaluator (e.g. a trainer bound to device i);
-  JAX releases the GIL while compiling and running, so workers overlap.
+  Subclasses `_launch(worker, arch)` to start one evaluation and return its handle;
+  `wait()` pops finished handles from `_running` and calls `_finished(worker)`.
   """
 
-  def __init__(self, make_evaluator: Callable[[int], Evaluator], workers: int):
+  def __init__(self, workers: int):
     self.capacity = workers
-    self._pool = concurrent.futures.ThreadPoolExecutor(workers, "metaqnn-worker")
-    self._evaluators = [make_evaluator(i) for i in range(workers)]
     self._free = list(range(workers))
-    self._futures: dict[concurrent.futures.Future, tuple[int, int]] = {}
+    self._running: dict = {}  # handle -> (key, worker)
     self._queue: list[tuple[int, Architecture]] = []
 
   def submit(self, key: int, arch: Architecture) -> None:
@@ -64,18 +62,39 @@ class ThreadExecutor:
     while self._queue and self._free:
       key, arch = self._queue.pop(0)
       worker = self._free.pop(0)
-      future = self._pool.submit(self._evaluators[worker], arch)
-      self._futures[future] = (key, worker)
+      self._running[self._launch(worker, arch)] = (key, worker)
+
+  def _finished(self, worker: int) -> None:
+    self._free.append(worker)
+    self._start()
+
+  def _launch(self, worker: int, arch: Architecture):
+    raise NotImplementedError
+
+
+class ThreadExecutor(WorkerPool):
+  """`workers` candidates at once in threads, each worker with its own evaluator.
+
+  `make_evaluator(i)` builds worker i's evaluator (e.g. a trainer bound to device i);
+  JAX releases the GIL while compiling and running, so workers overlap.
+  """
+
+  def __init__(self, make_evaluator: Callable[[int], Evaluator], workers: int):
+    super().__init__(workers)
+    self._pool = concurrent.futures.ThreadPoolExecutor(workers, "metaqnn-worker")
+    self._evaluators = [make_evaluator(i) for i in range(workers)]
+
+  def _launch(self, worker: int, arch: Architecture) -> concurrent.futures.Future:
+    return self._pool.submit(self._evaluators[worker], arch)
 
   def wait(self) -> list[tuple[int, Outcome | Lost]]:
-    done, _ = concurrent.futures.wait(self._futures,
+    done, _ = concurrent.futures.wait(self._running,
                                       return_when=concurrent.futures.FIRST_COMPLETED)
     out = []
     for future in done:
-      key, worker = self._futures.pop(future)
-      self._free.append(worker)
+      key, worker = self._running.pop(future)
       out.append((key, future.result()))  # evaluators never raise for a candidate
-    self._start()
+      self._finished(worker)
     return out
 
   def close(self) -> None:
@@ -88,6 +107,8 @@ def local(config, evaluate: Optional[Callable], make: Callable) -> SerialExecuto
   workers = int(config.num_workers)
   if workers < 1:
     raise ValueError(f"num_workers must be >= 1, got {workers}")
+  if config.parallel not in ("data", "candidate"):
+    raise ValueError(f"parallel must be data or candidate, got {config.parallel!r}")
   if workers == 1:
     return SerialExecutor(make(None))
   if evaluate is not None or config.evaluator != "train" or config.parallel == "data":

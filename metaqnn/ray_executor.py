@@ -11,7 +11,7 @@ import os
 from typing import Callable, Optional
 
 from metaqnn import evaluators
-from metaqnn.executors import Lost
+from metaqnn.executors import Lost, WorkerPool
 
 
 class _Worker:
@@ -28,7 +28,7 @@ class _Worker:
     return os.getpid()
 
 
-class RayExecutor:
+class RayExecutor(WorkerPool):
   """`config.num_workers` Ray actors; `config.ray` says where and with what resources."""
 
   def __init__(self, config, evaluate: Optional[Callable] = None):
@@ -37,36 +37,27 @@ class RayExecutor:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     self._ray = ray
-    self.capacity = int(config.num_workers)
-    if self.capacity < 1:
-      raise ValueError(f"num_workers must be >= 1, got {self.capacity}")
+    workers = int(config.num_workers)
+    if workers < 1:
+      raise ValueError(f"num_workers must be >= 1, got {workers}")
+    super().__init__(workers)
     r = config.ray
     if not ray.is_initialized():
       ray.init(address=r.address or None, include_dashboard=False, log_to_driver=False,
                num_cpus=None if r.address else max(self.capacity * r.cpus_per_worker, 1))
     self._remote = ray.remote(num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker)(_Worker)
     self._args = (config, evaluate)
-    self._actors = [self._remote.remote(*self._args) for _ in range(self.capacity)]
-    self._free = list(range(self.capacity))
-    self._futures = {}  # ObjectRef -> (key, actor index)
-    self._queue: list[tuple[int, object]] = []
+    self._actors = [self._remote.remote(*self._args) for _ in range(workers)]
 
-  def submit(self, key: int, arch) -> None:
-    self._queue.append((key, arch))
-    self._start()
-
-  def _start(self) -> None:
-    while self._queue and self._free:
-      key, arch = self._queue.pop(0)
-      i = self._free.pop(0)
-      self._futures[self._actors[i].evaluate.remote(str(arch))] = (key, i)
+  def _launch(self, worker: int, arch):
+    return self._actors[worker].evaluate.remote(str(arch))
 
   def wait(self):
     ray = self._ray
-    ready, _ = ray.wait(list(self._futures), num_returns=1)
+    ready, _ = ray.wait(list(self._running), num_returns=1)
     out = []
     for ref in ready:
-      key, i = self._futures.pop(ref)
+      key, i = self._running.pop(ref)
       try:
         out.append((key, ray.get(ref)))
       except ray.exceptions.RayError as e:  # the worker died or its result was lost
@@ -74,8 +65,7 @@ class RayExecutor:
         out.append((key, Lost(f"{type(e).__name__}: {first}")))
         self._ray.kill(self._actors[i])
         self._actors[i] = self._remote.remote(*self._args)  # a fresh worker
-      self._free.append(i)
-    self._start()
+      self._finished(i)
     return out
 
   def close(self) -> None:
