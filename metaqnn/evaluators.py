@@ -76,11 +76,6 @@ class Evaluator:
   def _to_outcome(self, out) -> Outcome:
     if isinstance(out, Outcome):
       return out
-    if hasattr(out, "best_val_accuracy") and hasattr(out, "status"):  # train.CandidateResult
-      return Outcome(accuracy=float(out.best_val_accuracy), status=out.status,
-                     message=out.message, best_val_accuracy=out.best_val_accuracy,
-                     last_val_accuracy=out.last_val_accuracy, restarts=out.restarts,
-                     params=out.params, seconds=out.seconds)
     try:
       value = float(out)
     except (TypeError, ValueError):
@@ -106,5 +101,13 @@ def from_config(config, evaluate: Optional[Callable] = None, *, devices=None,
   if config.evaluator == "train":
     from metaqnn import train  # JAX and the data set only when training for real
     trainer = train.Trainer(config, dataset=dataset, devices=devices)
-    return Evaluator(trainer.evaluate, "train", classes)
+
+    def trained(arch) -> Outcome:
+      r = trainer.evaluate(arch)  # its reward: the best validation accuracy
+      return Outcome(accuracy=float(r.best_val_accuracy), status=r.status, message=r.message,
+                     best_val_accuracy=r.best_val_accuracy,
+                     last_val_accuracy=r.last_val_accuracy, restarts=r.restarts,
+                     params=r.params, seconds=r.seconds)
+
+    return Evaluator(trained, "train", classes)
   raise ValueError(f"unknown evaluator {config.evaluator!r}; use train or synthetic")
