@@ -62,7 +62,10 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
 
   c.evaluator = "train"            # "train" or "synthetic".
   c.executor = "local"             # "local" (this machine) or "ray" (a Ray cluster).
-  c.num_workers = 1                # Candidates evaluated at once.
+  c.num_workers = 0                # Candidates evaluated at once. 0 = auto: with the train
+                                   # evaluator on GPUs/TPUs 2 per device group (one compiles
+                                   # while the other trains), else 1. 1 = strictly sequential
+                                   # (a seed reruns bit for bit).
   c.parallel = "data"              # "data": each candidate data-parallel over all local
                                    # devices; "candidate": one candidate per device.
   c.ray = ml_collections.ConfigDict()
@@ -87,6 +90,21 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
   c.train.dropout = True
   c.train.augment = False          # Random mirror + translation up to 5 px (final training).
   c.train.eval_batch_size = 1000
+  c.train.dtype = "auto"           # Compute precision: "auto" (bfloat16 on GPU/TPU, float32
+                                   # on CPU), "float32" or "bfloat16". Params stay float32.
+  c.train.max_seconds = 0.0        # Per-candidate time limit, checked between epochs (0 = none).
+
+  # Early stopping of poor candidates (not in the paper; its authors' follow-up, Baker et
+  # al. 2018, "Accelerating Neural Architecture Search using Performance Prediction").
+  c.early_stop = ml_collections.ConfigDict()
+  c.early_stop.kind = "none"       # "none" (the paper), "predictor" (nu-SVR on the first
+                                   # epochs' curve and the architecture) or "median".
+  c.early_stop.tau = 0.25          # Decide after this fraction of train.epochs (>= 1 epoch).
+  c.early_stop.delta = 0.05        # Stop when P(final > best so far) < delta (predictor).
+  c.early_stop.min_completed = 20  # Fully trained models needed before any stopping.
+  c.early_stop.refit_every = 10    # Refit the predictor after this many new models.
+  c.early_stop.reward = "predicted"  # A stopped model's reward: "predicted" (the follow-up
+                                     # paper) or "last" (its last observed accuracy).
 
   # The final stage (SPEC sections 1 and 4): top models retrained longer, then ensembled.
   c.final = ml_collections.ConfigDict()
@@ -100,5 +118,6 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
   c.final.momentum = 0.9           # Caffe-style rates such as 0.025, SGD is meant).
   c.final.weight_decay = 0.0
   c.final.augment = False
+  c.final.dtype = "auto"           # Precision of final training, as train.dtype.
   c.final.plots = True             # Write the analysis plots when the search finishes.
   return c

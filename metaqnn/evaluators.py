@@ -1,32 +1,20 @@
 """Evaluators turn an architecture into a reward: trained, synthetic, or a user function.
 
-Every evaluator is wrapped into `Evaluator.__call__(arch) -> Outcome`, which never raises
+Every evaluator is wrapped into `Evaluator.__call__(arch) -> Result`, which never raises
 for a failing candidate: the failure becomes a status, a message and the chance reward.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import time
 import traceback
 from typing import Callable, Optional
 
+from metaqnn.results import Result
+
 from metaqnn.architecture import FC, GAP, Architecture, Conv, Pool
-
-
-@dataclasses.dataclass
-class Outcome:
-  """What the record keeps of one evaluation; `accuracy` is the reward."""
-  accuracy: float
-  status: str = "ok"
-  message: str = ""
-  best_val_accuracy: Optional[float] = None
-  last_val_accuracy: Optional[float] = None
-  restarts: int = 0
-  params: Optional[int] = None
-  seconds: float = 0.0
 
 
 def synthetic_accuracy(arch: Architecture) -> float:
@@ -58,40 +46,44 @@ class Evaluator:
   def __init__(self, fn: Callable, kind: str, num_classes: int):
     self.fn, self.kind, self.chance = fn, kind, 1.0 / num_classes
 
-  def __call__(self, arch: Architecture) -> Outcome:
+  def __call__(self, arch: Architecture) -> Result:
     start = time.perf_counter()
     try:
       out = self.fn(arch)
     except MemoryError as e:
-      out = Outcome(self.chance, "oom", f"MemoryError: {e}")
+      out = Result(accuracy=self.chance, status="oom", message=f"MemoryError: {e}")
     except Exception as e:  # a failing candidate must never stop the search
       last = traceback.extract_tb(e.__traceback__)[-1]
-      out = Outcome(self.chance, "error",
-                    f"{type(e).__name__}: {e} ({last.filename}:{last.lineno})")
-    out = self._to_outcome(out)
+      out = Result(accuracy=self.chance, status="error",
+                   message=f"{type(e).__name__}: {e} ({last.filename}:{last.lineno})")
+    out = self._to_result(out)
+    out.arch = str(arch)
     if not out.seconds:
       out.seconds = time.perf_counter() - start
     return out
 
-  def _to_outcome(self, out) -> Outcome:
-    if isinstance(out, Outcome):
+  def _to_result(self, out) -> Result:
+    if isinstance(out, Result):
       return out
     try:
       value = float(out)
     except (TypeError, ValueError):
-      return Outcome(self.chance, "error", f"the evaluator returned {out!r}, not a number")
+      return Result(accuracy=self.chance, status="error",
+                    message=f"the evaluator returned {out!r}, not a number")
     if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-      return Outcome(self.chance, "invalid",
-                     f"the evaluator returned {value}, not an accuracy in [0, 1]")
-    return Outcome(value, best_val_accuracy=value)
+      return Result(accuracy=self.chance, status="invalid",
+                    message=f"the evaluator returned {value}, not an accuracy in [0, 1]")
+    return Result(accuracy=value, best_val_accuracy=value)
 
 
 def from_config(config, evaluate: Optional[Callable] = None, *, devices=None,
-                dataset=None) -> Evaluator:
+                dataset=None, shared: Optional[dict] = None, early_stop=None) -> Evaluator:
   """The evaluator a config asks for, or a user's `evaluate(arch) -> accuracy`.
 
-  `devices` and `dataset` go to the trainer: the devices it trains on (default: all
-  local devices, data-parallel) and an already loaded data set to share.
+  `devices`, `dataset`, `shared` and `early_stop` go to the trainer: the devices it trains
+  on (default: all local devices, data-parallel), an already loaded data set, a dict
+  through which trainers on the same devices share one device copy of it, and an early
+  stopping rule (`metaqnn.early_stop`).
   """
   classes = int(config.dataset.num_classes)
   if evaluate is not None:
@@ -100,14 +92,8 @@ def from_config(config, evaluate: Optional[Callable] = None, *, devices=None,
     return Evaluator(synthetic_accuracy, "synthetic", classes)
   if config.evaluator == "train":
     from metaqnn import train  # JAX and the data set only when training for real
-    trainer = train.Trainer(config, dataset=dataset, devices=devices)
-
-    def trained(arch) -> Outcome:
-      r = trainer.evaluate(arch)  # its reward: the best validation accuracy
-      return Outcome(accuracy=float(r.best_val_accuracy), status=r.status, message=r.message,
-                     best_val_accuracy=r.best_val_accuracy,
-                     last_val_accuracy=r.last_val_accuracy, restarts=r.restarts,
-                     params=r.params, seconds=r.seconds)
-
-    return Evaluator(trained, "train", classes)
+    trainer = train.Trainer(config, dataset=dataset, devices=devices, shared=shared,
+                            early_stop=early_stop,
+                            early_stop_epoch=early_stop.epoch if early_stop else 0)
+    return Evaluator(trainer.evaluate, "train", classes)
   raise ValueError(f"unknown evaluator {config.evaluator!r}; use train or synthetic")

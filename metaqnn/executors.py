@@ -1,7 +1,7 @@
 """Where candidates are evaluated: in the calling thread, in worker threads, or on Ray.
 
-An executor takes `submit(key, arch)` and hands back finished `(key, Outcome)` pairs
-from `wait()`. `Lost` in place of an Outcome means the worker died: the search
+An executor takes `submit(key, arch)` and hands back finished `(key, Result)` pairs
+from `wait()`. `Lost` in place of a Result means the worker died: the search
 re-queues the candidate. Threads overlap one candidate's compile with another's
 training, and with `parallel="candidate"` give each worker its own device.
 """
@@ -13,7 +13,8 @@ import dataclasses
 from typing import Callable, Optional
 
 from metaqnn.architecture import Architecture
-from metaqnn.evaluators import Evaluator, Outcome
+from metaqnn.evaluators import Evaluator
+from metaqnn.results import Result
 
 
 @dataclasses.dataclass
@@ -33,7 +34,7 @@ class SerialExecutor:
   def submit(self, key: int, arch: Architecture) -> None:
     self._queue.append((key, arch))
 
-  def wait(self) -> list[tuple[int, Outcome | Lost]]:
+  def wait(self) -> list[tuple[int, Result | Lost]]:
     key, arch = self._queue.pop(0)
     return [(key, self._evaluate(arch))]
 
@@ -87,7 +88,7 @@ class ThreadExecutor(WorkerPool):
   def _launch(self, worker: int, arch: Architecture) -> concurrent.futures.Future:
     return self._pool.submit(self._evaluators[worker], arch)
 
-  def wait(self) -> list[tuple[int, Outcome | Lost]]:
+  def wait(self) -> list[tuple[int, Result | Lost]]:
     done, _ = concurrent.futures.wait(self._running,
                                       return_when=concurrent.futures.FIRST_COMPLETED)
     out = []
@@ -102,11 +103,31 @@ class ThreadExecutor(WorkerPool):
     self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def local(config, evaluate: Optional[Callable], make: Callable) -> SerialExecutor | ThreadExecutor:
-  """The local executor a config asks for; `make(devices_or_None)` builds an evaluator."""
+def num_workers(config, evaluate: Optional[Callable] = None) -> int:
+  """`config.num_workers`, with 0 (auto) resolved: two candidates per device group with
+  the train evaluator on GPUs and TPUs, so that one compiles while the other trains (the
+  order of results then varies from run to run); otherwise one (sequential, bit-exact)."""
   workers = int(config.num_workers)
-  if workers < 1:
-    raise ValueError(f"num_workers must be >= 1, got {workers}")
+  if workers < 0:
+    raise ValueError(f"num_workers must be >= 1 (or 0 = auto), got {workers}")
+  if workers:
+    return workers
+  if evaluate is not None or config.evaluator != "train" or config.get("executor") == "ray":
+    return 1
+  import jax
+  if jax.default_backend() == "cpu":
+    return 1
+  return 2 * (len(jax.local_devices()) if config.parallel == "candidate" else 1)
+
+
+def local(config, evaluate: Optional[Callable], make: Callable) -> SerialExecutor | ThreadExecutor:
+  """The local executor a config asks for; `make(devices_or_None)` builds an evaluator.
+
+  With `parallel="data"` every worker trains on all local devices, and the workers share
+  one device copy of the data set. A user `evaluate` function is then called from several
+  threads at once.
+  """
+  workers = num_workers(config, evaluate)
   if config.parallel not in ("data", "candidate"):
     raise ValueError(f"parallel must be data or candidate, got {config.parallel!r}")
   if workers == 1:

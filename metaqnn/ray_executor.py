@@ -37,9 +37,8 @@ class RayExecutor(WorkerPool):
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     self._ray = ray
-    workers = int(config.num_workers)
-    if workers < 1:
-      raise ValueError(f"num_workers must be >= 1, got {workers}")
+    from metaqnn import executors
+    workers = executors.num_workers(config, evaluate)
     super().__init__(workers)
     r = config.ray
     if not ray.is_initialized():

@@ -33,6 +33,7 @@ from metaqnn import executors
 from metaqnn import progress as progress_lib
 from metaqnn import search_space
 from metaqnn import store as store_lib
+from metaqnn.results import Result
 from metaqnn.store import ModelRecord, Sample, WorkdirError
 
 AGENT_DIR = "agent"
@@ -61,6 +62,15 @@ def _atomic():
         handler(num, frame)  # Python's SIGINT handler raises KeyboardInterrupt
       elif handler == signal.SIG_DFL:
         signal.raise_signal(num)
+
+
+def _record(result: Result, sample: Sample, resampled: bool = False) -> ModelRecord:
+  """The record of `sample` with `result` (a re-sample takes its first record's result)."""
+  fields = dataclasses.asdict(result) | {"arch": sample.arch}
+  if resampled:
+    fields.update(seconds=0.0, curves=[])  # nothing was trained for it
+  return ModelRecord(**fields, iteration=-1, sample=sample.id, epsilon=sample.epsilon,
+                     stage=sample.stage, resampled=resampled)
 
 
 class WorkersLost(RuntimeError):
@@ -92,7 +102,16 @@ def fingerprint(config, evaluator_kind: str, replay_samples: int) -> dict:
   if evaluator_kind == "train":  # rewards must come from one training procedure
     data = {k: v for k, v in config.dataset.to_dict().items()
             if k not in ("data_dir", "download", "final_extra")}
-    fp["training"] = json.loads(json.dumps({"dataset": data, "train": config.train.to_dict()}))
+    # Settings that do not change how a model trains are left out (max_seconds may be
+    # changed on resume); float32, the precision of records made before `dtype`
+    # existed, is left out so that they still resume.
+    train = {k: v for k, v in config.train.to_dict().items()
+             if k not in ("dtype", "max_seconds")}
+    from metaqnn import train as train_lib
+    precision = train_lib.resolved_precision(config)
+    if precision != "float32":
+      train["precision"] = precision
+    fp["training"] = json.loads(json.dumps({"dataset": data, "train": train}))
   return fp
 
 
@@ -160,11 +179,7 @@ class _Search:
     """Re-sample of a finished model: learn now; in flight: wait on it; else submit."""
     prior = self.store.trained(sample.arch)
     if prior is not None:
-      self._learn(ModelRecord(
-          iteration=-1, sample=sample.id, arch=sample.arch, accuracy=prior.accuracy,
-          epsilon=sample.epsilon, stage=sample.stage, status=prior.status, resampled=True,
-          best_val_accuracy=prior.best_val_accuracy,
-          last_val_accuracy=prior.last_val_accuracy, params=prior.params))
+      self._learn(_record(prior.result(), sample, resampled=True))
     elif sample.arch in self.in_flight:
       self.in_flight[sample.arch].append(sample)
     else:
@@ -195,17 +210,12 @@ class _Search:
         if self.lost[arch] < MAX_LOST:
           self.executor.submit(key, search_space.arch_lib.parse(arch))
           continue
-        out = evaluators.Outcome(1.0 / self.agent.space.cfg.num_classes, "lost",
-                                 f"its worker died {MAX_LOST} times: {out.message}")
+        out = Result(accuracy=1.0 / self.agent.space.cfg.num_classes, status="lost",
+                     arch=arch, message=f"its worker died {MAX_LOST} times: {out.message}")
       else:
         self.lost_streak = 0
       waiting = self.in_flight.pop(arch)
-      self._learn(ModelRecord(
-          iteration=-1, sample=first.id, arch=arch, accuracy=out.accuracy,
-          epsilon=first.epsilon, stage=first.stage, status=out.status,
-          message=out.message, best_val_accuracy=out.best_val_accuracy,
-          last_val_accuracy=out.last_val_accuracy, restarts=out.restarts,
-          params=out.params, seconds=out.seconds))
+      self._learn(_record(out, first))
       for later in waiting[1:]:  # sampled again while it was in flight
         self.dispatch(later, None)
     if time.perf_counter() - self.last_snapshot > 10.0:
@@ -232,20 +242,26 @@ class _Search:
       self.collect()
 
 
-def make_executor(config, evaluate: Optional[Callable]):
+def make_executor(config, evaluate: Optional[Callable], early_stop=None):
   """The executor of `config.executor` (local or ray) and `config.num_workers`."""
   kind = str(config.get("executor", "local"))
   if kind == "ray":
+    if early_stop is not None:
+      raise ValueError("early_stop.kind needs the local executor (the rule lives beside "
+                       "the record); use --config.executor=local")
     from metaqnn import ray_executor  # optional dependency
     return ray_executor.RayExecutor(config, evaluate)
   if kind != "local":
     raise ValueError(f"unknown executor {kind!r}; use local or ray")
   dataset = None
-  if evaluate is None and config.evaluator == "train" and int(config.num_workers) > 1:
+  if (evaluate is None and config.evaluator == "train"
+      and executors.num_workers(config, evaluate) > 1):
     from metaqnn import input_pipeline
     dataset = input_pipeline.load(config)  # loaded once, shared by the workers
+  shared: dict = {}  # one device copy of the data per device group
   return executors.local(config, evaluate, lambda devices: evaluators.from_config(
-      config, evaluate, devices=devices, dataset=dataset))
+      config, evaluate, devices=devices, dataset=dataset, shared=shared,
+      early_stop=early_stop))
 
 
 def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,

@@ -18,6 +18,9 @@ import sqlite3
 import time
 from typing import Iterator, Optional
 
+from metaqnn import results
+from metaqnn.results import Result
+
 DB_FILE = "metaqnn.db"
 _CREATING = ".metaqnn.db.creating"
 LOCK_FILE = ".lock"
@@ -28,29 +31,19 @@ class WorkdirError(Exception):
   """The work directory is foreign, corrupt, or made for another search."""
 
 
-@dataclasses.dataclass
-class ModelRecord:
-  """One sampled model. `accuracy` is the reward the agent received."""
+@dataclasses.dataclass(kw_only=True)
+class ModelRecord(Result):
+  """One sampled model: its `Result` and where it sits in the search."""
   iteration: int
   sample: int
-  arch: str
-  accuracy: float
   epsilon: float
   stage: int
-  status: str = "ok"
   resampled: bool = False
-  best_val_accuracy: Optional[float] = None
-  last_val_accuracy: Optional[float] = None
-  restarts: int = 0
-  params: Optional[int] = None
-  seconds: float = 0.0
   time: float = dataclasses.field(default_factory=time.time)
-  message: str = ""
 
-  def to_json(self) -> dict:
-    d = dataclasses.asdict(self)
-    d["resampled"] = bool(d["resampled"])
-    return d
+  def result(self) -> Result:
+    """The result alone (for presenting a re-sampled model's stored outcome again)."""
+    return Result(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Result)})
 
 
 @dataclasses.dataclass
@@ -64,7 +57,9 @@ class Sample:
   time: float = dataclasses.field(default_factory=time.time)
 
 
-_FIELDS = [f.name for f in dataclasses.fields(ModelRecord)]
+_COLUMNS = {f.name: f for f in dataclasses.fields(ModelRecord)}
+_FIELDS = list(_COLUMNS)
+_KEYS = ("iteration", "sample")  # declared in the schema below with their constraints
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS samples (
@@ -79,22 +74,11 @@ CREATE TABLE IF NOT EXISTS models (
   iteration INTEGER PRIMARY KEY,
   event INTEGER NOT NULL UNIQUE,
   sample INTEGER NOT NULL UNIQUE REFERENCES samples (id),
-  arch TEXT NOT NULL,
-  accuracy REAL NOT NULL,
-  epsilon REAL NOT NULL,
-  stage INTEGER NOT NULL,
-  status TEXT NOT NULL,
-  resampled INTEGER NOT NULL,
-  best_val_accuracy REAL,
-  last_val_accuracy REAL,
-  restarts INTEGER NOT NULL,
-  params INTEGER,
-  seconds REAL NOT NULL,
-  time REAL NOT NULL,
-  message TEXT NOT NULL
+  {columns}
 );
 CREATE INDEX IF NOT EXISTS models_arch ON models (arch, resampled);
-"""
+""".replace("{columns}", ",\n  ".join(
+    f"{name} {results.sql_type(f)}" for name, f in _COLUMNS.items() if name not in _KEYS))
 
 
 class Store:
@@ -134,6 +118,7 @@ class Store:
       self.db = sqlite3.connect(self.path, isolation_level=None)
       self.db.execute("PRAGMA journal_mode=WAL")
       self.db.execute("PRAGMA synchronous=NORMAL")
+      self._add_missing_columns()
     except sqlite3.DatabaseError as e:
       raise WorkdirError(f"{self.path} is not a readable metaqnn record ({e})") from None
 
@@ -158,6 +143,22 @@ class Store:
           f"the work directory {os.path.dirname(self.path)} was made for another search "
           f"(differs in: {', '.join(diff)}); it was left untouched. Use a new --workdir")
 
+  def _add_missing_columns(self) -> None:
+    """Records made before a field existed get its column (empty for their old rows)."""
+    have = {r[1] for r in self.db.execute("PRAGMA table_info(models)")}
+    with self.db:
+      for name, f in _COLUMNS.items():
+        if name not in have:
+          self.db.execute(f"ALTER TABLE models ADD COLUMN {name} {results.sql_type(f)}")
+
+  @property
+  def _columns(self) -> list[str]:
+    """The record's columns this database has (older read-only records may lack some)."""
+    if getattr(self, "_cols", None) is None:
+      have = {r[1] for r in self.db.execute("PRAGMA table_info(models)")}
+      self._cols = [name for name in _FIELDS if name in have]
+    return self._cols
+
   # -- writing -------------------------------------------------------------------------
 
   def _next_event(self) -> int:
@@ -179,15 +180,14 @@ class Store:
 
   def add(self, record: ModelRecord) -> ModelRecord:
     """Commits one result (its `iteration` and event are assigned here); durable on return."""
-    row = record.to_json()
-    row["resampled"] = int(row["resampled"])
+    row = {name: results.to_sql(f, getattr(record, name)) for name, f in _COLUMNS.items()}
     with self.db:
       self.db.execute("BEGIN IMMEDIATE")
       row["iteration"] = record.iteration = self.count()
       event = self._next_event()
-      self.db.execute(f"INSERT INTO models (event, {', '.join(_FIELDS)}) VALUES "
-                      f"(?, {', '.join('?' * len(_FIELDS))})",
-                      [event] + [row[f] for f in _FIELDS])
+      self.db.execute(f"INSERT INTO models (event, {', '.join(self._columns)}) VALUES "
+                      f"(?, {', '.join('?' * len(self._columns))})",
+                      [event] + [row[f] for f in self._columns])
     return record
 
   def set_meta(self, key: str, value) -> None:
@@ -216,14 +216,14 @@ class Store:
 
   def trained(self, arch: str) -> Optional[ModelRecord]:
     """The first (non re-sampled) record of `arch`, if it was trained or failed before."""
-    cur = self.db.execute(f"SELECT {', '.join(_FIELDS)} FROM models "
+    cur = self.db.execute(f"SELECT {', '.join(self._columns)} FROM models "
                           "WHERE arch = ? AND resampled = 0 LIMIT 1", (arch,))
     row = cur.fetchone()
     return self._record(row) if row else None
 
   def models(self, after: int = -1) -> Iterator[ModelRecord]:
     """Records in iteration order, those with iteration > `after`."""
-    cur = self.db.execute(f"SELECT {', '.join(_FIELDS)} FROM models WHERE iteration > ? "
+    cur = self.db.execute(f"SELECT {', '.join(self._columns)} FROM models WHERE iteration > ? "
                           "ORDER BY iteration", (after,))
     return (self._record(r) for r in cur.fetchall())
 
@@ -231,7 +231,7 @@ class Store:
     """(event, Sample or ModelRecord) after event `after`, in the order the agent used them."""
     samples = self.db.execute("SELECT id, event, arch, epsilon, stage, time FROM samples "
                               "WHERE event > ?", (after,)).fetchall()
-    models = self.db.execute(f"SELECT event, {', '.join(_FIELDS)} FROM models "
+    models = self.db.execute(f"SELECT event, {', '.join(self._columns)} FROM models "
                              "WHERE event > ?", (after,)).fetchall()
     out = [(r[1], Sample(id=r[0], event=r[1], arch=r[2], epsilon=r[3], stage=r[4], time=r[5]))
            for r in samples]
@@ -248,11 +248,10 @@ class Store:
     return [Sample(id=r[0], event=r[1], arch=r[2], epsilon=r[3], stage=r[4], time=r[5])
             for r in rows]
 
-  @staticmethod
-  def _record(row) -> ModelRecord:
-    d = dict(zip(_FIELDS, row))
-    d["resampled"] = bool(d["resampled"])
-    return ModelRecord(**d)
+  def _record(self, row) -> ModelRecord:
+    values = dict(zip(self._columns, row))
+    return ModelRecord(**{name: results.from_sql(f, values.get(name))
+                          for name, f in _COLUMNS.items()})
 
   def close(self) -> None:
     self.db.close()

@@ -1,24 +1,31 @@
-"""Train and evaluate one sampled network (SPEC section 4), fast enough for thousands per process.
+"""Train and evaluate sampled networks (SPEC section 4), fast enough for thousands per process.
 
-Design, for throughput over many small candidates:
-- The data set is put on the devices once, as uint8, replicated; batches are gathered and
-  normalised inside the compiled step.
+One trainer core (`Core`) serves the search (`Trainer`), the final stage and transfer
+(`FinalTrainer`). Design, for throughput over many small candidates:
+- The data set is put on the devices once, as uint8, replicated (and shared by the workers
+  of one device group); batches are gathered and normalised inside the compiled step.
 - One epoch is one compiled call: a `lax.scan` over the batches of a permutation drawn on
   the device; the last partial batch is dropped (a fresh permutation each epoch). Evaluation
   is one call too, padded and masked so that every example counts exactly once.
-- One compile per architecture: the learning rate and the random seed are arguments, so
-  epochs and restarts reuse the executables. Params and optimiser state are donated.
+- One compile per architecture, ahead of time: the learning rate and the random seed are
+  arguments, so epochs and restarts reuse the executables; the training and evaluation
+  programs compile concurrently. Params and optimiser state are donated. The compiled
+  programs belong to the candidate and are freed with it, so memory stays flat.
+- Precision (`train.dtype`): "auto" computes in bfloat16 on GPUs and TPUs and in float32
+  on CPUs; parameters, optimiser state, logits and the loss stay float32.
+- The convolution is chosen by backend (`models.conv_impl`).
 - Parameters are initialised with NumPy on the host from `jax.eval_shape` shapes.
 - Data parallel over a 1-D mesh ('data') with `jax.jit` and `NamedSharding`: the batch is
   sharded, params are replicated.
-- After each candidate its executables are dropped (`jax.clear_caches`) so memory stays flat.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import math
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,25 +35,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from metaqnn import input_pipeline, models
 from metaqnn.architecture import Architecture, ArchitectureError, parse
+from metaqnn.results import Result
 
-STATUSES = ("ok", "no_learning", "nan", "oom", "error")
-
-
-@dataclasses.dataclass
-class CandidateResult:
-  """The outcome of training one architecture; `best_val_accuracy` is the reward."""
-  arch: str
-  best_val_accuracy: float
-  last_val_accuracy: float
-  restarts: int
-  status: str  # One of STATUSES; anything but "ok" has best_val_accuracy = chance.
-  message: str
-  seconds: float
-  epochs: int  # Epochs of the final attempt (each restarted attempt ran one more).
-  params: int
-
-  def to_json(self) -> dict:
-    return dataclasses.asdict(self)
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -171,24 +162,162 @@ def _classify_error(e: Exception) -> str:
   return "oom" if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower() else "error"
 
 
+def compute_dtype(precision: str, platform: str) -> Any:
+  """The compute dtype of `precision` ("auto", "float32", "bfloat16") on `platform`."""
+  if precision not in PRECISIONS:
+    raise ValueError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+  if precision == "auto":
+    return jnp.float32 if platform == "cpu" else jnp.bfloat16
+  return jnp.dtype(precision).type
+
+
+def resolved_precision(config: Any, stage: str = "train") -> str:
+  """The dtype name a config's `train` (or `final`) trains in on this machine's devices."""
+  precision = str(config[stage].get("dtype", "auto"))
+  return jnp.dtype(compute_dtype(precision, jax.default_backend())).name
+
+
+def _spec(x: Any) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None))
+
+
+class DeviceData:
+  """A data set's splits on one mesh, uint8 as stored, replicated; shared by the trainers
+  of the same devices (workers overlapping on one GPU hold one copy)."""
+
+  def __init__(self, dataset: input_pipeline.Dataset, mesh: Mesh):
+    self.dataset, self.mesh = dataset, mesh
+    self.replicated = NamedSharding(mesh, P())
+    self._splits: dict[str, tuple[jax.Array, jax.Array]] = {}
+
+  def split(self, name: str) -> tuple[jax.Array, jax.Array]:
+    if name not in self._splits:
+      images = getattr(self.dataset, f"{name}_images")
+      labels = getattr(self.dataset, f"{name}_labels")
+      self._splits[name] = jax.device_put((np.asarray(images), np.asarray(labels)),
+                                          self.replicated)
+    return self._splits[name]
+
+
+@dataclasses.dataclass
+class Programs:
+  """One architecture's network and compiled programs (freed with this object)."""
+  model: models.CNN
+  shapes: Any
+  opt_shapes: Any
+  train_epoch: Callable
+  evaluate: Optional[Callable]
+
+
+class Core:
+  """What every training job shares: mesh, data on the devices, precision, convolution,
+  optimiser; it compiles an architecture's programs and runs them.
+
+  `train_config` is a `config.train`-like dict (batch sizes, optimiser, dropout, augment,
+  dtype). `shared` maps device ids to `DeviceData`, to share one device copy of the data.
+  """
+
+  def __init__(self, train_config: Any, dataset: input_pipeline.Dataset,
+               devices: Sequence[jax.Device] | None = None, *,
+               shared: dict | None = None):
+    self.train_config, self.dataset = train_config, dataset
+    self.mesh = make_mesh(devices)
+    n_dev = self.mesh.size
+    for field in ("batch_size", "eval_batch_size"):
+      value = int(train_config[field])
+      if value < 1 or value % n_dev:
+        raise ValueError(f"config.train.{field}={value} must be a positive multiple of the "
+                         f"number of devices ({n_dev})")
+    if int(train_config.batch_size) > len(dataset.train_labels):
+      raise ValueError(f"config.train.batch_size={train_config.batch_size} is larger than "
+                       f"the {len(dataset.train_labels)} training examples")
+    platform = self.mesh.devices.flat[0].platform
+    self.dtype = compute_dtype(str(train_config.get("dtype", "auto")), platform)
+    self.conv = models.conv_impl(platform)
+    key = tuple(d.id for d in self.mesh.devices.flat)
+    shared = {} if shared is None else shared
+    if key not in shared or shared[key].dataset is not dataset:
+      shared[key] = DeviceData(dataset, self.mesh)
+    self.data = shared[key]
+    self.input_shape = tuple(dataset.train_images.shape[1:])
+    self.num_train = len(dataset.train_labels)
+
+  def normalize(self, images: jax.Array) -> jax.Array:
+    return input_pipeline.normalize(images, self.dataset.preprocess, self.dataset.mean)
+
+  def model(self, arch: Architecture) -> models.CNN:
+    return models.CNN(arch, dropout=bool(self.train_config.dropout), dtype=self.dtype,
+                      conv=self.conv)
+
+  def compile(self, arch: Architecture, eval_split: Optional[str] = "val") -> Programs:
+    """Compiles `arch`'s training epoch and (on `eval_split`) its evaluation, concurrently
+    (XLA compiles one program on one thread; the two need not wait for each other)."""
+    t = self.train_config
+    model = self.model(arch)
+    shapes = models.param_shapes(model, self.input_shape)
+    opt_shapes = jax.eval_shape(make_optimizer(t, 0.0).init, shapes)
+    placed = lambda tree: jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.data.replicated), tree)
+    scalars = [jax.ShapeDtypeStruct((), np.uint32)] * 3 + [jax.ShapeDtypeStruct((), np.float32)]
+    epoch = build_train_epoch(model, t, self.mesh, self.num_train, self.normalize)
+    lowered = [epoch.lower(placed(shapes), placed(opt_shapes), *scalars,
+                           *[_spec(x) for x in self.data.split("train")])]
+    if eval_split is not None:
+      images, labels = self.data.split(eval_split)
+      evaluate = build_evaluate(model, self.mesh, int(t.eval_batch_size), len(labels),
+                                self.normalize)
+      lowered.append(evaluate.lower(placed(shapes), _spec(images), _spec(labels)))
+    if len(lowered) == 1:
+      compiled = [lowered[0].compile()]
+    else:
+      with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
+        compiled = list(pool.map(lambda l: l.compile(), lowered))
+    return Programs(model, shapes, opt_shapes, compiled[0],
+                    compiled[1] if eval_split is not None else None)
+
+  def init_state(self, programs: Programs, seed: Sequence[int],
+                 init_params: Any = None) -> tuple[Any, Any]:
+    """Fresh (params, optimiser state) on the devices; `init_params` (a host tree) where
+    given and shapes match (fine-tuning)."""
+    params = models.init_params(programs.shapes, list(seed))
+    if init_params is not None:  # keep every pretrained tensor whose shape still fits
+      params = jax.tree.map(
+          lambda new, old: np.asarray(old, new.dtype)
+          if old is not None and np.shape(old) == np.shape(new) else new,
+          params, _match(params, init_params), is_leaf=lambda x: x is None)
+    opt_state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), programs.opt_shapes)
+    return jax.device_put((params, opt_state), self.data.replicated)
+
+  def train_epoch(self, programs: Programs, state: tuple[Any, Any], seed: int, attempt: int,
+                  epoch: int, lr: float) -> tuple[tuple[Any, Any], float]:
+    """One epoch; returns the new state and the mean training loss."""
+    params, opt_state, loss = programs.train_epoch(
+        *state, np.uint32(seed), np.uint32(attempt), np.uint32(epoch), np.float32(lr),
+        *self.data.split("train"))
+    return (params, opt_state), float(loss)
+
+  def accuracy(self, programs: Programs, params: Any, split: str = "val") -> float:
+    images, labels = self.data.split(split)
+    return int(programs.evaluate(params, images, labels)) / len(labels)
+
+
+EarlyStop = Callable[[Architecture, list], Optional[float]]
+
+
 class Trainer:
   """Trains candidates one after another on a data set held on the devices.
 
   `devices` (default: all local devices) form the data-parallel mesh; the training and
-  evaluation batch sizes must divide over them.
+  evaluation batch sizes must divide over them. `early_stop(arch, val_accuracies)` is
+  asked once, after `early_stop_epoch` epochs: a number is the predicted final accuracy
+  of a candidate to stop there, None lets it train on.
   """
 
   def __init__(self, config: Any, dataset: input_pipeline.Dataset | None = None,
-               devices: Sequence[jax.Device] | None = None):
+               devices: Sequence[jax.Device] | None = None, *, shared: dict | None = None,
+               early_stop: Optional[EarlyStop] = None, early_stop_epoch: int = 0):
     self.config = config
     t = config.train
-    self.mesh = make_mesh(devices)
-    n_dev = self.mesh.size
-    for field in ("batch_size", "eval_batch_size"):
-      value = int(t[field])
-      if value < 1 or value % n_dev:
-        raise ValueError(f"config.train.{field}={value} must be a positive multiple of the "
-                         f"number of devices ({n_dev})")
     for field in ("epochs", "lr_decay_every"):
       if int(t[field]) < 1:
         raise ValueError(f"config.train.{field}={t[field]} must be >= 1")
@@ -196,28 +325,21 @@ class Trainer:
       raise ValueError(f"config.train.max_restarts={t.max_restarts} must be >= 0")
     if not float(t.learning_rate) > 0:
       raise ValueError(f"config.train.learning_rate={t.learning_rate} must be > 0")
+    if float(t.get("max_seconds", 0)) < 0:
+      raise ValueError(f"config.train.max_seconds={t.max_seconds} must be >= 0 (0 = none)")
     self.dataset = dataset if dataset is not None else input_pipeline.load(config)
     ds = self.dataset
-    if len(ds.train_labels) < t.batch_size:
-      raise ValueError(f"config.train.batch_size={t.batch_size} is larger than the "
-                       f"{len(ds.train_labels)} training examples")
     if len(ds.val_labels) < 1:
       raise ValueError("the data set has no validation examples to compute the reward on")
-    self.input_shape = tuple(ds.train_images.shape[1:])
+    self.core = Core(t, ds, devices, shared=shared)
+    self.mesh, self.input_shape = self.core.mesh, self.core.input_shape
     self.num_classes = int(ds.num_classes)
     self.chance = 1.0 / self.num_classes
     # "No better than a random predictor" (SPEC section 4): the best constant guess, which
     # beats 1/k on data sets whose classes are not balanced (MNIST, SVHN, digits).
     majority = np.bincount(ds.val_labels).max() / len(ds.val_labels)
     self.threshold = max(self.chance, float(majority), float(t.restart_threshold))
-    replicated = NamedSharding(self.mesh, P())
-    put = lambda x: jax.device_put(np.asarray(x), replicated)
-    self._train_data = (put(ds.train_images), put(ds.train_labels))
-    self._val_data = (put(ds.val_images), put(ds.val_labels))
-    self._replicated = replicated
-
-  def _normalize(self, images: jax.Array) -> jax.Array:
-    return input_pipeline.normalize(images, self.dataset.preprocess, self.dataset.mean)
+    self.early_stop, self.early_stop_epoch = early_stop, int(early_stop_epoch)
 
   def check(self, arch: Architecture | str) -> Architecture:
     """The parsed `arch` if it fits this data set; else `ArchitectureError`."""
@@ -228,84 +350,83 @@ class Trainer:
                               f"{self.num_classes} classes")
     return arch
 
-  def evaluate(self, arch: Architecture | str) -> CandidateResult:
+  def evaluate(self, arch: Architecture | str) -> Result:
     """Trains `arch` and returns its result; a failing candidate never raises."""
     start = time.perf_counter()
-    name, params = str(arch), 0
+    result = Result(accuracy=self.chance, arch=str(arch))
     try:
       arch = self.check(arch)
-      name, params = str(arch), models.count_params(arch, self.input_shape)
-      result = self._train(arch)
+      result.arch = str(arch)
+      result.params = models.count_params(arch, self.input_shape)
+      result.flops = models.flops_per_example(arch, self.input_shape)
+      self._train(arch, result, start)
     except ArchitectureError as e:
-      result = self._failure(name, "error", str(e), params)
+      self._fail(result, "error", str(e))
     except Exception as e:  # A candidate must not stop the search: report and go on.
-      result = self._failure(name, _classify_error(e), f"{type(e).__name__}: {e}", params)
+      self._fail(result, _classify_error(e), f"{type(e).__name__}: {e}")
     result.seconds = time.perf_counter() - start
     return result
 
-  def _failure(self, arch: str, status: str, message: str, params: int,
-               last: float = 0.0, restarts: int = 0, epochs: int = 0) -> CandidateResult:
-    return CandidateResult(arch=arch, best_val_accuracy=self.chance, last_val_accuracy=last,
-                           restarts=restarts, status=status, message=message.splitlines()[0],
-                           seconds=0.0, epochs=epochs, params=params)
+  def _fail(self, result: Result, status: str, message: str) -> None:
+    result.accuracy, result.best_val_accuracy = self.chance, self.chance
+    result.status, result.message = status, (message.splitlines() or [""])[0]
 
-  def _train(self, arch: Architecture) -> CandidateResult:
-    """The training loop with the restart rule (SPEC section 4)."""
-    t = self.config.train
-    model = models.CNN(arch, dropout=bool(t.dropout))
-    shapes = models.param_shapes(model, self.input_shape)
-    opt_shapes = jax.eval_shape(make_optimizer(t, 0.0).init, shapes)
-    train_epoch = build_train_epoch(model, t, self.mesh, len(self.dataset.train_labels),
-                                    self._normalize)
-    evaluate = build_evaluate(model, self.mesh, int(t.eval_batch_size),
-                              len(self.dataset.val_labels), self._normalize)
-    try:
-      return self._attempts(arch, model, shapes, opt_shapes, train_epoch, evaluate)
-    finally:  # release this candidate's executables, and only its own: other workers
-      train_epoch.clear_cache()  # may be compiling or training in other threads
-      evaluate.clear_cache()
+  def _train(self, arch: Architecture, result: Result, start: float) -> None:
+    """The training loop with the restart rule (SPEC section 4), filling `result`.
 
-  def _attempts(self, arch, model, shapes, opt_shapes, train_epoch, evaluate):
-    """Up to 1 + max_restarts attempts; the restart rule after each first epoch."""
+    Each attempt's validation accuracies and losses go to `result.curves`. Between epochs
+    the time limit (`train.max_seconds`) and early stopping may end the candidate.
+    """
     t = self.config.train
-    n_params = models.tree_size(shapes)
-    num_val = len(self.dataset.val_labels)
-    seed = np.uint32(self.config.seed)
+    epochs, max_seconds = int(t.epochs), float(t.get("max_seconds", 0))
+    programs = self.core.compile(arch)
+    seed = int(self.config.seed)
     for attempt in range(int(t.max_restarts) + 1):
+      result.restarts = attempt
       base_lr = float(t.learning_rate) * float(t.restart_lr_factor) ** attempt
-      params = self._put(models.init_params(shapes, [int(self.config.seed), attempt]))
-      opt_state = self._put(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), opt_shapes))
-      accuracies = []
-      for epoch in range(int(t.epochs)):
-        lr = np.float32(base_lr * float(t.lr_decay) ** (epoch // int(t.lr_decay_every)))
-        params, opt_state, loss = train_epoch(params, opt_state, seed, np.uint32(attempt),
-                                              np.uint32(epoch), lr, *self._train_data)
-        accuracy = int(evaluate(params, *self._val_data)) / num_val
-        finite = bool(np.isfinite(float(loss)))
+      state = self.core.init_state(programs, [seed, attempt])
+      curve = {"val_accuracy": [], "train_loss": []}
+      result.curves.append(curve)
+      for epoch in range(epochs):
+        lr = base_lr * float(t.lr_decay) ** (epoch // int(t.lr_decay_every))
+        state, loss = self.core.train_epoch(programs, state, seed, attempt, epoch, lr)
+        accuracy = self.core.accuracy(programs, state[0])
+        curve["val_accuracy"].append(accuracy)
+        curve["train_loss"].append(loss)
+        finite = math.isfinite(loss)
         if epoch == 0 and (not finite or accuracy <= self.threshold):
           break  # Restart rule: no better than chance (or diverged) after the first epoch.
+        accuracies = curve["val_accuracy"][:epoch + (1 if finite else 0)]
+        result.best_val_accuracy, result.last_val_accuracy = max(accuracies), accuracies[-1]
+        result.accuracy, result.epochs = result.best_val_accuracy, len(accuracies)
         if not finite:
-          return self._result(arch, n_params, accuracies, attempt,
-                              f"loss not finite in epoch {epoch + 1}; stopped there")
-        accuracies.append(accuracy)
-      else:
-        return self._result(arch, n_params, accuracies, attempt, "")
+          result.message = f"loss not finite in epoch {epoch + 1}; stopped there"
+          return
+        if epoch + 1 == epochs:
+          return
+        if max_seconds and time.perf_counter() - start > max_seconds:
+          result.status = "timeout"
+          result.message = (f"stopped after epoch {epoch + 1} of {epochs}: over "
+                            f"train.max_seconds={max_seconds:g}")
+          return
+        if self.early_stop is not None and epoch + 1 == self.early_stop_epoch:
+          predicted = self.early_stop(arch, accuracies)
+          if predicted is not None:
+            result.status, result.predicted_accuracy = "stopped", float(predicted)
+            result.message = (f"stopped early after epoch {epoch + 1}: predicted final "
+                              f"accuracy {predicted:.4f}")
+            return
+      if max_seconds and time.perf_counter() - start > max_seconds:
+        self._fail(result, "timeout", f"no attempt learned within train.max_seconds="
+                   f"{max_seconds:g}")
+        result.last_val_accuracy, result.epochs = accuracy, 1
+        return
     status = "nan" if not finite else "no_learning"
     why = "loss not finite" if not finite else (
         f"validation accuracy {accuracy:.4f} <= {self.threshold:.4f}")
-    return self._failure(str(arch), status, f"{why} after the first epoch of each of "
-                         f"{int(t.max_restarts) + 1} attempts", n_params, last=accuracy,
-                         restarts=int(t.max_restarts), epochs=1)
-
-  def _result(self, arch: Architecture, n_params: int, accuracies: list[float], restarts: int,
-              message: str) -> CandidateResult:
-    return CandidateResult(arch=str(arch), best_val_accuracy=max(accuracies),
-                           last_val_accuracy=accuracies[-1], restarts=restarts, status="ok",
-                           message=message, seconds=0.0, epochs=len(accuracies),
-                           params=n_params)
-
-  def _put(self, tree: Any) -> Any:
-    return jax.device_put(tree, self._replicated)
+    self._fail(result, status, f"{why} after the first epoch of each of "
+               f"{int(t.max_restarts) + 1} attempts")
+    result.last_val_accuracy, result.epochs = accuracy, 1
 
 
 def final_learning_rates(config: Any) -> list[float]:
@@ -353,8 +474,8 @@ def build_predict(model: models.CNN, mesh: Mesh, batch_size: int, num_examples: 
 class FinalTrainer:
   """Trains one architecture with the final stage's settings on all the training data.
 
-  `config.final` lays its optimizer, momentum, augmentation and schedule over
-  `config.train`; there is no validation split and no restart rule.
+  `config.final` lays its optimizer, momentum, augmentation, weight decay and precision
+  over `config.train`; there is no validation split and no restart rule.
   """
 
   def __init__(self, config: Any, dataset: input_pipeline.Dataset,
@@ -365,23 +486,10 @@ class FinalTrainer:
     self.train_config = ml_collections.ConfigDict(config.train.to_dict())
     self.train_config.update(optimizer=str(f.optimizer), momentum=float(f.momentum),
                              augment=bool(f.augment), weight_decay=float(f.weight_decay))
+    self.train_config["dtype"] = str(f.get("dtype", "auto"))
     self.lrs = final_learning_rates(config)
-    self.mesh = make_mesh(devices)
-    for field in ("batch_size", "eval_batch_size"):
-      value = int(config.train[field])
-      if value < 1 or value % self.mesh.size:
-        raise ValueError(f"config.train.{field}={value} must be a positive multiple of "
-                         f"the number of devices ({self.mesh.size})")
-    if int(config.train.batch_size) > len(dataset.train_labels):
-      raise ValueError(f"config.train.batch_size={config.train.batch_size} is larger than "
-                       f"the {len(dataset.train_labels)} training examples")
-    self.input_shape = tuple(dataset.train_images.shape[1:])
-    self._replicated = NamedSharding(self.mesh, P())
-    self._train_data = jax.device_put((np.asarray(dataset.train_images),
-                                       np.asarray(dataset.train_labels)), self._replicated)
-
-  def _normalize(self, images: jax.Array) -> jax.Array:
-    return input_pipeline.normalize(images, self.dataset.preprocess, self.dataset.mean)
+    self.core = Core(self.train_config, dataset, devices)
+    self.input_shape = self.core.input_shape
 
   def count_params(self, arch: Architecture | str) -> int:
     arch = parse(arch) if isinstance(arch, str) else arch
@@ -393,43 +501,26 @@ class FinalTrainer:
     returns (host parameters, per-epoch history). Stops early if the loss diverges: the
     last history entry then has a non-finite loss (see `diverged`)."""
     arch = parse(arch) if isinstance(arch, str) else arch
-    t = self.train_config
-    model = models.CNN(arch, dropout=bool(t.dropout))
-    shapes = models.param_shapes(model, self.input_shape)
     seed = int(self.config.seed if seed is None else seed)
-    params = models.init_params(shapes, [seed, 1_000_003])
-    if init_params is not None:  # keep every pretrained tensor whose shape still fits
-      params = jax.tree.map(
-          lambda new, old: np.asarray(old, new.dtype)
-          if old is not None and np.shape(old) == np.shape(new) else new,
-          params, _match(params, init_params), is_leaf=lambda x: x is None)
-    opt_shapes = jax.eval_shape(make_optimizer(t, 0.0).init, shapes)
-    opt_state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), opt_shapes)
-    params, opt_state = jax.device_put((params, opt_state), self._replicated)
-    train_epoch = build_train_epoch(model, t, self.mesh, len(self.dataset.train_labels),
-                                    self._normalize)
+    programs = self.core.compile(arch, eval_split=None)
+    state = self.core.init_state(programs, [seed, 1_000_003], init_params)
     history = []
-    try:
-      for epoch, lr in enumerate(self.lrs):
-        params, opt_state, loss = train_epoch(params, opt_state, np.uint32(seed),
-                                              np.uint32(0), np.uint32(epoch), np.float32(lr),
-                                              *self._train_data)
-        history.append({"epoch": epoch + 1, "lr": lr, "loss": float(loss)})
-        if not np.isfinite(float(loss)):
-          break
-      return jax.device_get(params), history
-    finally:
-      train_epoch.clear_cache()
+    for epoch, lr in enumerate(self.lrs):
+      state, loss = self.core.train_epoch(programs, state, seed, 0, epoch, lr)
+      history.append({"epoch": epoch + 1, "lr": lr, "loss": loss})
+      if not np.isfinite(loss):
+        break
+    return jax.device_get(state[0]), history
 
   def predict(self, arch: Architecture | str, params: Any, images: np.ndarray) -> np.ndarray:
     """Class probabilities of `images` (uint8, stored form) under `params`."""
     arch = parse(arch) if isinstance(arch, str) else arch
-    model = models.CNN(arch, dropout=bool(self.train_config.dropout))
-    fn = build_predict(model, self.mesh, int(self.config.train.eval_batch_size), len(images),
-                       self._normalize)
+    fn = build_predict(self.core.model(arch), self.core.mesh,
+                       int(self.config.train.eval_batch_size), len(images),
+                       self.core.normalize)
     try:
-      return np.asarray(fn(jax.device_put(params, self._replicated),
-                           jax.device_put(np.asarray(images), self._replicated)))
+      put = lambda x: jax.device_put(x, self.core.data.replicated)
+      return np.asarray(fn(put(params), put(np.asarray(images))))
     finally:
       fn.clear_cache()
 

@@ -137,19 +137,30 @@ def test_init_is_deterministic_in_the_seed():
   assert not np.array_equal(a["conv1"]["kernel"], c["conv1"]["kernel"])
 
 
-@pytest.mark.parametrize("kernel", [1, 3, 4, 5])
-def test_conv_same_matches_lax_and_its_gradient(kernel):
-  kx, kw, ky = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(kx, (3, 7, 6, 4))
-  w = jax.random.normal(kw, (kernel, kernel, 4, 5))
-  dy = jax.random.normal(ky, (3, 7, 6, 5))
-  ref = lambda x, w: jax.lax.conv_general_dilated(
-      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  np.testing.assert_allclose(models.conv_same(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
-  ours = jax.vjp(models.conv_same, x, w)[1](dy)
-  theirs = jax.vjp(ref, x, w)[1](dy)
-  for a, b in zip(ours, theirs):
+@pytest.mark.parametrize("kernel,stride", [(1, 1), (3, 1), (4, 1), (5, 1), (3, 2), (4, 2),
+                                           (1, 3), (5, 3)])
+def test_cpu_and_native_convolutions_agree_with_their_gradients(kernel, stride):
+  """The XLA:CPU form and XLA's own SAME convolution: same outputs, same gradients."""
+  rng = np.random.default_rng(kernel * 10 + stride)
+  x = rng.normal(size=(3, 7, 6, 4)).astype(np.float32)
+  w = rng.normal(size=(kernel, kernel, 4, 5)).astype(np.float32)
+  native = lambda x, w: models.conv_same(x, w, stride, "native")
+  canonical = lambda x, w: models.conv_same(x, w, stride, "canonical")
+  y, vjp_native = jax.vjp(native, x, w)
+  assert y.shape == (3, -(-7 // stride), -(-6 // stride), 5)
+  ref = jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+  y2, vjp_canonical = jax.vjp(canonical, x, w)
+  np.testing.assert_allclose(y2, y, rtol=1e-5, atol=1e-5)
+  dy = rng.normal(size=y.shape).astype(np.float32)
+  for a, b in zip(vjp_canonical(dy), vjp_native(dy)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_convolution_is_chosen_by_backend():
+  assert models.conv_impl("cpu") == "canonical"
+  assert models.conv_impl("gpu") == models.conv_impl("tpu") == "native"
 
 
 @pytest.mark.parametrize("text,shape,match", [

@@ -52,6 +52,12 @@ def test_learns_digits_with_one_compile_per_program(dataset):
   assert result.params == models.count_params(parse(SMALL), (8, 8, 1))
   assert compiles == 2  # One training epoch and one evaluation program for all epochs.
   assert json.loads(json.dumps(result.to_json()))["arch"] == SMALL
+  assert result.accuracy == result.best_val_accuracy
+  assert result.flops == models.flops_per_example(parse(SMALL), (8, 8, 1))
+  [curve] = result.curves  # one attempt, one entry per epoch
+  assert len(curve["val_accuracy"]) == len(curve["train_loss"]) == 3
+  assert max(curve["val_accuracy"]) == result.best_val_accuracy
+  assert curve["train_loss"][-1] < curve["train_loss"][0]
 
 
 def test_restart_rule_gives_chance_when_it_never_learns(dataset):
@@ -59,6 +65,7 @@ def test_restart_rule_gives_chance_when_it_never_learns(dataset):
   result, compiles = count_compiles(lambda: trainer.evaluate(SMALL))
   assert result.status == "no_learning"
   assert result.restarts == 2
+  assert [len(c["val_accuracy"]) for c in result.curves] == [1, 1, 1]  # every attempt
   assert result.best_val_accuracy == pytest.approx(0.1)
   assert compiles == 2  # Restarts reuse the executables.
 
@@ -106,6 +113,58 @@ def test_indivisible_batch_raises(dataset):
     train.Trainer(tiny_config(eval_batch_size=66), dataset, devices=jax.devices()[:4])
 
 
+def test_bfloat16_candidate_learns_with_float32_params(dataset):
+  """Mixed precision: bfloat16 compute, float32 parameters and optimiser state."""
+  trainer = train.Trainer(tiny_config(epochs=3, dtype="bfloat16"), dataset)
+  assert trainer.core.dtype == jax.numpy.bfloat16
+  result = trainer.evaluate(SMALL)
+  assert result.status == "ok", result.message
+  assert result.best_val_accuracy > 0.7
+  programs = trainer.core.compile(parse(SMALL))
+  params, opt_state = trainer.core.init_state(programs, [0])
+  (params, opt_state), loss = trainer.core.train_epoch(programs, (params, opt_state), 0, 0,
+                                                       0, 1e-3)
+  assert {str(x.dtype) for x in jax.tree.leaves((params, opt_state))} <= {"float32", "int32"}
+  logits = programs.model.apply({"params": params}, np.zeros((2, 8, 8, 1), np.float32))
+  assert logits.dtype == np.float32 and np.isfinite(loss)
+
+
+def test_auto_precision_is_float32_on_cpu_and_bfloat16_elsewhere():
+  assert train.compute_dtype("auto", "cpu") == jax.numpy.float32
+  assert train.compute_dtype("auto", "gpu") == jax.numpy.bfloat16
+  assert train.compute_dtype("auto", "tpu") == jax.numpy.bfloat16
+  assert train.compute_dtype("float32", "gpu") == jax.numpy.float32
+  with pytest.raises(ValueError, match="unknown precision"):
+    train.compute_dtype("fp8", "gpu")
+
+
+def test_time_limit_stops_a_candidate_with_its_best_accuracy(dataset):
+  trainer = train.Trainer(tiny_config(epochs=5, max_seconds=1e-9), dataset)
+  result = trainer.evaluate(SMALL)
+  assert result.status == "timeout", result.message
+  assert result.epochs < 5
+  assert result.accuracy == result.best_val_accuracy > 0.1
+
+
+def test_early_stop_hook_stops_at_its_epoch(dataset):
+  asked = []
+  def rule(arch, accuracies):
+    asked.append(list(accuracies))
+    return 0.5
+  trainer = train.Trainer(tiny_config(epochs=4), dataset, early_stop=rule, early_stop_epoch=2)
+  result = trainer.evaluate(SMALL)
+  assert result.status == "stopped" and result.predicted_accuracy == 0.5
+  assert len(asked) == 1 and len(asked[0]) == 2 == result.epochs
+  assert result.curves[-1]["val_accuracy"] == asked[0]
+
+
+def test_workers_on_the_same_devices_share_one_copy_of_the_data(dataset):
+  shared = {}
+  a = train.Trainer(tiny_config(), dataset, shared=shared)
+  b = train.Trainer(tiny_config(), dataset, shared=shared)
+  assert a.core.data is b.core.data and len(shared) == 1
+
+
 def test_same_seed_same_result(dataset):
   a = train.Trainer(tiny_config(epochs=1), dataset).evaluate(SMALL)
   b = train.Trainer(tiny_config(epochs=1), dataset).evaluate(SMALL)
@@ -114,19 +173,12 @@ def test_same_seed_same_result(dataset):
 
 def _one_epoch(config, dataset, devices):
   """Params after one epoch from the same init, on a mesh over `devices`."""
-  trainer = train.Trainer(config, dataset, devices=devices)
-  model = models.CNN(parse("[C(8,3,1), C(8,3,1), P(2,2), FC(16), SM(10)]"))
-  shapes = models.param_shapes(model, trainer.input_shape)
-  opt = jax.eval_shape(train.make_optimizer(config.train, 0.0).init, shapes)
-  epoch = train.build_train_epoch(model, config.train, trainer.mesh,
-                                  len(dataset.train_labels), trainer._normalize)
-  params, _, loss = epoch(trainer._put(models.init_params(shapes, 0)),
-                          trainer._put(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), opt)),
-                          np.uint32(0), np.uint32(0), np.uint32(0), np.float32(1e-3),
-                          *trainer._train_data)
-  evaluate = train.build_evaluate(model, trainer.mesh, 64, len(dataset.val_labels),
-                                  trainer._normalize)
-  return jax.device_get(params), float(loss), int(evaluate(params, *trainer._val_data))
+  core = train.Trainer(config, dataset, devices=devices).core
+  programs = core.compile(parse("[C(8,3,1), C(8,3,1), P(2,2), FC(16), SM(10)]"))
+  state = core.init_state(programs, [0])
+  (params, _), loss = core.train_epoch(programs, state, 0, 0, 0, 1e-3)
+  return jax.device_get(params), loss, round(core.accuracy(programs, params) * 
+                                             len(dataset.val_labels))
 
 
 def test_one_and_four_devices_agree(dataset):

@@ -1,0 +1,83 @@
+"""One candidate's result, from the trainer to the record: the single definition.
+
+`Result` is what an evaluation returns (the trainer, the synthetic evaluator, a user
+function); `store.ModelRecord` extends it with where the model sits in the search. The
+record's SQL columns are derived from these fields, so a new field is added here only
+(with a default, so that records written before it still load).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Optional
+
+# Statuses of a result. Only "ok" and "stopped" carry a reward earned by training; the
+# others carry the chance reward 1/k (or the reward their message explains).
+STATUSES = ("ok", "stopped", "no_learning", "nan", "oom", "error", "invalid", "lost")
+
+
+@dataclasses.dataclass(kw_only=True)
+class Result:
+  """The outcome of evaluating one architecture; `accuracy` is the agent's reward."""
+  accuracy: float
+  arch: str = ""
+  status: str = "ok"
+  message: str = ""
+  best_val_accuracy: Optional[float] = None
+  last_val_accuracy: Optional[float] = None
+  predicted_accuracy: Optional[float] = None  # Early stopping's prediction, if stopped.
+  restarts: int = 0
+  epochs: int = 0  # Epochs of the last attempt.
+  params: Optional[int] = None
+  flops: Optional[int] = None  # Forward FLOPs per example (see `models`).
+  seconds: float = 0.0
+  # One entry per attempt (restarts included): {"val_accuracy": [...], "train_loss": [...]}.
+  curves: list = dataclasses.field(default_factory=list)
+
+  def to_json(self) -> dict:
+    d = dataclasses.asdict(self)
+    for k, v in d.items():  # JSON has no NaN: a diverged loss is stored as null
+      if k == "curves":
+        d[k] = [{name: [_finite(x) for x in xs] for name, xs in c.items()} for c in v]
+    return d
+
+
+def _finite(x: Any) -> Optional[float]:
+  x = float(x)
+  return x if math.isfinite(x) else None
+
+
+def sql_type(field: dataclasses.Field) -> str:
+  """The SQLite column type of a result field (lists and dicts are stored as JSON text)."""
+  kind = str(field.type)
+  if "bool" in kind or "int" in kind:
+    return "INTEGER"
+  if "float" in kind:
+    return "REAL"
+  return "TEXT"
+
+
+def to_sql(field: dataclasses.Field, value: Any) -> Any:
+  if field.name == "curves":
+    return json.dumps([{name: [_finite(x) for x in xs] for name, xs in c.items()}
+                       for c in value])
+  if isinstance(value, bool):
+    return int(value)
+  return value
+
+
+def from_sql(field: dataclasses.Field, value: Any) -> Any:
+  if value is None:
+    if field.default is not dataclasses.MISSING:
+      return field.default
+    if field.default_factory is not dataclasses.MISSING:
+      return field.default_factory()
+    return None
+  if field.name == "curves":
+    return [{name: [float("nan") if x is None else x for x in xs] for name, xs in c.items()}
+            for c in json.loads(value)]
+  if "bool" in str(field.type):
+    return bool(value)
+  return value
