@@ -94,6 +94,6 @@ def from_config(config, evaluate: Optional[Callable] = None, *, devices=None,
     from metaqnn import train  # JAX and the data set only when training for real
     trainer = train.Trainer(config, dataset=dataset, devices=devices, shared=shared,
                             early_stop=early_stop,
-                            early_stop_epoch=early_stop.epoch if early_stop else 0)
+                            early_stop_epoch=early_stop.epoch if early_stop is not None else 0)
     return Evaluator(trainer.evaluate, "train", classes)
   raise ValueError(f"unknown evaluator {config.evaluator!r}; use train or synthetic")

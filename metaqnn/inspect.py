@@ -59,12 +59,9 @@ def summarize(workdir: str, top: int = 10) -> dict:
       "top": [{"arch": r.arch, "accuracy": r.accuracy, "iteration": r.iteration,
                "params": r.params} for r in ranked[:top]],
       "failures": [{"arch": r.arch, "status": r.status, "message": r.message,
-                    "iteration": r.iteration} for r in unique if r.status not in ("ok",)],
-      "models": [{"arch": r.arch, "accuracy": r.accuracy, "epsilon": r.epsilon,
-                  "iteration": r.iteration, "status": r.status, "resampled": r.resampled,
-                  "best_val_accuracy": r.best_val_accuracy,
-                  "last_val_accuracy": r.last_val_accuracy, "seconds": r.seconds,
-                  "time": r.time} for r in records],
+                    "iteration": r.iteration} for r in unique if r.status not in ("ok", "stopped")],
+      # Every field of every record (learning curves included: one entry per attempt).
+      "models": [r.to_json() for r in records],
   }
 
 

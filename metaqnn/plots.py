@@ -4,6 +4,8 @@
   python -m metaqnn.plots --workdir=D1,D2,D3 --out=OUT  # plus the stability plot (A3)
 
 Figure 3: rolling mean accuracy against iteration, with the mean per epsilon stage.
+Learning curves: the top models' validation accuracy per epoch, and all models' coloured by
+epsilon (where the record holds curves).
 Figure A4: accuracy distribution per epsilon. Figure A5: mean Q-value by layer type and
 by convolution receptive field against layer depth. Figure A3: mean accuracy per epsilon
 over several runs (seeds), with their spread, and each run's curve.
@@ -142,6 +144,35 @@ def plot_q_values(agent, path: str, title: str) -> None:
   plt.close(fig)
 
 
+def plot_curves(records, path: str, title: str, top: int = 10) -> bool:
+  """Learning curves (validation accuracy per epoch, last attempt): the top models, and
+  every trained model coloured by the epsilon it was sampled under. False if the record
+  holds no curves (searches recorded before curves were kept)."""
+  trained = [r for r in records if not r.resampled and r.curves]
+  if not trained:
+    return False
+  plt = _pyplot()
+  fig, (ax_top, ax_all) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+  for r in sorted(trained, key=lambda r: -r.accuracy)[:top]:
+    acc = r.curves[-1]["val_accuracy"]
+    ax_top.plot(range(1, len(acc) + 1), acc, marker=".", label=f"#{r.iteration} {r.accuracy:.3f}")
+  ax_top.set(title=f"top {min(top, len(trained))} models", xlabel="epoch",
+             ylabel="validation accuracy")
+  ax_top.legend(fontsize=7)
+  cmap = plt.get_cmap("viridis")
+  for r in trained:
+    acc = r.curves[-1]["val_accuracy"]
+    style = "--" if r.status == "stopped" else "-"
+    ax_all.plot(range(1, len(acc) + 1), acc, style, color=cmap(r.epsilon), alpha=0.35, lw=0.8)
+  ax_all.set(title="all trained models (dashed: stopped early)", xlabel="epoch")
+  fig.colorbar(plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 1)), ax=ax_all,
+               label="ε")
+  fig.suptitle(title)
+  fig.savefig(path, dpi=110, bbox_inches="tight")
+  plt.close(fig)
+  return True
+
+
 def plot_stability(runs: Sequence[tuple[str, list]], path: str) -> None:
   """Figure A3: mean accuracy per epsilon over runs (mean and std), and each run's."""
   plt = _pyplot()
@@ -187,6 +218,9 @@ def write_all(workdirs: Sequence[str], out: str | None = None) -> list[str]:
         agent, p, f"{name}: Q-values after the search (Figure A5)"))):
       path = os.path.join(out, tag + fname)
       fn(path)
+      written.append(path)
+    path = os.path.join(out, tag + "learning_curves.png")
+    if plot_curves(records, path, f"{name}: learning curves"):
       written.append(path)
   if len(runs) > 1:
     path = os.path.join(out, "stability.png")

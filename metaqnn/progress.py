@@ -47,6 +47,11 @@ class Progress:
       self.writer.add_scalar("search/unique_models", unique_models, step)
       self.writer.add_scalar("search/rolling_mean_accuracy",
                              sum(self.recent) / len(self.recent), step)
+      for attempt, curve in enumerate(rec.curves):  # one run per model and attempt
+        tag = f"curves/model_{rec.iteration:05d}" + (f"_attempt{attempt}" if attempt else "")
+        for name, values in curve.items():
+          for epoch, value in enumerate(values, 1):
+            self.writer.add_scalar(f"{tag}/{name}", value, epoch)
     now = time.perf_counter()
     finished = self.schedule.stage(unique_models) is None
     if now - self.last_log < self.log_interval and not finished:

@@ -144,8 +144,10 @@ def restore_agent(agent: agent_lib.Agent, store: store_lib.Store, agent_dir: str
 class _Search:
   """The loop's state: agent, record, executor, and what is in flight."""
 
-  def __init__(self, agent, store, schedule, executor, prog, agent_dir, replay_samples):
+  def __init__(self, agent, store, schedule, executor, prog, agent_dir, replay_samples,
+               early_stop=None):
     self.agent, self.store, self.schedule = agent, store, schedule
+    self.early_stop = early_stop
     self.executor, self.prog, self.agent_dir = executor, prog, agent_dir
     self.replay_samples = replay_samples
     self.in_flight: dict[str, list[Sample]] = {}  # arch -> samples waiting on it
@@ -173,6 +175,8 @@ class _Search:
                        replay_samples=self.replay_samples)
       self.agent.meta["event"] = self.store.last_event()
       self.consistent = True
+    if self.early_stop is not None:
+      self.early_stop.observe(rec)
     self.prog.update(rec, self.agent.unique_models)
 
   def dispatch(self, sample: Sample, arch) -> None:
@@ -287,11 +291,18 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   kind = "function" if evaluate is not None else str(config.evaluator)
   if kind not in ("function", "train", "synthetic"):
     raise ValueError(f"unknown evaluator {kind!r}; use train or synthetic")
+  rule = None
+  if config.get("early_stop") is not None and config.early_stop.kind != "none":
+    if kind != "train":
+      raise ValueError("early stopping needs the train evaluator (it watches learning "
+                       "curves); set early_stop.kind=none")
+    from metaqnn import early_stop
+    rule = early_stop.Rule(config)  # rebuilt from the record below, never pickled
   # A new search builds its executor (loads the data) before it creates the work
   # directory, so that missing data leaves nothing behind; a resumed one checks the
   # work directory first, so that a refused one costs no data loading.
   new = not os.path.exists(os.path.join(workdir, store_lib.DB_FILE))
-  executor = make_executor(config, evaluate) if new else None
+  executor = make_executor(config, evaluate, rule) if new else None
   try:
     store = store_lib.Store(workdir, fingerprint(config, kind, replay_samples))
   except BaseException:
@@ -305,14 +316,17 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     restore_agent(agent, store, agent_dir, replay_samples)
     if schedule.stage(store.unique_count()) is None and not store.pending():
       return _result(workdir, store, agent, finished=True)
-    executor = executor or make_executor(config, evaluate)
+    executor = executor or make_executor(config, evaluate, rule)
+    if rule is not None:
+      for rec in store.models():
+        rule.observe(rec)
     if log_interval is None:
       log_interval = 0.0 if kind == "train" else 1.0
     best = max((r.accuracy for r in store.models()), default=0.0)
     prog = progress_lib.Progress(
         schedule, best=best, log_interval=log_interval,
         tensorboard_dir=os.path.join(workdir, "tensorboard") if tensorboard else None)
-    loop = _Search(agent, store, schedule, executor, prog, agent_dir, replay_samples)
+    loop = _Search(agent, store, schedule, executor, prog, agent_dir, replay_samples, rule)
     try:
       loop.run(max_models)
     finally:

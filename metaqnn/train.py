@@ -301,7 +301,7 @@ class Core:
     return int(programs.evaluate(params, images, labels)) / len(labels)
 
 
-EarlyStop = Callable[[Architecture, list], Optional[float]]
+EarlyStop = Callable[[Architecture, list], Optional[tuple[float, Optional[float]]]]
 
 
 class Trainer:
@@ -309,8 +309,8 @@ class Trainer:
 
   `devices` (default: all local devices) form the data-parallel mesh; the training and
   evaluation batch sizes must divide over them. `early_stop(arch, val_accuracies)` is
-  asked once, after `early_stop_epoch` epochs: a number is the predicted final accuracy
-  of a candidate to stop there, None lets it train on.
+  asked once, after `early_stop_epoch` epochs: (reward, predicted final accuracy or None)
+  stops the candidate there, None lets it train on (`metaqnn.early_stop.Rule`).
   """
 
   def __init__(self, config: Any, dataset: input_pipeline.Dataset | None = None,
@@ -410,11 +410,11 @@ class Trainer:
                             f"train.max_seconds={max_seconds:g}")
           return
         if self.early_stop is not None and epoch + 1 == self.early_stop_epoch:
-          predicted = self.early_stop(arch, accuracies)
-          if predicted is not None:
-            result.status, result.predicted_accuracy = "stopped", float(predicted)
-            result.message = (f"stopped early after epoch {epoch + 1}: predicted final "
-                              f"accuracy {predicted:.4f}")
+          stop = self.early_stop(arch, accuracies)
+          if stop is not None:
+            result.status, (result.accuracy, result.predicted_accuracy) = "stopped", stop
+            result.message = f"stopped early after epoch {epoch + 1}" + (
+                f": predicted final accuracy {stop[1]:.4f}" if stop[1] is not None else "")
             return
       if max_seconds and time.perf_counter() - start > max_seconds:
         self._fail(result, "timeout", f"no attempt learned within train.max_seconds="

@@ -150,10 +150,11 @@ def test_early_stop_hook_stops_at_its_epoch(dataset):
   asked = []
   def rule(arch, accuracies):
     asked.append(list(accuracies))
-    return 0.5
+    return 0.4, 0.5
   trainer = train.Trainer(tiny_config(epochs=4), dataset, early_stop=rule, early_stop_epoch=2)
   result = trainer.evaluate(SMALL)
   assert result.status == "stopped" and result.predicted_accuracy == 0.5
+  assert result.accuracy == 0.4  # the reward the rule gave
   assert len(asked) == 1 and len(asked[0]) == 2 == result.epochs
   assert result.curves[-1]["val_accuracy"] == asked[0]
 

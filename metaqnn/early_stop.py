@@ -1,0 +1,277 @@
+"""Early stopping of poor candidates, and its offline evaluation on a finished search.
+
+  python -m metaqnn.early_stop --workdir=DIR [--json] [--tau=0.25] [--delta=0.05]
+
+Not part of MetaQNN itself: its authors' follow-up (Baker, Gupta, Raskar, Naik,
+"Accelerating Neural Architecture Search using Performance Prediction", ICLR 2018
+workshop). `config.early_stop.kind`:
+- "none" (default): every candidate trains all `train.epochs` epochs, as in the paper.
+- "predictor": after tau epochs (`early_stop.tau` x epochs), a nu-SVR with an RBF kernel
+  predicts the candidate's final validation accuracy (its reward) from the architecture
+  (depth, the number of each layer type, log parameters, log FLOPs) and the first tau
+  validation accuracies with their first and second differences. Its uncertainty is the
+  spread of its cross-validated residuals (Gaussian). The candidate stops when the
+  probability that it beats the best model so far is below `delta`.
+- "median": the median stopping rule, a baseline: stop after tau epochs if the best
+  accuracy so far is below the median of the completed models' at the same epoch.
+
+The predictor is trained on fully trained models only, once there are `min_completed` of
+them, and refitted on the first `min_completed + k * refit_every` of them in record
+order. Its state is a function of the record alone, so it is rebuilt (not pickled) on
+resume and a resumed search stops exactly the candidates the uninterrupted one would.
+
+A stopped model is recorded with status "stopped", its partial curve and the predicted
+accuracy. Its reward (`early_stop.reward`) is the prediction, as in the follow-up paper
+("predicted"), or its last observed accuracy ("last"). The median rule has no prediction:
+its stopped models carry their last observed accuracy either way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from metaqnn import models
+from metaqnn.architecture import FC, GAP, Architecture, Conv, Pool, parse
+
+KINDS = ("none", "predictor", "median")
+REWARDS = ("predicted", "last")
+
+
+def stop_epoch(epochs: int, tau: float) -> int:
+  """The epoch after which the rule decides: tau of `epochs`, at least 1."""
+  return max(1, int(round(tau * epochs)))
+
+
+def check_config(config: Any) -> None:
+  """Raises ValueError (one line) for bad `config.early_stop` values."""
+  e = config.get("early_stop")
+  if e is None or e.kind == "none":
+    if e is not None and e.kind not in KINDS:
+      raise ValueError(f"unknown early_stop.kind {e.kind!r}; use {', '.join(KINDS)}")
+    return
+  if e.kind not in KINDS:
+    raise ValueError(f"unknown early_stop.kind {e.kind!r}; use {', '.join(KINDS)}")
+  if not 0 < float(e.tau) < 1:
+    raise ValueError(f"early_stop.tau={e.tau} must be a fraction of the epochs in (0, 1)")
+  if stop_epoch(int(config.train.epochs), float(e.tau)) >= int(config.train.epochs):
+    raise ValueError(f"early_stop.tau={e.tau} of train.epochs={config.train.epochs} leaves "
+                     "no epoch to save; train more epochs or lower tau")
+  if not 0 < float(e.delta) < 1:
+    raise ValueError(f"early_stop.delta={e.delta} must be a probability in (0, 1)")
+  if int(e.min_completed) < 5 or int(e.refit_every) < 1:
+    raise ValueError("early_stop.min_completed must be >= 5 and refit_every >= 1")
+  if e.reward not in REWARDS:
+    raise ValueError(f"unknown early_stop.reward {e.reward!r}; use {', '.join(REWARDS)}")
+
+
+def arch_features(arch: Architecture, input_shape: Sequence[int]) -> list[float]:
+  """Depth, the number of each layer type, log10 parameters, log10 FLOPs."""
+  layers = arch.layers
+  count = lambda kind: float(sum(isinstance(l, kind) for l in layers))
+  return [float(len(layers)), count(Conv), count(Pool), count(FC), count(GAP),
+          math.log10(models.count_params(arch, input_shape)),
+          math.log10(max(models.flops_per_example(arch, input_shape), 1))]
+
+
+def curve_features(accuracies: Sequence[float]) -> list[float]:
+  """The first tau validation accuracies with their first and second differences."""
+  a = np.asarray(accuracies, np.float64)
+  return list(a) + list(np.diff(a)) + list(np.diff(a, 2))
+
+
+class Predictor:
+  """nu-SVR (RBF) on standardised features and targets; Gaussian uncertainty from
+  cross-validated residuals."""
+
+  def __init__(self, x: np.ndarray, y: np.ndarray, folds: int = 5):
+    from sklearn import model_selection
+    self.model = self._make().fit(x, y)
+    folds = min(folds, len(y))
+    cv = model_selection.KFold(folds, shuffle=True, random_state=0)
+    held_out = model_selection.cross_val_predict(self._make(), x, y, cv=cv)
+    residuals = y - held_out
+    self.sigma = max(float(np.std(residuals)), 1e-3)
+    total = float(np.sum((y - y.mean()) ** 2))
+    self.r2 = 1.0 - float(np.sum(residuals ** 2)) / total if total > 0 else float("nan")
+
+  @staticmethod
+  def _make():
+    from sklearn import compose, pipeline, preprocessing, svm
+    svr = pipeline.make_pipeline(preprocessing.StandardScaler(),
+                                 svm.NuSVR(kernel="rbf", nu=0.5, C=1.0, gamma="scale"))
+    return compose.TransformedTargetRegressor(svr, transformer=preprocessing.StandardScaler())
+
+  def predict(self, x: np.ndarray) -> np.ndarray:
+    return self.model.predict(np.atleast_2d(x))
+
+  def prob_above(self, x: np.ndarray, threshold: float) -> float:
+    """P(final accuracy > threshold) for one feature row."""
+    z = (threshold - float(self.predict(x)[0])) / self.sigma
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+class Rule:
+  """The live rule: observes every result in record order, decides after `epoch` epochs.
+
+  Called as `rule(arch, accuracies)` by the trainer (possibly from worker threads): the
+  predicted final accuracy of a candidate to stop, or None to let it train on.
+  """
+
+  def __init__(self, config: Any):
+    check_config(config)
+    e, t = config.early_stop, config.train
+    self.kind, self.delta, self.reward = str(e.kind), float(e.delta), str(e.reward)
+    self.min_completed, self.refit_every = int(e.min_completed), int(e.refit_every)
+    self.epochs = int(t.epochs)
+    self.epoch = stop_epoch(self.epochs, float(e.tau))
+    d = config.dataset
+    self.input_shape = (int(d.image_size), int(d.image_size), int(d.channels))
+    self._x: list[list[float]] = []
+    self._y: list[float] = []
+    self._lock = threading.Lock()
+    self._predictor: Optional[Predictor] = None
+    self._fitted_on = 0
+
+  def features(self, arch: Architecture | str, accuracies: Sequence[float]) -> list[float]:
+    arch = parse(arch) if isinstance(arch, str) else arch
+    return arch_features(arch, self.input_shape) + curve_features(accuracies[:self.epoch])
+
+  def observe(self, record: Any) -> None:
+    """Learns from one record (a fully trained model; anything else is ignored)."""
+    curve = record.curves[-1]["val_accuracy"] if record.curves else []
+    if (record.resampled or record.status != "ok" or len(curve) < self.epochs
+        or record.best_val_accuracy is None):
+      return
+    with self._lock:
+      self._x.append(self.features(record.arch, curve))
+      self._y.append(float(record.best_val_accuracy))
+
+  def _fit_point(self, n: int) -> int:
+    """How many of the first completed models the predictor is fitted on, with n known."""
+    if n < self.min_completed:
+      return 0
+    return self.min_completed + (n - self.min_completed) // self.refit_every * self.refit_every
+
+  def __call__(self, arch: Architecture, accuracies: Sequence[float]
+               ) -> Optional[tuple[float, Optional[float]]]:
+    """(reward, predicted final accuracy) of a candidate to stop now; None to go on."""
+    predicted = self.predict_stop(arch, accuracies)
+    if predicted is None:
+      return None
+    if self.kind == "median":
+      return float(accuracies[-1]), None
+    return (predicted if self.reward == "predicted" else float(accuracies[-1])), predicted
+
+  def predict_stop(self, arch: Architecture, accuracies: Sequence[float]) -> Optional[float]:
+    """The predicted final accuracy if the candidate should stop (median rule: its last
+    accuracy), else None."""
+    with self._lock:
+      n = self._fit_point(len(self._y))
+      if n == 0:
+        return None
+      if self.kind == "median":
+        median = float(np.median([max(x[7:7 + self.epoch]) for x in self._x[:n]]))
+        return float(accuracies[-1]) if max(accuracies) < median else None
+      if n != self._fitted_on:
+        self._predictor = Predictor(np.array(self._x[:n]), np.array(self._y[:n]))
+        self._fitted_on = n
+      x = np.array(self.features(arch, accuracies))
+      if self._predictor.prob_above(x, max(self._y)) >= self.delta:
+        return None
+      return float(np.clip(self._predictor.predict(x)[0], 0.0, 1.0))
+
+
+# -- offline evaluation -------------------------------------------------------------------
+
+
+def evaluate_offline(workdir: str, tau: Optional[float] = None,
+                     delta: Optional[float] = None, kind: str = "predictor") -> dict:
+  """Replays the rule on a search trained without early stopping (see the module doc)."""
+  from metaqnn import store as store_lib
+  store = store_lib.open_existing(workdir)
+  try:
+    config = store.config()
+    records = [r for r in store.models() if not r.resampled]
+  finally:
+    store.close()
+  if "early_stop" not in config:
+    from metaqnn import config_lib
+    config.early_stop = config_lib.base_config("digits").early_stop
+  config.early_stop.kind = kind
+  if tau is not None:
+    config.early_stop.tau = tau
+  if delta is not None:
+    config.early_stop.delta = delta
+  rule = Rule(config)
+  full = [r for r in records if r.status == "ok" and r.curves
+          and len(r.curves[-1]["val_accuracy"]) >= rule.epochs]
+  if any(r.status == "stopped" for r in records):
+    raise ValueError(f"{workdir} was searched with early stopping: its stopped models have "
+                     "no full curves to replay against")
+  if len(full) < rule.min_completed + 5:
+    raise ValueError(f"{workdir} holds {len(full)} fully trained models with learning "
+                     f"curves; the evaluation needs at least {rule.min_completed + 5}")
+  x = np.array([rule.features(r.arch, r.curves[-1]["val_accuracy"]) for r in full])
+  y = np.array([r.best_val_accuracy for r in full])
+  r2 = Predictor(x, y).r2
+  # Replay in record order: a stopped model never becomes a training example.
+  total_epochs = sum(len(c["val_accuracy"]) for r in records for c in r.curves)
+  stopped, saved = set(), 0
+  for r in full:
+    if rule.predict_stop(parse(r.arch), r.curves[-1]["val_accuracy"][:rule.epoch]) is not None:
+      stopped.add(r.iteration)
+      saved += rule.epochs - rule.epoch
+    else:
+      rule.observe(r)
+  ranked = sorted(full, key=lambda r: (-r.best_val_accuracy, r.iteration))
+  top10 = [r.iteration for r in ranked[:10]]
+  return {"workdir": workdir, "kind": kind, "tau": float(config.early_stop.tau),
+          "stop_epoch": rule.epoch, "epochs": rule.epochs,
+          "delta": float(config.early_stop.delta), "models": len(full),
+          "r2": r2, "stopped": len(stopped),
+          "epochs_saved": saved / total_epochs if total_epochs else 0.0,
+          "top10_stopped": sum(i in stopped for i in top10),
+          "best_stopped": top10[0] in stopped}
+
+
+def render(s: dict) -> str:
+  return "\n".join([
+      f"early stopping replayed on {s['workdir']} ({s['models']} fully trained models)",
+      f"rule: {s['kind']}, decide after epoch {s['stop_epoch']} of {s['epochs']} "
+      f"(tau {s['tau']:g}), delta {s['delta']:g}",
+      f"predictor R^2 on held-out models (5-fold): {s['r2']:.3f}",
+      f"stopped {s['stopped']} models; training epochs saved: {100 * s['epochs_saved']:.1f}%",
+      f"true top 10 stopped: {s['top10_stopped']}; true best stopped: "
+      f"{'yes' if s['best_stopped'] else 'no'}"])
+
+
+def main(argv):
+  from absl import flags
+  from metaqnn import cli
+  from metaqnn import store as store_lib
+  f = flags.FLAGS
+  if len(argv) > 1 or not f.workdir:
+    raise cli.UserError("usage: python -m metaqnn.early_stop --workdir=DIR [--json] "
+                        "[--tau=0.25] [--delta=0.05] [--kind=predictor|median]")
+  try:
+    summary = evaluate_offline(f.workdir, f.tau, f.delta, f.kind)
+  except store_lib.WorkdirError as e:
+    raise cli.UserError(str(e)) from None
+  print(json.dumps(summary) if f.json else render(summary))
+
+
+if __name__ == "__main__":
+  from absl import flags
+  from metaqnn import cli
+  flags.DEFINE_string("workdir", None, "Work directory of a search without early stopping.")
+  flags.DEFINE_bool("json", False, "Print one JSON object.")
+  flags.DEFINE_float("tau", None, "Fraction of the epochs before deciding (default: config).")
+  flags.DEFINE_float("delta", None, "Stop below this probability (default: config).")
+  flags.DEFINE_enum("kind", "predictor", ["predictor", "median"], "The rule to replay.")
+  cli.run(main)

@@ -1,0 +1,132 @@
+"""Early stopping: the predictor, the offline replay and command, and a live search."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import digits
+from metaqnn import early_stop, search
+from metaqnn import store as store_lib
+from metaqnn.architecture import parse
+from metaqnn.results import Result
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPOCHS = 8
+
+
+def curve_of(arch, epochs=EPOCHS):
+  """A deterministic learning curve whose end follows from its start: a saturating rise
+  to a ceiling that depends on the architecture's string."""
+  ceiling = 0.3 + 0.65 * (sum(map(ord, str(arch))) % 97) / 96
+  rate = 0.5 + (len(str(arch)) % 5) / 10
+  return [float(ceiling * (1 - np.exp(-rate * (e + 1)))) for e in range(epochs)]
+
+
+def curve_evaluate(arch):
+  acc = curve_of(arch)
+  return Result(accuracy=max(acc), best_val_accuracy=max(acc), last_val_accuracy=acc[-1],
+                epochs=len(acc),
+                curves=[{"val_accuracy": acc, "train_loss": [1 - a for a in acc]}])
+
+
+def config(schedule="1.0:60,0.1:10"):
+  c = digits.get_config()
+  c.search.schedule = schedule
+  c.search.replay_samples = 10
+  c.train.epochs = EPOCHS
+  return c
+
+
+@pytest.fixture(scope="module")
+def curved_search(tmp_path_factory):
+  """A search whose models carry full learning curves (a user function returning them)."""
+  workdir = str(tmp_path_factory.mktemp("curves") / "run")
+  search.run_search(config(), workdir, evaluate=curve_evaluate, tensorboard=False)
+  return workdir
+
+
+def test_curves_are_recorded_and_shown(curved_search):
+  from metaqnn import inspect as inspect_lib
+  s = inspect_lib.summarize(curved_search)
+  trained = [m for m in s["models"] if not m["resampled"]]
+  assert all(len(m["curves"]) == 1 for m in trained)
+  m = trained[0]
+  assert m["curves"][0]["val_accuracy"] == pytest.approx(curve_of(parse(m["arch"])))
+  assert set(m["curves"][0]) == {"val_accuracy", "train_loss"}
+  json.dumps(s)
+
+
+def test_features_follow_the_follow_up_paper():
+  arch = parse("[C(16,3,1), P(2,2), FC(32), SM(10)]")
+  f = early_stop.arch_features(arch, (8, 8, 1))
+  assert f[:5] == [4.0, 1.0, 1.0, 1.0, 0.0]  # depth, C, P, FC, GAP
+  assert early_stop.curve_features([0.2, 0.5, 0.6]) == pytest.approx(
+      [0.2, 0.5, 0.6, 0.3, 0.1, -0.2])
+
+
+def test_offline_replay_predicts_and_saves_epochs(curved_search):
+  s = early_stop.evaluate_offline(curved_search, tau=0.25, delta=0.05)
+  assert s["stop_epoch"] == 2 and s["models"] >= 60
+  assert s["r2"] > 0.8  # the end of these curves follows from their start
+  assert s["epochs_saved"] > 0.3
+  assert not s["best_stopped"]
+  median = early_stop.evaluate_offline(curved_search, kind="median")
+  assert 0 < median["epochs_saved"] < 1
+
+
+def test_offline_command_json_and_errors(curved_search, tmp_path):
+  run = lambda *a: subprocess.run([sys.executable, "-m", "metaqnn.early_stop", *a], cwd=ROOT,
+                                  capture_output=True, text=True, timeout=300)
+  out = run(f"--workdir={curved_search}", "--json")
+  assert out.returncode == 0, out.stderr
+  s = json.loads(out.stdout)
+  assert {"r2", "epochs_saved", "top10_stopped", "best_stopped"} <= set(s)
+  bad = run(f"--workdir={tmp_path / 'nope'}")
+  assert bad.returncode != 0 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
+  assert not (tmp_path / "nope").exists()
+
+
+def test_rule_waits_for_min_completed_and_refits_on_a_schedule():
+  c = config()
+  c.early_stop.kind, c.early_stop.min_completed, c.early_stop.refit_every = "predictor", 5, 3
+  rule = early_stop.Rule(c)
+  assert [rule._fit_point(n) for n in (4, 5, 7, 8, 11)] == [0, 5, 5, 8, 11]
+  assert rule(parse("[C(16,3,1), SM(10)]"), [0.1, 0.1]) is None  # nothing known yet
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("kind", "sometimes", "unknown early_stop.kind"), ("tau", 1.0, "tau"),
+    ("delta", 0.0, "delta"), ("reward", "best", "early_stop.reward"),
+    ("min_completed", 2, "min_completed")])
+def test_bad_settings_are_one_line(field, value, match):
+  c = config()
+  c.early_stop.kind = "predictor"
+  c.early_stop[field] = value
+  with pytest.raises(ValueError, match=match):
+    early_stop.check_config(c)
+
+
+def _live(workdir, max_models=None):
+  c = config("1.0:10")
+  c.train.epochs, c.train.batch_size = 4, 64
+  c.early_stop.update(kind="predictor", min_completed=5, refit_every=1, delta=0.5)
+  search.run_search(c, workdir, tensorboard=False, max_models=max_models)
+  store = store_lib.open_existing(workdir)
+  try:
+    return [(r.arch, r.status, r.accuracy, r.epochs) for r in store.models()]
+  finally:
+    store.close()
+
+
+@pytest.mark.slow
+def test_live_search_stops_candidates_and_resumes_exactly(tmp_path):
+  whole = _live(str(tmp_path / "whole"))
+  stopped = [m for m in whole if m[1] == "stopped"]
+  assert stopped, whole
+  assert all(m[3] == 1 for m in stopped)  # decided after tau * 4 = 1 epoch
+  _live(str(tmp_path / "parts"), max_models=6)
+  assert _live(str(tmp_path / "parts")) == whole
