@@ -27,8 +27,12 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import cifar10, digits  # noqa: E402
-from metaqnn import input_pipeline, models, train  # noqa: E402
-from metaqnn.architecture import FC, GAP, Architecture, Conv, Pool, parse  # noqa: E402
+from metaqnn import models, train  # noqa: E402
+from metaqnn.architecture import Architecture, parse  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import jax_throughput  # noqa: E402
+from torch_ref import torch_throughput  # noqa: E402
 
 _STEPS = flags.DEFINE_integer("steps", 2, "Timed training steps per net and framework.")
 _CANDIDATES = flags.DEFINE_integer("candidates", 30, "Digits candidates for the memory run.")
@@ -47,103 +51,6 @@ NETS = [
     ("A3 #7 (MNIST, GAP)", "[C(128,3,1), C(512,3,1), P(2,2), C(256,3,1), C(128,5,1), "
      "C(64,1,1), C(64,5,1), C(512,5,1), GAP(10), SM(10)]", (28, 28, 1), 32),
 ]
-
-
-def fake_dataset(shape: tuple[int, ...], n: int) -> input_pipeline.Dataset:
-  """Random uint8 images: throughput does not depend on the pixels."""
-  rng = np.random.default_rng(0)
-  images = lambda k: rng.integers(0, 256, (k, *shape), dtype=np.uint8)
-  labels = lambda k: rng.integers(0, 10, k).astype(np.int32)
-  return input_pipeline.Dataset("fake", images(n), labels(n), images(64), labels(64),
-                                images(0), labels(0), 10, "mean",
-                                np.full(shape[-1], 0.5, np.float32))
-
-
-def jax_throughput(arch: Architecture, shape: tuple[int, ...], batch: int,
-                   steps: int) -> dict:
-  """Init time, compile time and images/s of one compiled epoch of `steps` steps."""
-  config = cifar10.get_config()
-  config.train.batch_size = batch
-  trainer = train.Trainer(config, fake_dataset(shape, batch * steps))
-  model = models.CNN(arch)
-  start = time.perf_counter()
-  shapes = models.param_shapes(model, shape)
-  opt_shapes = jax.eval_shape(train.make_optimizer(config.train, 0.0).init, shapes)
-  params = trainer._put(models.init_params(shapes, 0))
-  opt_state = trainer._put(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), opt_shapes))
-  jax.block_until_ready((params, opt_state))
-  init_s = time.perf_counter() - start
-  epoch = train.build_train_epoch(model, config.train, trainer.mesh, batch * steps,
-                                  trainer._normalize)
-  args = (np.uint32(0), np.uint32(0), np.uint32(0), np.float32(1e-3), *trainer._train_data)
-  start = time.perf_counter()
-  compiled = epoch.lower(params, opt_state, *args).compile()
-  compile_s = time.perf_counter() - start
-  params, opt_state, loss = compiled(params, opt_state, *args)  # Warm-up.
-  loss.block_until_ready()
-  start = time.perf_counter()
-  params, opt_state, loss = compiled(params, opt_state, *args)
-  loss.block_until_ready()
-  seconds = time.perf_counter() - start
-  jax.clear_caches()
-  return dict(init_s=init_s, compile_s=compile_s, images_per_s=batch * steps / seconds)
-
-
-def torch_net(arch: Architecture, shape: tuple[int, ...]) -> torch.nn.Module:
-  """The same network as `models.CNN`, written the obvious way in PyTorch (NCHW)."""
-
-  class GlobalMean(torch.nn.Module):
-    def forward(self, x):
-      return x.mean(dim=(2, 3))
-
-  layers, channels, flat, in_shape = [], shape[-1], None, shape
-  infos = models.layer_summary(arch, shape)
-  for layer, info in zip(arch.layers, infos):
-    if isinstance(layer, Conv):
-      layers += [torch.nn.Conv2d(channels, layer.filters, layer.kernel, padding="same"),
-                 torch.nn.ReLU()]
-      channels = layer.filters
-    elif isinstance(layer, Pool):
-      layers.append(torch.nn.MaxPool2d(layer.kernel, layer.stride))
-    elif isinstance(layer, GAP):
-      layers += [torch.nn.Conv2d(channels, layer.classes, 1), GlobalMean()]
-      flat = layer.classes
-    elif not isinstance(arch.terminal, GAP) or isinstance(layer, FC):
-      units = layer.units if isinstance(layer, FC) else layer.classes
-      fan_in = flat if flat is not None else int(np.prod(in_shape))
-      layers += [torch.nn.Flatten(), torch.nn.Linear(fan_in, units)]
-      layers += [torch.nn.ReLU()] if isinstance(layer, FC) else []
-      flat = units
-    if info.dropout:
-      layers.append(torch.nn.Dropout(info.dropout))
-    in_shape = info.output_shape
-  return torch.nn.Sequential(*layers)
-
-
-def torch_throughput(arch: Architecture, shape: tuple[int, ...], batch: int,
-                     steps: int) -> float:
-  """Images/s of `steps` Adam steps in PyTorch, batches gathered from uint8 in memory."""
-  torch.manual_seed(0)
-  net = torch_net(arch, shape)
-  opt = torch.optim.Adam(net.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
-  data = torch.randint(0, 256, (batch * steps, shape[2], shape[0], shape[1]),
-                       dtype=torch.uint8)
-  labels = torch.randint(0, 10, (batch * steps,))
-  loss_fn = torch.nn.CrossEntropyLoss()
-
-  def step(i):
-    idx = torch.arange(i * batch, (i + 1) * batch)
-    x = data[idx].float() / 255.0 - 0.5
-    opt.zero_grad(set_to_none=True)
-    loss = loss_fn(net(x), labels[idx])
-    loss.backward()
-    opt.step()
-
-  step(0)  # Warm-up.
-  start = time.perf_counter()
-  for i in range(steps):
-    step(i)
-  return batch * steps / (time.perf_counter() - start)
 
 
 def memory_over_candidates(n: int) -> list[float]:
@@ -175,7 +82,7 @@ def main(argv: list[str]) -> None:
     arch = parse(text)
     flops = models.flops_per_example(arch, shape)
     j = jax_throughput(arch, shape, batch, steps)
-    t = torch_throughput(arch, shape, batch, steps)
+    t = torch_throughput(arch, shape, batch, steps)["images_per_s"]
     gflops = lambda ips: 3 * flops * ips / 1e9
     print(f"| {label} | {'x'.join(map(str, shape))} | {batch} | "
           f"{models.count_params(arch, shape):,} | {flops / 1e6:.1f} | "

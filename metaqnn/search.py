@@ -246,8 +246,9 @@ class _Search:
       self.collect()
 
 
-def make_executor(config, evaluate: Optional[Callable], early_stop=None):
-  """The executor of `config.executor` (local or ray) and `config.num_workers`."""
+def make_executor(config, evaluate: Optional[Callable], early_stop=None, dataset=None):
+  """The executor of `config.executor` (local or ray) and `config.num_workers`; `dataset`
+  (an `input_pipeline.Dataset`) replaces loading `config.dataset`."""
   kind = str(config.get("executor", "local"))
   if kind == "ray":
     if early_stop is not None:
@@ -257,8 +258,7 @@ def make_executor(config, evaluate: Optional[Callable], early_stop=None):
     return ray_executor.RayExecutor(config, evaluate)
   if kind != "local":
     raise ValueError(f"unknown executor {kind!r}; use local or ray")
-  dataset = None
-  if (evaluate is None and config.evaluator == "train"
+  if (dataset is None and evaluate is None and config.evaluator == "train"
       and executors.num_workers(config, evaluate) > 1):
     from metaqnn import input_pipeline
     dataset = input_pipeline.load(config)  # loaded once, shared by the workers
@@ -270,7 +270,7 @@ def make_executor(config, evaluate: Optional[Callable], early_stop=None):
 
 def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
                log_interval: Optional[float] = None, tensorboard: bool = True,
-               max_models: Optional[int] = None) -> SearchResult:
+               max_models: Optional[int] = None, dataset=None) -> SearchResult:
   """Runs (or resumes) the whole search of `config` in `workdir`.
 
   Args:
@@ -282,6 +282,8 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
       the train evaluator, at most one per second otherwise).
     tensorboard: write TensorBoard scalars under `workdir/tensorboard`.
     max_models: stop after about this many new results (for tests and time boxes).
+    dataset: an `input_pipeline.Dataset` already in memory (arrays of your own, a
+      benchmark's generated data), used instead of loading `config.dataset`.
   """
   schedule = agent_lib.Schedule.parse(config.search.schedule)
   replay_samples = int(config.search.replay_samples)
@@ -302,7 +304,7 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   # directory, so that missing data leaves nothing behind; a resumed one checks the
   # work directory first, so that a refused one costs no data loading.
   new = not os.path.exists(os.path.join(workdir, store_lib.DB_FILE))
-  executor = make_executor(config, evaluate, rule) if new else None
+  executor = make_executor(config, evaluate, rule, dataset) if new else None
   try:
     store = store_lib.Store(workdir, fingerprint(config, kind, replay_samples))
   except BaseException:
@@ -316,7 +318,7 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     restore_agent(agent, store, agent_dir, replay_samples)
     if schedule.stage(store.unique_count()) is None and not store.pending():
       return _result(workdir, store, agent, finished=True)
-    executor = executor or make_executor(config, evaluate, rule)
+    executor = executor or make_executor(config, evaluate, rule, dataset)
     if rule is not None:
       for rec in store.models():
         rule.observe(rec)

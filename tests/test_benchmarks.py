@@ -1,0 +1,40 @@
+"""The GPU search benchmark's CPU mode runs end to end and reports every part."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_gpu_search_benchmark_small_mode(tmp_path):
+  env = dict(os.environ, XLA_FLAGS="")  # one CPU device, as a user's machine
+  proc = subprocess.run([sys.executable, "benchmarks/gpu_search.py", "--small", "--notorch",
+                         f"--out={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
+                        timeout=600, env=env)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = [json.loads(l) for l in open(tmp_path / "gpu_search.jsonl")]
+  kinds = [r["kind"] for r in rows]
+  assert {"machine", "net", "quantile", "search", "estimate"} <= set(kinds)
+  net = next(r for r in rows if r["kind"] == "net")
+  assert net["jax"]["float32"]["images_per_s"] > 0 and net["jax"]["bfloat16"]["images_per_s"] > 0
+  search = next(r for r in rows if r["kind"] == "search")
+  assert search["models"] == 3 and 0 < search["busy"] <= 1
+  estimate = next(r for r in rows if r["kind"] == "estimate")
+  assert 0 < estimate["train_hours"] <= estimate["sequential_hours"]
+
+
+def test_cifar_like_data_is_learnable_shaped_and_stored_as_uint8():
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import gpu_search
+  ds = gpu_search.cifar_like(300, 100)
+  assert ds.train_images.shape == (300, 32, 32, 3) and ds.train_images.dtype == "uint8"
+  assert ds.val_images.shape == (100, 32, 32, 3)
+  assert set(ds.train_labels) == set(range(10))
+  # The classes differ on average: per-class mean images are not all alike.
+  means = [ds.train_images[ds.train_labels == k].mean() for k in range(10)]
+  assert max(means) - min(means) > 1.0
