@@ -417,3 +417,21 @@ def test_one_candidate_per_device_with_real_training(tmp_path):
   assert result.finished and result.unique_models == 4
   statuses = {m["status"] for m in inspect_lib.summarize(str(tmp_path / "w"))["models"]}
   assert statuses <= {"ok", "no_learning"}, statuses
+
+
+def test_a_record_made_before_new_fields_opens_and_resumes(tmp_path):
+  """Records written before curves, FLOPs, epochs and predictions existed stay usable."""
+  workdir = str(tmp_path / "old")
+  config = small_config("1.0:20")
+  search.run_search(config, workdir, max_models=8, tensorboard=False)
+  db = sqlite3.connect(os.path.join(workdir, "metaqnn.db"))
+  for column in ("curves", "flops", "epochs", "predicted_accuracy"):
+    db.execute(f"ALTER TABLE models DROP COLUMN {column}")
+  db.commit()
+  db.close()
+  summary = inspect_lib.summarize(workdir)  # read-only: no column is added
+  assert summary["models"][0]["curves"] == [] and summary["models"][0]["flops"] is None
+  result = search.run_search(config, workdir, tensorboard=False)
+  assert result.finished and result.unique_models == 20
+  models = inspect_lib.summarize(workdir)["models"]
+  assert len(models) == result.iterations
