@@ -68,6 +68,10 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
                                    # (a seed reruns bit for bit).
   c.parallel = "data"              # "data": each candidate data-parallel over all local
                                    # devices; "candidate": one candidate per device.
+  c.compile_cache_dir = ""         # A folder for JAX's persistent compilation cache: on
+                                   # GPUs it also keeps XLA's autotuning results, which
+                                   # candidates share (their convolution shapes repeat),
+                                   # and compiled programs for resumed runs. "" = off.
   c.ray = ml_collections.ConfigDict()
   c.ray.address = ""               # "" starts Ray on this machine; "auto" joins a cluster.
   c.ray.cpus_per_worker = 1

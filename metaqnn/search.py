@@ -300,6 +300,8 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
                        "curves); set early_stop.kind=none")
     from metaqnn import early_stop
     rule = early_stop.Rule(config)  # rebuilt from the record below, never pickled
+  if config.get("compile_cache_dir"):
+    _enable_compile_cache(str(config.compile_cache_dir))
   # A new search builds its executor (loads the data) before it creates the work
   # directory, so that missing data leaves nothing behind; a resumed one checks the
   # work directory first, so that a refused one costs no data loading.
@@ -340,6 +342,15 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     if executor is not None:
       executor.close()
     store.close()
+
+
+def _enable_compile_cache(path: str) -> None:
+  """JAX's persistent compilation cache in `path`, for every program however quick to
+  compile (a candidate's programs take seconds; autotuning results are kept with them)."""
+  import jax
+  os.makedirs(path, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", os.path.abspath(path))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def _result(workdir, store, agent, finished: bool) -> SearchResult:

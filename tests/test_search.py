@@ -435,3 +435,19 @@ def test_a_record_made_before_new_fields_opens_and_resumes(tmp_path):
   assert result.finished and result.unique_models == 20
   models = inspect_lib.summarize(workdir)["models"]
   assert len(models) == result.iterations
+
+
+def test_compile_cache_dir_keeps_compiled_programs(tmp_path):
+  import jax
+  from jax._src import compilation_cache  # to leave no cache behind for later tests
+  from configs import digits
+  config = digits.get_config()
+  config.search.schedule, config.train.epochs = "1.0:2", 1
+  config.compile_cache_dir = str(tmp_path / "cache")
+  before = jax.config.jax_compilation_cache_dir
+  try:
+    search.run_search(config, str(tmp_path / "w"), tensorboard=False)
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before)
+    compilation_cache.reset_cache()
+  assert os.listdir(tmp_path / "cache")  # the candidates' programs were written there
