@@ -40,6 +40,7 @@ from metaqnn import models
 from metaqnn.architecture import FC, GAP, Architecture, Conv, Pool, parse
 
 KINDS = ("none", "predictor", "median")
+UNCERTAINTY = "empirical"
 REWARDS = ("predicted", "last")
 
 
@@ -95,10 +96,11 @@ class Predictor:
     folds = min(folds, len(y))
     cv = model_selection.KFold(folds, shuffle=True, random_state=0)
     held_out = model_selection.cross_val_predict(self._make(), x, y, cv=cv)
-    residuals = y - held_out
-    self.sigma = max(float(np.std(residuals)), 1e-3)
+    self.residuals = np.sort(y - held_out)
+    self.sigma = max(float(np.std(self.residuals)), 1e-3)
     total = float(np.sum((y - y.mean()) ** 2))
-    self.r2 = 1.0 - float(np.sum(residuals ** 2)) / total if total > 0 else float("nan")
+    self.r2 = (1.0 - float(np.sum(self.residuals ** 2)) / total if total > 0
+               else float("nan"))
 
   @staticmethod
   def _make():
@@ -111,9 +113,14 @@ class Predictor:
     return self.model.predict(np.atleast_2d(x))
 
   def prob_above(self, x: np.ndarray, threshold: float) -> float:
-    """P(final accuracy > threshold) for one feature row."""
-    z = (threshold - float(self.predict(x)[0])) / self.sigma
-    return 0.5 * math.erfc(z / math.sqrt(2.0))
+    """P(final accuracy > threshold) for one feature row: the share of cross-validated
+    residuals that would lift the prediction above `threshold` (Gaussian with their
+    spread if UNCERTAINTY is "gaussian")."""
+    gap = threshold - float(self.predict(x)[0])
+    if UNCERTAINTY == "gaussian":
+      return 0.5 * math.erfc(gap / self.sigma / math.sqrt(2.0))
+    n = len(self.residuals)
+    return float(n - np.searchsorted(self.residuals, gap, side="right")) / n
 
 
 class Rule:
