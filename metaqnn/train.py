@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from metaqnn import input_pipeline, models
 from metaqnn.architecture import Architecture, ArchitectureError, parse
 
-STATUSES = ("ok", "no_learning", "nan", "oom", "error")
+STATUSES = ("ok", "no_learning", "nan", "oom", "error", "timeout")
 
 
 @dataclasses.dataclass
@@ -271,6 +271,7 @@ class Trainer:
     n_params = models.tree_size(shapes)
     num_val = len(self.dataset.val_labels)
     seed = np.uint32(self.config.seed)
+    limit, started = float(t.get("max_seconds", 0.0)), time.perf_counter()
     for attempt in range(int(t.max_restarts) + 1):
       base_lr = float(t.learning_rate) * float(t.restart_lr_factor) ** attempt
       params = self._put(models.init_params(shapes, [int(self.config.seed), attempt]))
@@ -282,6 +283,13 @@ class Trainer:
                                               np.uint32(epoch), lr, *self._train_data)
         accuracy = int(evaluate(params, *self._val_data)) / num_val
         finite = bool(np.isfinite(float(loss)))
+        if limit and time.perf_counter() - started > limit:  # train.max_seconds
+          best = max(accuracies + [accuracy] if finite else accuracies, default=self.chance)
+          return CandidateResult(
+              arch=str(arch), best_val_accuracy=best, last_val_accuracy=accuracy,
+              restarts=attempt, status="timeout", seconds=0.0, epochs=epoch + 1,
+              params=n_params, message=f"over train.max_seconds={limit:g} after epoch "
+              f"{epoch + 1} of attempt {attempt + 1}; reward: the best accuracy reached")
         if epoch == 0 and (not finite or accuracy <= self.threshold):
           break  # Restart rule: no better than chance (or diverged) after the first epoch.
         if not finite:
