@@ -2,7 +2,8 @@
 
 An executor takes `submit(key, arch)` and hands back finished `(key, Outcome)` pairs
 from `wait()`. `Lost` in place of an Outcome means the worker died: the search
-re-queues the candidate. Threads overlap one candidate's compile with another's
+re-queues the candidate. `on_start(key)`, if set, is called just before a candidate
+starts, so that the search can journal the attempt first. Threads overlap one candidate's compile with another's
 training, and with `parallel="candidate"` give each worker its own device.
 """
 
@@ -24,6 +25,7 @@ class Lost:
 
 class SerialExecutor:
   """One candidate at a time, in the calling thread."""
+  on_start: Optional[Callable[[int], None]] = None
 
   def __init__(self, evaluate: Evaluator):
     self.capacity = 1
@@ -35,6 +37,8 @@ class SerialExecutor:
 
   def wait(self) -> list[tuple[int, Outcome | Lost]]:
     key, arch = self._queue.pop(0)
+    if self.on_start:
+      self.on_start(key)
     return [(key, self._evaluate(arch))]
 
   def close(self) -> None:
@@ -47,6 +51,7 @@ class WorkerPool:
   Subclasses `_launch(worker, arch)` to start one evaluation and return its handle;
   `wait()` pops finished handles from `_running` and calls `_finished(worker)`.
   """
+  on_start: Optional[Callable[[int], None]] = None
 
   def __init__(self, workers: int):
     self.capacity = workers
@@ -62,6 +67,8 @@ class WorkerPool:
     while self._queue and self._free:
       key, arch = self._queue.pop(0)
       worker = self._free.pop(0)
+      if self.on_start:
+        self.on_start(key)
       self._running[self._launch(worker, arch)] = (key, worker)
 
   def _finished(self, worker: int) -> None:
