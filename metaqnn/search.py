@@ -255,7 +255,13 @@ class _Search:
 
   def resume_pending(self) -> None:
     """Evaluates again what was in flight when the search stopped, except a candidate
-    that already crashed the process `max_crashes` times: it is recorded as crashed."""
+    that already crashed the process `max_crashes` times: it is recorded as crashed.
+
+    A candidate that crashed before is evaluated alone, before anything else: with worker
+    threads, one candidate's crash kills the others in flight too, and alone it either
+    finishes or shows that it is the one that crashes.
+    """
+    later = []
     for sample in self.store.pending():
       fresh = sample.arch not in self.in_flight and self.store.trained(sample.arch) is None
       crashes = self.store.crashes(sample.arch) if fresh else 0
@@ -271,10 +277,16 @@ class _Search:
                 "a segfault, an out-of-memory kill, or a kill -9); not evaluated again "
                 f"(search.max_crashes={self.max_crashes})")))
         continue
-      if crashes:
-        print(f"{sample.arch} was being evaluated when the search died ({crashes} "
-              f"crash{'es' if crashes > 1 else ''} so far, search.max_crashes="
-              f"{self.max_crashes}); evaluating it again", file=sys.stderr)
+      if not crashes:
+        later.append(sample)
+        continue
+      print(f"{sample.arch} was being evaluated when the search died ({crashes} "
+            f"crash{'es' if crashes > 1 else ''} so far, search.max_crashes="
+            f"{self.max_crashes}); evaluating it again, alone", file=sys.stderr)
+      self.dispatch(sample, search_space.arch_lib.parse(sample.arch))
+      while self.busy:
+        self.collect()
+    for sample in later:
       self.dispatch(sample, search_space.arch_lib.parse(sample.arch))
 
   def collect(self) -> None:
