@@ -14,6 +14,11 @@ Resume: the agent is snapshotted now and then; events journaled after the snapsh
 replayed through it in their original order (sampling is deterministic given the seed,
 and each replayed sample is checked against the journal); samples that were in flight
 are evaluated again. A stop at any moment loses no finished model and trains none twice.
+
+Crashes: every evaluation attempt is journaled before it starts and ended when its result
+is committed or a clean stop (Ctrl-C, SIGTERM) interrupts it. An attempt left open by an
+earlier process died with it (a crash or a kill -9); a candidate that has died
+`search.max_crashes` times is recorded as `crashed` instead of being evaluated again.
 """
 
 from __future__ import annotations
