@@ -185,10 +185,13 @@ class Agent:
         os.remove(os.path.join(directory, name))
 
   def load(self, directory: str) -> None:
-    """Restores what `save` wrote; raises ValueError if it belongs to another space."""
+    """Restores what `save` wrote; raises ValueError if it belongs to another space.
+
+    All or nothing: whatever it raises on (a damaged file too), the agent is unchanged.
+    """
     with open(os.path.join(directory, STATE_FILE)) as f:
       meta = json.load(f)
-    if meta.get("format") != "metaqnn-agent/1":
+    if not isinstance(meta, dict) or meta.get("format") != "metaqnn-agent/1":
       raise ValueError(f"{directory} does not hold a metaqnn agent")
     if meta["space"] != self.space.cfg.to_json():
       raise ValueError(f"the agent in {directory} was made for another search space")
@@ -196,14 +199,15 @@ class Agent:
       q = z["q"]
     if q.shape != self.q.shape or not np.array_equal(np.isfinite(q), self.space.allowed):
       raise ValueError(f"the Q-table in {directory} does not match the search space")
-    self.q = q
+    rng = np.random.default_rng()
+    rng.bit_generator.state = meta["rng"]
+    replay = [(str(a), float(r)) for a, r in meta["replay"]]
+    paths = {a: self.path(a) for a, _ in replay}  # each must lie in the space
+    self.q, self.rng, self.replay = q, rng, replay
     self.alpha, self.gamma, self.q_init = meta["alpha"], meta["gamma"], meta["q_init"]
     self.unique_models, self.iterations = meta["unique_models"], meta["iterations"]
-    self.rng.bit_generator.state = meta["rng"]
-    self.replay = [(a, float(r)) for a, r in meta["replay"]]
     self.meta = meta.get("meta", {})
-    for a, _ in self.replay:
-      self.path(a)
+    self._paths.update(paths)
 
 
 def _write_json_atomic(path: str, obj) -> None:

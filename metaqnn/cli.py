@@ -58,7 +58,8 @@ def _lazy_user_errors() -> tuple[type[BaseException], ...]:
   """User-error types of optional modules, without importing heavy ones eagerly."""
   errors = []
   for name, error in (("metaqnn.input_pipeline", "DatasetError"),
-                      ("metaqnn.store", "WorkdirError"), ("metaqnn.search", "WorkersLost")):
+                      ("metaqnn.store", "WorkdirError"), ("metaqnn.search", "WorkersLost"),
+                      ("metaqnn.search", "SearchStalled")):
     mod = sys.modules.get(name)
     if mod is not None and hasattr(mod, error):
       errors.append(getattr(mod, error))

@@ -59,6 +59,9 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
   c.search = ml_collections.ConfigDict()
   c.search.schedule = PAPER_SCHEDULE
   c.search.replay_samples = 100
+  c.search.max_crashes = 2         # Attempts at one candidate that may crash the process
+                                   # (or lose its Ray worker) before it is recorded as
+                                   # crashed; a kill -9 counts as one, Ctrl-C does not.
 
   c.evaluator = "train"            # "train" or "synthetic".
   c.executor = "local"             # "local" (this machine) or "ray" (a Ray cluster).
@@ -76,6 +79,8 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
   c.ray.address = ""               # "" starts Ray on this machine; "auto" joins a cluster.
   c.ray.cpus_per_worker = 1
   c.ray.gpus_per_worker = 0        # Set to 1 (or more) on a GPU cluster.
+  c.ray.worker_timeout = 0.0       # Seconds; a worker silent this long is killed and its
+                                   # candidate counts as a crash. 0 = no limit.
 
   # SPEC section 4: training of each sampled network.
   c.train = ml_collections.ConfigDict()

@@ -2,8 +2,9 @@
 
 An executor takes `submit(key, arch)` and hands back finished `(key, Result)` pairs
 from `wait()`. `Lost` in place of a Result means the worker died: the search
-re-queues the candidate. Threads overlap one candidate's compile with another's
-training, and with `parallel="candidate"` give each worker its own device.
+re-queues the candidate. `on_start(key)`, if set, is called just before a candidate
+starts, so that the search can journal the attempt first. Threads overlap one
+candidate's compile with another's training, and with `parallel="candidate"` give each worker its own device.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class Lost:
 
 class SerialExecutor:
   """One candidate at a time, in the calling thread."""
+  on_start: Optional[Callable[[int], None]] = None
 
   def __init__(self, evaluate: Evaluator):
     self.capacity = 1
@@ -36,6 +38,8 @@ class SerialExecutor:
 
   def wait(self) -> list[tuple[int, Result | Lost]]:
     key, arch = self._queue.pop(0)
+    if self.on_start:
+      self.on_start(key)
     return [(key, self._evaluate(arch))]
 
   def close(self) -> None:
@@ -48,6 +52,7 @@ class WorkerPool:
   Subclasses `_launch(worker, arch)` to start one evaluation and return its handle;
   `wait()` pops finished handles from `_running` and calls `_finished(worker)`.
   """
+  on_start: Optional[Callable[[int], None]] = None
 
   def __init__(self, workers: int):
     self.capacity = workers
@@ -63,6 +68,8 @@ class WorkerPool:
     while self._queue and self._free:
       key, arch = self._queue.pop(0)
       worker = self._free.pop(0)
+      if self.on_start:
+        self.on_start(key)
       self._running[self._launch(worker, arch)] = (key, worker)
 
   def _finished(self, worker: int) -> None:

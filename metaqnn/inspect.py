@@ -25,6 +25,8 @@ def summarize(workdir: str, top: int = 10) -> dict:
   try:
     meta = store.meta()
     records = list(store.models())
+    attempts = store.attempts()
+    pending = {p.arch for p in store.pending()}
   finally:
     store.close()
   config = json.loads(meta["config"]) if "config" in meta else {}
@@ -48,6 +50,7 @@ def summarize(workdir: str, top: int = 10) -> dict:
       final = json.load(f)
   return {
       "workdir": workdir,
+      "crashes": _crashes(records, attempts, pending),
       "final": final,
       "dataset": config.get("dataset", {}).get("name"),
       "unique_models": len(unique),
@@ -63,6 +66,24 @@ def summarize(workdir: str, top: int = 10) -> dict:
       # Every field of every record (learning curves included: one entry per attempt).
       "models": [r.to_json() for r in records],
   }
+
+
+def _crashes(records, attempts: list[dict], pending: set) -> list[dict]:
+  """Models whose evaluation crashed (recorded as crashed or lost, or still pending after
+  a crash), each with its attempts: when each started and how it ended ("died": the
+  process died during it, a crash or a kill -9)."""
+  by_arch: dict[str, list[dict]] = collections.defaultdict(list)
+  for a in attempts:
+    by_arch[a["arch"]].append({"started": a["started"], "ended": a["ended"] or "died"})
+  out = [{"arch": r.arch, "status": r.status, "iteration": r.iteration,
+          "message": r.message, "attempts": by_arch.get(r.arch, [])}
+         for r in records if not r.resampled and r.status in ("crashed", "lost")]
+  for arch in sorted(pending):
+    if any(a["ended"] in ("died", "lost") for a in by_arch.get(arch, [])):
+      out.append({"arch": arch, "status": "pending", "iteration": None,
+                  "message": "crashed before; evaluated again on resume",
+                  "attempts": by_arch[arch]})
+  return out
 
 
 def render(s: dict) -> str:
@@ -87,6 +108,14 @@ def render(s: dict) -> str:
     if s["final"].get("ensemble"):
       e = s["final"]["ensemble"]
       lines.append(f"  ensemble of {e['size']}: test {e['test_accuracy']:.4f}")
+  if s.get("crashes"):
+    lines.append(f"\ncrashed models: {len(s['crashes'])}")
+    for c in s["crashes"]:
+      ends = collections.Counter(a["ended"] for a in c["attempts"])
+      tried = ", ".join(f"{n} {e}" for e, n in sorted(ends.items())) or "no attempts journaled"
+      where = f"#{c['iteration']}" if c["iteration"] is not None else "in flight"
+      lines.append(f"  {where} {c['status']} ({len(c['attempts'])} attempts: {tried}): "
+                   f"{c['message'][:120]}  {c['arch']}")
   lines.append(f"\nfailures: {len(s['failures'])}")
   for f in s["failures"][:20]:
     lines.append(f"  #{f['iteration']} {f['status']}: {f['message'][:120]}  {f['arch']}")

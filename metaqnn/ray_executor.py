@@ -2,12 +2,15 @@
 
 The agent and the record stay on the driver (`metaqnn.main`); actors only evaluate.
 A dead actor is replaced and its candidate handed back as `Lost`, which the search
-re-queues. Ray is optional: `pip install "ray>=2.40"` (see BUILD.md).
+re-queues (up to `search.max_crashes` times). So is an actor that has not answered within
+`ray.worker_timeout` seconds (0 = no limit): it is killed, as a hung candidate would
+otherwise hold its worker for ever. Ray is optional: `pip install "ray>=2.40"` (see BUILD.md).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Callable, Optional
 
 from metaqnn import evaluators
@@ -45,26 +48,49 @@ class RayExecutor(WorkerPool):
       ray.init(address=r.address or None, include_dashboard=False, log_to_driver=False,
                num_cpus=None if r.address else max(self.capacity * r.cpus_per_worker, 1))
     self._remote = ray.remote(num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker)(_Worker)
+    self._timeout = float(r.get("worker_timeout", 0.0))
+    if self._timeout < 0:
+      raise ValueError(f"ray.worker_timeout must be >= 0 (0 = no limit), got {self._timeout}")
     self._args = (config, evaluate)
     self._actors = [self._remote.remote(*self._args) for _ in range(workers)]
+    self._deadlines: dict = {}  # handle -> monotonic time after which its worker is killed
 
   def _launch(self, worker: int, arch):
-    return self._actors[worker].evaluate.remote(str(arch))
+    ref = self._actors[worker].evaluate.remote(str(arch))
+    if self._timeout:
+      self._deadlines[ref] = time.monotonic() + self._timeout
+    return ref
+
+  def _replace(self, i: int) -> None:
+    self._ray.kill(self._actors[i])
+    self._actors[i] = self._remote.remote(*self._args)  # a fresh worker
 
   def wait(self):
     ray = self._ray
-    ready, _ = ray.wait(list(self._running), num_returns=1)
     out = []
-    for ref in ready:
-      key, i = self._running.pop(ref)
-      try:
-        out.append((key, ray.get(ref)))
-      except ray.exceptions.RayError as e:  # the worker died or its result was lost
-        first = (str(e).strip().splitlines() or [""])[0]
-        out.append((key, Lost(f"{type(e).__name__}: {first}")))
-        self._ray.kill(self._actors[i])
-        self._actors[i] = self._remote.remote(*self._args)  # a fresh worker
-      self._finished(i)
+    while not out:
+      timeout = None
+      if self._deadlines:
+        timeout = max(0.0, min(self._deadlines.values()) - time.monotonic())
+      ready, _ = ray.wait(list(self._running), num_returns=1, timeout=timeout)
+      for ref in ready:
+        key, i = self._running.pop(ref)
+        self._deadlines.pop(ref, None)
+        try:
+          out.append((key, ray.get(ref)))
+        except ray.exceptions.RayError as e:  # the worker died or its result was lost
+          first = (str(e).strip().splitlines() or [""])[0]
+          out.append((key, Lost(f"{type(e).__name__}: {first}")))
+          self._replace(i)
+        self._finished(i)
+      now = time.monotonic()
+      for ref in [r for r, t in self._deadlines.items() if t <= now]:
+        key, i = self._running.pop(ref)
+        del self._deadlines[ref]
+        out.append((key, Lost(f"no answer within ray.worker_timeout={self._timeout:g} s; "
+                              "its worker was killed")))
+        self._replace(i)
+        self._finished(i)
     return out
 
   def close(self) -> None:

@@ -13,9 +13,11 @@ import json
 import math
 from typing import Any, Optional
 
-# Statuses of a result. Only "ok" and "stopped" carry a reward earned by training; the
-# others carry the chance reward 1/k (or the reward their message explains).
-STATUSES = ("ok", "stopped", "no_learning", "nan", "oom", "error", "invalid", "lost")
+# Statuses of a result. "ok", "stopped" (early stopping) and "timeout" (train.max_seconds)
+# carry a reward earned by training; the others carry the chance reward 1/k (or the
+# reward their message explains).
+STATUSES = ("ok", "stopped", "timeout", "no_learning", "nan", "oom", "error", "invalid",
+            "lost", "crashed")
 
 
 @dataclasses.dataclass(kw_only=True)

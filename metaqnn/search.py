@@ -14,6 +14,11 @@ Resume: the agent is snapshotted now and then; events journaled after the snapsh
 replayed through it in their original order (sampling is deterministic given the seed,
 and each replayed sample is checked against the journal); samples that were in flight
 are evaluated again. A stop at any moment loses no finished model and trains none twice.
+
+Crashes: every evaluation attempt is journaled before it starts and ended when its result
+is committed or a clean stop (Ctrl-C, SIGTERM) interrupts it. An attempt left open by an
+earlier process died with it (a crash or a kill -9); a candidate that has died
+`search.max_crashes` times is recorded as `crashed` instead of being evaluated again.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ import dataclasses
 import json
 import os
 import signal
+import sys
 import threading
 import time
+import zipfile
 from typing import Callable, Optional
 
 from metaqnn import agent as agent_lib
@@ -37,7 +44,9 @@ from metaqnn.results import Result
 from metaqnn.store import ModelRecord, Sample, WorkdirError
 
 AGENT_DIR = "agent"
-MAX_LOST = 3  # a candidate whose worker died this many times is recorded as failed
+# Samples in a row that found no new architecture before a stage is declared stuck: the
+# space (as budgets constrain it) holds no architecture the agent can still find.
+MAX_STALL = 10_000
 
 
 @contextlib.contextmanager
@@ -75,6 +84,29 @@ def _record(result: Result, sample: Sample, resampled: bool = False) -> ModelRec
 
 class WorkersLost(RuntimeError):
   """Workers keep dying whatever they evaluate: a broken cluster, not a bad candidate."""
+
+
+class SearchStalled(RuntimeError):
+  """A stage keeps re-sampling known architectures: the space has nothing new to give."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+  """SIGTERM stops the search as cleanly as Ctrl-C (in-flight attempts are marked as
+  interrupted, not crashed), unless the program handles SIGTERM itself."""
+  main = threading.current_thread() is threading.main_thread()
+  if not main or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    yield
+    return
+
+  def interrupt(num, frame):
+    raise KeyboardInterrupt
+
+  signal.signal(signal.SIGTERM, interrupt)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @dataclasses.dataclass
@@ -115,14 +147,33 @@ def fingerprint(config, evaluator_kind: str, replay_samples: int) -> dict:
   return fp
 
 
+# What a damaged snapshot can raise while it is read (JSON, npz, or their contents).
+_DAMAGED = (ValueError, KeyError, TypeError, IndexError, AttributeError, OSError, EOFError,
+            zipfile.BadZipFile)
+
+
 def restore_agent(agent: agent_lib.Agent, store: store_lib.Store, agent_dir: str,
-                  replay_samples: int) -> None:
-  """Brings the agent to the journal's last event: snapshot, then replay the rest."""
+                  replay_samples: int, set_aside: bool = False) -> None:
+  """Brings the agent to the journal's last event: snapshot, then replay the rest.
+
+  The record is the source of truth: a snapshot that cannot be read is ignored and the
+  agent is rebuilt from the whole record, with one line saying so. With `set_aside`
+  (the search), the damaged files are moved to `agent.damaged-<time>/`, never deleted.
+  """
   if os.path.exists(os.path.join(agent_dir, agent_lib.STATE_FILE)):
     try:
-      agent.load(agent_dir)
-    except (ValueError, KeyError, OSError) as e:
-      raise WorkdirError(f"cannot restore the agent from {agent_dir}: {e}") from None
+      agent.load(agent_dir)  # all or nothing: a failed load leaves the agent fresh
+    except _DAMAGED as e:
+      why = " ".join(f"{type(e).__name__}: {e}".split())[:160]
+      kept = ""
+      if set_aside:
+        aside = f"{agent_dir}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+        while os.path.exists(aside):
+          aside += "+"
+        os.rename(agent_dir, aside)
+        kept = f"; the damaged files are kept in {aside}"
+      print(f"the agent snapshot in {agent_dir} cannot be read ({why}); rebuilding the "
+            f"agent from the record ({store.last_event() + 1} events){kept}", file=sys.stderr)
   seen = agent.meta.get("event", -1)
   if seen > store.last_event():
     raise WorkdirError(f"the agent snapshot in {agent_dir} is ahead of the record; the "
@@ -145,14 +196,16 @@ class _Search:
   """The loop's state: agent, record, executor, and what is in flight."""
 
   def __init__(self, agent, store, schedule, executor, prog, agent_dir, replay_samples,
-               early_stop=None):
+               early_stop=None, max_crashes: int = 2):
     self.agent, self.store, self.schedule = agent, store, schedule
     self.early_stop = early_stop
     self.executor, self.prog, self.agent_dir = executor, prog, agent_dir
-    self.replay_samples = replay_samples
+    self.replay_samples, self.max_crashes = replay_samples, max_crashes
     self.in_flight: dict[str, list[Sample]] = {}  # arch -> samples waiting on it
-    self.lost: dict[str, int] = {}
+    self.attempts: dict[int, int] = {}  # sample id -> its running attempt's id
+    executor.on_start = self.started
     self.lost_streak = 0  # Lost results in a row, whatever the candidate
+    self.stalled = 0  # samples in a row that found no new architecture
     self.last_snapshot = time.perf_counter()
     # False while the agent is ahead of its journaled event (mid-sample, mid-learn): a
     # snapshot then would not match the record, so an interrupt there skips it.
@@ -167,9 +220,11 @@ class _Search:
     """The stage of the next unique model, counting the unique models in flight."""
     return self.schedule.stage(self.store.unique_count() + len(self.in_flight))
 
-  def _learn(self, rec: ModelRecord) -> None:
+  def _learn(self, rec: ModelRecord, attempt: Optional[int] = None) -> None:
     with _atomic():
       rec = self.store.add(rec)  # durable before the agent learns from it
+      if attempt is not None:
+        self.store.end_attempts([attempt], "done")
       self.consistent = False
       self.agent.learn(rec.arch, rec.accuracy, new=not rec.resampled,
                        replay_samples=self.replay_samples)
@@ -190,6 +245,17 @@ class _Search:
       self.in_flight[sample.arch] = [sample]
       self.executor.submit(sample.id, arch)
 
+  def started(self, key: int) -> None:
+    """Journals an attempt just before the executor starts it, so a crash leaves a trace."""
+    with _atomic():
+      self.attempts[key] = self.store.start_attempt(key)
+
+  def interrupted(self) -> None:
+    """A clean stop: the running attempts did not crash anything, so they do not count."""
+    with _atomic():
+      self.store.end_attempts(list(self.attempts.values()), "interrupted")
+      self.attempts.clear()
+
   def sample(self, stage: int) -> None:
     epsilon = self.schedule.stages[stage][0]
     with _atomic():
@@ -198,28 +264,76 @@ class _Search:
       sample = self.store.add_sample(Sample(str(path.architecture), epsilon, stage))
       self.agent.meta["event"] = sample.event
       self.consistent = True
+    before = len(self.in_flight)
     self.dispatch(sample, path.architecture)
+    self.stalled = 0 if len(self.in_flight) > before else self.stalled + 1
+    if self.stalled >= MAX_STALL:
+      raise SearchStalled(
+          f"stage {stage + 1} drew {self.stalled} samples in a row without a new "
+          f"architecture ({self.store.unique_count()} unique models so far, the schedule "
+          f"asks for {self.schedule.total}): the space seems exhausted; enlarge config.space "
+          "or shorten search.schedule, then run the same command")
+
+  def resume_pending(self) -> None:
+    """Evaluates again what was in flight when the search stopped, except a candidate
+    that already crashed the process `max_crashes` times: it is recorded as crashed.
+
+    A candidate that crashed before is evaluated alone, before anything else: with worker
+    threads, one candidate's crash kills the others in flight too, and alone it either
+    finishes or shows that it is the one that crashes.
+    """
+    later = []
+    for sample in self.store.pending():
+      fresh = sample.arch not in self.in_flight and self.store.trained(sample.arch) is None
+      crashes = self.store.crashes(sample.arch) if fresh else 0
+      if crashes >= self.max_crashes:
+        print(f"{sample.arch} crashed the search {crashes} times "
+              f"(search.max_crashes={self.max_crashes}): recorded as crashed, not evaluated "
+              "again", file=sys.stderr)
+        self._learn(ModelRecord(
+            iteration=-1, sample=sample.id, arch=sample.arch,
+            accuracy=1.0 / self.agent.space.cfg.num_classes, epsilon=sample.epsilon,
+            stage=sample.stage, status="crashed", message=(
+                f"the search process died {crashes} times while evaluating it (an abort, "
+                "a segfault, an out-of-memory kill, or a kill -9); not evaluated again "
+                f"(search.max_crashes={self.max_crashes})")))
+        continue
+      if not crashes:
+        later.append(sample)
+        continue
+      print(f"{sample.arch} was being evaluated when the search died ({crashes} "
+            f"crash{'es' if crashes > 1 else ''} so far, search.max_crashes="
+            f"{self.max_crashes}); evaluating it again, alone", file=sys.stderr)
+      self.dispatch(sample, search_space.arch_lib.parse(sample.arch))
+      while self.busy:
+        self.collect()
+    for sample in later:
+      self.dispatch(sample, search_space.arch_lib.parse(sample.arch))
 
   def collect(self) -> None:
     """Waits for at least one result and learns from everything that finished."""
     for key, out in self.executor.wait():
       arch = next(a for a, s in self.in_flight.items() if s[0].id == key)
       first = self.in_flight[arch][0]
+      attempt = self.attempts.pop(key, None)
       if isinstance(out, executors.Lost):
+        if attempt is not None:
+          self.store.end_attempts([attempt], "lost")
         self.lost_streak += 1
         if self.lost_streak > max(10, 3 * self.executor.capacity):
           raise WorkersLost(f"{self.lost_streak} evaluations in a row lost their worker "
                             f"(last: {out.message}); check the workers, then resume")
-        self.lost[arch] = self.lost.get(arch, 0) + 1
-        if self.lost[arch] < MAX_LOST:
+        crashes = self.store.crashes(arch)
+        if crashes < self.max_crashes:
           self.executor.submit(key, search_space.arch_lib.parse(arch))
           continue
         out = Result(accuracy=1.0 / self.agent.space.cfg.num_classes, status="lost",
-                     arch=arch, message=f"its worker died {MAX_LOST} times: {out.message}")
+                     arch=arch, message=f"its evaluation crashed {crashes} times "
+                     f"(search.max_crashes={self.max_crashes}); last: {out.message}")
       else:
         self.lost_streak = 0
       waiting = self.in_flight.pop(arch)
-      self._learn(_record(out, first))
+      self._learn(_record(out, first), attempt)
       for later in waiting[1:]:  # sampled again while it was in flight
         self.dispatch(later, None)
     if time.perf_counter() - self.last_snapshot > 10.0:
@@ -232,8 +346,7 @@ class _Search:
       self.last_snapshot = time.perf_counter()
 
   def run(self, max_models: Optional[int]) -> None:
-    for sample in self.store.pending():  # in flight when the search last stopped
-      self.dispatch(sample, search_space.arch_lib.parse(sample.arch))
+    self.resume_pending()  # in flight when the search last stopped
     start = self.store.count()
     while True:
       budget = max_models is None or self.store.count() - start < max_models
@@ -293,6 +406,8 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   kind = "function" if evaluate is not None else str(config.evaluator)
   if kind not in ("function", "train", "synthetic"):
     raise ValueError(f"unknown evaluator {kind!r}; use train or synthetic")
+  check_config(config, schedule, space)
+  agent = agent_lib.Agent.from_config(space, config)  # refuses a bad agent config
   rule = None
   if config.get("early_stop") is not None and config.early_stop.kind != "none":
     if kind != "train":
@@ -315,9 +430,8 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     raise
   try:
     store.set_meta("config", json.loads(config.to_json()))  # this run's settings
-    agent = agent_lib.Agent.from_config(space, config)
     agent_dir = os.path.join(workdir, AGENT_DIR)
-    restore_agent(agent, store, agent_dir, replay_samples)
+    restore_agent(agent, store, agent_dir, replay_samples, set_aside=True)
     if schedule.stage(store.unique_count()) is None and not store.pending():
       return _result(workdir, store, agent, finished=True)
     executor = executor or make_executor(config, evaluate, rule, dataset)
@@ -330,11 +444,14 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     prog = progress_lib.Progress(
         schedule, best=best, log_interval=log_interval,
         tensorboard_dir=os.path.join(workdir, "tensorboard") if tensorboard else None)
-    loop = _Search(agent, store, schedule, executor, prog, agent_dir, replay_samples, rule)
+    loop = _Search(agent, store, schedule, executor, prog, agent_dir, replay_samples, rule,
+                   int(config.search.get("max_crashes", 2)))
     try:
-      loop.run(max_models)
+      with _sigterm_as_interrupt():
+        loop.run(max_models)
     finally:
-      loop.snapshot()  # first: an interrupt must not wait for running candidates
+      loop.interrupted()  # a clean stop: what was running did not crash the process
+      loop.snapshot()  # before the executor closes: never wait for running candidates
       prog.close()
     finished = schedule.stage(store.unique_count()) is None and not store.pending()
     return _result(workdir, store, agent, finished=finished)
@@ -351,6 +468,22 @@ def _enable_compile_cache(path: str) -> None:
   os.makedirs(path, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", os.path.abspath(path))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+def check_config(config, schedule: agent_lib.Schedule, space) -> None:
+  """Refuses, before anything is written, a search that cannot run or could never end."""
+  if schedule.total < 1:
+    raise ValueError(f"the schedule {config.search.schedule!r} asks for 0 models; give at "
+                     "least one, e.g. 1.0:20")
+  n = space.count_architectures()
+  if n < schedule.total:
+    raise ValueError(f"the search space holds {n} distinct architectures, but the schedule "
+                     f"asks for {schedule.total} unique models; enlarge config.space or "
+                     "shorten search.schedule")
+  if int(config.search.get("max_crashes", 2)) < 1:
+    raise ValueError(f"search.max_crashes must be >= 1, got {config.search.max_crashes}")
+  for name, value in (("train.max_seconds", config.train.get("max_seconds", 0.0)),
+                      ("ray.worker_timeout", config.ray.get("worker_timeout", 0.0))):
+    if not float(value) >= 0:
+      raise ValueError(f"{name} must be >= 0 (0 = no limit), got {value}")
 
 
 def _result(workdir, store, agent, finished: bool) -> SearchResult:

@@ -60,6 +60,18 @@ class Sample:
 _COLUMNS = {f.name: f for f in dataclasses.fields(ModelRecord)}
 _FIELDS = list(_COLUMNS)
 _KEYS = ("iteration", "sample")  # declared in the schema below with their constraints
+# Every evaluation attempt, journaled before it starts. `ended` stays NULL while it runs,
+# so a NULL left by an earlier process means that process died during it (a crash, or a
+# kill -9, which cannot be told apart); a clean stop (Ctrl-C, SIGTERM) ends it.
+_ATTEMPTS = """
+CREATE TABLE IF NOT EXISTS attempts (
+  id INTEGER PRIMARY KEY,
+  sample INTEGER NOT NULL REFERENCES samples (id),
+  started REAL NOT NULL,
+  ended TEXT
+);
+"""
+ENDED = ("done", "interrupted", "lost")  # how an attempt can end
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS samples (
@@ -78,7 +90,7 @@ CREATE TABLE IF NOT EXISTS models (
 );
 CREATE INDEX IF NOT EXISTS models_arch ON models (arch, resampled);
 """.replace("{columns}", ",\n  ".join(
-    f"{name} {results.sql_type(f)}" for name, f in _COLUMNS.items() if name not in _KEYS))
+    f"{name} {results.sql_type(f)}" for name, f in _COLUMNS.items() if name not in _KEYS)) + _ATTEMPTS
 
 
 class Store:
@@ -118,6 +130,7 @@ class Store:
       self.db = sqlite3.connect(self.path, isolation_level=None)
       self.db.execute("PRAGMA journal_mode=WAL")
       self.db.execute("PRAGMA synchronous=NORMAL")
+      self.db.executescript(_ATTEMPTS)  # records made before the attempts journal
       self._add_missing_columns()
     except sqlite3.DatabaseError as e:
       raise WorkdirError(f"{self.path} is not a readable metaqnn record ({e})") from None
@@ -190,6 +203,23 @@ class Store:
                       [event] + [row[f] for f in self._columns])
     return record
 
+  def start_attempt(self, sample: int) -> int:
+    """Journals that an evaluation of `sample` starts now; returns the attempt's id."""
+    with self.db:
+      self.db.execute("BEGIN IMMEDIATE")
+      cur = self.db.execute("INSERT INTO attempts (sample, started) VALUES (?, ?)",
+                            (sample, time.time()))
+    return cur.lastrowid
+
+  def end_attempts(self, ids, how: str) -> None:
+    """Marks attempts as ended `how` (one of `ENDED`): they did not crash the process."""
+    if how not in ENDED:
+      raise ValueError(f"unknown attempt end {how!r}")
+    with self.db:
+      self.db.execute("BEGIN IMMEDIATE")
+      self.db.executemany("UPDATE attempts SET ended = ? WHERE id = ? AND ended IS NULL",
+                          [(how, i) for i in ids])
+
   def set_meta(self, key: str, value) -> None:
     with self.db:
       self.db.execute("BEGIN IMMEDIATE")
@@ -247,6 +277,24 @@ class Store:
                            "WHERE id NOT IN (SELECT sample FROM models) ORDER BY id").fetchall()
     return [Sample(id=r[0], event=r[1], arch=r[2], epsilon=r[3], stage=r[4], time=r[5])
             for r in rows]
+
+  def crashes(self, arch: str) -> int:
+    """Attempts at `arch`, still without a result, that died: their process (never
+    ended) or their worker (`lost`)."""
+    return self.db.execute(
+        "SELECT COUNT(*) FROM attempts a JOIN samples s ON a.sample = s.id "
+        "WHERE s.arch = ? AND (a.ended IS NULL OR a.ended = 'lost') "
+        "AND s.id NOT IN (SELECT sample FROM models)", (arch,)).fetchone()[0]
+
+  def attempts(self, arch: Optional[str] = None) -> list[dict]:
+    """Evaluation attempts (of `arch`, or all) in order: sample, arch, started, ended."""
+    if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'attempts'").fetchone():
+      return []  # a record made before attempts were journaled
+    rows = self.db.execute(
+        "SELECT a.sample, s.arch, a.started, a.ended FROM attempts a JOIN samples s "
+        "ON a.sample = s.id WHERE ? IS NULL OR s.arch = ? ORDER BY a.id",
+        (arch, arch)).fetchall()
+    return [dict(sample=r[0], arch=r[1], started=r[2], ended=r[3]) for r in rows]
 
   def _record(self, row) -> ModelRecord:
     values = dict(zip(self._columns, row))

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.evaluator=synthetic", "--config.search.schedule=1.0:6,0.1:4",
         "--config.search.replay_samples=5"]
@@ -22,6 +24,7 @@ def test_usage_without_arguments():
     assert out.returncode == 2 and "Usage:" in out.stderr and "Example:" in out.stderr
 
 
+@pytest.mark.slow
 def test_sweep_seeds_runs_searches_and_the_stability_plot(tmp_path):
   out = launch("sweep_seeds.sh", "configs/digits.py", str(tmp_path), "2", *TINY)
   assert out.returncode == 0, out.stderr
@@ -30,6 +33,7 @@ def test_sweep_seeds_runs_searches_and_the_stability_plot(tmp_path):
   assert os.path.exists(tmp_path / "plots" / "stability.png")
 
 
+@pytest.mark.slow
 def test_one_machine_runs_a_search(tmp_path):
   out = launch("one_machine.sh", "configs/digits.py", str(tmp_path / "w"), "candidate", *TINY)
   assert out.returncode == 0, out.stderr

@@ -5,10 +5,13 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "metaqnn_digits.ipynb")
 
 
+@pytest.mark.slow
 def test_notebook_runs_top_to_bottom(tmp_path):
   nb = json.load(open(NOTEBOOK))
   cells = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]

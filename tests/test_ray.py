@@ -6,6 +6,7 @@ import sqlite3
 import pytest
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # a Ray cluster starts for these
 
 from metaqnn import config_lib  # noqa: E402
 from metaqnn import evaluators  # noqa: E402
@@ -121,3 +122,48 @@ def test_killed_driver_resumes_with_nothing_lost(tmp_path):
   trained = [r for r in rows(work) if not r[2]]
   assert len(trained) == len({r[0] for r in trained}) == 24
   assert [sum(r[1] == s for r in trained) for s in range(2)] == [16, 8]
+
+
+def poisoned(tmp_path, crash):
+  """A user function that calls `crash()` on the 3rd architecture it is given, and on
+  every later evaluation of it, in whichever worker (the calls are kept in files)."""
+  calls, poison = str(tmp_path / "calls"), str(tmp_path / "poison")
+
+  def evaluate(arch):
+    with open(calls, "a") as f:
+      f.write(str(arch) + "\n")
+    lines = open(calls).read().splitlines()
+    if len(lines) >= 3 and not os.path.exists(poison):
+      try:
+        fd = os.open(poison, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        os.write(fd, lines[2].encode())
+        os.close(fd)
+      except FileExistsError:
+        pass
+    if os.path.exists(poison) and open(poison).read() == str(arch):
+      crash()
+    return evaluators.synthetic_accuracy(arch)
+
+  return evaluate, calls, poison
+
+
+@pytest.mark.parametrize("how", ["abort", "hang"])
+def test_a_crashing_or_hanging_candidate_costs_only_itself(tmp_path, how):
+  import time
+  crash = os.abort if how == "abort" else lambda: time.sleep(3600)
+  evaluate, calls, poison = poisoned(tmp_path, crash)
+  c = config("1.0:12")
+  c.ray.worker_timeout = 5.0  # a hung worker is killed after this
+  result = search.run_search(c, str(tmp_path / "w"), evaluate=evaluate, log_interval=100)
+  assert result.finished and result.unique_models == 12  # one run, nobody resumed it
+  bad = open(poison).read()
+  trained = [r for r in rows(tmp_path / "w") if not r[2]]
+  assert len({r[0] for r in trained}) == 12
+  assert [r[3] for r in trained if r[0] == bad] == ["lost"]
+  assert all(r[3] == "ok" for r in trained if r[0] != bad)
+  assert open(calls).read().splitlines().count(bad) == c.search.max_crashes
+  db = sqlite3.connect(os.path.join(tmp_path / "w", "metaqnn.db"))
+  (message,) = db.execute("SELECT message FROM models WHERE arch = ?", (bad,)).fetchone()
+  db.close()
+  assert f"crashed {c.search.max_crashes} times" in message
+  assert ("worker_timeout" in message) == (how == "hang"), message

@@ -105,6 +105,7 @@ search.run_search(config, sys.argv[1], evaluate=slow, log_interval=100)
 """
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_loses_nothing(tmp_path):
   script = tmp_path / "run.py"
   script.write_text(KILL_SCRIPT.format(root=ROOT))
@@ -204,6 +205,7 @@ def test_agent_learns_a_user_reward():
   assert means["0.1"] > means["1"] + 0.1, means
 
 
+@pytest.mark.slow
 def test_main_and_inspect_commands(tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT)
   work = str(tmp_path / "w")
@@ -234,6 +236,7 @@ def test_main_and_inspect_commands(tmp_path):
   assert missing.returncode == 2 and "no metaqnn search" in missing.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
   script = tmp_path / "run.py"
   script.write_text(KILL_SCRIPT.format(root=ROOT).replace(
@@ -288,6 +291,7 @@ PARALLEL_KILL_SCRIPT = KILL_SCRIPT.replace(
     'config.num_workers = 3')
 
 
+@pytest.mark.slow
 def test_kill_9_with_workers_in_flight_loses_nothing(tmp_path):
   script = tmp_path / "run.py"
   script.write_text(PARALLEL_KILL_SCRIPT.format(root=ROOT))
@@ -356,6 +360,7 @@ def test_duplicates_of_an_in_flight_model_do_not_spin(tmp_path):
   assert len(calls) == len(set(map(str, calls))) == 12  # each model evaluated once
 
 
+@pytest.mark.slow
 def test_refused_workdir_is_byte_for_byte_untouched_after_a_kill(tmp_path):
   script = tmp_path / "run.py"
   script.write_text(KILL_SCRIPT.format(root=ROOT))
@@ -389,6 +394,7 @@ def test_one_search_process_per_workdir(tmp_path):
   store_lib.Store(str(tmp_path / "w"), fp).close()
 
 
+@pytest.mark.slow
 def test_missing_data_is_one_line_and_creates_no_workdir(tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT)
   work = tmp_path / "w"

@@ -1,0 +1,289 @@
+"""Candidates that crash or hang, damaged agent snapshots, and searches that cannot end."""
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from metaqnn import config_lib
+from metaqnn import evaluators
+from metaqnn import inspect as inspect_lib
+from metaqnn import search
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, PYTHONPATH=ROOT)
+
+
+def small_config(schedule="1.0:30,0.5:15,0.1:15"):
+  config = config_lib.base_config("mnist")
+  config.search.schedule = schedule
+  config.search.replay_samples = 20
+  config.evaluator = "synthetic"
+  return config
+
+
+def query(workdir, sql):
+  db = sqlite3.connect(os.path.join(workdir, "metaqnn.db"))
+  rows = db.execute(sql).fetchall()
+  db.close()
+  return rows
+
+
+def records(workdir):
+  return query(workdir, "SELECT iteration, arch, accuracy, epsilon, resampled, status "
+                        "FROM models ORDER BY iteration")
+
+
+# A user function that crashes the whole process on the 5th candidate it is given and on
+# every later evaluation of that architecture, in the next processes too (the issue's
+# scenario). The calls and the poisoned architecture are kept in files.
+CRASH_SCRIPT = """
+import os, signal, sys, time
+sys.path.insert(0, {root!r})
+from metaqnn import config_lib, evaluators, search
+work, how = sys.argv[1], sys.argv[2]
+config = config_lib.base_config("mnist")
+config.search.schedule = "1.0:30"
+config.search.replay_samples = 20
+config.num_workers = {workers}
+calls, poison = work + ".calls", work + ".poison"
+def crash():
+    if how == "abort":
+        os.abort()
+    if how == "segv":
+        import ctypes
+        ctypes.string_at(0)  # a segmentation fault
+    os.kill(os.getpid(), signal.SIGKILL)
+def evaluate(arch):
+    with open(calls, "a") as f:
+        f.write(str(arch) + "\\n")
+    lines = open(calls).read().splitlines()
+    if len(lines) >= 5 and not os.path.exists(poison):  # the 5th call's, whoever sees it
+        try:
+            fd = os.open(poison, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            os.write(fd, lines[4].encode())
+            os.close(fd)
+        except FileExistsError:
+            pass
+    if os.path.exists(poison) and open(poison).read() == str(arch):
+        time.sleep(0.05)  # let other workers start
+        crash()
+    time.sleep(0.01)
+    return evaluators.synthetic_accuracy(arch)
+search.run_search(config, work, evaluate=evaluate, log_interval=100, tensorboard=False)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how, workers", [("abort", 1), ("segv", 1), ("sigkill", 1),
+                                          ("abort", 2)])
+def test_a_candidate_that_crashes_the_process_is_recorded_as_crashed(tmp_path, how, workers):
+  script = tmp_path / "run.py"
+  script.write_text(CRASH_SCRIPT.format(root=ROOT, workers=workers))
+  work = str(tmp_path / "w")
+  max_crashes = config_lib.base_config("mnist").search.max_crashes
+  runs = []
+  for _ in range(max_crashes + 1):
+    runs.append(subprocess.run([sys.executable, str(script), work, how], cwd=ROOT, env=ENV,
+                               capture_output=True, text=True, timeout=300))
+    if runs[-1].returncode == 0:
+      break
+  poison = open(work + ".poison").read()
+  assert [r.returncode != 0 for r in runs] == [True] * max_crashes + [False], \
+      [r.returncode for r in runs]
+  # Each resume names the architecture in flight and how often it crashed, in one line.
+  said = [l for l in runs[1].stderr.splitlines() if poison in l]
+  assert len(said) == 1 and "1 crash so far" in said[0], runs[1].stderr
+  said = [l for l in runs[-1].stderr.splitlines() if poison in l]
+  assert len(said) == 1 and f"{max_crashes} times" in said[0], runs[-1].stderr
+  rows = records(work)
+  unique = [r for r in rows if not r[4]]
+  assert len(unique) == len({r[1] for r in unique}) == 30
+  crashed = [r for r in unique if r[1] == poison]
+  assert len(crashed) == 1 and crashed[0][5] == "crashed" and crashed[0][2] == 0.1
+  assert all(r[5] == "ok" for r in unique if r[1] != poison)  # no innocent casualty
+  calls = open(work + ".calls").read().splitlines()
+  assert calls.count(poison) == max_crashes  # never evaluated after its last crash
+  assert len(set(calls)) == 30 and len(calls) <= 30 + max_crashes + workers
+  s = inspect_lib.summarize(work)
+  (c,) = s["crashes"]
+  assert c["arch"] == poison and c["status"] == "crashed" and "died" in c["message"]
+  assert [a["ended"] for a in c["attempts"]] == ["died"] * max_crashes
+  assert "crashed models: 1" in inspect_lib.render(s)
+
+
+STOP_SCRIPT = """
+import sys, time
+sys.path.insert(0, {root!r})
+from metaqnn import config_lib, evaluators, search
+config = config_lib.base_config("mnist")
+config.search.schedule = "1.0:12"
+config.search.replay_samples = 20
+def slow(arch):
+    time.sleep(0.1)
+    return evaluators.synthetic_accuracy(arch)
+try:
+    search.run_search(config, sys.argv[1], evaluate=slow, log_interval=100)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_clean_stops_never_count_as_a_crash_and_kill_9_counts_once(tmp_path, sig):
+  script = tmp_path / "run.py"
+  script.write_text(STOP_SCRIPT.format(root=ROOT))
+  ref, work = str(tmp_path / "ref"), str(tmp_path / "w")
+  subprocess.run([sys.executable, str(script), ref], check=True, capture_output=True)
+  proc = subprocess.Popen([sys.executable, str(script), work], stderr=subprocess.PIPE,
+                          text=True)
+  while proc.poll() is None and (not os.path.exists(work + "/metaqnn.db")
+                                 or len(records(work)) < 3):
+    time.sleep(0.01)
+  time.sleep(0.05)  # inside an evaluation (0.1 s each)
+  proc.send_signal(sig)
+  proc.communicate()
+  assert proc.returncode == (-9 if sig == signal.SIGKILL else 130)
+  ended = [e for (e,) in query(work, "SELECT ended FROM attempts")]
+  assert ended.count(None) == (1 if sig == signal.SIGKILL else 0), ended
+  if sig != signal.SIGKILL:
+    assert "interrupted" in ended
+  again = subprocess.run([sys.executable, str(script), work], capture_output=True, text=True)
+  assert again.returncode == 0, again.stderr
+  assert ("1 crash so far" in again.stderr) == (sig == signal.SIGKILL), again.stderr
+  assert records(work) == records(ref)  # one kill -9 then resume: exactly as before
+
+
+@pytest.mark.parametrize("damage", ["truncated json", "garbage npz", "truncated npz",
+                                    "missing npz"])
+def test_a_damaged_agent_snapshot_is_rebuilt_from_the_record(tmp_path, capsys, damage):
+  config = small_config()
+  work, intact = tmp_path / "w", tmp_path / "intact"
+  search.run_search(config, str(work), log_interval=100, max_models=25, tensorboard=False)
+  shutil.copytree(work, intact)
+  agent_dir = work / "agent"
+  (npz,) = agent_dir.glob("q-*.npz")
+  if damage == "truncated json":
+    text = (agent_dir / "agent.json").read_text()
+    (agent_dir / "agent.json").write_text(text[:len(text) // 2])
+  elif damage == "garbage npz":
+    npz.write_bytes(b"\x00garbage" * 50)
+  elif damage == "truncated npz":
+    npz.write_bytes(npz.read_bytes()[:200])
+  else:
+    npz.unlink()
+  damaged = {p.name: p.read_bytes() for p in agent_dir.iterdir()}
+  capsys.readouterr()
+  search.run_search(config, str(work), log_interval=100, tensorboard=False)
+  err = capsys.readouterr().err
+  search.run_search(config, str(intact), log_interval=100, tensorboard=False)
+  assert records(work) == records(intact)  # the same samples as an undamaged resume
+  (aside,) = [p for p in work.iterdir() if p.name.startswith("agent.damaged-")]
+  assert {p.name: p.read_bytes() for p in aside.iterdir()} == damaged  # kept, as it was
+  lines = [l for l in err.splitlines() if "rebuilding the agent from the record" in l]
+  assert len(lines) == 1 and aside.name in lines[0], err
+  assert capsys.readouterr().err == ""
+
+
+def test_the_record_from_before_attempts_were_journaled_still_resumes(tmp_path):
+  config = small_config()
+  work = str(tmp_path / "w")
+  search.run_search(config, work, log_interval=100, max_models=20, tensorboard=False)
+  db = sqlite3.connect(os.path.join(work, "metaqnn.db"))
+  db.execute("DROP TABLE attempts")
+  db.commit()
+  db.close()
+  assert inspect_lib.summarize(work)["crashes"] == []
+  result = search.run_search(config, work, log_interval=100, tensorboard=False)
+  assert result.finished and result.unique_models == 60
+  assert query(work, "SELECT COUNT(*) FROM attempts")[0][0] > 0
+
+
+def tiny_training_config(schedule="1.0:2"):
+  c = config_lib.base_config("digits")
+  c.dataset.val_fraction = 0.2
+  c.space.max_depth = 2
+  c.space.conv_filters, c.space.conv_kernels = (8,), (3,)
+  c.space.pools, c.space.fc_units = ((2, 2),), (16,)
+  c.space.size_bins, c.space.fc_max_side = (4, 2, 1), 3
+  c.search.schedule, c.search.replay_samples = schedule, 5
+  c.train.epochs, c.train.batch_size, c.train.eval_batch_size = 3, 32, 128
+  return c
+
+
+def test_a_candidate_over_max_seconds_is_a_timeout_and_the_search_goes_on(tmp_path):
+  config = tiny_training_config()
+  config.train.max_seconds = 1e-6  # every candidate is over it after its first epoch
+  result = search.run_search(config, str(tmp_path / "w"), log_interval=100,
+                             tensorboard=False)
+  assert result.finished and result.unique_models == 2
+  models = inspect_lib.summarize(str(tmp_path / "w"))["models"]
+  assert [m["status"] for m in models] == ["timeout", "timeout"]
+  s = inspect_lib.summarize(str(tmp_path / "w"))
+  assert all("max_seconds" in f["message"] and "epoch 1 " in f["message"]
+             for f in s["failures"])
+  for m in models:  # the reward: the best accuracy it reached (one epoch's)
+    assert m["accuracy"] == m["best_val_accuracy"] == m["last_val_accuracy"]
+
+
+def test_max_seconds_may_be_set_on_resume(tmp_path):
+  config = small_config()
+  config.evaluator = "train"
+  fp = search.fingerprint(config, "train", 20)
+  config.train.max_seconds = 600.0
+  assert search.fingerprint(config, "train", 20) == fp
+
+
+def run_main(tmp_path, *overrides):
+  work = tmp_path / "w"
+  out = subprocess.run([sys.executable, "-m", "metaqnn.main", "--config=configs/digits.py",
+                        f"--workdir={work}", "--config.evaluator=synthetic", *overrides],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+  return out, work
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides, says", [
+    (["--config.space.max_depth=0"], "holds 2 distinct architectures, but the schedule "
+                                     "asks for 126 unique models"),
+    (["--config.space.conv_kernels=(9,)"], "holds 2 distinct architectures"),
+    (["--config.search.schedule=1.0:0"], "asks for 0 models"),
+    (["--config.agent.alpha=2"], "alpha"),
+    (["--config.search.max_crashes=0"], "max_crashes"),
+    (["--config.train.max_seconds=-1"], "max_seconds"),
+])
+def test_a_search_that_cannot_run_is_one_line_and_leaves_nothing(tmp_path, overrides, says):
+  out, work = run_main(tmp_path, *overrides)
+  assert out.returncode == 2 and "Traceback" not in out.stderr
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error:") and says in lines[0], out.stderr
+  assert not work.exists()
+
+
+def test_a_stage_that_finds_nothing_new_stops_with_a_clear_message(tmp_path, monkeypatch):
+  from metaqnn import search_space
+  config = small_config("1.0:5")
+  config.space.max_depth = 0  # two architectures, say a budget hides what the count sees
+  monkeypatch.setattr(search_space.SearchSpace, "count_architectures", lambda self: 10**6)
+  monkeypatch.setattr(search, "MAX_STALL", 200)
+  with pytest.raises(search.SearchStalled, match="200 samples in a row without a new"):
+    search.run_search(config, str(tmp_path / "w"), log_interval=100, tensorboard=False)
+  assert len({r[1] for r in records(tmp_path / "w")}) == 2
+
+
+def test_every_attempt_is_journaled_and_ended(tmp_path):
+  config = small_config("1.0:4")
+  calls = []
+  result = search.run_search(config, str(tmp_path / "w"), log_interval=100,
+                             evaluate=lambda a: calls.append(a) or
+                             evaluators.synthetic_accuracy(a), tensorboard=False)
+  assert result.finished and len(calls) == 4
+  ended = [e for (e,) in query(tmp_path / "w", "SELECT ended FROM attempts")]
+  assert ended == ["done"] * 4
