@@ -17,6 +17,7 @@ import numpy as np
 
 from metaqnn.architecture import Architecture
 from metaqnn.search_space import Path, SearchSpace
+from metaqnn.errors import UserError
 
 STATE_FILE = "agent.json"
 
@@ -34,11 +35,11 @@ class Schedule:
         eps, count = part.split(":")
         stage = (float(eps), int(count))
       except ValueError:
-        raise ValueError(f"bad epsilon schedule {text!r}: expected epsilon:count pairs "
+        raise UserError(f"bad epsilon schedule {text!r}: expected epsilon:count pairs "
                          "such as 1.0:1500,0.9:100") from None
       if not 0.0 < stage[0] <= 1.0 or stage[1] < 0:
         # epsilon 0 could re-sample one trained model forever: the stage would never end
-        raise ValueError(f"bad epsilon schedule {text!r}: epsilon must be in (0, 1] and "
+        raise UserError(f"bad epsilon schedule {text!r}: epsilon must be in (0, 1] and "
                          "counts >= 0")
       stages.append(stage)
     return cls(tuple(stages))
@@ -77,7 +78,7 @@ class Agent:
   def __init__(self, space: SearchSpace, *, alpha: float = 0.01, gamma: float = 1.0,
                q_init: float = 0.5, seed: int = 0):
     if not 0.0 < alpha <= 1.0 or not 0.0 <= gamma <= 1.0:
-      raise ValueError(f"agent alpha must be in (0, 1] and gamma in [0, 1]; "
+      raise UserError(f"agent alpha must be in (0, 1] and gamma in [0, 1]; "
                        f"got alpha={alpha}, gamma={gamma}")
     self.space = space
     self.alpha, self.gamma, self.q_init = float(alpha), float(gamma), float(q_init)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import sys
 
-from absl import app, flags
+from absl import flags
+from metaqnn.errors import UserError
 
 _INPUT_SHAPE = flags.DEFINE_list("input_shape", ["32", "32", "3"],
                                  "Height, width and channels of one input image.")
@@ -43,24 +44,19 @@ def _input_shape(values: list[str]) -> tuple[int, ...]:
   except ValueError:
     shape = ()
   if len(shape) != 3 or min(shape) < 1:
-    raise ValueError(f"--input_shape must be three positive integers H,W,C, got "
+    raise UserError(f"--input_shape must be three positive integers H,W,C, got "
                      f"{','.join(values)!r}")
   return shape
 
 
 def main(argv: list[str]) -> None:
-  from metaqnn.architecture import ArchitectureError
-
+  from metaqnn import cli
   if len(argv) != 3 or argv[1] not in COMMANDS:
-    sys.exit(f"usage: python -m metaqnn.arch {{{'|'.join(COMMANDS)}}} \"<architecture>\" "
-             "[--input_shape=H,W,C] [--num_classes=K]")
-  try:
-    summary = describe(argv[2], _input_shape(_INPUT_SHAPE.value), _NUM_CLASSES.value)
-  except (ArchitectureError, ValueError) as e:
-    sys.exit(f"error: {e}")
-  print(json.dumps(summary))
+    raise cli.UserError(f"usage: python -m metaqnn.arch {'|'.join(COMMANDS)} "
+                        "\"<architecture>\" [--input_shape=H,W,C] [--num_classes=K]")
+  print(json.dumps(describe(argv[2], _input_shape(_INPUT_SHAPE.value), _NUM_CLASSES.value)))
 
 
 if __name__ == "__main__":
   from metaqnn import cli
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

@@ -11,8 +11,10 @@ import dataclasses
 import re
 from typing import Iterator, Union
 
+from metaqnn.errors import UserError
 
-class ArchitectureError(ValueError):
+
+class ArchitectureError(UserError):
   """A malformed or structurally invalid architecture string."""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import sys
 from typing import Callable
 
@@ -9,12 +10,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-# Errors a user can cause with bad input; anything else is a bug and keeps its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError,)
-
-
-class UserError(Exception):
-  """A problem with the user's input or work directory, reported as one line."""
+from metaqnn.errors import UserError  # the commands' user-error type (a ValueError)
 
 
 def run(main: Callable[[list[str]], int | None]) -> None:
@@ -33,20 +29,35 @@ def run(main: Callable[[list[str]], int | None]) -> None:
       if "config file" in str(e):  # ml_collections reports it over several lines
         _fail(f"cannot load the config file: {lines[-1]}")
       _fail(lines[0])
-    except (UserError,) + USER_ERRORS + _lazy_user_errors() as e:
+    except (UserError,) + _lazy_user_errors() as e:  # anything else is a bug: traceback
       _fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
 
   app.run(wrapped, flags_parser=parse_flags)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing with a bad flag or `--config.x.y=...` override as one line."""
+  """absl flag parsing with a bad flag, a `--config.x.y=...` override or a config file
+  that cannot be loaded reported as one line."""
   try:
     return flags.FLAGS(argv)
   except (KeyError, AttributeError) as e:  # ml_collections: no such config field
-    _fail("bad --config override: unknown field " + " ".join(str(e.args[0]).split()))
+    _fail("bad --config override: unknown field " + _one_line(e.args[0] if e.args else e))
+  except OSError as e:  # ml_collections: the config file (met while applying an override)
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    _fail(f"cannot load the config file: {lines[-1] if lines else e}")
   except (flags.Error, TypeError, ValueError) as e:
-    _fail(" ".join(line.strip() for line in str(e).splitlines() if line.strip()))
+    _fail(_one_line(e))
+
+
+def _one_line(message) -> str:
+  """`message` as one line; ml_collections sometimes hands over a repr'd string."""
+  text = str(message)
+  if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+    try:
+      text = str(ast.literal_eval(text))
+    except (ValueError, SyntaxError):
+      pass
+  return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _fail(message: str) -> None:

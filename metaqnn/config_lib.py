@@ -7,6 +7,7 @@ file reads as the list of ways its experiment departs from the paper.
 from __future__ import annotations
 
 import ml_collections
+from metaqnn.errors import UserError
 
 # SPEC section 1: epsilon -> number of unique models trained at that epsilon.
 PAPER_SCHEDULE = "1.0:1500,0.9:100,0.8:100,0.7:100,0.6:150,0.5:150,0.4:150,0.3:150,0.2:150,0.1:150"
@@ -24,7 +25,7 @@ DATASETS = {
 def base_config(dataset: str) -> ml_collections.ConfigDict:
   """The paper's settings (SPEC sections 1, 2 and 4) for one of `DATASETS`."""
   if dataset not in DATASETS:
-    raise ValueError(f"unknown data set {dataset!r}; known: {', '.join(sorted(DATASETS))}")
+    raise UserError(f"unknown data set {dataset!r}; known: {', '.join(sorted(DATASETS))}")
   c = ml_collections.ConfigDict()
   c.seed = 0
 

@@ -38,9 +38,9 @@ import numpy as np
 
 from metaqnn import models
 from metaqnn.architecture import FC, GAP, Architecture, Conv, Pool, parse
+from metaqnn.errors import UserError
 
 KINDS = ("none", "predictor", "median")
-UNCERTAINTY = "empirical"
 REWARDS = ("predicted", "last")
 
 
@@ -54,21 +54,21 @@ def check_config(config: Any) -> None:
   e = config.get("early_stop")
   if e is None or e.kind == "none":
     if e is not None and e.kind not in KINDS:
-      raise ValueError(f"unknown early_stop.kind {e.kind!r}; use {', '.join(KINDS)}")
+      raise UserError(f"unknown early_stop.kind {e.kind!r}; use {', '.join(KINDS)}")
     return
   if e.kind not in KINDS:
-    raise ValueError(f"unknown early_stop.kind {e.kind!r}; use {', '.join(KINDS)}")
+    raise UserError(f"unknown early_stop.kind {e.kind!r}; use {', '.join(KINDS)}")
   if not 0 < float(e.tau) < 1:
-    raise ValueError(f"early_stop.tau={e.tau} must be a fraction of the epochs in (0, 1)")
+    raise UserError(f"early_stop.tau={e.tau} must be a fraction of the epochs in (0, 1)")
   if stop_epoch(int(config.train.epochs), float(e.tau)) >= int(config.train.epochs):
-    raise ValueError(f"early_stop.tau={e.tau} of train.epochs={config.train.epochs} leaves "
+    raise UserError(f"early_stop.tau={e.tau} of train.epochs={config.train.epochs} leaves "
                      "no epoch to save; train more epochs or lower tau")
   if not 0 < float(e.delta) < 1:
-    raise ValueError(f"early_stop.delta={e.delta} must be a probability in (0, 1)")
+    raise UserError(f"early_stop.delta={e.delta} must be a probability in (0, 1)")
   if int(e.min_completed) < 5 or int(e.refit_every) < 1:
-    raise ValueError("early_stop.min_completed must be >= 5 and refit_every >= 1")
+    raise UserError("early_stop.min_completed must be >= 5 and refit_every >= 1")
   if e.reward not in REWARDS:
-    raise ValueError(f"unknown early_stop.reward {e.reward!r}; use {', '.join(REWARDS)}")
+    raise UserError(f"unknown early_stop.reward {e.reward!r}; use {', '.join(REWARDS)}")
 
 
 def arch_features(arch: Architecture, input_shape: Sequence[int]) -> list[float]:
@@ -96,11 +96,10 @@ class Predictor:
     folds = min(folds, len(y))
     cv = model_selection.KFold(folds, shuffle=True, random_state=0)
     held_out = model_selection.cross_val_predict(self._make(), x, y, cv=cv)
-    self.residuals = np.sort(y - held_out)
-    self.sigma = max(float(np.std(self.residuals)), 1e-3)
+    residuals = y - held_out
+    self.sigma = max(float(np.std(residuals)), 1e-3)
     total = float(np.sum((y - y.mean()) ** 2))
-    self.r2 = (1.0 - float(np.sum(self.residuals ** 2)) / total if total > 0
-               else float("nan"))
+    self.r2 = 1.0 - float(np.sum(residuals ** 2)) / total if total > 0 else float("nan")
 
   @staticmethod
   def _make():
@@ -113,14 +112,9 @@ class Predictor:
     return self.model.predict(np.atleast_2d(x))
 
   def prob_above(self, x: np.ndarray, threshold: float) -> float:
-    """P(final accuracy > threshold) for one feature row: the share of cross-validated
-    residuals that would lift the prediction above `threshold` (Gaussian with their
-    spread if UNCERTAINTY is "gaussian")."""
-    gap = threshold - float(self.predict(x)[0])
-    if UNCERTAINTY == "gaussian":
-      return 0.5 * math.erfc(gap / self.sigma / math.sqrt(2.0))
-    n = len(self.residuals)
-    return float(n - np.searchsorted(self.residuals, gap, side="right")) / n
+    """P(final accuracy > threshold) for one feature row."""
+    z = (threshold - float(self.predict(x)[0])) / self.sigma
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
 
 
 class Rule:
@@ -219,10 +213,10 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
   full = [r for r in records if r.status == "ok" and r.curves
           and len(r.curves[-1]["val_accuracy"]) >= rule.epochs]
   if any(r.status == "stopped" for r in records):
-    raise ValueError(f"{workdir} was searched with early stopping: its stopped models have "
+    raise UserError(f"{workdir} was searched with early stopping: its stopped models have "
                      "no full curves to replay against")
   if len(full) < rule.min_completed + 5:
-    raise ValueError(f"{workdir} holds {len(full)} fully trained models with learning "
+    raise UserError(f"{workdir} holds {len(full)} fully trained models with learning "
                      f"curves; the evaluation needs at least {rule.min_completed + 5}")
   x = np.array([rule.features(r.arch, r.curves[-1]["val_accuracy"]) for r in full])
   y = np.array([r.best_val_accuracy for r in full])

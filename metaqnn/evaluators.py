@@ -15,6 +15,7 @@ from typing import Callable, Optional
 from metaqnn.results import Result
 
 from metaqnn.architecture import FC, GAP, Architecture, Conv, Pool
+from metaqnn.errors import UserError
 
 
 def synthetic_accuracy(arch: Architecture) -> float:
@@ -96,4 +97,4 @@ def from_config(config, evaluate: Optional[Callable] = None, *, devices=None,
                             early_stop=early_stop,
                             early_stop_epoch=early_stop.epoch if early_stop is not None else 0)
     return Evaluator(trainer.evaluate, "train", classes)
-  raise ValueError(f"unknown evaluator {config.evaluator!r}; use train or synthetic")
+  raise UserError(f"unknown evaluator {config.evaluator!r}; use train or synthetic")

@@ -16,6 +16,7 @@ from typing import Callable, Optional
 from metaqnn.architecture import Architecture
 from metaqnn.evaluators import Evaluator
 from metaqnn.results import Result
+from metaqnn.errors import UserError
 
 
 @dataclasses.dataclass
@@ -116,7 +117,7 @@ def num_workers(config, evaluate: Optional[Callable] = None) -> int:
   order of results then varies from run to run); otherwise one (sequential, bit-exact)."""
   workers = int(config.num_workers)
   if workers < 0:
-    raise ValueError(f"num_workers must be >= 1 (or 0 = auto), got {workers}")
+    raise UserError(f"num_workers must be >= 1 (or 0 = auto), got {workers}")
   if workers:
     return workers
   if evaluate is not None or config.evaluator != "train" or config.get("executor") == "ray":
@@ -136,7 +137,7 @@ def local(config, evaluate: Optional[Callable], make: Callable) -> SerialExecuto
   """
   workers = num_workers(config, evaluate)
   if config.parallel not in ("data", "candidate"):
-    raise ValueError(f"parallel must be data or candidate, got {config.parallel!r}")
+    raise UserError(f"parallel must be data or candidate, got {config.parallel!r}")
   if workers == 1:
     return SerialExecutor(make(None))
   if evaluate is not None or config.evaluator != "train" or config.parallel == "data":

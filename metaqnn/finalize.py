@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from metaqnn import store as store_lib
+from metaqnn.errors import UserError
 
 FINAL_DIR = "final"
 
@@ -65,7 +66,7 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
   top = int(config.final.top if top is None else top)
   ensemble = int(config.final.ensemble if ensemble is None else ensemble)
   if top < 1 or ensemble < 0:
-    raise ValueError("--top must be >= 1 and --ensemble >= 0")
+    raise UserError("--top must be >= 1 and --ensemble >= 0")
   _, best = top_models(workdir, top)
   if not best:
     raise store_lib.WorkdirError(f"{workdir} holds no successfully trained model yet")

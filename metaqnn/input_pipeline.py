@@ -19,6 +19,7 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+from metaqnn.errors import UserError
 
 # config.dataset.name -> tensorflow-datasets builder name.
 TFDS_NAMES = {
@@ -87,7 +88,7 @@ def normalize(images: Any, preprocess: str, mean: Any) -> Any:
     m = jnp.mean(x, axis=axes, keepdims=True)
     s = jnp.sqrt(jnp.mean(jnp.square(x - m), axis=axes, keepdims=True))
     return (x - m) / jnp.maximum(s, 1.0 / np.sqrt(n))
-  raise ValueError(f"unknown preprocess {preprocess!r}; known: {', '.join(PREPROCESS)}")
+  raise UserError(f"unknown preprocess {preprocess!r}; known: {', '.join(PREPROCESS)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,7 +104,7 @@ def stratified_split(labels: np.ndarray, n_take: int,
   labels = np.asarray(labels)
   n = len(labels)
   if not 0 <= n_take <= n:
-    raise ValueError(f"cannot take {n_take} of {n} examples")
+    raise UserError(f"cannot take {n_take} of {n} examples")
   classes, counts = np.unique(labels, return_counts=True)
   quota = counts * (n_take / n)
   take = np.floor(quota).astype(np.int64)

@@ -42,6 +42,7 @@ from metaqnn import search_space
 from metaqnn import store as store_lib
 from metaqnn.results import Result
 from metaqnn.store import ModelRecord, Sample, WorkdirError
+from metaqnn.errors import UserError
 
 AGENT_DIR = "agent"
 # Samples in a row that found no new architecture before a stage is declared stuck: the
@@ -365,12 +366,12 @@ def make_executor(config, evaluate: Optional[Callable], early_stop=None, dataset
   kind = str(config.get("executor", "local"))
   if kind == "ray":
     if early_stop is not None:
-      raise ValueError("early_stop.kind needs the local executor (the rule lives beside "
+      raise UserError("early_stop.kind needs the local executor (the rule lives beside "
                        "the record); use --config.executor=local")
     from metaqnn import ray_executor  # optional dependency
     return ray_executor.RayExecutor(config, evaluate)
   if kind != "local":
-    raise ValueError(f"unknown executor {kind!r}; use local or ray")
+    raise UserError(f"unknown executor {kind!r}; use local or ray")
   if (dataset is None and evaluate is None and config.evaluator == "train"
       and executors.num_workers(config, evaluate) > 1):
     from metaqnn import input_pipeline
@@ -401,17 +402,17 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   schedule = agent_lib.Schedule.parse(config.search.schedule)
   replay_samples = int(config.search.replay_samples)
   if replay_samples < 0:
-    raise ValueError("search.replay_samples must be >= 0")
+    raise UserError("search.replay_samples must be >= 0")
   space = search_space.from_config(config)
   kind = "function" if evaluate is not None else str(config.evaluator)
   if kind not in ("function", "train", "synthetic"):
-    raise ValueError(f"unknown evaluator {kind!r}; use train or synthetic")
+    raise UserError(f"unknown evaluator {kind!r}; use train or synthetic")
   check_config(config, schedule, space)
   agent = agent_lib.Agent.from_config(space, config)  # refuses a bad agent config
   rule = None
   if config.get("early_stop") is not None and config.early_stop.kind != "none":
     if kind != "train":
-      raise ValueError("early stopping needs the train evaluator (it watches learning "
+      raise UserError("early stopping needs the train evaluator (it watches learning "
                        "curves); set early_stop.kind=none")
     from metaqnn import early_stop
     rule = early_stop.Rule(config)  # rebuilt from the record below, never pickled
@@ -471,19 +472,19 @@ def _enable_compile_cache(path: str) -> None:
 def check_config(config, schedule: agent_lib.Schedule, space) -> None:
   """Refuses, before anything is written, a search that cannot run or could never end."""
   if schedule.total < 1:
-    raise ValueError(f"the schedule {config.search.schedule!r} asks for 0 models; give at "
+    raise UserError(f"the schedule {config.search.schedule!r} asks for 0 models; give at "
                      "least one, e.g. 1.0:20")
   n = space.count_architectures()
   if n < schedule.total:
-    raise ValueError(f"the search space holds {n} distinct architectures, but the schedule "
+    raise UserError(f"the search space holds {n} distinct architectures, but the schedule "
                      f"asks for {schedule.total} unique models; enlarge config.space or "
                      "shorten search.schedule")
   if int(config.search.get("max_crashes", 2)) < 1:
-    raise ValueError(f"search.max_crashes must be >= 1, got {config.search.max_crashes}")
+    raise UserError(f"search.max_crashes must be >= 1, got {config.search.max_crashes}")
   for name, value in (("train.max_seconds", config.train.get("max_seconds", 0.0)),
                       ("ray.worker_timeout", config.ray.get("worker_timeout", 0.0))):
     if not float(value) >= 0:
-      raise ValueError(f"{name} must be >= 0 (0 = no limit), got {value}")
+      raise UserError(f"{name} must be >= 0 (0 = no limit), got {value}")
 
 
 def _result(workdir, store, agent, finished: bool) -> SearchResult:

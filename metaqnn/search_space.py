@@ -18,6 +18,7 @@ import numpy as np
 
 from metaqnn import architecture as arch_lib
 from metaqnn.architecture import FC, GAP, Architecture, ArchitectureError, Conv, Pool, Softmax
+from metaqnn.errors import UserError
 
 START, CONV, POOL, FCL = "start", "conv", "pool", "fc"
 _KIND_ORDER = {START: 0, CONV: 1, POOL: 2, FCL: 3}
@@ -72,23 +73,23 @@ class SpaceConfig:
   def __post_init__(self):
     def positive(name, values):
       if not values or any(not isinstance(v, int) or v < 1 for v in values):
-        raise ValueError(f"space.{name} must be a non-empty list of positive integers, "
+        raise UserError(f"space.{name} must be a non-empty list of positive integers, "
                          f"got {values!r}")
     positive("conv_filters", self.conv_filters)
     positive("conv_kernels", self.conv_kernels)
     positive("fc_units", self.fc_units) if self.max_fc > 0 else None
     positive("size_bins", self.size_bins)
     if any(len(p) != 2 for p in self.pools):
-      raise ValueError(f"space.pools must be (kernel, stride) pairs, got {self.pools!r}")
+      raise UserError(f"space.pools must be (kernel, stride) pairs, got {self.pools!r}")
     for p in self.pools:
       positive("pools", p)
     if list(self.size_bins) != sorted(set(self.size_bins), reverse=True) or self.size_bins[-1] != 1:
-      raise ValueError("space.size_bins must be strictly decreasing lower bounds ending "
+      raise UserError("space.size_bins must be strictly decreasing lower bounds ending "
                        f"with 1, e.g. (8, 4, 1); got {self.size_bins!r}")
     if self.max_depth < 0 or self.max_fc < 0:
-      raise ValueError("space.max_depth and space.max_fc must be >= 0")
+      raise UserError("space.max_depth and space.max_fc must be >= 0")
     if self.image_size < 1 or self.num_classes < 1:
-      raise ValueError("image_size and num_classes must be positive")
+      raise UserError("image_size and num_classes must be positive")
 
   @classmethod
   def from_config(cls, config) -> "SpaceConfig":

@@ -37,7 +37,7 @@ def main(argv: list[str]) -> None:
     raise cli.UserError("--config is required, e.g. --config=configs/cifar10.py")
   space = search_space.from_config(_CONFIG.value)
   if argv[1] == "stats":
-    print(json.dumps(space.stats(), indent=1))
+    print(json.dumps(space.stats()))
     return
   if _NUM.value < 0:
     raise cli.UserError("--num must be >= 0")

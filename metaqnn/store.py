@@ -302,9 +302,17 @@ class Store:
                           for name, f in _COLUMNS.items()})
 
   def close(self) -> None:
+    """Closes the record. The writer leaves one file behind: its WAL is folded into the
+    database (rollback mode until the next search opens it) and its lock is removed."""
+    if getattr(self, "_lock", None) is not None:
+      try:
+        self.db.execute("PRAGMA journal_mode=DELETE")
+      except sqlite3.OperationalError:  # another connection still reads: keep the WAL
+        pass
     self.db.close()
     if getattr(self, "_lock", None) is not None:
-      self._lock.close()  # releases the flock
+      os.remove(self._lock.name)  # still ours: removed before the flock is released
+      self._lock.close()
       self._lock = None
 
 

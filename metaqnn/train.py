@@ -36,6 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from metaqnn import input_pipeline, models
 from metaqnn.architecture import Architecture, ArchitectureError, parse
 from metaqnn.results import Result
+from metaqnn.errors import UserError
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 
@@ -61,7 +62,7 @@ def make_optimizer(train_config: Any, learning_rate: Any) -> optax.GradientTrans
   elif kind == "sgd":
     direction = optax.trace(decay=float(train_config.momentum))
   else:
-    raise ValueError(f"unknown optimizer {kind!r}; use adam or sgd")
+    raise UserError(f"unknown optimizer {kind!r}; use adam or sgd")
   return optax.chain(
       optax.add_decayed_weights(float(train_config.weight_decay), mask=decay_kernels),
       direction, optax.scale_by_learning_rate(learning_rate))
@@ -165,7 +166,7 @@ def _classify_error(e: Exception) -> str:
 def compute_dtype(precision: str, platform: str) -> Any:
   """The compute dtype of `precision` ("auto", "float32", "bfloat16") on `platform`."""
   if precision not in PRECISIONS:
-    raise ValueError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+    raise UserError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
   if precision == "auto":
     return jnp.float32 if platform == "cpu" else jnp.bfloat16
   return jnp.dtype(precision).type
@@ -226,10 +227,10 @@ class Core:
     for field in ("batch_size", "eval_batch_size"):
       value = int(train_config[field])
       if value < 1 or value % n_dev:
-        raise ValueError(f"config.train.{field}={value} must be a positive multiple of the "
+        raise UserError(f"config.train.{field}={value} must be a positive multiple of the "
                          f"number of devices ({n_dev})")
     if int(train_config.batch_size) > len(dataset.train_labels):
-      raise ValueError(f"config.train.batch_size={train_config.batch_size} is larger than "
+      raise UserError(f"config.train.batch_size={train_config.batch_size} is larger than "
                        f"the {len(dataset.train_labels)} training examples")
     platform = self.mesh.devices.flat[0].platform
     self.dtype = compute_dtype(str(train_config.get("dtype", "auto")), platform)
@@ -320,17 +321,17 @@ class Trainer:
     t = config.train
     for field in ("epochs", "lr_decay_every"):
       if int(t[field]) < 1:
-        raise ValueError(f"config.train.{field}={t[field]} must be >= 1")
+        raise UserError(f"config.train.{field}={t[field]} must be >= 1")
     if int(t.max_restarts) < 0:
-      raise ValueError(f"config.train.max_restarts={t.max_restarts} must be >= 0")
+      raise UserError(f"config.train.max_restarts={t.max_restarts} must be >= 0")
     if not float(t.learning_rate) > 0:
-      raise ValueError(f"config.train.learning_rate={t.learning_rate} must be > 0")
+      raise UserError(f"config.train.learning_rate={t.learning_rate} must be > 0")
     if float(t.get("max_seconds", 0)) < 0:
-      raise ValueError(f"config.train.max_seconds={t.max_seconds} must be >= 0 (0 = none)")
+      raise UserError(f"config.train.max_seconds={t.max_seconds} must be >= 0 (0 = none)")
     self.dataset = dataset if dataset is not None else input_pipeline.load(config)
     ds = self.dataset
     if len(ds.val_labels) < 1:
-      raise ValueError("the data set has no validation examples to compute the reward on")
+      raise UserError("the data set has no validation examples to compute the reward on")
     self.core = Core(t, ds, devices, shared=shared)
     self.mesh, self.input_shape = self.core.mesh, self.core.input_shape
     self.num_classes = int(ds.num_classes)
@@ -444,14 +445,14 @@ def final_learning_rates(config: Any) -> list[float]:
         lr, epochs = part.split(":")
         lrs += [float(lr)] * int(epochs)
       except ValueError:
-        raise ValueError(f"bad final.schedule {f.schedule!r}: expected lr:epochs pairs "
+        raise UserError(f"bad final.schedule {f.schedule!r}: expected lr:epochs pairs "
                          "such as 0.025:40,0.0125:40") from None
   else:
     t = config.train
     lrs = [float(f.learning_rate) * float(t.lr_decay) ** (e // int(t.lr_decay_every))
            for e in range(int(f.epochs))]
   if not lrs or min(lrs) <= 0:
-    raise ValueError("the final schedule must have at least one epoch and positive rates")
+    raise UserError("the final schedule must have at least one epoch and positive rates")
   return lrs
 
 

@@ -20,6 +20,7 @@ from typing import Optional
 
 from metaqnn import architecture as arch_lib
 from metaqnn.architecture import GAP, Architecture, Softmax
+from metaqnn.errors import UserError
 
 
 def with_classes(arch: Architecture, k: int) -> Architecture:
@@ -33,7 +34,7 @@ def best_of(workdir: str) -> str:
   from metaqnn import finalize
   _, best = finalize.top_models(workdir, 1)
   if not best:
-    raise ValueError(f"{workdir} holds no successfully trained model")
+    raise UserError(f"{workdir} holds no successfully trained model")
   return best[0].arch
 
 
@@ -48,11 +49,11 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
     with open(meta_path) as f:
       meta = json.load(f)
     if {k: meta.get(k) for k in request} != request:
-      raise ValueError(f"{workdir} holds another transfer run ({meta.get('arch')} on "
+      raise UserError(f"{workdir} holds another transfer run ({meta.get('arch')} on "
                        f"{meta.get('dataset')}); use a new --workdir")
     return meta  # done before: nothing is trained twice
   if os.path.isdir(workdir) and set(os.listdir(workdir)) - {"checkpoint"}:
-    raise ValueError(f"{workdir} is not empty; use a new directory for a transfer run")
+    raise UserError(f"{workdir} is not empty; use a new directory for a transfer run")
   init = checkpoints.restore(init_checkpoint) if init_checkpoint else None
   dataset = input_pipeline.load(config, final=True)
   trainer = train.FinalTrainer(config, dataset)
