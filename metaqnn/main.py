@@ -36,6 +36,16 @@ def _stop(message: str) -> None:
   os._exit(130)
 
 
+def _announce(config, workdir: str) -> None:
+  """A first line at once: what runs where (loading data and compiling come next)."""
+  from metaqnn import agent, search_space
+  space = search_space.from_config(config)
+  resumed = os.path.exists(os.path.join(workdir, "metaqnn.db"))
+  print(f"{'resuming' if resumed else 'starting'} a {config.dataset.name} search in "
+        f"{workdir}: {agent.Schedule.parse(config.search.schedule).total} unique models, "
+        f"a space of {space.num_states} states; loading the data...", flush=True)
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -43,14 +53,21 @@ def main(argv: list[str]) -> None:
     raise cli.UserError("usage: python -m metaqnn.main --config=configs/<name>.py "
                         "--workdir=DIR [--config.x.y=value ...]")
   signal.signal(signal.SIGTERM, _terminate)
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  _announce(config, workdir)
   try:
-    result = search.run_search(_CONFIG.value, _WORKDIR.value)
+    result = search.run_search(config, workdir)
   except KeyboardInterrupt:
     _stop("interrupted; the record is saved. Run the same command to resume.")
-  status = "finished" if result.finished else "stopped"
-  print(f"search {status}: {result.unique_models} unique models, {result.iterations} "
-        f"iterations; best {result.best_accuracy} {result.best_arch}")
-  config, workdir = _CONFIG.value, _WORKDIR.value
+  best = "-" if result.best_accuracy is None else f"{result.best_accuracy:.4f}"
+  if result.already_finished:
+    print(f"this search was already finished: {result.unique_models} unique models, "
+          f"{result.iterations} iterations; best {best} {result.best_arch}. Nothing to "
+          "train; plots and final models that are missing are made now")
+  else:
+    status = "finished" if result.finished else "stopped"
+    print(f"search {status}: {result.unique_models} unique models, {result.iterations} "
+          f"iterations (re-samples included); best {best} {result.best_arch}")
   if result.finished and config.final.plots:
     from metaqnn import plots
     print("plots: " + ", ".join(plots.write_all([workdir])))

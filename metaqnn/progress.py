@@ -61,17 +61,21 @@ class Progress:
     self.out.flush()
 
   def line(self, rec: ModelRecord, unique_models: int) -> str:
+    """One model's line. Counters say what they count: the model's stage (the one it was
+    sampled under) and its unique models, all unique models, and samples (re-samples
+    included)."""
     stages = self.schedule.stages
-    stage, in_stage = self.schedule.position(unique_models)
+    done_before = sum(n for _, n in stages[:rec.stage])
+    in_stage = min(max(unique_models - done_before, 0), stages[rec.stage][1])
     elapsed = time.perf_counter() - self.start
     rate = self.trained_here / elapsed if elapsed > 0 else 0.0
     remaining = self.schedule.total - unique_models
     eta = _duration(remaining / rate) if rate > 0 else "?"
-    what = "resampled" if rec.resampled else rec.status
-    return (f"[eps {rec.epsilon:g} | stage {stage + 1}/{len(stages)} "
-            f"{in_stage}/{stages[stage][1]} | unique {unique_models}/{self.schedule.total}]"
-            f" #{rec.iteration} acc {rec.accuracy:.4f} ({what}) best {self.best:.4f}"
-            f" | {rate * 60:.1f} models/min ETA {eta} | {rec.arch}")
+    what = "re-sample" if rec.resampled else rec.status
+    return (f"[eps {rec.epsilon:g}, stage {rec.stage + 1}/{len(stages)}: {in_stage}/"
+            f"{stages[rec.stage][1]} models | unique {unique_models}/{self.schedule.total}"
+            f" | sample {rec.iteration + 1}] acc {rec.accuracy:.4f} ({what}) best "
+            f"{self.best:.4f} | {rate * 60:.1f} models/min ETA {eta} | {rec.arch}")
 
   def close(self) -> None:
     if self.writer:

@@ -118,6 +118,7 @@ class SearchResult:
   best_arch: Optional[str]
   best_accuracy: Optional[float]
   finished: bool
+  already_finished: bool = False  # finished before this call: nothing was trained
 
 
 def fingerprint(config, evaluator_kind: str, replay_samples: int) -> dict:
@@ -434,7 +435,8 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     agent_dir = os.path.join(workdir, AGENT_DIR)
     restore_agent(agent, store, agent_dir, replay_samples, set_aside=True)
     if schedule.stage(store.unique_count()) is None and not store.pending():
-      return _result(workdir, store, agent, finished=True)
+      return dataclasses.replace(_result(workdir, store, agent, finished=True),
+                                 already_finished=True)
     executor = executor or make_executor(config, evaluate, rule, dataset)
     if rule is not None:
       for rec in store.models():

@@ -215,8 +215,12 @@ def test_main_and_inspect_commands(tmp_path):
          "--config.seed=3"]
   out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
   assert out.returncode == 0, out.stderr
+  assert out.stdout.startswith("starting a digits search in ")
   assert "search finished: 40 unique models" in out.stdout
-  assert "[eps 0.1 | stage 3/3 10/10 | unique 40/40]" in out.stdout
+  assert "[eps 0.1, stage 3/3: 10/10 models | unique 40/40 | sample " in out.stdout
+  again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+  assert again.returncode == 0 and "already finished" in again.stdout
+  assert sorted(os.listdir(work)) == ["agent", "metaqnn.db", "plots", "tensorboard"]
   js = subprocess.run([sys.executable, "-m", "metaqnn.inspect", f"--workdir={work}", "--json"],
                       cwd=ROOT, env=env, capture_output=True, text=True)
   summary = json.loads(js.stdout)
@@ -457,3 +461,13 @@ def test_compile_cache_dir_keeps_compiled_programs(tmp_path):
     jax.config.update("jax_compilation_cache_dir", before)
     compilation_cache.reset_cache()
   assert os.listdir(tmp_path / "cache")  # the candidates' programs were written there
+
+
+def test_progress_shows_a_model_under_the_stage_it_was_sampled_in():
+  from metaqnn import agent as agent_lib, progress
+  from metaqnn.store import ModelRecord
+  prog = progress.Progress(agent_lib.Schedule.parse("1.0:20,0.5:10,0.1:10"))
+  last_of_stage_1 = ModelRecord(arch="[SM(10)]", accuracy=0.5, iteration=24, sample=24,
+                                epsilon=1.0, stage=0)
+  line = prog.line(last_of_stage_1, unique_models=20)
+  assert line.startswith("[eps 1, stage 1/3: 20/20 models | unique 20/40 | sample 25]"), line
