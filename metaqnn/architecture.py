@@ -101,7 +101,9 @@ class Architecture:
   @property
   def terminal(self) -> Union[GAP, Softmax]:
     """GAP(k) if the network ends with global average pooling, else SM(k)."""
-    return self.layers[-2] if isinstance(self.layers[-2:][0], GAP) else self.layers[-1]
+    if len(self.layers) >= 2 and isinstance(self.layers[-2], GAP):
+      return self.layers[-2]
+    return self.layers[-1]
 
 
 def _check_structure(layers: tuple[Layer, ...]) -> None:

