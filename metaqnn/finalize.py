@@ -71,14 +71,18 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
   if not best:
     raise store_lib.WorkdirError(f"{workdir} holds no successfully trained model yet")
   root = os.path.join(workdir, FINAL_DIR)
-  os.makedirs(root, exist_ok=True)
+  print(f"final stage: the top {len(best)} models of {workdir}, "
+        f"{len(train.final_learning_rates(config))} epochs each; loading the data...",
+        flush=True)
   dataset = input_pipeline.load(config, final=True)
+  os.makedirs(root, exist_ok=True)
   trainer = train.FinalTrainer(config, dataset)
   models, probs = [], []
   for rank, rec in enumerate(best, 1):
     path = model_dir(root, rec.arch)
     meta_path = os.path.join(path, "meta.json")
     if not os.path.exists(meta_path):  # not finished before: train it now
+      print(f"final {rank}/{len(best)}: training {rec.arch}...", flush=True)
       start = time.perf_counter()
       params, history = trainer.fit(rec.arch)
       p = trainer.predict(rec.arch, params, dataset.test_images)

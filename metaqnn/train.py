@@ -312,12 +312,14 @@ class Trainer:
   evaluation batch sizes must divide over them. `early_stop(arch, val_accuracies)` is
   asked once, after `early_stop_epoch` epochs: (reward, predicted final accuracy or None)
   stops the candidate there, None lets it train on (`metaqnn.early_stop.Rule`).
+  `on_epoch(attempt, epoch, val_accuracy, train_loss)` is called after every epoch.
   """
 
   def __init__(self, config: Any, dataset: input_pipeline.Dataset | None = None,
                devices: Sequence[jax.Device] | None = None, *, shared: dict | None = None,
-               early_stop: Optional[EarlyStop] = None, early_stop_epoch: int = 0):
-    self.config = config
+               early_stop: Optional[EarlyStop] = None, early_stop_epoch: int = 0,
+               on_epoch: Optional[Callable[[int, int, float, float], None]] = None):
+    self.config, self.on_epoch = config, on_epoch
     t = config.train
     for field in ("epochs", "lr_decay_every"):
       if int(t[field]) < 1:
@@ -394,6 +396,8 @@ class Trainer:
         accuracy = self.core.accuracy(programs, state[0])
         curve["val_accuracy"].append(accuracy)
         curve["train_loss"].append(loss)
+        if self.on_epoch is not None:
+          self.on_epoch(attempt, epoch, accuracy, loss)
         finite = math.isfinite(loss)
         if epoch == 0 and (not finite or accuracy <= self.threshold):
           break  # Restart rule: no better than chance (or diverged) after the first epoch.
