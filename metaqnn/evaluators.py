@@ -77,6 +77,30 @@ class Evaluator:
     return Result(accuracy=value, best_val_accuracy=value)
 
 
+def _train_evaluator(config, *, devices=None, dataset=None, shared=None, early_stop=None):
+  from metaqnn import train  # JAX and the data set only when training for real
+  trainer = train.Trainer(config, dataset=dataset, devices=devices, shared=shared,
+                          early_stop=early_stop,
+                          early_stop_epoch=early_stop.epoch if early_stop is not None else 0)
+  return trainer.evaluate
+
+
+# The evaluators a config can name (`config.evaluator`): kind -> builder of fn(arch).
+KINDS: dict[str, Callable] = {
+    "train": _train_evaluator,
+    "synthetic": lambda config, **_: synthetic_accuracy,
+}
+
+
+def kind_of(config, evaluate: Optional[Callable] = None) -> str:
+  """The evaluator's kind: "function" for a user's `evaluate`, else `config.evaluator`."""
+  if evaluate is not None:
+    return "function"
+  if config.evaluator not in KINDS:
+    raise UserError(f"unknown evaluator {config.evaluator!r}; use {' or '.join(KINDS)}")
+  return str(config.evaluator)
+
+
 def from_config(config, evaluate: Optional[Callable] = None, *, devices=None,
                 dataset=None, shared: Optional[dict] = None, early_stop=None) -> Evaluator:
   """The evaluator a config asks for, or a user's `evaluate(arch) -> accuracy`.
@@ -86,15 +110,7 @@ def from_config(config, evaluate: Optional[Callable] = None, *, devices=None,
   through which trainers on the same devices share one device copy of it, and an early
   stopping rule (`metaqnn.early_stop`).
   """
-  classes = int(config.dataset.num_classes)
-  if evaluate is not None:
-    return Evaluator(evaluate, "function", classes)
-  if config.evaluator == "synthetic":
-    return Evaluator(synthetic_accuracy, "synthetic", classes)
-  if config.evaluator == "train":
-    from metaqnn import train  # JAX and the data set only when training for real
-    trainer = train.Trainer(config, dataset=dataset, devices=devices, shared=shared,
-                            early_stop=early_stop,
-                            early_stop_epoch=early_stop.epoch if early_stop is not None else 0)
-    return Evaluator(trainer.evaluate, "train", classes)
-  raise UserError(f"unknown evaluator {config.evaluator!r}; use train or synthetic")
+  kind = kind_of(config, evaluate)
+  fn = evaluate if evaluate is not None else KINDS[kind](
+      config, devices=devices, dataset=dataset, shared=shared, early_stop=early_stop)
+  return Evaluator(fn, kind, int(config.dataset.num_classes))

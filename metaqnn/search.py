@@ -405,9 +405,7 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   if replay_samples < 0:
     raise UserError("search.replay_samples must be >= 0")
   space = search_space.from_config(config)
-  kind = "function" if evaluate is not None else str(config.evaluator)
-  if kind not in ("function", "train", "synthetic"):
-    raise UserError(f"unknown evaluator {kind!r}; use train or synthetic")
+  kind = evaluators.kind_of(config, evaluate)
   check_config(config, schedule, space)
   agent = agent_lib.Agent.from_config(space, config)  # refuses a bad agent config
   rule = None
