@@ -19,6 +19,7 @@ are evaluated again. A stop at any moment loses no finished model and trains non
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import os
@@ -28,6 +29,7 @@ import time
 from typing import Callable, Optional
 
 from metaqnn import agent as agent_lib
+from metaqnn import budget as budget_lib
 from metaqnn import evaluators
 from metaqnn import executors
 from metaqnn import progress as progress_lib
@@ -89,9 +91,13 @@ def fingerprint(config, evaluator_kind: str, replay_samples: int) -> dict:
       "agent": {k: float(v) for k, v in config.agent.items()},
       "evaluator": evaluator_kind,
   }
+  budget = budget_lib.Budget.from_config(config)
+  if budget.active:  # only then: work directories made before budgets still resume
+    fp["budget"] = budget.to_json()
   if evaluator_kind == "train":  # rewards must come from one training procedure
     data = {k: v for k, v in config.dataset.to_dict().items()
-            if k not in ("data_dir", "download", "final_extra")}
+            if k not in ("data_dir", "download", "final_extra")
+            and not (k == "resize" and not v)}  # absent before resizing existed
     fp["training"] = json.loads(json.dumps({"dataset": data, "train": config.train.to_dict()}))
   return fp
 
@@ -117,16 +123,25 @@ def restore_agent(agent: agent_lib.Agent, store: store_lib.Store, agent_dir: str
             f"{path.architecture}, recorded {item.arch}); the record was not made by this "
             "configuration")
     else:
-      agent.learn(item.arch, item.accuracy, new=not item.resampled,
+      agent.learn(item.arch, item.accuracy, new=_counts(item),
                   replay_samples=replay_samples)
     agent.meta["event"] = event
+
+
+def _counts(rec: ModelRecord) -> bool:
+  """Whether a result advances the schedule: a new model that was trained (a re-sample
+  or an over-budget sample, never trained, does not)."""
+  return not rec.resampled and rec.status != budget_lib.OVER_BUDGET
 
 
 class _Search:
   """The loop's state: agent, record, executor, and what is in flight."""
 
-  def __init__(self, agent, store, schedule, executor, prog, agent_dir, replay_samples):
+  def __init__(self, agent, store, schedule, executor, prog, agent_dir, replay_samples,
+               budget=budget_lib.Budget(), input_shape=None):
     self.agent, self.store, self.schedule = agent, store, schedule
+    self.budget, self.input_shape = budget, input_shape
+    self._costs: dict[str, tuple[int, int]] = {}
     self.executor, self.prog, self.agent_dir = executor, prog, agent_dir
     self.replay_samples = replay_samples
     self.in_flight: dict[str, list[Sample]] = {}  # arch -> samples waiting on it
@@ -150,21 +165,37 @@ class _Search:
     with _atomic():
       rec = self.store.add(rec)  # durable before the agent learns from it
       self.consistent = False
-      self.agent.learn(rec.arch, rec.accuracy, new=not rec.resampled,
+      self.agent.learn(rec.arch, rec.accuracy, new=_counts(rec),
                        replay_samples=self.replay_samples)
       self.agent.meta["event"] = self.store.last_event()
       self.consistent = True
     self.prog.update(rec, self.agent.unique_models)
 
+  def cost(self, arch: str) -> tuple[int, int]:
+    """(params, FLOPs) of an architecture on this data (cached)."""
+    if arch not in self._costs:
+      self._costs[arch] = budget_lib.cost(arch, self.input_shape)
+    return self._costs[arch]
+
   def dispatch(self, sample: Sample, arch) -> None:
-    """Re-sample of a finished model: learn now; in flight: wait on it; else submit."""
+    """Re-sample of a finished model: learn now; in flight: wait on it; over budget:
+    record it untrained; else submit."""
     prior = self.store.trained(sample.arch)
+    params, flops = self.cost(sample.arch) if self.input_shape else (None, None)
+    over = self.budget.over(params, flops) if self.budget.hard and prior is None else None
     if prior is not None:
       self._learn(ModelRecord(
           iteration=-1, sample=sample.id, arch=sample.arch, accuracy=prior.accuracy,
           epsilon=sample.epsilon, stage=sample.stage, status=prior.status, resampled=True,
           best_val_accuracy=prior.best_val_accuracy,
-          last_val_accuracy=prior.last_val_accuracy, params=prior.params))
+          last_val_accuracy=prior.last_val_accuracy, params=prior.params,
+          flops=prior.flops if prior.flops is not None else flops))
+    elif over:
+      self._learn(ModelRecord(
+          iteration=-1, sample=sample.id, arch=sample.arch,
+          accuracy=self.budget.over_budget_reward, epsilon=sample.epsilon, stage=sample.stage,
+          status=budget_lib.OVER_BUDGET, message=f"not trained: {over}", params=params,
+          flops=flops))
     elif sample.arch in self.in_flight:
       self.in_flight[sample.arch].append(sample)
     else:
@@ -200,12 +231,17 @@ class _Search:
       else:
         self.lost_streak = 0
       waiting = self.in_flight.pop(arch)
+      params, flops = self.cost(arch) if self.input_shape else (out.params, None)
+      reward = out.accuracy
+      if out.status == "ok" and self.budget.objective:
+        reward = self.budget.reward(out.accuracy, params, flops)
       self._learn(ModelRecord(
-          iteration=-1, sample=first.id, arch=arch, accuracy=out.accuracy,
+          iteration=-1, sample=first.id, arch=arch, accuracy=reward,
           epsilon=first.epsilon, stage=first.stage, status=out.status,
           message=out.message, best_val_accuracy=out.best_val_accuracy,
           last_val_accuracy=out.last_val_accuracy, restarts=out.restarts,
-          params=out.params, seconds=out.seconds))
+          params=out.params if out.params is not None else params, flops=flops,
+          seconds=out.seconds))
       for later in waiting[1:]:  # sampled again while it was in flight
         self.dispatch(later, None)
     if time.perf_counter() - self.last_snapshot > 10.0:
@@ -232,16 +268,18 @@ class _Search:
       self.collect()
 
 
-def make_executor(config, evaluate: Optional[Callable]):
-  """The executor of `config.executor` (local or ray) and `config.num_workers`."""
+def make_executor(config, evaluate: Optional[Callable], dataset=None):
+  """The executor of `config.executor` (local or ray) and `config.num_workers`; `dataset`,
+  if given, is the already loaded data for the local trainers."""
   kind = str(config.get("executor", "local"))
   if kind == "ray":
     from metaqnn import ray_executor  # optional dependency
     return ray_executor.RayExecutor(config, evaluate)
   if kind != "local":
     raise ValueError(f"unknown executor {kind!r}; use local or ray")
-  dataset = None
-  if evaluate is None and config.evaluator == "train" and int(config.num_workers) > 1:
+  if evaluate is None or config.evaluator != "train":
+    dataset = None
+  elif dataset is None and int(config.num_workers) > 1:
     from metaqnn import input_pipeline
     dataset = input_pipeline.load(config)  # loaded once, shared by the workers
   return executors.local(config, evaluate, lambda devices: evaluators.from_config(
@@ -267,7 +305,14 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   replay_samples = int(config.search.replay_samples)
   if replay_samples < 0:
     raise ValueError("search.replay_samples must be >= 0")
+  from metaqnn import input_pipeline  # pylint: disable=import-outside-toplevel
+  config = copy.deepcopy(config)
+  # The data's image side, channels and classes (custom data is read here, before the
+  # work directory exists, so that bad data leaves nothing behind).
+  data = input_pipeline.resolve(config)
   space = search_space.from_config(config)
+  budget = budget_lib.Budget.from_config(config)
+  budget_lib.check_space(space, config)  # a budget nothing fits: said at the start
   kind = "function" if evaluate is not None else str(config.evaluator)
   if kind not in ("function", "train", "synthetic"):
     raise ValueError(f"unknown evaluator {kind!r}; use train or synthetic")
@@ -275,7 +320,7 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   # directory, so that missing data leaves nothing behind; a resumed one checks the
   # work directory first, so that a refused one costs no data loading.
   new = not os.path.exists(os.path.join(workdir, store_lib.DB_FILE))
-  executor = make_executor(config, evaluate) if new else None
+  executor = make_executor(config, evaluate, data) if new else None
   try:
     store = store_lib.Store(workdir, fingerprint(config, kind, replay_samples))
   except BaseException:
@@ -289,14 +334,16 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     restore_agent(agent, store, agent_dir, replay_samples)
     if schedule.stage(store.unique_count()) is None and not store.pending():
       return _result(workdir, store, agent, finished=True)
-    executor = executor or make_executor(config, evaluate)
+    executor = executor or make_executor(config, evaluate, data)
     if log_interval is None:
       log_interval = 0.0 if kind == "train" else 1.0
     best = max((r.accuracy for r in store.models()), default=0.0)
     prog = progress_lib.Progress(
         schedule, best=best, log_interval=log_interval,
         tensorboard_dir=os.path.join(workdir, "tensorboard") if tensorboard else None)
-    loop = _Search(agent, store, schedule, executor, prog, agent_dir, replay_samples)
+    side, channels = int(config.dataset.image_size), int(config.dataset.channels)
+    loop = _Search(agent, store, schedule, executor, prog, agent_dir, replay_samples,
+                   budget, (side, side, channels))
     try:
       loop.run(max_models)
     finally:
@@ -311,7 +358,8 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
 
 
 def _result(workdir, store, agent, finished: bool) -> SearchResult:
-  best = max(store.models(), key=lambda r: r.accuracy, default=None)
+  best = max((r for r in store.models() if r.status != budget_lib.OVER_BUDGET),
+             key=lambda r: r.accuracy, default=None)
   return SearchResult(workdir=workdir, unique_models=store.unique_count(),
                       iterations=store.count(), best_arch=best.arch if best else None,
                       best_accuracy=best.accuracy if best else None, finished=finished)

@@ -43,6 +43,7 @@ class ModelRecord:
   last_val_accuracy: Optional[float] = None
   restarts: int = 0
   params: Optional[int] = None
+  flops: Optional[int] = None  # forward FLOPs per example (models.flops_per_example)
   seconds: float = 0.0
   time: float = dataclasses.field(default_factory=time.time)
   message: str = ""
@@ -89,6 +90,7 @@ CREATE TABLE IF NOT EXISTS models (
   last_val_accuracy REAL,
   restarts INTEGER NOT NULL,
   params INTEGER,
+  flops INTEGER,
   seconds REAL NOT NULL,
   time REAL NOT NULL,
   message TEXT NOT NULL
@@ -134,6 +136,8 @@ class Store:
       self.db = sqlite3.connect(self.path, isolation_level=None)
       self.db.execute("PRAGMA journal_mode=WAL")
       self.db.execute("PRAGMA synchronous=NORMAL")
+      if "flops" not in _columns(self.db):  # a record made before FLOPs were kept
+        self.db.execute("ALTER TABLE models ADD COLUMN flops INTEGER")
     except sqlite3.DatabaseError as e:
       raise WorkdirError(f"{self.path} is not a readable metaqnn record ({e})") from None
 
@@ -212,18 +216,28 @@ class Store:
     return self.db.execute("SELECT COUNT(*) FROM models").fetchone()[0]
 
   def unique_count(self) -> int:
-    return self.db.execute("SELECT COUNT(*) FROM models WHERE resampled = 0").fetchone()[0]
+    """Unique models toward the schedule: re-samples and over-budget samples (never
+    trained) do not count."""
+    return self.db.execute("SELECT COUNT(*) FROM models WHERE resampled = 0 "
+                           "AND status != 'over_budget'").fetchone()[0]
+
+  def _select(self) -> str:
+    """The record columns to select; NULL for those an older record lacks (read-only)."""
+    if getattr(self, "_selected", None) is None:
+      have = _columns(self.db)
+      self._selected = ", ".join(f if f in have else f"NULL AS {f}" for f in _FIELDS)
+    return self._selected
 
   def trained(self, arch: str) -> Optional[ModelRecord]:
     """The first (non re-sampled) record of `arch`, if it was trained or failed before."""
-    cur = self.db.execute(f"SELECT {', '.join(_FIELDS)} FROM models "
+    cur = self.db.execute(f"SELECT {self._select()} FROM models "
                           "WHERE arch = ? AND resampled = 0 LIMIT 1", (arch,))
     row = cur.fetchone()
     return self._record(row) if row else None
 
   def models(self, after: int = -1) -> Iterator[ModelRecord]:
     """Records in iteration order, those with iteration > `after`."""
-    cur = self.db.execute(f"SELECT {', '.join(_FIELDS)} FROM models WHERE iteration > ? "
+    cur = self.db.execute(f"SELECT {self._select()} FROM models WHERE iteration > ? "
                           "ORDER BY iteration", (after,))
     return (self._record(r) for r in cur.fetchall())
 
@@ -231,7 +245,7 @@ class Store:
     """(event, Sample or ModelRecord) after event `after`, in the order the agent used them."""
     samples = self.db.execute("SELECT id, event, arch, epsilon, stage, time FROM samples "
                               "WHERE event > ?", (after,)).fetchall()
-    models = self.db.execute(f"SELECT event, {', '.join(_FIELDS)} FROM models "
+    models = self.db.execute(f"SELECT event, {self._select()} FROM models "
                              "WHERE event > ?", (after,)).fetchall()
     out = [(r[1], Sample(id=r[0], event=r[1], arch=r[2], epsilon=r[3], stage=r[4], time=r[5]))
            for r in samples]
@@ -259,6 +273,10 @@ class Store:
     if getattr(self, "_lock", None) is not None:
       self._lock.close()  # releases the flock
       self._lock = None
+
+
+def _columns(db: sqlite3.Connection) -> set[str]:
+  return {row[1] for row in db.execute("PRAGMA table_info(models)")}
 
 
 def _lock(workdir: str):
