@@ -63,6 +63,16 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
   c.search.schedule = PAPER_SCHEDULE
   c.search.replay_samples = 100
 
+  # Budgets (metaqnn/budget.py): hard limits, exact pruning, a soft reward. 0 = none.
+  c.budget = ml_collections.ConfigDict()
+  c.budget.max_params = 0          # Trainable parameters.
+  c.budget.max_flops = 0           # Forward FLOPs per example (2 x multiply-adds).
+  c.budget.over_budget_reward = 0.0  # What the agent learns from an over-budget sample.
+  c.budget.prune = True            # Mask actions that can only lead over budget.
+  c.budget.objective = ""          # "", "params" or "flops": reward accuracy *
+  c.budget.target = 0.0            #   (cost / target) ** weight, capped at 1
+  c.budget.weight = -0.07          #   (MnasNet's soft constraint).
+
   c.evaluator = "train"            # "train" or "synthetic".
   c.executor = "local"             # "local" (this machine) or "ray" (a Ray cluster).
   c.num_workers = 1                # Candidates evaluated at once.
