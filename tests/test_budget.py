@@ -188,13 +188,14 @@ def test_over_budget_is_never_trained_and_quotas_stay_exact(tmp_path, prune):
 
 def test_resume_with_a_budget_is_exact(tmp_path):
   cap = _cap(small_config(), 40)
-  config = small_config(max_params=cap, prune=False)
+  config = small_config("1.0:20,0.5:5,0.1:5", max_params=cap, prune=False)
   search.run_search(config, str(tmp_path / "ref"), tensorboard=False)
+  total = len(_records(tmp_path / "ref"))
   runs = 1
-  while not search.run_search(config, str(tmp_path / "w"), max_models=9,
+  while not search.run_search(config, str(tmp_path / "w"), max_models=total // 4 + 1,
                               tensorboard=False).finished:
     runs += 1
-  assert runs > 3
+  assert runs >= 4
   key = lambda r: (r.arch, r.accuracy, r.status, r.resampled, r.epsilon, r.params, r.flops)
   assert [key(r) for r in _records(tmp_path / "w")] == [
       key(r) for r in _records(tmp_path / "ref")]
@@ -240,3 +241,16 @@ def test_soft_objective_in_a_search(tmp_path):
   b = budget_lib.Budget.from_config(config)
   for r in _records(tmp_path / "w"):
     assert r.accuracy == pytest.approx(b.reward(r.best_val_accuracy, r.params, r.flops))
+
+
+def test_final_stage_respects_the_budget(tmp_path):
+  from metaqnn import finalize
+  config = small_config("1.0:20", max_params=_cap(small_config(), 50), prune=False)
+  search.run_search(config, str(tmp_path / "w"), tensorboard=False)
+  stored, top = finalize.top_models(str(tmp_path / "w"), 100)
+  assert top and all(r.params <= config.budget.max_params for r in top)
+  # A record marked ok but over the limit (e.g. from an edited record) is left out too.
+  over = store_lib.ModelRecord(iteration=0, sample=0, arch="[C(32,5,1), FC(32), SM(10)]",
+                               accuracy=0.99, epsilon=1.0, stage=0)
+  assert not finalize.within_budget(stored, over)
+  assert finalize.within_budget(small_config(), over)
