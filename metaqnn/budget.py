@@ -22,7 +22,14 @@ Which checks are exact, and when:
   pass at least one of the two limits).
 - After sampling, every architecture's exact params and FLOPs are computed (the same
   counts as `models.layer_summary`) and checked against the limits before training.
-- At the start, a search whose space holds nothing within a limit is refused.
+- At the start, a search whose space holds nothing within a limit is refused, and so is
+  one whose space holds fewer architectures within the limits than its schedule's unique
+  models (exact count; it could only re-sample forever).
+
+Quotas: an over-budget sample is recorded (status over_budget, the over-budget reward,
+its params and FLOPs) but, never trained, does not count toward its stage's quota of
+unique models, like a re-sample; a repeat of it is recorded as a re-sample. So a stage
+ends after the same number of trained models with or without a budget.
 
 Costs are computed here without JAX, in microseconds: the search loop checks each sample.
 """
@@ -209,6 +216,27 @@ class Pruner:
       raise BudgetError(f"no architecture in this search space fits config.budget.max_flops="
                         f"{b.max_flops:,}: the cheapest takes {f:,} FLOPs")
 
+  def count_within(self, limit: int) -> int:
+    """How many architectures fit both limits, counted exactly up to `limit` (a search
+    needs as many as its schedule's unique models, or it would re-sample forever).
+
+    A depth-first walk that enters only unmasked actions, so its work grows with the
+    count, not with the space: with one limit every prefix it enters has a completion.
+    """
+    count = 0
+    stack = [(self.start, 0, 0)]
+    while stack and count < limit:
+      node, params, flops = stack.pop()
+      ids, p, f, nexts = self.steps(node)
+      keep = np.flatnonzero((params + p <= self.max_params) & (flops + f <= self.max_flops))
+      for i in keep:
+        dp, df, nxt = self._action(node, int(ids[i]))
+        if nxt is None:
+          count += 1
+        else:
+          stack.append((nxt, params + dp, flops + df))
+    return min(count, limit)
+
   def walk(self, choose: Callable[[int, np.ndarray], int]) -> Path:
     """A walk from the start; `choose(state, ids)` picks one of the unmasked `ids`."""
     states, actions = [0], []
@@ -241,8 +269,17 @@ def pruner_for(space: SearchSpace, config) -> Optional[Pruner]:
   return Pruner(space, int(config.dataset.channels), b)
 
 
-def check_space(space: SearchSpace, config) -> None:
-  """BudgetError, at the start of a search, if no architecture fits the hard limits."""
+def check_space(space: SearchSpace, config, needed: int = 1) -> None:
+  """BudgetError, at the start of a search, if no architecture fits the hard limits, or
+  fewer than the `needed` unique models of its schedule (the search could not finish)."""
   b = Budget.from_config(config)
-  if b.hard:
-    Pruner(space, int(config.dataset.channels), b).check_feasible()
+  if not b.hard:
+    return
+  pruner = Pruner(space, int(config.dataset.channels), b)
+  pruner.check_feasible()
+  found = pruner.count_within(needed)
+  if found < needed:
+    raise BudgetError(f"only {found} architectures of this search space fit the budget "
+                      f"(max_params={b.max_params:,}, max_flops={b.max_flops:,}) but the "
+                      f"schedule asks for {needed} unique models; raise the budget or "
+                      "shorten config.search.schedule")

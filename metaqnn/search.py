@@ -312,7 +312,7 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   data = input_pipeline.resolve(config)
   space = search_space.from_config(config)
   budget = budget_lib.Budget.from_config(config)
-  budget_lib.check_space(space, config)  # a budget nothing fits: said at the start
+  budget_lib.check_space(space, config, schedule.total)  # said at the start, not spun on
   kind = "function" if evaluate is not None else str(config.evaluator)
   if kind not in ("function", "train", "synthetic"):
     raise ValueError(f"unknown evaluator {kind!r}; use train or synthetic")

@@ -254,3 +254,21 @@ def test_final_stage_respects_the_budget(tmp_path):
                                accuracy=0.99, epsilon=1.0, stage=0)
   assert not finalize.within_budget(stored, over)
   assert finalize.within_budget(small_config(), over)
+
+
+def test_count_within_is_exact(space_and_costs):
+  _, space, costs = space_and_costs
+  for cap_p, cap_f in ((650, 0), (3000, 0), (0, 20000), (5000, 60000)):
+    b = budget_lib.Budget(max_params=cap_p, max_flops=cap_f)
+    fits = sum((not cap_p or p <= cap_p) and (not cap_f or f <= cap_f)
+               for p, f in costs.values())
+    pruner = budget_lib.Pruner(space, 1, b)
+    assert pruner.count_within(10**9) == fits
+    assert pruner.count_within(3) == min(3, fits)
+
+
+def test_a_schedule_longer_than_the_budget_allows_is_refused(tmp_path):
+  config = small_config("1.0:30,0.1:30", max_params=100)
+  with pytest.raises(budget_lib.BudgetError, match="only 1 architectures .* fit the budget .* asks for 60"):
+    search.run_search(config, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w")
