@@ -1,10 +1,11 @@
 """Budgets on digits: the targets of issue 11, measured.
 
-  python benchmarks/budget_digits.py                       # share of over-budget samples
-  python benchmarks/budget_digits.py --train --schedule=1.0:30,0.5:10,0.1:10 --epochs=8
+  python benchmarks/budget_digits.py --schedule=1.0:20,0.5:5,0.1:5   # 20th percentile
+  python benchmarks/budget_digits.py --q=40                            # digits schedule
+  python benchmarks/budget_digits.py --q=40 --train --schedule=1.0:30,0.5:10,0.1:10
 
-1. max_params = the 20th percentile of the params of 2,000 uniform samples of the digits
-   space (configs/digits.py).
+1. max_params = the q-th percentile (default 20) of the params of 2,000 uniform samples of
+   the digits space (configs/digits.py), and how many architectures fit it (exact).
 2. Share of over-budget samples per epsilon, without pruning (the agent must learn the
    wall from the over-budget reward 0) and with it; synthetic evaluator, the digits
    schedule. Any over-budget model trained is counted (it must be 0).
@@ -65,21 +66,29 @@ def run(config, workdir, evaluate=None):
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--train", action="store_true", help="also the real-training runs")
-  parser.add_argument("--schedule", default=None, help="schedule of the training runs")
+  parser.add_argument("--schedule", default=None, help="schedule (default: digits')")
+  parser.add_argument("--q", type=float, default=20, help="percentile of max_params")
   parser.add_argument("--epochs", type=int, default=None)
   parser.add_argument("--seeds", default="0,1,2", help="seeds of the share measurement")
   args = parser.parse_args()
   base = digits.get_config()
-  cap = percentile_cap(base)
-  print(f"digits space: max_params = {cap:,} (20th percentile of 2,000 uniform samples)")
+  if args.schedule:
+    base.search.schedule = args.schedule
+  cap = percentile_cap(base, args.q)
+  fits = budget_lib.Pruner(search_space.from_config(base), 1,
+                           budget_lib.Budget(max_params=cap)).count_within(10**7)
+  print(f"digits space: max_params = {cap:,} ({args.q:g}th percentile of 2,000 uniform "
+        f"samples); {fits:,} architectures fit it")
 
-  print("\nshare of over-budget samples, synthetic evaluator, digits schedule:")
+  print(f"\nshare of over-budget samples, synthetic evaluator, schedule "
+        f"{base.search.schedule}:")
   print(f"  {'prune':<6} {'seed':<5} " + " ".join(f"{'eps ' + format(e, 'g'):>9}"
                                                   for e in (1.0, 0.5, 0.1)) +
         "  trained over budget  iterations")
   for prune in (False, True):
     for seed in map(int, args.seeds.split(",")):
       config = digits.get_config()
+      config.search.schedule = base.search.schedule
       config.seed = seed
       config.evaluator = "synthetic"
       config.budget.max_params = cap
@@ -96,8 +105,8 @@ def main():
   results = {}
   for name, budget in (("unconstrained", 0), ("max_params", cap)):
     config = digits.get_config()
-    if args.schedule:
-      config.search.schedule = args.schedule
+    config.search.schedule = base.search.schedule
+    config.final.run_after_search = False
     if args.epochs:
       config.train.epochs = args.epochs
     config.budget.max_params = budget
