@@ -277,8 +277,8 @@ def make_executor(config, evaluate: Optional[Callable], dataset=None):
     return ray_executor.RayExecutor(config, evaluate)
   if kind != "local":
     raise ValueError(f"unknown executor {kind!r}; use local or ray")
-  if evaluate is None or config.evaluator != "train":
-    dataset = None
+  if evaluate is not None or config.evaluator != "train":
+    dataset = None  # nothing to train: no data needed
   elif dataset is None and int(config.num_workers) > 1:
     from metaqnn import input_pipeline
     dataset = input_pipeline.load(config)  # loaded once, shared by the workers
