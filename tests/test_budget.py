@@ -272,3 +272,17 @@ def test_a_schedule_longer_than_the_budget_allows_is_refused(tmp_path):
   with pytest.raises(budget_lib.BudgetError, match="only 1 architectures .* fit the budget .* asks for 60"):
     search.run_search(config, str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w")
+
+
+def test_inspect_shows_costs_and_the_budget(tmp_path):
+  config = small_config("1.0:10", max_params=_cap(small_config(), 40), prune=False)
+  search.run_search(config, str(tmp_path / "w"), tensorboard=False)
+  summary = inspect_lib.summarize(str(tmp_path / "w"))
+  text = inspect_lib.render(summary)
+  assert "params" in text and "FLOPs" in text
+  assert f"budget: max_params {config.budget.max_params:,}" in text
+  assert f"{summary['over_budget']} over-budget samples" in text and summary["over_budget"] > 0
+  top = summary["top"][0]
+  assert f"{top['params']:,}" in text and f"{top['flops']:,}" in text
+  assert all(m["status"] == "over_budget" for m in summary["models"]
+             if m["params"] > config.budget.max_params)
