@@ -90,16 +90,23 @@ class Agent:
     self.iterations = 0      # models learned from, re-samples included
     self.meta: dict = {}     # saved with the agent; the search keeps its position here
     self._paths: dict[str, Path] = {}
+    # A `budget.Pruner`: masks the actions after which every completion is over budget.
+    # It is a pure function of the config, so sampling and replay see the same masks.
+    self.pruner = None
 
   @classmethod
   def from_config(cls, space: SearchSpace, config) -> "Agent":
+    from metaqnn import budget  # pylint: disable=import-outside-toplevel
     a = config.agent
-    return cls(space, alpha=a.alpha, gamma=a.gamma, q_init=a.q_init, seed=config.seed)
+    agent = cls(space, alpha=a.alpha, gamma=a.gamma, q_init=a.q_init, seed=config.seed)
+    agent.pruner = budget.pruner_for(space, config)
+    return agent
 
   # -- acting --------------------------------------------------------------------------
 
-  def _choose(self, state: int, epsilon: float) -> int:
-    ids = self.space.allowed_ids[state]
+  def _choose(self, state: int, epsilon: float, ids: Optional[np.ndarray] = None) -> int:
+    """Epsilon-greedy over `ids` (default: the state's allowed actions)."""
+    ids = self.space.allowed_ids[state] if ids is None else ids
     if self.rng.random() < epsilon:
       return int(ids[self.rng.integers(len(ids))])
     q = self.q[state, ids]
@@ -107,8 +114,12 @@ class Agent:
     return int(best[self.rng.integers(len(best))]) if len(best) > 1 else int(best[0])
 
   def sample(self, epsilon: float) -> Path:
-    """One epsilon-greedy walk (Algorithm 2): random with probability epsilon per step."""
-    path = self.space.walk(lambda s: self._choose(s, epsilon))
+    """One epsilon-greedy walk (Algorithm 2): random with probability epsilon per step;
+    with a pruner, both the random and the greedy choice are among unmasked actions."""
+    if self.pruner is None:
+      path = self.space.walk(lambda s: self._choose(s, epsilon))
+    else:
+      path = self.pruner.walk(lambda s, ids: self._choose(s, epsilon, ids))
     self._paths.setdefault(str(path.architecture), path)
     return path
 

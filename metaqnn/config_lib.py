@@ -7,31 +7,34 @@ file reads as the list of ways its experiment departs from the paper.
 from __future__ import annotations
 
 import ml_collections
+
+from metaqnn import input_pipeline
 from metaqnn.errors import UserError
 
 # SPEC section 1: epsilon -> number of unique models trained at that epsilon.
 PAPER_SCHEDULE = "1.0:1500,0.9:100,0.8:100,0.7:100,0.6:150,0.5:150,0.4:150,0.3:150,0.2:150,0.1:150"
 
-# Data sets known by name: image side, channels, classes, validation split.
-DATASETS = {
-    "digits": dict(image_size=8, channels=1, num_classes=10),
-    "mnist": dict(image_size=28, channels=1, num_classes=10),
-    "cifar10": dict(image_size=32, channels=3, num_classes=10),
-    "cifar100": dict(image_size=32, channels=3, num_classes=100),
-    "svhn": dict(image_size=32, channels=3, num_classes=10),
-}
+# Image side, channels and classes of the data sets known by name; the registry itself
+# (with their sources) is `input_pipeline.DATASETS`.
+DATASETS = {name: {k: v for k, v in known.items() if k != "tfds"}
+            for name, known in input_pipeline.DATASETS.items()}
 
 
 def base_config(dataset: str) -> ml_collections.ConfigDict:
-  """The paper's settings (SPEC sections 1, 2 and 4) for one of `DATASETS`."""
-  if dataset not in DATASETS:
-    raise UserError(f"unknown data set {dataset!r}; known: {', '.join(sorted(DATASETS))}")
+  """The paper's settings (SPEC sections 1, 2 and 4) for one of `DATASETS`, or for a data
+  set of your own (`tfds:NAME`, `npz:PATH`, `folder:PATH`), whose image side, channels
+  and classes are then 0: taken from the data when the search starts."""
+  try:
+    input_pipeline.source_of(dataset)
+  except input_pipeline.DatasetError as e:
+    raise UserError(str(e)) from None
   c = ml_collections.ConfigDict()
   c.seed = 0
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = dataset
-  c.dataset.update(DATASETS[dataset])
+  c.dataset.update(DATASETS.get(dataset, dict(image_size=0, channels=0, num_classes=0)))
+  c.dataset.resize = False         # Resize every image to image_size (mixed sizes).
   c.dataset.data_dir = ""          # tensorflow-datasets directory; "" = tfds default.
   c.dataset.download = False       # Never touch the network unless asked.
   c.dataset.val_size = 5000        # Stratified validation examples (SPEC section 4).
@@ -48,7 +51,7 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
   c.space.pools = ((5, 3), (3, 2), (2, 2))
   c.space.fc_units = (512, 256, 128)
   c.space.max_fc = 2
-  c.space.size_bins = (8, 4, 1)
+  c.space.size_bins = (8, 4, 1)     # () = derived from the image side (custom data).
   c.space.fc_max_side = 7          # FC only when every side in the bin is <= this.
   c.space.allow_gap = True
 
@@ -63,6 +66,16 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
   c.search.max_crashes = 2         # Attempts at one candidate that may crash the process
                                    # (or lose its Ray worker) before it is recorded as
                                    # crashed; a kill -9 counts as one, Ctrl-C does not.
+
+  # Budgets (metaqnn/budget.py): hard limits, exact pruning, a soft reward. 0 = none.
+  c.budget = ml_collections.ConfigDict()
+  c.budget.max_params = 0          # Trainable parameters.
+  c.budget.max_flops = 0           # Forward FLOPs per example (2 x multiply-adds).
+  c.budget.over_budget_reward = 0.0  # What the agent learns from an over-budget sample.
+  c.budget.prune = True            # Mask actions that can only lead over budget.
+  c.budget.objective = ""          # "", "params" or "flops": reward accuracy *
+  c.budget.target = 0.0            #   (cost / target) ** weight, capped at 1
+  c.budget.weight = -0.07          #   (MnasNet's soft constraint).
 
   c.evaluator = "train"            # "train" or "synthetic".
   c.executor = "local"             # "local" (this machine) or "ray" (a Ray cluster).

@@ -39,8 +39,19 @@ def top_models(workdir: str, n: int) -> tuple[ml_collections.ConfigDict, list]:
   if "final" not in config:  # made before the final stage had settings: the defaults
     from metaqnn import config_lib
     config.final = config_lib.base_config(config.dataset.name).final
+  records = [r for r in records if within_budget(config, r)]
   records.sort(key=lambda r: (-r.accuracy, r.iteration))
   return config, records[:n]
+
+
+def within_budget(config, record) -> bool:
+  """Whether a model is within the search's hard budget (the final stage respects it)."""
+  from metaqnn import budget
+  b = budget.Budget.from_config(config)
+  if not b.hard:
+    return True
+  side, channels = int(config.dataset.image_size), int(config.dataset.channels)
+  return b.over(*budget.cost(record.arch, (side, side, channels))) is None
 
 
 def model_dir(root: str, arch: str) -> str:

@@ -8,6 +8,16 @@ split is carved from the training split, stratified and seeded (SPEC section 4).
   mnist, cifar10, cifar100, svhn (`svhn_cropped`): tensorflow-datasets, read through
            `tfds.data_source` from data prepared in array_record format (see BUILD.md,
            "Preparing data sets"); TensorFlow is not needed to read them.
+  tfds:NAME    any tensorflow-datasets image classification set (image size, channels,
+               classes and splits from the builder's info).
+  npz:PATH     arrays x_train, y_train and optionally x_test, y_test (uint8 HWC or grey HW).
+  folder:PATH  image files, one subfolder per class (PATH/<class>/*), or tfds' ImageFolder
+               layout (PATH/train/<class>/*, PATH/test/<class>/*); read with PIL.
+
+A missing test split is carved out of train (stratified, fixed seed). The image side,
+channels and classes of `config.dataset` are checked against the data (0 = take them from
+the data, see `resolve`); `config.dataset.resize=True` resizes every image to
+`config.dataset.image_size` instead.
 
 Nothing heavy happens at import time; tensorflow_datasets is imported only when a tfds data
 set is loaded.
@@ -16,24 +26,33 @@ set is loaded.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import numpy as np
 from metaqnn.errors import UserError
 
-# config.dataset.name -> tensorflow-datasets builder name.
-TFDS_NAMES = {
-    "mnist": "mnist",
-    "cifar10": "cifar10",
-    "cifar100": "cifar100",
-    "svhn": "svhn_cropped",
+# The one registry of data sets known by name: image side, channels, classes, and the
+# tensorflow-datasets builder that holds them (None: scikit-learn's digits). Any other
+# data set is named by a source prefix (PREFIXES) and described by its data.
+DATASETS = {
+    "digits": dict(image_size=8, channels=1, num_classes=10, tfds=None),
+    "mnist": dict(image_size=28, channels=1, num_classes=10, tfds="mnist"),
+    "cifar10": dict(image_size=32, channels=3, num_classes=10, tfds="cifar10"),
+    "cifar100": dict(image_size=32, channels=3, num_classes=100, tfds="cifar100"),
+    "svhn": dict(image_size=32, channels=3, num_classes=10, tfds="svhn_cropped"),
 }
-KNOWN = ("digits",) + tuple(TFDS_NAMES)
+KNOWN = tuple(DATASETS)
+PREFIXES = ("tfds:", "npz:", "folder:")
 
-# digits has no official test split: a stratified 20% is held out with this fixed seed, so the
-# test set is the same whatever config.seed is (results across seeds stay comparable).
-DIGITS_TEST_FRACTION = 0.2
-DIGITS_TEST_SEED = 20170101
+# A data set without a test split (digits, or a custom one) has a stratified 20% held out
+# with this fixed seed, so the test set is the same whatever config.seed is (results across
+# seeds stay comparable).
+TEST_FRACTION = DIGITS_TEST_FRACTION = 0.2
+TEST_SEED = DIGITS_TEST_SEED = 20170101
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
+                    ".pgm")
 
 PREPROCESS = ("mean", "gcn")
 
@@ -194,9 +213,29 @@ def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
   d = load_digits()
   x = np.rint(d.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)[..., None]
   y = d.target.astype(np.int32)
+  return (*_carve_test(x, y), 10)
+
+
+def _carve_test(x: np.ndarray, y: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """(train x, train y, test x, test y): a stratified TEST_FRACTION held out, fixed seed."""
   test_idx, train_idx = stratified_split(
-      y, int(round(DIGITS_TEST_FRACTION * len(y))), np.random.default_rng(DIGITS_TEST_SEED))
-  return x[train_idx], y[train_idx], x[test_idx], y[test_idx], 10
+      y, int(round(TEST_FRACTION * len(y))), np.random.default_rng(TEST_SEED))
+  return x[train_idx], y[train_idx], x[test_idx], y[test_idx]
+
+
+def source_of(name: str) -> tuple[str, str]:
+  """(kind, argument) of a data set name: ("digits", ""), ("tfds", builder), ("npz", path)
+  or ("folder", path); a one-line DatasetError for anything else."""
+  if name in DATASETS:
+    tfds_name = DATASETS[name]["tfds"]
+    return ("tfds", tfds_name) if tfds_name else ("digits", "")
+  for prefix in PREFIXES:
+    if name.startswith(prefix) and name[len(prefix):]:
+      return prefix[:-1], name[len(prefix):]
+  raise DatasetError(
+      f"unknown data set {name!r} (config.dataset.name); known: {', '.join(KNOWN)}, or "
+      "tfds:NAME, npz:PATH, folder:PATH for your own (see configs/custom.py).")
 
 
 def load(config, final: bool = False) -> Dataset:
@@ -205,21 +244,264 @@ def load(config, final: bool = False) -> Dataset:
   final=False: train (optionally a stratified `train_fraction` subset), a stratified seeded
   validation split of `val_size` examples (or `val_fraction` of train), and test.
   final=True: train = the whole training split (validation included), val empty, test.
-  Raises DatasetError (one line) for unknown names, bad split settings or missing data.
+  Raises DatasetError (one line) for unknown names, bad split settings, missing data, or
+  data that does not match `config.dataset` (see `_conform`).
   """
   ds = config.dataset
   name = ds.name
-  if name not in KNOWN:
-    raise DatasetError(
-        f"unknown data set {name!r} (config.dataset.name); known: {', '.join(KNOWN)}.")
+  kind, arg = source_of(name)
   _check_config(ds)
-  if name == "digits":
+  if kind == "digits":
     tr_x, tr_y, te_x, te_y, k = _digits()
-  else:
+  elif kind == "tfds":
     # SVHN's final training also uses the 531,131 "extra" images (SPEC section 4).
     extra = final and bool(ds.get("final_extra", False))
-    tr_x, tr_y, te_x, te_y, k = _tfds(name, ds, extra)
+    tr_x, tr_y, te_x, te_y, k = _tfds(name, arg, ds, extra)
+  elif kind == "npz":
+    tr_x, tr_y, te_x, te_y, k = _npz(arg, ds)
+  else:
+    tr_x, tr_y, te_x, te_y, k = _folder(arg, ds)
+  tr_x, tr_y, te_x, te_y, k = _conform(name, ds, tr_x, tr_y, te_x, te_y, k)
   return _split(config, name, tr_x, tr_y, te_x, te_y, k, final)
+
+
+def resolve(config) -> Dataset | None:
+  """Makes `config.dataset`'s image_size, channels and num_classes match the data.
+
+  A built-in data set is checked against the registry (no data is read); any other is
+  loaded, its zero (unset) fields are filled from the data and its set ones checked.
+  Returns the loaded search split (None for built-ins), to be reused by the trainer.
+  One-line DatasetError on a mismatch. Call before building the search space: its size
+  bins follow the image side.
+  """
+  ds = config.dataset
+  kind, _ = source_of(ds.name)
+  if ds.name in DATASETS:
+    known = DATASETS[ds.name]
+    for field in ("image_size", "channels", "num_classes"):
+      value = int(ds.get(field, 0))
+      if field == "image_size" and bool(ds.get("resize", False)) and value > 0:
+        continue
+      if value == 0:
+        ds[field] = known[field]
+      elif value != known[field]:
+        raise DatasetError(
+            f"config.dataset.{field}={value} but {ds.name} has {field}={known[field]}; "
+            f"remove the override{' or set --config.dataset.resize=True' * (field == 'image_size')}.")
+    return None
+  data = load(config)
+  batch = int(config.get("train", {}).get("batch_size", 1))
+  if len(data.train_labels) < batch:
+    raise DatasetError(
+        f"{ds.name} has {len(data.train_labels)} training examples after the validation "
+        f"split, fewer than one batch (config.train.batch_size={batch}); lower the batch "
+        "size or add data.")
+  ds.image_size = int(data.train_images.shape[1])
+  ds.channels = int(data.train_images.shape[3])
+  ds.num_classes = int(data.num_classes)
+  return data
+
+
+def _conform(name: str, ds, tr_x, tr_y, te_x, te_y, k):
+  """Checks (and resizes, if asked) images and labels against `config.dataset`.
+
+  Images: uint8 [N, H, W, C] with H == W; `resize=True` resizes to `image_size` first.
+  Labels: integers in 0..k-1 with every class in train and at least two classes; k is
+  `num_classes` when set, else the data's. A set image_size, channels or num_classes must
+  match the data.
+  """
+  resize = bool(ds.get("resize", False))
+  side = int(ds.get("image_size", 0))
+  if resize:
+    if side < 1:
+      raise DatasetError("config.dataset.resize=True needs config.dataset.image_size > 0, "
+                         "the side to resize every image to.")
+    tr_x, te_x = _resize_all(tr_x, side), _resize_all(te_x, side)
+  for what, x in (("training", tr_x), ("test", te_x)):
+    if x.ndim != 4 or x.shape[1] != x.shape[2]:
+      raise DatasetError(
+          f"{name}: {what} images are {'x'.join(map(str, x.shape[1:]))}, not square; the "
+          "search space needs square images: set --config.dataset.resize=True and "
+          "--config.dataset.image_size=N.")
+  if te_x.shape[1:] != tr_x.shape[1:] and len(te_x):
+    raise DatasetError(f"{name}: test images are {'x'.join(map(str, te_x.shape[1:]))} but "
+                       f"training images {'x'.join(map(str, tr_x.shape[1:]))}; set "
+                       "--config.dataset.resize=True and --config.dataset.image_size=N.")
+  h, c = int(tr_x.shape[1]), int(tr_x.shape[3])
+  if side and side != h:
+    raise DatasetError(
+        f"config.dataset.image_size={side} but {name}'s images are {h}x{h}; set "
+        f"--config.dataset.image_size={h} (or 0 to take it from the data), or "
+        "--config.dataset.resize=True to resize them.")
+  want_c = int(ds.get("channels", 0))
+  if want_c and want_c != c:
+    raise DatasetError(f"config.dataset.channels={want_c} but {name}'s images have {c}; set "
+                       f"--config.dataset.channels={c} (or 0 to take it from the data).")
+  want_k = int(ds.get("num_classes", 0))
+  if want_k and k and want_k != k:
+    raise DatasetError(f"config.dataset.num_classes={want_k} but {name} has {k} classes; set "
+                       f"--config.dataset.num_classes={k} (or 0 to take it from the data).")
+  k = int(want_k or k or (int(tr_y.max()) + 1 if len(tr_y) else 0))
+  for what, y in (("training", tr_y), ("test", te_y)):
+    if len(y) and (y.min() < 0 or y.max() >= k):
+      raise DatasetError(f"{name}: {what} labels run from {int(y.min())} to {int(y.max())}; "
+                         f"they must be class indices 0..{k - 1}.")
+  present = np.unique(tr_y)
+  if k < 2 or len(present) < 2:
+    raise DatasetError(f"{name} has a single class; classification needs at least two.")
+  if len(present) < k:
+    missing = sorted(set(range(k)) - set(present.tolist()))
+    raise DatasetError(f"{name}: classes {', '.join(map(str, missing[:10]))} of 0..{k - 1} "
+                       "have no training examples; labels must be 0..k-1 with every class "
+                       "present.")
+  return tr_x, tr_y.astype(np.int32), te_x, te_y.astype(np.int32), k
+
+
+def _resize_all(x: np.ndarray, side: int) -> np.ndarray:
+  """uint8 [N, H, W, C] resized to [N, side, side, C] (bilinear, PIL); unchanged if equal."""
+  if x.ndim == 4 and x.shape[1] == x.shape[2] == side:
+    return x
+  return np.stack([_resize(img, side) for img in x]) if len(x) else np.zeros(
+      (0, side, side, x.shape[-1]), np.uint8)
+
+
+def _resize(img: np.ndarray, side: int) -> np.ndarray:
+  from PIL import Image  # Pillow comes with matplotlib.
+
+  grey = img.shape[-1] == 1
+  out = Image.fromarray(img[..., 0] if grey else img).resize((side, side), Image.BILINEAR)
+  out = np.asarray(out, np.uint8)
+  return out[..., None] if grey else out
+
+
+def _npz(path: str, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+  """Arrays of a .npz file: x_train, y_train and optionally x_test, y_test."""
+  import zipfile
+  label = f"npz:{path}"
+  if not os.path.isfile(path):
+    raise DatasetError(f"{label}: no such file.")
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      arrays = {k: z[k] for k in z.files}
+  except (OSError, ValueError, zipfile.BadZipFile) as e:
+    raise DatasetError(f"{label} is not a readable .npz file ({type(e).__name__}).") from None
+  missing = [k for k in ("x_train", "y_train") if k not in arrays]
+  if missing or (("x_test" in arrays) != ("y_test" in arrays)):
+    raise DatasetError(f"{label} holds {', '.join(sorted(arrays)) or 'nothing'}; it needs "
+                       "x_train and y_train, and optionally x_test with y_test.")
+  def images(key):
+    x = arrays[key]
+    if x.dtype != np.uint8:
+      raise DatasetError(f"{label}: {key} is {x.dtype}; images must be uint8 (0..255).")
+    if x.ndim == 3:
+      x = x[..., None]
+    if x.ndim != 4:
+      raise DatasetError(f"{label}: {key} has shape {x.shape}; expected [N, H, W, C] or "
+                         "[N, H, W] (grey).")
+    return x
+  def labels(key, n):
+    y = arrays[key]
+    if y.ndim != 1 or len(y) != n or not np.issubdtype(y.dtype, np.integer):
+      raise DatasetError(f"{label}: {key} must be {n} integer labels (shape [{n}]), got "
+                         f"{y.dtype} {y.shape}.")
+    return y.astype(np.int64)
+  tr_x = images("x_train")
+  tr_y = labels("y_train", len(tr_x))
+  if "x_test" in arrays:
+    te_x = images("x_test")
+    return tr_x, tr_y, te_x, labels("y_test", len(te_x)), 0
+  _check_labels_carvable(label, tr_y)
+  return (*_carve_test(tr_x, tr_y), 0)
+
+
+def _check_labels_carvable(name: str, y: np.ndarray) -> None:
+  """Labels must be valid class indices before a split is stratified on them."""
+  if len(y) == 0:
+    raise DatasetError(f"{name} has no training examples.")
+  if y.min() < 0:
+    raise DatasetError(f"{name}: training labels run from {int(y.min())} to {int(y.max())}; "
+                       "they must be class indices 0..k-1.")
+
+
+def _folder(path: str, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+  """Image files in PATH/<class>/ (test carved out of them), or in tfds' ImageFolder
+  layout PATH/train/<class>/, PATH/test/<class>/. Classes: sorted folder names.
+
+  Not tfds' ImageFolder builder: it reads through tf.data and needs TensorFlow.
+  """
+  label = f"folder:{path}"
+  if not os.path.isdir(path):
+    raise DatasetError(f"{label}: no such directory.")
+  subdirs = _subdirs(path)
+  if subdirs and set(subdirs) <= {"train", "test"} and "train" in subdirs:
+    classes = _subdirs(os.path.join(path, "train"))
+    tr_x, tr_y = _read_folder(label, os.path.join(path, "train"), classes, ds)
+    if "test" in subdirs:
+      extra = sorted(set(_subdirs(os.path.join(path, "test"))) - set(classes))
+      if extra:
+        raise DatasetError(f"{label}: test/ has classes {', '.join(extra)} that train/ lacks.")
+      te_x, te_y = _read_folder(label, os.path.join(path, "test"), classes, ds,
+                                required=False)
+      return tr_x, tr_y, te_x, te_y, len(classes)
+  else:
+    classes = subdirs
+    tr_x, tr_y = _read_folder(label, path, classes, ds)
+  return (*_carve_test(tr_x, tr_y), len(classes))
+
+
+def _subdirs(path: str) -> list[str]:
+  return sorted(d for d in os.listdir(path)
+                if not d.startswith(".") and os.path.isdir(os.path.join(path, d)))
+
+
+def _read_folder(label: str, root: str, classes: list[str], ds, required: bool = True
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """Every image under root/<class>/ as uint8 [N, H, W, C] and labels (class index)."""
+  from PIL import Image, UnidentifiedImageError
+
+  if len(classes) < 2:
+    raise DatasetError(f"{label}: {root} has {len(classes)} class folder(s); one subfolder "
+                       "per class is needed, at least two.")
+  channels = int(ds.get("channels", 0))
+  resize = bool(ds.get("resize", False))
+  side = int(ds.get("image_size", 0))
+  images, labels, first = [], [], {}
+  for k, cls in enumerate(classes):
+    folder = os.path.join(root, cls)
+    files = sorted(f for f in os.listdir(folder) if not f.startswith(".")
+                   and f.lower().endswith(IMAGE_EXTENSIONS)) if os.path.isdir(folder) else []
+    if not files and required:
+      raise DatasetError(f"{label}: class folder {folder} holds no images "
+                         f"({', '.join(IMAGE_EXTENSIONS)}).")
+    for f in files:
+      file = os.path.join(folder, f)
+      try:
+        with Image.open(file) as im:
+          mode = "L" if channels == 1 or (channels == 0 and im.mode in ("1", "L", "I;16", "I")) \
+              else "RGB"
+          arr = np.asarray(im.convert(mode), np.uint8)
+      except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise DatasetError(f"{label}: cannot read the image {file} ({type(e).__name__}).") \
+            from None
+      arr = arr[..., None] if arr.ndim == 2 else arr
+      if resize and side > 0:
+        arr = _resize(arr, side)
+      first.setdefault(arr.shape, file)
+      images.append(arr)
+      labels.append(k)
+  if len(first) > 1:
+    (s1, f1), (s2, f2) = list(first.items())[:2]
+    if s1[-1] != s2[-1]:
+      raise DatasetError(f"{label}: {f1} has {s1[-1]} channel(s) but {f2} {s2[-1]}; set "
+                         "--config.dataset.channels=1 or 3 to convert them all.")
+    raise DatasetError(
+        f"{label}: images of different sizes ({f1} is {s1[0]}x{s1[1]}, {f2} is "
+        f"{s2[0]}x{s2[1]}); set --config.dataset.resize=True and "
+        "--config.dataset.image_size=N to resize them all to NxN.")
+  if not images:
+    c = channels or 3
+    return np.zeros((0, side or 1, side or 1, c), np.uint8), np.zeros((0,), np.int64)
+  return np.stack(images), np.asarray(labels, np.int64)
 
 
 # Records read per `__getitems__` call: batched reads from array_record, bounded memory.
@@ -233,24 +515,25 @@ def _prepare_hint(tfds_name: str) -> str:
           f"--config.dataset.data_dir=DIR (BUILD.md, \"Preparing data sets\")")
 
 
-def _tfds(name: str, ds, extra: bool = False
+def _tfds(name: str, tfds_name: str, ds, extra: bool = False
           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
   """train (plus "extra" if asked) and test splits of a tensorflow-datasets set, read
-  without TensorFlow."""
+  without TensorFlow; without a test split, test is carved out of train."""
   try:
     import tensorflow_datasets as tfds  # Lazy: digits users never pay for it.
   except ImportError as e:
     raise DatasetError(
         f"{name} needs tensorflow-datasets ({e}); run `pip install -r requirements.txt`.") from None
-  tfds_name = TFDS_NAMES[name]
   data_dir = ds.data_dir or None
   download = bool(ds.download)
+  has_test = "test" in (tfds_splits(tfds, name, tfds_name, data_dir) or ["test"])
   failure = None
   try:
     # file_format is passed explicitly: tfds.data_source only defaults to array_record when no
     # data_dir is given, and download=True would otherwise prepare unreadable TFRecords.
-    train_src, test_src, *extra_src = tfds.data_source(
-        tfds_name, split=["train", "test"] + (["extra"] if extra else []), data_dir=data_dir,
+    train_src, *rest = tfds.data_source(
+        tfds_name, split=["train"] + ["test"] * has_test + (["extra"] if extra else []),
+        data_dir=data_dir,
         download=download, builder_kwargs={"file_format": "array_record"})
   except (KeyError, NotImplementedError, ValueError, FileNotFoundError) as e:
     # tfds reports missing or TFRecord-only data in several ways (KeyError: no splits;
@@ -277,13 +560,35 @@ def _tfds(name: str, ds, extra: bool = False
   if failure is not None:
     _diagnose(tfds, name, tfds_name, data_dir)  # Outside `except`: no chained traceback.
     raise failure
-  num_classes = int(train_src.dataset_info.features["label"].num_classes)
-  tr_x, tr_y = _read_all(train_src)
-  for src in extra_src:
-    ex_x, ex_y = _read_all(src)
+  features = train_src.dataset_info.features
+  if "image" not in features or "label" not in features:
+    raise DatasetError(f"{name} is not an image classification data set (its features are "
+                       f"{', '.join(features.keys())}; an image and a label are needed).")
+  num_classes = int(features["label"].num_classes)
+  side = int(ds.get("image_size", 0)) if bool(ds.get("resize", False)) else 0
+  test_src = rest.pop(0) if has_test else None
+  tr_x, tr_y = _read_all(train_src, name, side)
+  for src in rest:  # "extra"
+    ex_x, ex_y = _read_all(src, name, side)
     tr_x, tr_y = np.concatenate([tr_x, ex_x]), np.concatenate([tr_y, ex_y])
-  te_x, te_y = _read_all(test_src)
+  if test_src is None:
+    _check_labels_carvable(name, tr_y)
+    return (*_carve_test(tr_x, tr_y), num_classes)
+  te_x, te_y = _read_all(test_src, name, side)
   return tr_x, tr_y, te_x, te_y, num_classes
+
+
+def tfds_splits(tfds, name: str, tfds_name: str, data_dir: str | None) -> list[str]:
+  """The split names in the builder's info ([] when tfds does not know them yet); a
+  one-line DatasetError if tfds has no data set of that name."""
+  try:
+    builder = tfds.builder(tfds_name, data_dir=data_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    if type(e).__name__ != "DatasetNotFoundError":
+      raise
+    raise DatasetError(f"{name}: tensorflow-datasets has no data set {tfds_name!r} "
+                       "(see https://www.tensorflow.org/datasets/catalog).") from None
+  return list(builder.info.splits.keys())
 
 
 def _diagnose(tfds, name: str, tfds_name: str, data_dir: str | None) -> None:
@@ -304,8 +609,9 @@ def _diagnose(tfds, name: str, tfds_name: str, data_dir: str | None) -> None:
         f"or re-prepare: {_prepare_hint(tfds_name)}.")
 
 
-def _read_all(source) -> tuple[np.ndarray, np.ndarray]:
-  """A whole tfds data source as (uint8 images [N, H, W, C], int32 labels [N]).
+def _read_all(source, name: str = "", side: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """A whole tfds data source as (uint8 images [N, H, W, C], int32 labels [N]); with
+  `side` > 0 each image is resized to side x side as it is read.
 
   Uses `__getitems__` (one batched array_record read per chunk, instead of one read per
   example); decoding each example (proto + PNG) stays per example inside tfds. Measured on
@@ -317,11 +623,19 @@ def _read_all(source) -> tuple[np.ndarray, np.ndarray]:
   for start in range(0, n, _READ_CHUNK):
     stop = min(n, start + _READ_CHUNK)
     examples = source.__getitems__(list(range(start, stop)))
+    batch = [np.asarray(ex["image"]) for ex in examples]
+    if side:
+      batch = [_resize(x if x.ndim == 3 else x[..., None], side) for x in batch]
     if images is None:
-      first = np.asarray(examples[0]["image"])
-      images = np.empty((n,) + first.shape, np.uint8)
+      images = np.empty((n,) + batch[0].shape, np.uint8)
       labels = np.empty((n,), np.int32)
-    images[start:stop] = np.stack([ex["image"] for ex in examples])
+    odd = next((x.shape for x in batch if x.shape != images.shape[1:]), None)
+    if odd is not None:
+      raise DatasetError(
+          f"{name}: images of different sizes ({'x'.join(map(str, images.shape[1:]))} and "
+          f"{'x'.join(map(str, odd))}); set --config.dataset.resize=True and "
+          "--config.dataset.image_size=N to resize them all to NxN.")
+    images[start:stop] = np.stack(batch)
     labels[start:stop] = np.fromiter((ex["label"] for ex in examples), np.int64, stop - start)
   if images is None:
     raise DatasetError(f"{source!r} is empty; re-prepare the data set (BUILD.md).")

@@ -31,7 +31,9 @@ def summarize(workdir: str, top: int = 10) -> dict:
     store.close()
   config = json.loads(meta["config"]) if "config" in meta else {}
   schedule_text = config.get("search", {}).get("schedule")
-  unique = [r for r in records if not r.resampled]
+  over = [r for r in records if r.status == "over_budget"]  # re-samples included
+  # Unique models toward the schedule: over-budget samples were never trained.
+  unique = [r for r in records if not r.resampled and r.status != "over_budget"]
   by_eps = collections.defaultdict(list)
   for r in records:
     by_eps[r.epsilon].append(r.accuracy)
@@ -55,14 +57,19 @@ def summarize(workdir: str, top: int = 10) -> dict:
       "dataset": config.get("dataset", {}).get("name"),
       "unique_models": len(unique),
       "iterations": len(records),
-      "resampled": len(records) - len(unique),
+      "resampled": sum(r.resampled for r in records),
+      "over_budget": len(over),
+      "over_budget_unique": sum(not r.resampled for r in over),
+      "budget": {k: v for k, v in config.get("budget", {}).items()
+                 if k in ("max_params", "max_flops", "objective", "target") and v},
       "schedule": schedule,
       "mean_accuracy_by_epsilon": {f"{e:g}": {"mean": sum(v) / len(v), "models": len(v)}
                                    for e, v in sorted(by_eps.items(), reverse=True)},
       "top": [{"arch": r.arch, "accuracy": r.accuracy, "iteration": r.iteration,
-               "params": r.params} for r in ranked[:top]],
+               "params": r.params, "flops": r.flops} for r in ranked[:top]],
       "failures": [{"arch": r.arch, "status": r.status, "message": r.message,
-                    "iteration": r.iteration} for r in unique if r.status not in ("ok", "stopped")],
+                    "iteration": r.iteration} for r in unique
+                   if r.status not in ("ok", "stopped")],
       # Every field of every record (learning curves included: one entry per attempt).
       "models": [r.to_json() for r in records],
   }
@@ -94,12 +101,20 @@ def render(s: dict) -> str:
     state = "finished" if sched["finished"] else f"stage {sched['stage']}/{sched['stages']}"
     lines.append(f"schedule: {s['unique_models']}/{sched['total']} unique models ({state}); "
                  f"{s['iterations']} iterations, {s['resampled']} re-samples")
+  if s.get("budget") or s.get("over_budget"):
+    limits = ", ".join(f"{k} {v:,}" if isinstance(v, (int, float)) else f"{k} {v}"
+                       for k, v in s.get("budget", {}).items())
+    lines.append(f"budget: {limits or 'none'}; {s['over_budget']} over-budget samples, "
+                 f"{s['over_budget_unique']} distinct (status over_budget, never trained)")
   lines.append("\nmean accuracy per epsilon:")
   for eps, v in s["mean_accuracy_by_epsilon"].items():
     lines.append(f"  eps {eps:>4}  {v['mean']:.4f}  ({v['models']} models)")
   lines.append(f"\ntop {len(s['top'])} models:")
+  lines.append(f"      {'accuracy':>8}  {'params':>10}  {'FLOPs':>12}  iteration  architecture")
+  size = lambda v: "?" if v is None else f"{v:,}"
   for i, m in enumerate(s["top"], 1):
-    lines.append(f"  {i:2d}. {m['accuracy']:.4f}  #{m['iteration']:<5d} {m['arch']}")
+    lines.append(f"  {i:2d}. {m['accuracy']:.4f}  {size(m['params']):>10}  "
+                 f"{size(m.get('flops')):>12}  #{m['iteration']:<8d} {m['arch']}")
   if s.get("final"):
     lines.append("\nfinal models (retrained, test accuracy):")
     for m in s["final"]["models"]:

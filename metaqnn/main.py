@@ -38,12 +38,11 @@ def _stop(message: str) -> None:
 
 def _announce(config, workdir: str) -> None:
   """A first line at once: what runs where (loading data and compiling come next)."""
-  from metaqnn import agent, search_space
-  space = search_space.from_config(config)
+  from metaqnn import agent
   resumed = os.path.exists(os.path.join(workdir, "metaqnn.db"))
   print(f"{'resuming' if resumed else 'starting'} a {config.dataset.name} search in "
-        f"{workdir}: {agent.Schedule.parse(config.search.schedule).total} unique models, "
-        f"a space of {space.num_states} states; loading the data...", flush=True)
+        f"{workdir}: {agent.Schedule.parse(config.search.schedule).total} unique models; "
+        "loading the data and building the search space...", flush=True)
 
 
 def main(argv: list[str]) -> None:

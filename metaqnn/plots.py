@@ -6,6 +6,8 @@
 Figure 3: rolling mean accuracy against iteration, with the mean per epsilon stage.
 Learning curves: the top models' validation accuracy per epoch, and all models' coloured by
 epsilon (where the record holds curves).
+Cost: accuracy of every trained model against its parameters and FLOPs, the Pareto front
+(no other model is both cheaper and more accurate) marked, and the budget's limits drawn.
 Figure A4: accuracy distribution per epsilon. Figure A5: mean Q-value by layer type and
 by convolution receptive field against layer depth. Figure A3: mean accuracy per epsilon
 over several runs (seeds), with their spread, and each run's curve.
@@ -171,6 +173,62 @@ def plot_curves(records, path: str, title: str, top: int = 10) -> bool:
   fig.savefig(path, dpi=110, bbox_inches="tight")
   plt.close(fig)
   return True
+def pareto_front(costs: Sequence[float], accuracies: Sequence[float]) -> list[int]:
+  """Indices of the Pareto-optimal models, cheapest first: each is more accurate than
+  every model at most as costly (ties: the cheaper one)."""
+  order = sorted(range(len(costs)), key=lambda i: (costs[i], -accuracies[i]))
+  front, best = [], -np.inf
+  for i in order:
+    if accuracies[i] > best:
+      front.append(i)
+      best = accuracies[i]
+  return front
+
+
+def _costs(config, records):
+  """(records, params, flops) of the distinct trained models; costs computed for records
+  made before they were stored."""
+  from metaqnn import budget
+  side, channels = int(config.dataset.image_size), int(config.dataset.get("channels", 0))
+  out = []
+  for r in records:
+    if r.resampled or r.status != "ok":
+      continue
+    p, f = r.params, r.flops
+    if (p is None or f is None) and channels:
+      p, f = budget.cost(r.arch, (side, side, channels))
+    if p is not None and f is not None:
+      out.append((r, p, f))
+  return out
+
+
+def plot_cost(config, records, path: str, title: str) -> None:
+  """Accuracy against params and against FLOPs, Pareto front marked, limits drawn."""
+  from metaqnn import budget
+  plt = _pyplot()
+  rows = _costs(config, records)
+  limits = budget.Budget.from_config(config)
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+  acc = [r.accuracy for r, _, _ in rows]
+  for ax, col, what, short, limit in (
+      (axes[0], 1, "parameters", "params", limits.max_params),
+      (axes[1], 2, "forward FLOPs per example", "FLOPs", limits.max_flops)):
+    cost = [row[col] for row in rows]
+    ax.scatter(cost, acc, s=10, alpha=0.5, color="tab:blue", label=f"trained ({len(rows)})")
+    front = pareto_front(cost, acc)
+    ax.step([cost[i] for i in front], [acc[i] for i in front], where="post", color="tab:red",
+            marker="o", markersize=4, label=f"Pareto front ({len(front)})")
+    if limit:
+      ax.axvline(limit, color="k", linestyle="--", label=f"limit {limit:,}")
+    if cost and min(cost) > 0:
+      ax.set_xscale("log")
+    ax.set(xlabel=what, title=f"accuracy vs {short}")
+    ax.legend(fontsize=8, loc="lower right")
+  axes[0].set_ylabel("validation accuracy (reward)")
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
 
 
 def plot_stability(runs: Sequence[tuple[str, list]], path: str) -> None:
@@ -215,7 +273,9 @@ def write_all(workdirs: Sequence[str], out: str | None = None) -> list[str]:
                       ("accuracy_by_epsilon.png", lambda p: plot_distribution(
         records, p, f"{name}: accuracy per ε (Figure A4)")),
                       ("q_values.png", lambda p: plot_q_values(
-        agent, p, f"{name}: Q-values after the search (Figure A5)"))):
+        agent, p, f"{name}: Q-values after the search (Figure A5)")),
+                      ("accuracy_vs_cost.png", lambda p: plot_cost(
+        config, records, p, f"{name}: accuracy against params and FLOPs"))):
       path = os.path.join(out, tag + fname)
       fn(path)
       written.append(path)

@@ -17,7 +17,7 @@ from typing import Any, Optional
 # carry a reward earned by training; the others carry the chance reward 1/k (or the
 # reward their message explains).
 STATUSES = ("ok", "stopped", "timeout", "no_learning", "nan", "oom", "error", "invalid",
-            "lost", "crashed")
+            "lost", "crashed", "over_budget")
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -24,6 +24,7 @@ earlier process died with it (a crash or a kill -9); a candidate that has died
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import os
@@ -35,6 +36,7 @@ import zipfile
 from typing import Callable, Optional
 
 from metaqnn import agent as agent_lib
+from metaqnn import budget as budget_lib
 from metaqnn import evaluators
 from metaqnn import executors
 from metaqnn import progress as progress_lib
@@ -133,9 +135,13 @@ def fingerprint(config, evaluator_kind: str, replay_samples: int) -> dict:
       "agent": {k: float(v) for k, v in config.agent.items()},
       "evaluator": evaluator_kind,
   }
+  budget = budget_lib.Budget.from_config(config)
+  if budget.active:  # only then: work directories made before budgets still resume
+    fp["budget"] = budget.to_json()
   if evaluator_kind == "train":  # rewards must come from one training procedure
     data = {k: v for k, v in config.dataset.to_dict().items()
-            if k not in ("data_dir", "download", "final_extra")}
+            if k not in ("data_dir", "download", "final_extra")
+            and not (k == "resize" and not v)}  # absent before resizing existed
     # Settings that do not change how a model trains are left out (max_seconds may be
     # changed on resume); float32, the precision of records made before `dtype`
     # existed, is left out so that they still resume.
@@ -189,18 +195,27 @@ def restore_agent(agent: agent_lib.Agent, store: store_lib.Store, agent_dir: str
             f"{path.architecture}, recorded {item.arch}); the record was not made by this "
             "configuration")
     else:
-      agent.learn(item.arch, item.accuracy, new=not item.resampled,
+      agent.learn(item.arch, item.accuracy, new=_counts(item),
                   replay_samples=replay_samples)
     agent.meta["event"] = event
+
+
+def _counts(rec: ModelRecord) -> bool:
+  """Whether a result advances the schedule: a new model that was trained (a re-sample
+  or an over-budget sample, never trained, does not)."""
+  return not rec.resampled and rec.status != budget_lib.OVER_BUDGET
 
 
 class _Search:
   """The loop's state: agent, record, executor, and what is in flight."""
 
   def __init__(self, agent, store, schedule, executor, prog, agent_dir, replay_samples,
-               early_stop=None, max_crashes: int = 2):
+               early_stop=None, max_crashes: int = 2, budget=budget_lib.Budget(),
+               input_shape=None):
     self.agent, self.store, self.schedule = agent, store, schedule
     self.early_stop = early_stop
+    self.budget, self.input_shape = budget, input_shape
+    self._costs: dict[str, tuple[int, int]] = {}
     self.executor, self.prog, self.agent_dir = executor, prog, agent_dir
     self.replay_samples, self.max_crashes = replay_samples, max_crashes
     self.in_flight: dict[str, list[Sample]] = {}  # arch -> samples waiting on it
@@ -228,7 +243,7 @@ class _Search:
       if attempt is not None:
         self.store.end_attempts([attempt], "done")
       self.consistent = False
-      self.agent.learn(rec.arch, rec.accuracy, new=not rec.resampled,
+      self.agent.learn(rec.arch, rec.accuracy, new=_counts(rec),
                        replay_samples=self.replay_samples)
       self.agent.meta["event"] = self.store.last_event()
       self.consistent = True
@@ -236,11 +251,28 @@ class _Search:
       self.early_stop.observe(rec)
     self.prog.update(rec, self.agent.unique_models)
 
+  def cost(self, arch: str) -> tuple[int, int]:
+    """(params, FLOPs) of an architecture on this data (cached)."""
+    if arch not in self._costs:
+      self._costs[arch] = budget_lib.cost(arch, self.input_shape)
+    return self._costs[arch]
+
   def dispatch(self, sample: Sample, arch) -> None:
-    """Re-sample of a finished model: learn now; in flight: wait on it; else submit."""
+    """Re-sample of a finished model: learn now; in flight: wait on it; over budget:
+    record it untrained; else submit."""
     prior = self.store.trained(sample.arch)
+    params, flops = self.cost(sample.arch) if self.input_shape else (None, None)
+    over = self.budget.over(params, flops) if self.budget.hard and prior is None else None
     if prior is not None:
-      self._learn(_record(prior.result(), sample, resampled=True))
+      rec = _record(prior.result(), sample, resampled=True)
+      rec.flops = rec.flops if rec.flops is not None else flops
+      self._learn(rec)
+    elif over:
+      self._learn(ModelRecord(
+          iteration=-1, sample=sample.id, arch=sample.arch,
+          accuracy=self.budget.over_budget_reward, epsilon=sample.epsilon, stage=sample.stage,
+          status=budget_lib.OVER_BUDGET, message=f"not trained: {over}", params=params,
+          flops=flops))
     elif sample.arch in self.in_flight:
       self.in_flight[sample.arch].append(sample)
     else:
@@ -335,6 +367,11 @@ class _Search:
       else:
         self.lost_streak = 0
       waiting = self.in_flight.pop(arch)
+      params, flops = self.cost(arch) if self.input_shape else (out.params, None)
+      if out.status == "ok" and self.budget.objective:  # the soft, MnasNet-style reward
+        out.accuracy = self.budget.reward(out.accuracy, params, flops)
+      out.params = out.params if out.params is not None else params
+      out.flops = out.flops if out.flops is not None else flops
       self._learn(_record(out, first), attempt)
       for later in waiting[1:]:  # sampled again while it was in flight
         self.dispatch(later, None)
@@ -373,8 +410,9 @@ def make_executor(config, evaluate: Optional[Callable], early_stop=None, dataset
     return ray_executor.RayExecutor(config, evaluate)
   if kind != "local":
     raise UserError(f"unknown executor {kind!r}; use local or ray")
-  if (dataset is None and evaluate is None and config.evaluator == "train"
-      and executors.num_workers(config, evaluate) > 1):
+  if evaluate is not None or config.evaluator != "train":
+    dataset = None  # nothing to train: no data needed
+  elif dataset is None and executors.num_workers(config, evaluate) > 1:
     from metaqnn import input_pipeline
     dataset = input_pipeline.load(config)  # loaded once, shared by the workers
   shared: dict = {}  # one device copy of the data per device group
@@ -404,7 +442,19 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   replay_samples = int(config.search.replay_samples)
   if replay_samples < 0:
     raise UserError("search.replay_samples must be >= 0")
+  from metaqnn import input_pipeline  # pylint: disable=import-outside-toplevel
+  config = copy.deepcopy(config)
+  # The data's image side, channels and classes (custom data is read here, before the
+  # work directory exists, so that bad data leaves nothing behind).
+  if dataset is None:
+    dataset = input_pipeline.resolve(config)
+  else:  # data in memory: the config's data fields follow it
+    config.dataset.image_size = int(dataset.train_images.shape[1])
+    config.dataset.channels = int(dataset.train_images.shape[3])
+    config.dataset.num_classes = int(dataset.num_classes)
   space = search_space.from_config(config)
+  budget = budget_lib.Budget.from_config(config)
+  budget_lib.check_space(space, config, schedule.total)  # said at the start, not spun on
   kind = evaluators.kind_of(config, evaluate)
   check_config(config, schedule, space)
   agent = agent_lib.Agent.from_config(space, config)  # refuses a bad agent config
@@ -412,7 +462,7 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   if config.get("early_stop") is not None and config.early_stop.kind != "none":
     if kind != "train":
       raise UserError("early stopping needs the train evaluator (it watches learning "
-                       "curves); set early_stop.kind=none")
+                      "curves); set early_stop.kind=none")
     from metaqnn import early_stop
     rule = early_stop.Rule(config)  # rebuilt from the record below, never pickled
   if config.get("compile_cache_dir"):
@@ -445,8 +495,9 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     prog = progress_lib.Progress(
         schedule, best=best, log_interval=log_interval,
         tensorboard_dir=os.path.join(workdir, "tensorboard") if tensorboard else None)
+    side, channels = int(config.dataset.image_size), int(config.dataset.channels)
     loop = _Search(agent, store, schedule, executor, prog, agent_dir, replay_samples, rule,
-                   int(config.search.get("max_crashes", 2)))
+                   int(config.search.get("max_crashes", 2)), budget, (side, side, channels))
     try:
       with _sigterm_as_interrupt():
         loop.run(max_models)
@@ -488,7 +539,8 @@ def check_config(config, schedule: agent_lib.Schedule, space) -> None:
 
 
 def _result(workdir, store, agent, finished: bool) -> SearchResult:
-  best = max(store.models(), key=lambda r: r.accuracy, default=None)
+  best = max((r for r in store.models() if r.status != budget_lib.OVER_BUDGET),
+             key=lambda r: r.accuracy, default=None)
   return SearchResult(workdir=workdir, unique_models=store.unique_count(),
                       iterations=store.count(), best_arch=best.arch if best else None,
                       best_accuracy=best.accuracy if best else None, finished=finished)

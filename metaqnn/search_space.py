@@ -93,10 +93,20 @@ class SpaceConfig:
 
   @classmethod
   def from_config(cls, config) -> "SpaceConfig":
-    """From a full run config (`config.space` plus `config.dataset` sizes)."""
+    """From a full run config (`config.space` plus `config.dataset` sizes).
+
+    Empty `space.size_bins` (and `space.fc_max_side` 0) are derived from the image side
+    (`derived_bins`), so that one config fits data of any size.
+    """
     s = config.space
+    side = int(config.dataset.image_size)
+    if side < 1:
+      raise ValueError("config.dataset.image_size is not set; it is taken from the data when "
+                       "a search starts (input_pipeline.resolve)")
+    bins = tuple(int(v) for v in s.size_bins) or derived_bins(side)
+    fc_max_side = int(s.fc_max_side) or bins[0] - 1
     return cls(
-        image_size=int(config.dataset.image_size),
+        image_size=side,
         num_classes=int(config.dataset.num_classes),
         max_depth=int(s.max_depth),
         conv_filters=tuple(int(v) for v in s.conv_filters),
@@ -104,14 +114,24 @@ class SpaceConfig:
         pools=tuple((int(f), int(l)) for f, l in s.pools),
         fc_units=tuple(int(v) for v in s.fc_units),
         max_fc=int(s.max_fc),
-        size_bins=tuple(int(v) for v in s.size_bins),
-        fc_max_side=int(s.fc_max_side),
+        size_bins=bins,
+        fc_max_side=fc_max_side,
         allow_gap=bool(s.allow_gap),
     )
 
   def to_json(self) -> dict:
     return {k: (list(map(list, v)) if k == "pools" else list(v) if isinstance(v, tuple) else v)
             for k, v in dataclasses.asdict(self).items()}
+
+
+def derived_bins(side: int) -> tuple[int, ...]:
+  """Size-bin lower bounds for an image side: (b, b/2, 1) with b = min(8, ceil(side / 2)).
+
+  This gives the paper's (8, 4, 1) for 28 and 32 pixels and the digits config's (4, 2, 1)
+  for 8; with fc_max_side = b - 1, FC is allowed in every bin but the largest, as in both.
+  """
+  b = max(2, min(8, -(-side // 2)))
+  return tuple(sorted({b, max(2, b // 2), 1}, reverse=True))
 
 
 class SearchSpace:

@@ -242,7 +242,10 @@ class Store:
     return self.db.execute("SELECT COUNT(*) FROM models").fetchone()[0]
 
   def unique_count(self) -> int:
-    return self.db.execute("SELECT COUNT(*) FROM models WHERE resampled = 0").fetchone()[0]
+    """Unique models toward the schedule: re-samples and over-budget samples (never
+    trained) do not count."""
+    return self.db.execute("SELECT COUNT(*) FROM models WHERE resampled = 0 "
+                           "AND status != 'over_budget'").fetchone()[0]
 
   def trained(self, arch: str) -> Optional[ModelRecord]:
     """The first (non re-sampled) record of `arch`, if it was trained or failed before."""

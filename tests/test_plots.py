@@ -25,12 +25,13 @@ def test_write_all_single_and_stability(tmp_path):
   one = run(tmp_path, 0)
   paths = plots.write_all([one])
   assert sorted(p.rsplit("/", 1)[1] for p in paths) == [
-      "accuracy_by_epsilon.png", "q_values.png", "rolling_accuracy.png"]
+      "accuracy_by_epsilon.png", "accuracy_vs_cost.png", "q_values.png",
+      "rolling_accuracy.png"]
   for p in paths:
     with open(p, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   many = plots.write_all([one, run(tmp_path, 1)], str(tmp_path / "out"))
-  assert any(p.endswith("stability.png") for p in many) and len(many) == 7
+  assert any(p.endswith("stability.png") for p in many) and len(many) == 9
 
 
 def test_q_by_depth_averages_the_right_pairs():
@@ -50,3 +51,27 @@ def test_q_by_depth_averages_the_right_pairs():
 def test_missing_workdir_is_a_clear_error(tmp_path):
   with pytest.raises(WorkdirError, match="no metaqnn search"):
     plots.write_all([str(tmp_path / "nothing")])
+
+
+def test_pareto_front():
+  costs = [5, 1, 3, 3, 8, 2]
+  accs = [0.9, 0.5, 0.7, 0.8, 0.85, 0.4]
+  # 1 (0.5) -> 3 (0.8, beats the other cost-3 model) -> 5 (0.9); 8 is dominated by 5.
+  assert plots.pareto_front(costs, accs) == [1, 3, 0]
+  assert plots.pareto_front([], []) == []
+
+
+def test_cost_plot_with_a_budget(tmp_path):
+  config = config_lib.base_config("mnist")
+  config.evaluator = "synthetic"
+  config.search.schedule = "1.0:30"
+  config.search.replay_samples = 5
+  config.budget.max_params = 200_000
+  config.budget.prune = False
+  workdir = str(tmp_path / "w")
+  search.run_search(config, workdir, log_interval=1e9, tensorboard=False)
+  _, records, _ = plots.load_run(workdir)
+  rows = plots._costs(config, records)
+  assert len(rows) == 30 and all(p <= 200_000 for _, p, _ in rows)
+  paths = plots.write_all([workdir])
+  assert any(p.endswith("accuracy_vs_cost.png") for p in paths)

@@ -1,0 +1,126 @@
+"""Budgets on digits: the targets of issue 11, measured.
+
+  python benchmarks/budget_digits.py --schedule=1.0:20,0.5:5,0.1:5   # 20th percentile
+  python benchmarks/budget_digits.py --q=40                            # digits schedule
+  python benchmarks/budget_digits.py --q=40 --train --schedule=1.0:30,0.5:10,0.1:10
+
+1. max_params = the q-th percentile (default 20) of the params of 2,000 uniform samples of
+   the digits space (configs/digits.py), and how many architectures fit it (exact).
+2. Share of over-budget samples per epsilon, without pruning (the agent must learn the
+   wall from the over-budget reward 0) and with it; synthetic evaluator, the digits
+   schedule. Any over-budget model trained is counted (it must be 0).
+3. With --train: a real search on digits under the budget and an unconstrained one of the
+   same schedule; the best in-budget validation accuracy of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from configs import digits  # noqa: E402
+from metaqnn import agent as agent_lib  # noqa: E402
+from metaqnn import budget as budget_lib  # noqa: E402
+from metaqnn import search  # noqa: E402
+from metaqnn import search_space  # noqa: E402
+from metaqnn import store as store_lib  # noqa: E402
+
+
+def percentile_cap(config, q=20, n=2000, seed=0) -> int:
+  space = search_space.from_config(config)
+  agent = agent_lib.Agent(space, seed=seed)
+  shape = (config.dataset.image_size,) * 2 + (config.dataset.channels,)
+  params = [budget_lib.cost(agent.sample(1.0).architecture, shape)[0] for _ in range(n)]
+  return int(np.percentile(params, q))
+
+
+def records(workdir):
+  store = store_lib.open_existing(workdir)
+  try:
+    return list(store.models())
+  finally:
+    store.close()
+
+
+def share_by_epsilon(recs) -> dict:
+  out = {}
+  for r in recs:
+    n, k = out.get(r.epsilon, (0, 0))
+    out[r.epsilon] = (n + 1, k + (r.status == budget_lib.OVER_BUDGET))
+  return {e: (k / n, n) for e, (n, k) in out.items()}
+
+
+def run(config, workdir, evaluate=None):
+  t = time.perf_counter()
+  search.run_search(config, workdir, evaluate=evaluate, log_interval=1e9, tensorboard=False)
+  return records(workdir), time.perf_counter() - t
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--train", action="store_true", help="also the real-training runs")
+  parser.add_argument("--schedule", default=None, help="schedule (default: digits')")
+  parser.add_argument("--q", type=float, default=20, help="percentile of max_params")
+  parser.add_argument("--epochs", type=int, default=None)
+  parser.add_argument("--seeds", default="0,1,2", help="seeds of the share measurement")
+  args = parser.parse_args()
+  base = digits.get_config()
+  if args.schedule:
+    base.search.schedule = args.schedule
+  cap = percentile_cap(base, args.q)
+  fits = budget_lib.Pruner(search_space.from_config(base), 1,
+                           budget_lib.Budget(max_params=cap)).count_within(10**7)
+  print(f"digits space: max_params = {cap:,} ({args.q:g}th percentile of 2,000 uniform "
+        f"samples); {fits:,} architectures fit it")
+
+  print(f"\nshare of over-budget samples, synthetic evaluator, schedule "
+        f"{base.search.schedule}:")
+  print(f"  {'prune':<6} {'seed':<5} " + " ".join(f"{'eps ' + format(e, 'g'):>9}"
+                                                  for e in (1.0, 0.5, 0.1)) +
+        "  trained over budget  iterations")
+  for prune in (False, True):
+    for seed in map(int, args.seeds.split(",")):
+      config = digits.get_config()
+      config.search.schedule = base.search.schedule
+      config.seed = seed
+      config.evaluator = "synthetic"
+      config.budget.max_params = cap
+      config.budget.prune = prune
+      with tempfile.TemporaryDirectory() as d:
+        recs, _ = run(config, os.path.join(d, "w"))
+      share = share_by_epsilon(recs)
+      bad = sum(r.status == "ok" and r.params > cap for r in recs)
+      cells = " ".join(f"{share.get(e, (float('nan'), 0))[0]:>9.1%}" for e in (1.0, 0.5, 0.1))
+      print(f"  {str(prune):<6} {seed:<5} {cells}  {bad:>19}  {len(recs):>10}")
+
+  if not args.train:
+    return
+  results = {}
+  for name, budget in (("unconstrained", 0), ("max_params", cap)):
+    config = digits.get_config()
+    config.search.schedule = base.search.schedule
+    config.final.run_after_search = False
+    if args.epochs:
+      config.train.epochs = args.epochs
+    config.budget.max_params = budget
+    with tempfile.TemporaryDirectory() as d:
+      recs, seconds = run(config, os.path.join(d, "w"))
+    trained = [r for r in recs if r.status == "ok" and not r.resampled]
+    best = max(trained, key=lambda r: r.accuracy)
+    results[name] = best
+    print(f"\n{name}: {len(trained)} trained in {seconds:.0f} s; best val {best.accuracy:.4f} "
+          f"({best.params:,} params, {best.flops:,} FLOPs) {best.arch}; "
+          f"over budget trained: {sum(r.params > cap for r in trained) if budget else '-'}")
+  gap = results["unconstrained"].accuracy - results["max_params"].accuracy
+  print(f"\nbest in-budget is {100 * gap:.2f} pp below the unconstrained best")
+
+
+if __name__ == "__main__":
+  main()

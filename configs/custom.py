@@ -1,0 +1,57 @@
+"""MetaQNN on your own images: a tfds data set by name, a .npz file, or a folder of images.
+
+  python -m metaqnn.main --config=configs/custom.py --workdir=DIR \
+      --config.dataset.name=folder:/path/to/images
+  python -m metaqnn.main --config=configs/custom.py --workdir=DIR \
+      --config.dataset.name=npz:/path/to/data.npz
+  python -m metaqnn.main --config=configs/custom.py --workdir=DIR \
+      --config.dataset.name=tfds:fashion_mnist --config.dataset.data_dir=TFDS_DIR
+
+Sources (`config.dataset.name`):
+  tfds:NAME    any tensorflow-datasets image classification set, prepared as array_record
+               (BUILD.md, "Preparing data sets"); image size, channels, classes and splits
+               come from the builder's info.
+  npz:PATH     arrays x_train [N, H, W, C] or [N, H, W] (grey), uint8; y_train [N] integer
+               labels 0..k-1; optionally x_test and y_test.
+  folder:PATH  one subfolder per class (PATH/cat/*.png, PATH/dog/*.jpg; classes are the
+               sorted folder names), or tfds' ImageFolder layout PATH/train/<class>/,
+               PATH/test/<class>/. Read with Pillow (tfds' ImageFolder needs TensorFlow).
+A missing test split is carved out of train: a stratified 20%, with a fixed seed.
+
+image_size, channels and num_classes are 0 here: they are taken from the data when the
+search starts (and stored with the record). Set one to have it checked against the data.
+Images must all have one square size, unless resize=True: then each is resized to
+image_size x image_size (bilinear), e.g. `--config.dataset.resize=True
+--config.dataset.image_size=32`. For a folder, `--config.dataset.channels=1` (or 3) converts
+every image to grey (or RGB); by default grey files give 1 channel, others 3.
+
+The search space's size bins follow the image side (space.size_bins=(): (8, 4, 1) for 28
+to 32 pixels and more, (4, 2, 1) for 8; see search_space.derived_bins). Errors are one
+line and leave nothing behind: a wrong path, labels outside 0..k-1, mixed image sizes
+without resize, fewer training examples than a batch, a single class.
+
+Budgets (see README, "Budgets"): e.g. `--config.budget.max_params=200000` or
+`--config.budget.max_flops=5000000`.
+"""
+
+from metaqnn import config_lib
+
+
+def get_config(name: str = "npz:data.npz"):
+  """`name` may be given as `--config=configs/custom.py:folder:/path/to/images`."""
+  config = config_lib.base_config(name)
+  config.dataset.val_fraction = 0.2    # Custom sets are often small: a fraction, not 5000.
+  config.space.max_depth = 8
+  config.space.conv_filters = (16, 32, 64)
+  config.space.fc_units = (128, 64, 32)
+  config.space.size_bins = ()          # Derived from the image side.
+  config.space.fc_max_side = 0         # Derived too.
+  config.search.schedule = "1.0:60,0.9:6,0.8:6,0.7:6,0.6:8,0.5:8,0.4:8,0.3:8,0.2:8,0.1:8"
+  config.train.batch_size = 32
+  config.train.epochs = 8
+  config.train.lr_decay_every = 3
+  config.train.eval_batch_size = 512
+  config.final.top = 5
+  config.final.ensemble = 3
+  config.final.epochs = 20
+  return config

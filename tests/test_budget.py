@@ -1,0 +1,288 @@
+"""Budgets: exact costs, exact pruning, over-budget records, quotas, resume, soft reward."""
+
+import os
+import sqlite3
+
+import numpy as np
+import pytest
+
+from metaqnn import agent as agent_lib
+from metaqnn import budget as budget_lib
+from metaqnn import config_lib
+from metaqnn import evaluators
+from metaqnn import inspect as inspect_lib
+from metaqnn import search
+from metaqnn import search_space
+from metaqnn import store as store_lib
+from metaqnn.store import WorkdirError
+
+
+def small_config(schedule="1.0:30,0.5:15,0.1:15", **budget):
+  config = config_lib.base_config("digits")
+  config.dataset.val_fraction = 0.2
+  config.space.max_depth = 4
+  config.space.conv_filters = (8, 16, 32)
+  config.space.fc_units = (32, 16)
+  config.space.size_bins = (4, 2, 1)
+  config.space.fc_max_side = 3
+  config.space.pools = ((3, 2), (2, 2))
+  config.search.schedule = schedule
+  config.search.replay_samples = 20
+  config.evaluator = "synthetic"
+  config.budget.update(budget)
+  return config
+
+
+def all_architectures(space):
+  """Every architecture of `space` as an action tuple (small spaces only)."""
+  out = []
+
+  def rec(s, side, actions):
+    for a in space.allowed_ids[s]:
+      a = int(a)
+      nxt, nside = space.step(s, side, a)
+      if nxt is None:
+        out.append(actions + (a,))
+      else:
+        rec(nxt, nside, actions + (a,))
+
+  rec(0, space.cfg.image_size, ())
+  return out
+
+
+@pytest.fixture(scope="module")
+def space_and_costs():
+  config = small_config()
+  space = search_space.from_config(config)
+  archs = all_architectures(space)
+  assert len(archs) == space.count_architectures()
+  costs = {a: budget_lib.cost(space.architecture(a), (8, 8, 1)) for a in archs}
+  return config, space, costs
+
+
+def test_costs_match_the_flax_models(space_and_costs):
+  from metaqnn import models
+  _, space, costs = space_and_costs
+  rng = np.random.default_rng(0)
+  keys = list(costs)
+  for i in rng.choice(len(keys), 150, replace=False):
+    arch = space.architecture(keys[i])
+    assert costs[keys[i]] == (models.count_params(arch, (8, 8, 1)),
+                              models.flops_per_example(arch, (8, 8, 1)))
+  # and on a colour, pooled, FC-headed network
+  from metaqnn.architecture import parse
+  arch = parse("[C(16,3,1), P(2,2), C(32,5,1), FC(64), FC(32), SM(10)]")
+  assert budget_lib.cost(arch, (28, 28, 3)) == (
+      models.count_params(arch, (28, 28, 3)), models.flops_per_example(arch, (28, 28, 3)))
+
+
+@pytest.mark.parametrize("limit", ["params", "flops"])
+def test_pruning_is_exact(space_and_costs, limit):
+  """Masked actions lead only over budget, and every in-budget architecture stays
+  reachable: the minimum at the start is the true minimum, and each in-budget path keeps
+  all of its actions unmasked."""
+  config, space, costs = space_and_costs
+  col = 0 if limit == "params" else 1
+  values = np.array([c[col] for c in costs.values()])
+  cap = int(np.percentile(values, 20))
+  budget = budget_lib.Budget(**{f"max_{limit}": cap})
+  pruner = budget_lib.Pruner(space, 1, budget)
+  assert pruner.minimum(pruner.start)[col] == values.min()
+  fits = {a for a, c in costs.items() if c[col] <= cap}
+  assert 0 < len(fits) < len(costs)
+  for actions in fits:  # replay each in-budget path through the masked sampler
+    it = iter(actions)
+    seen = []
+
+    def choose(s, ids):
+      a = next(it)
+      seen.append(a in set(int(i) for i in ids))
+      return a
+
+    path = pruner.walk(choose)
+    assert path.actions == actions and all(seen)
+  # And a masked random walk never leaves the budget.
+  agent = agent_lib.Agent(space, seed=1)
+  agent.pruner = pruner
+  for _ in range(300):
+    assert space.path(agent.sample(1.0).architecture).actions in fits
+
+
+def test_greedy_choice_respects_the_mask(space_and_costs):
+  _, space, costs = space_and_costs
+  cap = int(np.percentile([c[0] for c in costs.values()], 20))
+  agent = agent_lib.Agent(space, seed=0)
+  agent.q[space.allowed] = 0.0
+  # Make the biggest architecture the greedy favourite: every action on its path.
+  big = max(costs, key=lambda a: costs[a][0])
+  path = space.path(space.architecture(big))
+  for s, a in zip(path.states, path.actions):
+    agent.q[s, a] = 1.0
+  assert str(agent.sample(0.0).architecture) == str(space.architecture(big))
+  agent.pruner = budget_lib.Pruner(space, 1, budget_lib.Budget(max_params=cap))
+  for _ in range(20):
+    arch = agent.sample(0.0).architecture
+    assert budget_lib.cost(arch, (8, 8, 1))[0] <= cap
+
+
+def test_infeasible_budget_is_said_at_the_start(tmp_path):
+  config = small_config(max_params=5)
+  with pytest.raises(budget_lib.BudgetError, match="smallest has 20 parameters"):
+    search.run_search(config, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w")
+  with pytest.raises(budget_lib.BudgetError, match="objective"):
+    search.run_search(small_config(objective="flops"), str(tmp_path / "w"))
+
+
+def _records(workdir):
+  store = store_lib.open_existing(str(workdir))
+  try:
+    return list(store.models())
+  finally:
+    store.close()
+
+
+def _cap(config, q=20):
+  space = search_space.from_config(config)
+  agent = agent_lib.Agent(space, seed=123)
+  params = [budget_lib.cost(agent.sample(1.0).architecture, (8, 8, 1))[0] for _ in range(500)]
+  return int(np.percentile(params, q))
+
+
+@pytest.mark.parametrize("prune", [True, False])
+def test_over_budget_is_never_trained_and_quotas_stay_exact(tmp_path, prune):
+  cap = _cap(small_config(), 40)
+  config = small_config(max_params=cap, prune=prune, over_budget_reward=0.05)
+  trained = []
+
+  def evaluate(arch):
+    trained.append(str(arch))
+    return evaluators.synthetic_accuracy(arch)
+
+  result = search.run_search(config, str(tmp_path / "w"), evaluate=evaluate,
+                             tensorboard=False)
+  assert result.finished
+  recs = _records(tmp_path / "w")
+  over = [r for r in recs if r.status == budget_lib.OVER_BUDGET]
+  ok = [r for r in recs if r.status == "ok" and not r.resampled]
+  assert all(r.params <= cap for r in ok) and len(ok) == len(set(trained)) == 60
+  assert all(budget_lib.cost(a, (8, 8, 1))[0] <= cap for a in trained)
+  assert all(r.params > cap and r.accuracy == 0.05 for r in over)
+  assert all("max_params" in r.message for r in over if not r.resampled)
+  assert all(r.params is not None and r.flops is not None for r in recs)
+  if prune:
+    assert not over  # one limit: the masked sampler never leaves it
+  else:
+    assert over and any(not r.resampled for r in over)
+  # Stage epsilons follow the count of trained unique models only.
+  before = 0
+  for r in recs:
+    assert r.epsilon == (1.0 if before < 30 else 0.5 if before < 45 else 0.1)
+    before += (not r.resampled and r.status != budget_lib.OVER_BUDGET)
+  summary = inspect_lib.summarize(str(tmp_path / "w"))
+  assert summary["unique_models"] == 60 and summary["schedule"]["finished"]
+  assert summary["over_budget"] == len(over)
+  assert all("params" in m and "flops" in m for m in summary["models"])
+  assert "over_budget" not in {f["status"] for f in summary["failures"]}
+
+
+def test_resume_with_a_budget_is_exact(tmp_path):
+  cap = _cap(small_config(), 40)
+  config = small_config("1.0:20,0.5:5,0.1:5", max_params=cap, prune=False)
+  search.run_search(config, str(tmp_path / "ref"), tensorboard=False)
+  total = len(_records(tmp_path / "ref"))
+  runs = 1
+  while not search.run_search(config, str(tmp_path / "w"), max_models=total // 4 + 1,
+                              tensorboard=False).finished:
+    runs += 1
+  assert runs >= 4
+  key = lambda r: (r.arch, r.accuracy, r.status, r.resampled, r.epsilon, r.params, r.flops)
+  assert [key(r) for r in _records(tmp_path / "w")] == [
+      key(r) for r in _records(tmp_path / "ref")]
+
+
+def test_budget_is_in_the_fingerprint_only_when_set(tmp_path):
+  config = small_config(schedule="1.0:5")
+  assert "budget" not in search.fingerprint(config, "synthetic", 20)
+  search.run_search(config, str(tmp_path / "w"), tensorboard=False)
+  with pytest.raises(WorkdirError, match="budget"):
+    search.run_search(small_config(schedule="1.0:5", max_params=10**6), str(tmp_path / "w"))
+  with_budget = small_config(schedule="1.0:5", max_flops=10**6)
+  search.run_search(with_budget, str(tmp_path / "b"), tensorboard=False)
+  with pytest.raises(WorkdirError, match="budget"):
+    search.run_search(small_config(schedule="1.0:5", max_flops=10**5), str(tmp_path / "b"))
+  assert search.run_search(with_budget, str(tmp_path / "b")).finished
+
+
+def test_a_record_without_the_flops_column_still_opens_and_resumes(tmp_path):
+  config = small_config(schedule="1.0:5,0.5:5")
+  search.run_search(config, str(tmp_path / "w"), max_models=5, tensorboard=False)
+  db = sqlite3.connect(tmp_path / "w" / "metaqnn.db")
+  db.execute("ALTER TABLE models DROP COLUMN flops")
+  db.commit()
+  db.close()
+  assert all(r.flops is None for r in _records(tmp_path / "w"))  # read-only: defaults
+  assert search.run_search(config, str(tmp_path / "w"), tensorboard=False).finished
+  recs = _records(tmp_path / "w")
+  assert recs[0].flops is None and recs[-1].flops is not None
+
+
+def test_soft_objective():
+  b = budget_lib.Budget(objective="params", target=1000, weight=-0.5)
+  assert b.reward(0.8, 1000, 0) == pytest.approx(0.8)
+  assert b.reward(0.8, 4000, 0) == pytest.approx(0.4)
+  assert b.reward(0.8, 250, 0) == 1.0  # capped
+  assert budget_lib.Budget().reward(0.7, 10**9, 10**9) == 0.7
+
+
+def test_soft_objective_in_a_search(tmp_path):
+  config = small_config(schedule="1.0:10", objective="flops", target=5000, weight=-0.3)
+  search.run_search(config, str(tmp_path / "w"), tensorboard=False)
+  b = budget_lib.Budget.from_config(config)
+  for r in _records(tmp_path / "w"):
+    assert r.accuracy == pytest.approx(b.reward(r.best_val_accuracy, r.params, r.flops))
+
+
+def test_final_stage_respects_the_budget(tmp_path):
+  from metaqnn import finalize
+  config = small_config("1.0:20", max_params=_cap(small_config(), 50), prune=False)
+  search.run_search(config, str(tmp_path / "w"), tensorboard=False)
+  stored, top = finalize.top_models(str(tmp_path / "w"), 100)
+  assert top and all(r.params <= config.budget.max_params for r in top)
+  # A record marked ok but over the limit (e.g. from an edited record) is left out too.
+  over = store_lib.ModelRecord(iteration=0, sample=0, arch="[C(32,5,1), FC(32), SM(10)]",
+                               accuracy=0.99, epsilon=1.0, stage=0)
+  assert not finalize.within_budget(stored, over)
+  assert finalize.within_budget(small_config(), over)
+
+
+def test_count_within_is_exact(space_and_costs):
+  _, space, costs = space_and_costs
+  for cap_p, cap_f in ((650, 0), (3000, 0), (0, 20000), (5000, 60000)):
+    b = budget_lib.Budget(max_params=cap_p, max_flops=cap_f)
+    fits = sum((not cap_p or p <= cap_p) and (not cap_f or f <= cap_f)
+               for p, f in costs.values())
+    pruner = budget_lib.Pruner(space, 1, b)
+    assert pruner.count_within(10**9) == fits
+    assert pruner.count_within(3) == min(3, fits)
+
+
+def test_a_schedule_longer_than_the_budget_allows_is_refused(tmp_path):
+  config = small_config("1.0:30,0.1:30", max_params=100)
+  with pytest.raises(budget_lib.BudgetError, match="only 1 architectures .* fit the budget .* asks for 60"):
+    search.run_search(config, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_inspect_shows_costs_and_the_budget(tmp_path):
+  config = small_config("1.0:10", max_params=_cap(small_config(), 40), prune=False)
+  search.run_search(config, str(tmp_path / "w"), tensorboard=False)
+  summary = inspect_lib.summarize(str(tmp_path / "w"))
+  text = inspect_lib.render(summary)
+  assert "params" in text and "FLOPs" in text
+  assert f"budget: max_params {config.budget.max_params:,}" in text
+  assert f"{summary['over_budget']} over-budget samples" in text and summary["over_budget"] > 0
+  top = summary["top"][0]
+  assert f"{top['params']:,}" in text and f"{top['flops']:,}" in text
+  assert all(m["status"] == "over_budget" for m in summary["models"]
+             if m["params"] > config.budget.max_params)

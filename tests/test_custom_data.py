@@ -1,0 +1,276 @@
+"""Your own data: tfds:NAME, npz:PATH, folder:PATH; checks against the config; searches."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from metaqnn import config_lib
+from metaqnn import input_pipeline as ip
+from metaqnn import search
+from metaqnn import search_space
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _images(n, side, channels=None, seed=0, k=3):
+  """Class-dependent tiny images (class c is brighter in row band c), labels 0..k-1."""
+  rng = np.random.default_rng(seed)
+  y = np.arange(n) % k
+  shape = (n, side, side) + ((channels,) if channels else ())
+  x = rng.integers(0, 60, shape)
+  for c in range(k):
+    band = slice(c * side // k, (c + 1) * side // k)
+    x[y == c, band] += 150
+  return x.astype(np.uint8), y
+
+
+def _npz(path, n=60, side=8, channels=None, test=False, **override):
+  x, y = _images(n, side, channels)
+  arrays = dict(x_train=x, y_train=y)
+  if test:
+    arrays.update(x_test=x[:12], y_test=y[:12])
+  arrays.update(override)
+  np.savez(path, **arrays)
+  return str(path)
+
+
+def _folder(root, sizes=((8, 8),) * 3, per_class=12, mode="L", layout="flat"):
+  from PIL import Image
+  for split in (["train", "test"] if layout == "split" else [""]):
+    for c, (h, w) in enumerate(sizes):
+      d = os.path.join(root, split, f"class_{c}")
+      os.makedirs(d, exist_ok=True)
+      x, _ = _images(per_class, max(h, w), 3 if mode == "RGB" else None, seed=c)
+      for i in range(per_class if split != "test" else 3):
+        img = x[i][:h, :w]
+        Image.fromarray(img, mode=None).convert(mode).save(os.path.join(d, f"{i}.png"))
+  return str(root)
+
+
+def _config(name, **dataset):
+  c = config_lib.base_config(name)
+  c.dataset.val_fraction = 0.2
+  c.dataset.update(dataset)
+  c.train.batch_size = 8
+  return c
+
+
+def test_one_registry():
+  assert not hasattr(ip, "TFDS_NAMES")
+  assert set(config_lib.DATASETS) == set(ip.DATASETS)
+  for name, known in ip.DATASETS.items():
+    c = config_lib.base_config(name)
+    assert (c.dataset.image_size, c.dataset.channels, c.dataset.num_classes) == (
+        known["image_size"], known["channels"], known["num_classes"])
+  c = config_lib.base_config("npz:/x.npz")
+  assert (c.dataset.image_size, c.dataset.channels, c.dataset.num_classes) == (0, 0, 0)
+  with pytest.raises(ValueError, match="npz:PATH"):
+    config_lib.base_config("imagenet")
+
+
+def test_derived_bins_follow_the_image_side():
+  assert search_space.derived_bins(32) == (8, 4, 1)
+  assert search_space.derived_bins(28) == (8, 4, 1)
+  assert search_space.derived_bins(8) == (4, 2, 1)
+  assert search_space.derived_bins(3) == (2, 1)
+  for side in range(1, 70):
+    c = config_lib.base_config("npz:x")
+    c.dataset.update(image_size=side, channels=1, num_classes=2)
+    c.space.size_bins, c.space.fc_max_side, c.space.max_depth = (), 0, 3
+    space = search_space.from_config(c)
+    assert space.count_architectures() > 1
+    assert space.cfg.fc_max_side == space.cfg.size_bins[0] - 1
+
+
+def test_npz_grey_carves_a_stratified_test_split(tmp_path):
+  c = _config("npz:" + _npz(tmp_path / "d.npz"))
+  data = ip.resolve(c)
+  assert (c.dataset.image_size, c.dataset.channels, c.dataset.num_classes) == (8, 1, 3)
+  assert data.train_images.shape[1:] == (8, 8, 1) and data.num_classes == 3
+  assert len(data.test_labels) == 12 and np.bincount(data.test_labels).tolist() == [4, 4, 4]
+  assert len(data.train_labels) + len(data.val_labels) == 48
+
+
+def test_npz_with_a_test_split_and_colour(tmp_path):
+  c = _config("npz:" + _npz(tmp_path / "d.npz", channels=3, test=True))
+  data = ip.load(c)
+  assert data.train_images.shape[1:] == (8, 8, 3) and len(data.test_labels) == 12
+  assert len(data.train_labels) + len(data.val_labels) == 60
+
+
+@pytest.mark.parametrize("override,dataset,match", [
+    (dict(y_train=np.arange(60) % 3 - 1), {}, "labels run from -1"),
+    (dict(y_train=np.arange(60) % 4), dict(num_classes=3), "labels run from 0 to 3; .* 0..2"),
+    (dict(y_train=(np.arange(60) % 2) * 2), {}, "classes 1 of 0..2 have no training"),
+    (dict(y_train=np.zeros(60, int)), {}, "single class"),
+    (dict(x_train=np.zeros((60, 8, 8), np.float32)), {}, "must be uint8"),
+    (dict(x_train=np.zeros((60, 8, 6), np.uint8)), {}, "not square"),
+    (dict(y_train=np.zeros(59, int)), {}, "must be 60 integer labels"),
+    ({}, dict(image_size=16), "image_size=16 but .* 8x8"),
+    ({}, dict(channels=3), "channels=3 but .* have 1"),
+], ids=["negative", "above_k", "gap", "single", "float", "non_square", "length", "side",
+        "channels"])
+def test_npz_bad_data_is_one_line(tmp_path, override, dataset, match):
+  c = _config("npz:" + _npz(tmp_path / "d.npz", **override), **dataset)
+  with pytest.raises(ip.DatasetError, match=match) as e:
+    ip.resolve(c)
+  assert "\n" not in str(e.value)
+
+
+def test_npz_missing_keys_and_paths(tmp_path):
+  np.savez(tmp_path / "bad.npz", images=np.zeros((3, 2, 2), np.uint8))
+  with pytest.raises(ip.DatasetError, match="needs x_train and y_train"):
+    ip.load(_config(f"npz:{tmp_path}/bad.npz"))
+  with pytest.raises(ip.DatasetError, match="no such file"):
+    ip.load(_config(f"npz:{tmp_path}/none.npz"))
+  (tmp_path / "text.npz").write_text("not a zip")
+  with pytest.raises(ip.DatasetError, match="not a readable .npz"):
+    ip.load(_config(f"npz:{tmp_path}/text.npz"))
+
+
+def test_fewer_examples_than_a_batch(tmp_path):
+  c = _config("npz:" + _npz(tmp_path / "d.npz"))
+  c.train.batch_size = 64
+  with pytest.raises(ip.DatasetError, match="fewer than one batch"):
+    ip.resolve(c)
+
+
+def test_resize_npz(tmp_path):
+  c = _config("npz:" + _npz(tmp_path / "d.npz", side=12), resize=True, image_size=6)
+  data = ip.resolve(c)
+  assert data.train_images.shape[1:] == (6, 6, 1) and data.test_images.shape[1:] == (6, 6, 1)
+
+
+def test_folder_flat_layout(tmp_path):
+  c = _config("folder:" + _folder(tmp_path / "imgs"))
+  data = ip.resolve(c)
+  assert (c.dataset.image_size, c.dataset.channels, c.dataset.num_classes) == (8, 1, 3)
+  assert len(data.test_labels) == round(0.2 * 36)
+  assert sorted(set(data.train_labels.tolist())) == [0, 1, 2]
+
+
+def test_folder_imagefolder_layout_rgb(tmp_path):
+  c = _config("folder:" + _folder(tmp_path / "imgs", mode="RGB", layout="split"))
+  data = ip.resolve(c)
+  assert data.train_images.shape[1:] == (8, 8, 3)
+  assert len(data.test_labels) == 9 and len(data.train_labels) + len(data.val_labels) == 36
+  c = _config(c.dataset.name, channels=1)  # converts every image to grey
+  assert ip.load(c).train_images.shape[1:] == (8, 8, 1)
+
+
+def test_folder_mixed_sizes_need_resize(tmp_path):
+  root = _folder(tmp_path / "imgs", sizes=((8, 8), (10, 10), (8, 8)))
+  with pytest.raises(ip.DatasetError, match="different sizes .*resize=True") as e:
+    ip.resolve(_config("folder:" + root))
+  assert "\n" not in str(e.value)
+  c = _config("folder:" + root, resize=True, image_size=8)
+  assert ip.resolve(c).train_images.shape[1:] == (8, 8, 1)
+
+
+@pytest.mark.parametrize("case,match", [
+    ("missing", "no such directory"), ("one_class", "at least two"),
+    ("empty_class", "holds no images"), ("broken", "cannot read the image")])
+def test_folder_errors(tmp_path, case, match):
+  root = tmp_path / "imgs"
+  if case != "missing":
+    _folder(root, sizes=((8, 8),) * (1 if case == "one_class" else 2))
+  if case == "empty_class":
+    os.makedirs(root / "class_9")
+  if case == "broken":
+    (root / "class_0" / "x.png").write_bytes(b"no png")
+  with pytest.raises(ip.DatasetError, match=match) as e:
+    ip.load(_config(f"folder:{root}"))
+  assert "\n" not in str(e.value)
+
+
+def test_tfds_by_name_reads_the_builder_info(tmp_path, monkeypatch):
+  import tensorflow_datasets as tfds
+  from test_input_pipeline import _mock_source_cls
+  c = _config("tfds:fashion_mnist", data_dir=str(tmp_path))
+  with tfds.testing.mock_data(num_examples=100,
+                              mock_array_record_data_source=_mock_source_cls()()):
+    data = ip.resolve(c)
+    assert (c.dataset.image_size, c.dataset.channels, c.dataset.num_classes) == (28, 1, 10)
+    assert len(data.test_labels) == 100  # the builder's own test split
+    # A data set without a test split: test is carved out of train.
+    monkeypatch.setattr(ip, "tfds_splits", lambda *a: ["train"])
+    carved = ip.load(_config("tfds:fashion_mnist", data_dir=str(tmp_path)))
+  assert len(carved.test_labels) == 20
+  assert len(carved.train_labels) + len(carved.val_labels) == 80
+  assert "tensorflow" not in sys.modules
+
+
+def test_tfds_unknown_name_is_one_line(tmp_path):
+  with pytest.raises(ip.DatasetError, match="has no data set 'no_such_set'"):
+    ip.load(_config("tfds:no_such_set", data_dir=str(tmp_path)))
+
+
+def test_builtin_config_is_checked_not_trusted():
+  c = config_lib.base_config("mnist")
+  c.dataset.image_size = 32
+  with pytest.raises(ip.DatasetError, match="image_size=32 but mnist has image_size=28"):
+    ip.resolve(c)
+
+
+def _search_config(name, evaluator="train"):
+  c = config_lib.base_config(name)
+  c.dataset.val_fraction = 0.25
+  c.space.max_depth = 2
+  c.space.conv_filters = (4,)
+  c.space.conv_kernels = (3,)
+  c.space.fc_units = (8,)
+  c.space.size_bins = ()
+  c.space.fc_max_side = 0
+  c.search.schedule = "1.0:3"
+  c.search.replay_samples = 5
+  c.evaluator = evaluator
+  c.train.batch_size = 8
+  c.train.eval_batch_size = 16
+  c.train.epochs = 1
+  c.train.max_restarts = 0
+  c.final.run_after_search = False
+  return c
+
+
+@pytest.mark.parametrize("kind", ["npz", "folder"])
+def test_search_end_to_end_on_your_data(tmp_path, kind):
+  path = (_npz(tmp_path / "d.npz", n=48) if kind == "npz"
+          else _folder(tmp_path / "imgs", per_class=16, mode="RGB"))
+  config = _search_config(f"{kind}:{path}")
+  result = search.run_search(config, str(tmp_path / "w"), log_interval=100,
+                             tensorboard=False)
+  assert result.finished and result.unique_models == 3
+  from metaqnn import store as store_lib
+  store = store_lib.open_existing(str(tmp_path / "w"))
+  stored = store.config()
+  models = list(store.models())
+  store.close()
+  assert stored.dataset.image_size == 8 and stored.dataset.num_classes == 3
+  assert stored.dataset.channels == (1 if kind == "npz" else 3)
+  assert all(m.status in ("ok", "no_learning") and m.params and m.flops for m in models)
+  # Resuming the finished search with the same command is accepted.
+  assert search.run_search(config, str(tmp_path / "w"), log_interval=100).finished
+
+
+@pytest.mark.parametrize("name", ["npz:{d}/none.npz", "folder:{d}/none", "npz:{d}/one.npz"])
+def test_bad_data_leaves_no_workdir(tmp_path, name):
+  np.savez(tmp_path / "one.npz", x_train=np.zeros((40, 4, 4), np.uint8),
+           y_train=np.zeros(40, int))
+  config = _search_config(name.format(d=tmp_path), evaluator="synthetic")
+  with pytest.raises(ip.DatasetError):
+    search.run_search(config, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_main_command_with_a_wrong_path_is_one_line(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "-m", "metaqnn.main", "--config=configs/custom.py",
+       f"--workdir={tmp_path}/w", f"--config.dataset.name=folder:{tmp_path}/nothing"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines() == [
+      f"error: folder:{tmp_path}/nothing: no such directory."]
+  assert not os.path.exists(tmp_path / "w")
