@@ -18,7 +18,9 @@ workshop). `config.early_stop.kind`:
 The predictor is trained on fully trained models only, once there are `min_completed` of
 them, and refitted on the first `min_completed + k * refit_every` of them in record
 order. Its state is a function of the record alone, so it is rebuilt (not pickled) on
-resume and a resumed search stops exactly the candidates the uninterrupted one would.
+resume; with one worker (`num_workers=1`, the default on CPUs) a resumed search stops
+exactly the candidates the uninterrupted one would. With several workers in flight (the
+default on GPUs) what the rule knows when a candidate reaches tau depends on timing.
 
 A stopped model is recorded with status "stopped", its partial curve and the predicted
 accuracy. Its reward (`early_stop.reward`) is the prediction, as in the follow-up paper
@@ -172,20 +174,24 @@ class Rule:
   def predict_stop(self, arch: Architecture, accuracies: Sequence[float]) -> Optional[float]:
     """The predicted final accuracy if the candidate should stop (median rule: its last
     accuracy), else None."""
-    with self._lock:
+    with self._lock:  # a snapshot: the fit below runs without holding the lock
       n = self._fit_point(len(self._y))
-      if n == 0:
-        return None
-      if self.kind == "median":
-        median = float(np.median([max(x[7:7 + self.epoch]) for x in self._x[:n]]))
-        return float(accuracies[-1]) if max(accuracies) < median else None
-      if n != self._fitted_on:
-        self._predictor = Predictor(np.array(self._x[:n]), np.array(self._y[:n]))
-        self._fitted_on = n
-      x = np.array(self.features(arch, accuracies))
-      if self._predictor.prob_above(x, max(self._y)) >= self.delta:
-        return None
-      return float(np.clip(self._predictor.predict(x)[0], 0.0, 1.0))
+      xs, ys, best = list(self._x[:n]), list(self._y[:n]), max(self._y, default=0.0)
+      predictor = self._predictor if self._fitted_on == n else None
+    if n == 0:
+      return None
+    if self.kind == "median":
+      median = float(np.median([max(x[7:7 + self.epoch]) for x in xs]))
+      return float(accuracies[-1]) if max(accuracies) < median else None
+    if predictor is None:  # a function of the first n models alone: deterministic
+      predictor = Predictor(np.array(xs), np.array(ys))
+      with self._lock:
+        if n > self._fitted_on:
+          self._predictor, self._fitted_on = predictor, n
+    x = np.array(self.features(arch, accuracies))
+    if predictor.prob_above(x, best) >= self.delta:
+      return None
+    return float(np.clip(predictor.predict(x)[0], 0.0, 1.0))
 
 
 # -- offline evaluation -------------------------------------------------------------------

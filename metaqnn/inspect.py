@@ -2,7 +2,7 @@
 
   python -m metaqnn.inspect --workdir=DIR          # readable summary
   python -m metaqnn.inspect --workdir=DIR --json   # one JSON object, every model
-  python -m metaqnn.inspect --checkpoint=DIR/final/<hash>/checkpoint [--split=test]
+  python -m metaqnn.inspect --checkpoint=DIR/final/<hash> [--split=test|val|train]
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def summarize(workdir: str, top: int = 10) -> dict:
   over = [r for r in records if r.status == "over_budget"]  # re-samples included
   # Unique models toward the schedule: over-budget samples were never trained.
   unique = [r for r in records if not r.resampled and r.status != "over_budget"]
-  by_eps = collections.defaultdict(list)
+  by_eps = collections.defaultdict(list)  # every sample (what the agent chose)
+  unique_by_eps = collections.Counter(r.epsilon for r in records if not r.resampled)
   for r in records:
     by_eps[r.epsilon].append(r.accuracy)
   schedule: Optional[dict] = None
@@ -63,7 +64,9 @@ def summarize(workdir: str, top: int = 10) -> dict:
       "budget": {k: v for k, v in config.get("budget", {}).items()
                  if k in ("max_params", "max_flops", "objective", "target") and v},
       "schedule": schedule,
-      "mean_accuracy_by_epsilon": {f"{e:g}": {"mean": sum(v) / len(v), "models": len(v)}
+      # Mean reward of the samples drawn at each epsilon, re-samples included.
+      "mean_accuracy_by_epsilon": {f"{e:g}": {"mean": sum(v) / len(v), "samples": len(v),
+                                              "unique": unique_by_eps[e]}
                                    for e, v in sorted(by_eps.items(), reverse=True)},
       "top": [{"arch": r.arch, "accuracy": r.accuracy, "iteration": r.iteration,
                "params": r.params, "flops": r.flops} for r in ranked[:top]],
@@ -106,9 +109,10 @@ def render(s: dict) -> str:
                        for k, v in s.get("budget", {}).items())
     lines.append(f"budget: {limits or 'none'}; {s['over_budget']} over-budget samples, "
                  f"{s['over_budget_unique']} distinct (status over_budget, never trained)")
-  lines.append("\nmean accuracy per epsilon:")
+  lines.append("\nmean accuracy per epsilon (over all samples, re-samples included):")
   for eps, v in s["mean_accuracy_by_epsilon"].items():
-    lines.append(f"  eps {eps:>4}  {v['mean']:.4f}  ({v['models']} models)")
+    lines.append(f"  eps {eps:>4}  {v['mean']:.4f}  ({v['samples']} samples, "
+                 f"{v['unique']} unique models)")
   lines.append(f"\ntop {len(s['top'])} models:")
   lines.append(f"      {'accuracy':>8}  {'params':>10}  {'FLOPs':>12}  iteration  architecture")
   size = lambda v: "?" if v is None else f"{v:,}"
@@ -139,9 +143,12 @@ def render(s: dict) -> str:
 
 def checkpoint_summary(path: str, split: Optional[str] = None) -> dict:
   """Architecture, parameter table and stored metrics of a final model's checkpoint;
-  with `split` ("test", "train"), also its accuracy evaluated there now."""
+  with `split` ("test", "val", "train"), also its accuracy evaluated there now. `path` is
+  the checkpoint or the final model's folder that holds it."""
   from metaqnn import checkpoints, models
   from metaqnn.architecture import parse
+  if os.path.isdir(os.path.join(path, "checkpoint")):  # the final model's folder itself
+    path = os.path.join(path, "checkpoint")
   meta = checkpoints.metadata(path)
   params = checkpoints.restore(path)
   arch = parse(meta["arch"])
@@ -159,8 +166,10 @@ def checkpoint_summary(path: str, split: Optional[str] = None) -> dict:
     import ml_collections
     from metaqnn import input_pipeline, train
     config = ml_collections.ConfigDict(meta["config"])
-    data = input_pipeline.load(config, final=True)
+    # "val" is the search's validation split (the final model also trained on it).
+    data = input_pipeline.load(config, final=split != "val")
     images, labels = {"test": (data.test_images, data.test_labels),
+                      "val": (data.val_images, data.val_labels),
                       "train": (data.train_images, data.train_labels)}[split]
     probs = train.FinalTrainer(config, data).predict(arch, params, images)
     out["evaluated"] = {"split": split, "examples": int(len(labels)),
@@ -205,5 +214,6 @@ if __name__ == "__main__":  # flags only for the command, so the library imports
   flags.DEFINE_bool("json", False, "Print one JSON object instead of a summary.")
   flags.DEFINE_integer("top", 10, "Number of top models to list.")
   flags.DEFINE_string("checkpoint", None, "A final model's checkpoint directory.")
-  flags.DEFINE_enum("split", None, ["test", "train"], "Evaluate the checkpoint on this split.")
+  flags.DEFINE_enum("split", None, ["test", "val", "train"],
+                    "Evaluate the checkpoint on this split (val: the search's validation split).")
   cli.run(main)

@@ -228,7 +228,7 @@ class CNN(nn.Module):
   """The network of `arch` on NHWC float inputs; returns float32 logits [N, classes].
 
   Computation runs in `dtype` (bfloat16 for mixed precision) from float32 parameters;
-  the global mean of GAP and the logits are float32. `conv` picks the convolution
+  the classifier (SM's dense layer), the global mean of GAP and the logits are float32. `conv` picks the convolution
   (`conv_impl`). With `train=True` it needs a 'dropout' rng. The random bits of all
   dropout layers are drawn in one call: one random-number kernel per program compiles
   much faster than one per layer.
@@ -261,8 +261,8 @@ class CNN(nn.Module):
         x = jnp.mean(conv(layer.classes, 1, name=name)(x).astype(jnp.float32), axis=(1, 2))
       elif isinstance(layer, FC):
         x = nn.relu(dense(layer.units, name=name)(x.reshape(x.shape[0], -1)))
-      elif not isinstance(self.arch.terminal, GAP):
-        x = dense(layer.classes, name=name)(x.reshape(x.shape[0], -1))
+      elif not isinstance(self.arch.terminal, GAP):  # the classifier: float32 logits
+        x = nn.Dense(layer.classes, name=name)(x.reshape(x.shape[0], -1).astype(jnp.float32))
       if bits is not None and sizes[i]:
         x = _dropout(x, bits[:, offset:offset + sizes[i]].reshape(x.shape), rates[i])
         offset += sizes[i]

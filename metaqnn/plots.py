@@ -259,12 +259,15 @@ def plot_stability(runs: Sequence[tuple[str, list]], path: str) -> None:
 def write_all(workdirs: Sequence[str], out: str | None = None) -> list[str]:
   """Writes every figure that the given work directories support; returns the paths."""
   out = out or os.path.join(workdirs[0], "plots")
-  os.makedirs(out, exist_ok=True)
-  written, runs = [], []
-  for workdir in workdirs:
+  loaded = []
+  for workdir in workdirs:  # all read first: a bad work directory leaves nothing behind
     config, records, agent = load_run(workdir)
     if not records:
       raise store_lib.WorkdirError(f"{workdir} holds no models yet")
+    loaded.append((workdir, config, records, agent))
+  os.makedirs(out, exist_ok=True)
+  written, runs = [], []
+  for workdir, config, records, agent in loaded:
     runs.append((workdir, records))
     tag = "" if len(workdirs) == 1 else os.path.basename(os.path.normpath(workdir)) + "_"
     name = config.dataset.name

@@ -471,6 +471,8 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   # directory, so that missing data leaves nothing behind; a resumed one checks the
   # work directory first, so that a refused one costs no data loading.
   new = not os.path.exists(os.path.join(workdir, store_lib.DB_FILE))
+  if not new and kind == "train":
+    _keep_recorded_precision(config, workdir)
   executor = make_executor(config, evaluate, rule, dataset) if new else None
   try:
     store = store_lib.Store(workdir, fingerprint(config, kind, replay_samples))
@@ -511,6 +513,22 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     if executor is not None:
       executor.close()
     store.close()
+
+
+def _keep_recorded_precision(config, workdir: str) -> None:
+  """A search recorded in float32 before `train.dtype` existed resumes in float32 when
+  the precision is "auto" (on a GPU, auto would otherwise mean bfloat16: another search)."""
+  try:
+    store = store_lib.open_existing(workdir)
+    try:
+      stored = json.loads(store.meta().get("fingerprint", "{}"))
+    finally:
+      store.close()
+  except (WorkdirError, ValueError):
+    return  # the Store reports what is wrong with the work directory
+  train = stored.get("training", {}).get("train", {})
+  if train and "precision" not in train and str(config.train.get("dtype", "auto")) == "auto":
+    config.train.dtype = "float32"
 
 
 def _enable_compile_cache(path: str) -> None:

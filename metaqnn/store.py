@@ -320,15 +320,26 @@ class Store:
 
 
 def _lock(workdir: str):
-  """An exclusive lock on the work directory: one search process at a time."""
-  f = open(os.path.join(workdir, LOCK_FILE), "a")
-  try:
-    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except OSError:
+  """An exclusive lock on the work directory: one search process at a time.
+
+  The holder removes the lock file when it closes cleanly, so a lock won on a file that
+  has since been removed (or replaced) is no lock: try again on the file now there."""
+  path = os.path.join(workdir, LOCK_FILE)
+  for _ in range(5):
+    f = open(path, "a")
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      f.close()
+      raise WorkdirError(f"another metaqnn process is running a search in {workdir}; "
+                         "wait for it to stop (or stop it) first") from None
+    try:
+      if os.fstat(f.fileno()).st_ino == os.stat(path).st_ino:
+        return f
+    except FileNotFoundError:
+      pass
     f.close()
-    raise WorkdirError(f"another metaqnn process is running a search in {workdir}; "
-                       "wait for it to stop (or stop it) first") from None
-  return f
+  raise WorkdirError(f"cannot lock {workdir}: its lock file keeps changing")
 
 
 def open_existing(workdir: str) -> Store:

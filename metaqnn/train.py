@@ -24,6 +24,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import math
+import threading
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -190,14 +191,16 @@ class DeviceData:
     self.dataset, self.mesh = dataset, mesh
     self.replicated = NamedSharding(mesh, P())
     self._splits: dict[str, tuple[jax.Array, jax.Array]] = {}
+    self._lock = threading.Lock()  # workers' first compiles ask at the same time
 
   def split(self, name: str) -> tuple[jax.Array, jax.Array]:
-    if name not in self._splits:
-      images = getattr(self.dataset, f"{name}_images")
-      labels = getattr(self.dataset, f"{name}_labels")
-      self._splits[name] = jax.device_put((np.asarray(images), np.asarray(labels)),
-                                          self.replicated)
-    return self._splits[name]
+    with self._lock:
+      if name not in self._splits:
+        images = getattr(self.dataset, f"{name}_images")
+        labels = getattr(self.dataset, f"{name}_labels")
+        self._splits[name] = jax.device_put((np.asarray(images), np.asarray(labels)),
+                                            self.replicated)
+      return self._splits[name]
 
 
 @dataclasses.dataclass
@@ -421,7 +424,8 @@ class Trainer:
             result.message = f"stopped early after epoch {epoch + 1}" + (
                 f": predicted final accuracy {stop[1]:.4f}" if stop[1] is not None else "")
             return
-      if max_seconds and time.perf_counter() - start > max_seconds:
+      more = attempt < int(t.max_restarts)
+      if more and max_seconds and time.perf_counter() - start > max_seconds:
         self._fail(result, "timeout", f"no attempt learned within train.max_seconds="
                    f"{max_seconds:g}")
         result.last_val_accuracy, result.epochs = accuracy, 1

@@ -81,6 +81,8 @@ def test_checkpoint_inspection(finished):
   workdir, results = finished
   path = results["models"][0]["checkpoint"]
   s = inspect_lib.checkpoint_summary(path, split="test")
+  folder = inspect_lib.checkpoint_summary(os.path.dirname(path), split="val")  # as listed
+  assert folder["arch"] == s["arch"] and folder["evaluated"]["split"] == "val"
   assert s["arch"] == results["models"][0]["arch"]
   assert s["params"] == results["models"][0]["params"]
   assert s["evaluated"]["accuracy"] == pytest.approx(results["models"][0]["test_accuracy"])

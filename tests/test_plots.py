@@ -48,9 +48,10 @@ def test_q_by_depth_averages_the_right_pairs():
   assert min(types["pooling"]) == 2  # never from the start state
 
 
-def test_missing_workdir_is_a_clear_error(tmp_path):
+def test_missing_workdir_is_a_clear_error_and_creates_nothing(tmp_path):
   with pytest.raises(WorkdirError, match="no metaqnn search"):
     plots.write_all([str(tmp_path / "nothing")])
+  assert not (tmp_path / "nothing").exists()
 
 
 def test_pareto_front():

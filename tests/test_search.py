@@ -470,3 +470,22 @@ def test_progress_shows_a_model_under_the_stage_it_was_sampled_in():
                                 epsilon=1.0, stage=0)
   line = prog.line(last_of_stage_1, unique_models=20)
   assert line.startswith("[eps 1, stage 1/3: 20/20 models | unique 20/40 | sample 25]"), line
+
+
+def test_a_float32_record_resumes_in_float32_when_precision_is_auto(tmp_path, monkeypatch):
+  """On a GPU "auto" means bfloat16; a search recorded in float32 keeps float32."""
+  from configs import digits
+  from metaqnn import train
+  config = digits.get_config()
+  config.search.schedule, config.train.epochs = "1.0:2", 1
+  workdir = str(tmp_path / "w")
+  search.run_search(config, workdir, tensorboard=False, max_models=1)
+  monkeypatch.setattr(train.jax, "default_backend", lambda: "gpu")
+  assert search.fingerprint(config, "train", 20)["training"]["train"]["precision"] == "bfloat16"
+  seen = []
+  monkeypatch.setattr(search, "make_executor",
+                      lambda c, *a: seen.append(c.train.dtype) or (_ for _ in ()).throw(
+                          KeyboardInterrupt()))
+  with pytest.raises(KeyboardInterrupt):  # the fingerprint matched: it got to the executor
+    search.run_search(config, workdir, tensorboard=False)
+  assert seen == ["float32"]
