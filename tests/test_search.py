@@ -489,3 +489,22 @@ def test_a_float32_record_resumes_in_float32_when_precision_is_auto(tmp_path, mo
   with pytest.raises(KeyboardInterrupt):  # the fingerprint matched: it got to the executor
     search.run_search(config, workdir, tensorboard=False)
   assert seen == ["float32"]
+
+
+def test_two_workers_train_on_one_shared_copy_of_the_data(tmp_path, monkeypatch):
+  """The GPU default: two candidates in flight on the same devices, one device copy."""
+  from configs import digits
+  from metaqnn import train
+  copies = []
+  original = train.DeviceData.__init__
+  monkeypatch.setattr(train.DeviceData, "__init__",
+                      lambda self, *a, **k: copies.append(1) or original(self, *a, **k))
+  config = digits.get_config()
+  config.search.schedule, config.train.epochs = "1.0:4", 1
+  config.num_workers, config.parallel = 2, "data"
+  result = search.run_search(config, str(tmp_path / "w"), tensorboard=False)
+  assert result.finished and result.unique_models == 4
+  assert len(copies) == 1
+  models = [m for m in inspect_lib.summarize(str(tmp_path / "w"))["models"]
+            if not m["resampled"]]
+  assert all(m["curves"] and m["status"] in ("ok", "no_learning") for m in models)
