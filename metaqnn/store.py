@@ -193,6 +193,8 @@ class Store:
 
   def add(self, record: ModelRecord) -> ModelRecord:
     """Commits one result (its `iteration` and event are assigned here); durable on return."""
+    if record.status not in results.STATUSES:
+      raise ValueError(f"unknown status {record.status!r}; known: {', '.join(results.STATUSES)}")
     row = {name: results.to_sql(f, getattr(record, name)) for name, f in _COLUMNS.items()}
     with self.db:
       self.db.execute("BEGIN IMMEDIATE")

@@ -338,7 +338,7 @@ class Trainer:
     if len(ds.val_labels) < 1:
       raise UserError("the data set has no validation examples to compute the reward on")
     self.core = Core(t, ds, devices, shared=shared)
-    self.mesh, self.input_shape = self.core.mesh, self.core.input_shape
+    self.input_shape = self.core.input_shape
     self.num_classes = int(ds.num_classes)
     self.chance = 1.0 / self.num_classes
     # "No better than a random predictor" (SPEC section 4): the best constant guess, which
