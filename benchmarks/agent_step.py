@@ -74,12 +74,12 @@ def main():
   budgets = {"none": {}, f"max_params={cap:,}": dict(max_params=cap)}
   budgets[f"max_flops={percentile(config, 50, 1):,}, prune=False"] = dict(
       max_flops=percentile(config, 50, 1), prune=False)
-  for name, budget in budgets.items():
+  for name, limits in budgets.items():
     config = config_for("cifar10")
-    config.budget.update(budget)
-    if budget:
+    config.budget.update(limits)
+    if limits:
       bc = config_for("cifar10")
-      bc.budget.update(budget)
+      bc.budget.update(limits)
       rows = [(f"{k}", f"{agent_step_ms(bc, e):.2f} ms") for k, e in (("1.0", 1.0), ("0.1", 0.1))]
       print(f"\nagent step with budget {name}: eps 1.0 {rows[0][1]}, eps 0.1 {rows[1][1]}")
     config.evaluator = "synthetic"

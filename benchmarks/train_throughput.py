@@ -19,16 +19,15 @@ import sys
 import time
 
 import jax
-import numpy as np
 import psutil
 import torch
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import cifar10, digits  # noqa: E402
+from configs import digits  # noqa: E402
 from metaqnn import models, train  # noqa: E402
-from metaqnn.architecture import Architecture, parse  # noqa: E402
+from metaqnn.architecture import parse  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import jax_throughput  # noqa: E402

@@ -9,7 +9,6 @@ Bad input gives one line on stderr and exit status 1.
 from __future__ import annotations
 
 import json
-import sys
 
 from absl import flags
 from metaqnn.errors import UserError

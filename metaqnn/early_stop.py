@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import threading
 from typing import Any, Optional, Sequence
 
@@ -54,12 +53,12 @@ def stop_epoch(epochs: int, tau: float) -> int:
 def check_config(config: Any) -> None:
   """Raises ValueError (one line) for bad `config.early_stop` values."""
   e = config.get("early_stop")
-  if e is None or e.kind == "none":
-    if e is not None and e.kind not in KINDS:
-      raise UserError(f"unknown early_stop.kind {e.kind!r}; use {', '.join(KINDS)}")
+  if e is None:
     return
   if e.kind not in KINDS:
     raise UserError(f"unknown early_stop.kind {e.kind!r}; use {', '.join(KINDS)}")
+  if e.kind == "none":
+    return
   if not 0 < float(e.tau) < 1:
     raise UserError(f"early_stop.tau={e.tau} must be a fraction of the epochs in (0, 1)")
   if stop_epoch(int(config.train.epochs), float(e.tau)) >= int(config.train.epochs):

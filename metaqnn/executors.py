@@ -4,7 +4,8 @@ An executor takes `submit(key, arch)` and hands back finished `(key, Result)` pa
 from `wait()`. `Lost` in place of a Result means the worker died: the search
 re-queues the candidate. `on_start(key)`, if set, is called just before a candidate
 starts, so that the search can journal the attempt first. Threads overlap one
-candidate's compile with another's training, and with `parallel="candidate"` give each worker its own device.
+candidate's compile with another's training, and with `parallel="candidate"` give each
+worker its own device.
 """
 
 from __future__ import annotations

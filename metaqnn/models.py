@@ -18,7 +18,7 @@ that compute the same thing, chosen by backend (`conv_impl`):
   NHWC/HWIO convolutions, subsampled for l > 1. XLA:CPU rewrites other convolution
   layouts into that form only in a program's top level, so the gradient convolutions
   inside the training `lax.scan` otherwise run as naive loops, 30-45x slower. On a GPU
-  this form only adds compile time (2-4 s per candidate, measured on an H200).
+  this form only adds compile time (2-4 s per candidate on an H200, as issue 9 measured).
 
 Precision: parameters are float32; `CNN(dtype=jnp.bfloat16)` computes in bfloat16 (mixed
 precision) and returns float32 logits.
@@ -159,10 +159,11 @@ def _conv_canonical_bwd(pads, residuals, dy):
   the batch/feature roles of a canonical convolution, then transposed back."""
   x, kernel = residuals
   kh, kw = kernel.shape[:2]
-  (top, bottom), (left, right) = pads
+  (top, _), (left, _) = pads
   # The transposed convolution's padding: the stride-1 output is x's side + pads - k + 1.
   out_h, out_w = dy.shape[1:3]
-  dx_pads = [(kh - 1 - top, x.shape[1] - out_h + top), (kw - 1 - left, x.shape[2] - out_w + left)]
+  dx_pads = [(kh - 1 - top, x.shape[1] - out_h + top),
+             (kw - 1 - left, x.shape[2] - out_w + left)]
   flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2).astype(dy.dtype)
   dx = jax.lax.conv_general_dilated(dy, flipped, (1, 1), dx_pads, dimension_numbers=_NHWC)
   dkernel = jax.lax.conv_general_dilated(
@@ -228,8 +229,8 @@ class CNN(nn.Module):
   """The network of `arch` on NHWC float inputs; returns float32 logits [N, classes].
 
   Computation runs in `dtype` (bfloat16 for mixed precision) from float32 parameters;
-  the classifier (SM's dense layer), the global mean of GAP and the logits are float32. `conv` picks the convolution
-  (`conv_impl`). With `train=True` it needs a 'dropout' rng. The random bits of all
+  the classifier (SM's dense layer), the global mean of GAP and the logits are float32.
+  `conv` picks the convolution (`conv_impl`). With `train=True` it needs a 'dropout' rng. The random bits of all
   dropout layers are drawn in one call: one random-number kernel per program compiles
   much faster than one per layer.
   """
@@ -248,7 +249,7 @@ class CNN(nn.Module):
       bits = jax.random.bits(self.make_rng("dropout"), (x.shape[0], sum(sizes)), jnp.uint32)
     x = x.astype(self.dtype)
     conv = functools.partial(Conv2D, dtype=self.dtype, impl=self.conv)
-    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32)
+    dense = functools.partial(nn.Dense, dtype=self.dtype)
     offset = 0
     for i, layer in enumerate(self.arch.layers):
       name = layer_name(i, layer)

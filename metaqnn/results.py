@@ -39,16 +39,13 @@ class Result:
   curves: list = dataclasses.field(default_factory=list)
 
   def to_json(self) -> dict:
-    d = dataclasses.asdict(self)
-    for k, v in d.items():  # JSON has no NaN: a diverged loss is stored as null
-      if k == "curves":
-        d[k] = [{name: [_finite(x) for x in xs] for name, xs in c.items()} for c in v]
-    return d
+    return dataclasses.asdict(self) | {"curves": _json_curves(self.curves)}
 
 
-def _finite(x: Any) -> Optional[float]:
-  x = float(x)
-  return x if math.isfinite(x) else None
+def _json_curves(curves: list) -> list:
+  """Curves with a diverged (non-finite) value as None: JSON has no NaN."""
+  finite = lambda x: float(x) if math.isfinite(float(x)) else None
+  return [{name: [finite(x) for x in xs] for name, xs in c.items()} for c in curves]
 
 
 def sql_type(field: dataclasses.Field) -> str:
@@ -63,8 +60,7 @@ def sql_type(field: dataclasses.Field) -> str:
 
 def to_sql(field: dataclasses.Field, value: Any) -> Any:
   if field.name == "curves":
-    return json.dumps([{name: [_finite(x) for x in xs] for name, xs in c.items()}
-                       for c in value])
+    return json.dumps(_json_curves(value))
   if isinstance(value, bool):
     return int(value)
   return value

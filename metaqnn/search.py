@@ -268,11 +268,9 @@ class _Search:
       rec.flops = rec.flops if rec.flops is not None else flops
       self._learn(rec)
     elif over:
-      self._learn(ModelRecord(
-          iteration=-1, sample=sample.id, arch=sample.arch,
-          accuracy=self.budget.over_budget_reward, epsilon=sample.epsilon, stage=sample.stage,
-          status=budget_lib.OVER_BUDGET, message=f"not trained: {over}", params=params,
-          flops=flops))
+      self._learn(_record(Result(
+          accuracy=self.budget.over_budget_reward, status=budget_lib.OVER_BUDGET,
+          message=f"not trained: {over}", params=params, flops=flops), sample))
     elif sample.arch in self.in_flight:
       self.in_flight[sample.arch].append(sample)
     else:
@@ -324,13 +322,11 @@ class _Search:
         print(f"{sample.arch} crashed the search {crashes} times "
               f"(search.max_crashes={self.max_crashes}): recorded as crashed, not evaluated "
               "again", file=sys.stderr)
-        self._learn(ModelRecord(
-            iteration=-1, sample=sample.id, arch=sample.arch,
-            accuracy=1.0 / self.agent.space.cfg.num_classes, epsilon=sample.epsilon,
-            stage=sample.stage, status="crashed", message=(
+        self._learn(_record(Result(
+            accuracy=1.0 / self.agent.space.cfg.num_classes, status="crashed", message=(
                 f"the search process died {crashes} times while evaluating it (an abort, "
                 "a segfault, an out-of-memory kill, or a kill -9); not evaluated again "
-                f"(search.max_crashes={self.max_crashes})")))
+                f"(search.max_crashes={self.max_crashes})")), sample))
         continue
       if not crashes:
         later.append(sample)
@@ -454,9 +450,9 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     config.dataset.num_classes = int(dataset.num_classes)
   space = search_space.from_config(config)
   budget = budget_lib.Budget.from_config(config)
-  budget_lib.check_space(space, config, schedule.total)  # said at the start, not spun on
   kind = evaluators.kind_of(config, evaluate)
   check_config(config, schedule, space)
+  budget_lib.check_space(space, config, schedule.total)  # said at the start, not spun on
   agent = agent_lib.Agent.from_config(space, config)  # refuses a bad agent config
   rule = None
   if config.get("early_stop") is not None and config.early_stop.kind != "none":

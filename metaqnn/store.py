@@ -58,7 +58,6 @@ class Sample:
 
 
 _COLUMNS = {f.name: f for f in dataclasses.fields(ModelRecord)}
-_FIELDS = list(_COLUMNS)
 _KEYS = ("iteration", "sample")  # declared in the schema below with their constraints
 # Every evaluation attempt, journaled before it starts. `ended` stays NULL while it runs,
 # so a NULL left by an earlier process means that process died during it (a crash, or a
@@ -89,8 +88,9 @@ CREATE TABLE IF NOT EXISTS models (
   {columns}
 );
 CREATE INDEX IF NOT EXISTS models_arch ON models (arch, resampled);
-""".replace("{columns}", ",\n  ".join(
-    f"{name} {results.sql_type(f)}" for name, f in _COLUMNS.items() if name not in _KEYS)) + _ATTEMPTS
+""".replace("{columns}", ",\n  ".join(f"{name} {results.sql_type(f)}"
+                                     for name, f in _COLUMNS.items() if name not in _KEYS))
+_SCHEMA += _ATTEMPTS
 
 
 class Store:
@@ -158,7 +158,7 @@ class Store:
 
   def _add_missing_columns(self) -> None:
     """Records made before a field existed get its column (empty for their old rows)."""
-    have = {r[1] for r in self.db.execute("PRAGMA table_info(models)")}
+    have = _existing_columns(self.db)
     with self.db:
       for name, f in _COLUMNS.items():
         if name not in have:
@@ -168,8 +168,8 @@ class Store:
   def _columns(self) -> list[str]:
     """The record's columns this database has (older read-only records may lack some)."""
     if getattr(self, "_cols", None) is None:
-      have = {r[1] for r in self.db.execute("PRAGMA table_info(models)")}
-      self._cols = [name for name in _FIELDS if name in have]
+      have = _existing_columns(self.db)
+      self._cols = [name for name in _COLUMNS if name in have]
     return self._cols
 
   # -- writing -------------------------------------------------------------------------
@@ -319,6 +319,10 @@ class Store:
       os.remove(self._lock.name)  # still ours: removed before the flock is released
       self._lock.close()
       self._lock = None
+
+
+def _existing_columns(db: sqlite3.Connection) -> set[str]:
+  return {row[1] for row in db.execute("PRAGMA table_info(models)")}
 
 
 def _lock(workdir: str):

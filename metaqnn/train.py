@@ -188,7 +188,7 @@ class DeviceData:
   of the same devices (workers overlapping on one GPU hold one copy)."""
 
   def __init__(self, dataset: input_pipeline.Dataset, mesh: Mesh):
-    self.dataset, self.mesh = dataset, mesh
+    self.dataset = dataset
     self.replicated = NamedSharding(mesh, P())
     self._splits: dict[str, tuple[jax.Array, jax.Array]] = {}
     self._lock = threading.Lock()  # workers' first compiles ask at the same time
@@ -271,11 +271,8 @@ class Core:
       evaluate = build_evaluate(model, self.mesh, int(t.eval_batch_size), len(labels),
                                 self.normalize)
       lowered.append(evaluate.lower(placed(shapes), _spec(images), _spec(labels)))
-    if len(lowered) == 1:
-      compiled = [lowered[0].compile()]
-    else:
-      with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
-        compiled = list(pool.map(lambda l: l.compile(), lowered))
+    with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
+      compiled = list(pool.map(lambda l: l.compile(), lowered))
     return Programs(model, shapes, opt_shapes, compiled[0],
                     compiled[1] if eval_split is not None else None)
 

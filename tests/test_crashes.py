@@ -1,6 +1,5 @@
 """Candidates that crash or hang, damaged agent snapshots, and searches that cannot end."""
 
-import json
 import os
 import shutil
 import signal
