@@ -8,6 +8,7 @@ The whole agent saves to human-readable JSON plus a `.npz` Q-table (no pickle).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -162,6 +163,14 @@ class Agent:
     for i in picks:
       a, r = self.replay[i]
       self.update(self._paths[a], r)
+
+  def fork(self) -> "Agent":
+    """A copy to simulate on: Q-table, replay memory and random state copied, the space
+    and the path cache shared. The search guesses its next sample with one."""
+    ghost = copy.copy(self)
+    ghost.q, ghost.replay = self.q.copy(), list(self.replay)
+    ghost.rng, ghost.meta = copy.deepcopy(self.rng), {}
+    return ghost
 
   # -- persistence ---------------------------------------------------------------------
 

@@ -47,6 +47,12 @@ class Evaluator:
   def __init__(self, fn: Callable, kind: str, num_classes: int):
     self.fn, self.kind, self.chance = fn, kind, 1.0 / num_classes
 
+  def prepare(self, arch: Architecture) -> None:
+    """A hint that `arch` is likely next: a trainer starts compiling it; others ignore it."""
+    prepare = getattr(self.fn, "prepare", None)
+    if prepare is not None:
+      prepare(arch)
+
   def __call__(self, arch: Architecture) -> Result:
     start = time.perf_counter()
     try:
@@ -82,7 +88,7 @@ def _train_evaluator(config, *, devices=None, dataset=None, shared=None, early_s
   trainer = train.Trainer(config, dataset=dataset, devices=devices, shared=shared,
                           early_stop=early_stop,
                           early_stop_epoch=early_stop.epoch if early_stop is not None else 0)
-  return trainer.evaluate
+  return trainer  # called per candidate; its `prepare` compiles a likely next one early
 
 
 # The evaluators a config can name (`config.evaluator`): kind -> builder of fn(arch).

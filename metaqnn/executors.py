@@ -38,6 +38,13 @@ class SerialExecutor:
   def submit(self, key: int, arch: Architecture) -> None:
     self._queue.append((key, arch))
 
+  def prepare(self, arch: Architecture) -> None:
+    """A guess at the candidate submitted after the queued one: the evaluator may start
+    on it (compile it) while the queued one runs. Only a hint: results do not change."""
+    prepare = getattr(self._evaluate, "prepare", None)
+    if prepare is not None:
+      prepare(arch)
+
   def wait(self) -> list[tuple[int, Result | Lost]]:
     key, arch = self._queue.pop(0)
     if self.on_start:

@@ -13,9 +13,11 @@ metadata present) are not trained again.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import os
+import threading
 import time
 from typing import Optional
 
@@ -54,6 +56,18 @@ def within_budget(config, record) -> bool:
   return b.over(*budget.cost(record.arch, (side, side, channels))) is None
 
 
+def num_workers(config) -> int:
+  """`config.final.num_workers`, 0 (auto) resolved: two models at a time on CPUs, where
+  one model's training keeps about one core busy (BENCHMARKS.md), else one."""
+  workers = int(config.final.get("num_workers", 0))
+  if workers < 0:
+    raise UserError(f"final.num_workers must be >= 1 (or 0 = auto), got {workers}")
+  if workers:
+    return workers
+  import jax
+  return 2 if jax.default_backend() == "cpu" and (os.cpu_count() or 1) > 1 else 1
+
+
 def model_dir(root: str, arch: str) -> str:
   """A final model's folder, named by its architecture alone: a model keeps it when a
   longer search changes the ranking, so it is never retrained."""
@@ -88,29 +102,45 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
   dataset = input_pipeline.load(config, final=True)
   os.makedirs(root, exist_ok=True)
   trainer = train.FinalTrainer(config, dataset)
+  todo = [(rank, rec) for rank, rec in enumerate(best, 1)
+          if not os.path.exists(os.path.join(model_dir(root, rec.arch), "meta.json"))]
+  lock = threading.Lock()  # one model's files written at a time
+
+  def train_one(rank: int, rec, after: Optional[str] = None) -> None:
+    print(f"final {rank}/{len(best)}: training {rec.arch}...", flush=True)
+    if after is not None:  # compiles while this one trains
+      trainer.prepare(after)
+    start = time.perf_counter()
+    params, history = trainer.fit(rec.arch)
+    p = trainer.predict(rec.arch, params, dataset.test_images)
+    accuracy = float(np.mean(p.argmax(-1) == dataset.test_labels))
+    path = model_dir(root, rec.arch)
+    with lock:
+      os.makedirs(path, exist_ok=True)
+      checkpoints.save(os.path.join(path, "checkpoint"), params)
+      np.save(os.path.join(path, "test_probs.npy"), p.astype(np.float32))
+      _write_json(os.path.join(path, "meta.json"), {
+          "arch": rec.arch, "params": trainer.count_params(rec.arch),
+          "diverged": train.diverged(history), "val_accuracy": rec.accuracy,
+          "test_accuracy": accuracy, "search_iteration": rec.iteration,
+          "history": history, "seconds": time.perf_counter() - start,
+          "dataset": config.dataset.name,
+          "input_shape": list(dataset.test_images.shape[1:]),
+          "config": json.loads(config.to_json())})  # written last: marks it finished
+    print(f"final {rank}/{len(best)}: test accuracy {accuracy:.4f} {rec.arch}", flush=True)
+
+  workers = min(num_workers(config), len(todo))
+  if workers <= 1:
+    for i, (rank, rec) in enumerate(todo):
+      train_one(rank, rec, todo[i + 1][1].arch if i + 1 < len(todo) else None)
+  else:  # models train independently: the same results as one after another
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+      for done in [pool.submit(train_one, rank, rec) for rank, rec in todo]:
+        done.result()
   models, probs = [], []
   for rank, rec in enumerate(best, 1):
     path = model_dir(root, rec.arch)
     meta_path = os.path.join(path, "meta.json")
-    if not os.path.exists(meta_path):  # not finished before: train it now
-      print(f"final {rank}/{len(best)}: training {rec.arch}...", flush=True)
-      start = time.perf_counter()
-      params, history = trainer.fit(rec.arch)
-      p = trainer.predict(rec.arch, params, dataset.test_images)
-      os.makedirs(path, exist_ok=True)
-      checkpoints.save(os.path.join(path, "checkpoint"), params)
-      np.save(os.path.join(path, "test_probs.npy"), p.astype(np.float32))
-      _write_json(meta_path, {
-          "arch": rec.arch, "params": trainer.count_params(rec.arch),
-          "diverged": train.diverged(history),
-          "val_accuracy": rec.accuracy,
-          "test_accuracy": float(np.mean(p.argmax(-1) == dataset.test_labels)),
-          "search_iteration": rec.iteration, "history": history,
-          "seconds": time.perf_counter() - start, "dataset": config.dataset.name,
-          "input_shape": list(dataset.test_images.shape[1:]),
-          "config": json.loads(config.to_json())})  # written last: marks it finished
-      print(f"final {rank}/{len(best)}: test accuracy "
-            f"{json.load(open(meta_path))['test_accuracy']:.4f} {rec.arch}", flush=True)
     with open(meta_path) as f:
       meta = json.load(f)
     models.append({k: meta[k] for k in ("arch", "params", "val_accuracy", "test_accuracy",

@@ -374,6 +374,42 @@ class _Search:
     if time.perf_counter() - self.last_snapshot > 10.0:
       self.snapshot()
 
+  def guess_next(self, running: str) -> Optional[search_space.arch_lib.Architecture]:
+    """The architecture this loop will submit after `running`, had `running` earned the
+    mean reward so far: a simulation of `run` on a copy of the agent (re-samples and
+    over-budget samples learned from, as `dispatch` does). The serial executor compiles
+    it while `running` trains; a wrong guess costs only a discarded compile."""
+    ghost = self.agent.fork()
+    rewards = [r for _, r in ghost.replay]
+    ghost.learn(running, sum(rewards) / len(rewards) if rewards else ghost.q_init, new=True,
+                replay_samples=self.replay_samples)
+    unique = self.store.unique_count() + 1
+    for _ in range(100):
+      stage = self.schedule.stage(unique)
+      if stage is None:
+        return None
+      path = ghost.sample(self.schedule.stages[stage][0])
+      arch = str(path.architecture)
+      prior = self.store.trained(arch)
+      if prior is None and arch == running:
+        continue  # in flight: the real loop would wait on it (it never gets here)
+      if prior is not None:
+        ghost.learn(arch, prior.accuracy, new=False, replay_samples=self.replay_samples)
+      elif self.budget.hard and self.input_shape and self.budget.over(*self.cost(arch)):
+        ghost.learn(arch, self.budget.over_budget_reward, new=False,
+                    replay_samples=self.replay_samples)
+      else:
+        return path.architecture
+    return None
+
+  def prepare_next(self) -> None:
+    """With one candidate at a time, lets the executor compile a guess at the next one."""
+    prepare = getattr(self.executor, "prepare", None)
+    if prepare is not None and self.executor.capacity == 1 and len(self.in_flight) == 1:
+      guess = self.guess_next(next(iter(self.in_flight)))
+      if guess is not None:
+        prepare(guess)
+
   def snapshot(self) -> None:
     """Saves the agent if it matches the journal (else resume replays from an older one)."""
     if self.consistent:
@@ -391,6 +427,7 @@ class _Search:
         budget = max_models is None or self.store.count() - start < max_models
       if not self.busy:
         return
+      self.prepare_next()
       self.collect()
 
 

@@ -41,6 +41,28 @@ from metaqnn.errors import UserError
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 
+# XLA:CPU options for a candidate's programs: the classic fused-kernel emitter and LLVM -O1
+# halve the compile, which is most of a CPU search's time, and training runs as fast
+# (BENCHMARKS.md, "Compile options"). Results agree to float rounding. A JAX that does not
+# know an option compiles with its defaults instead.
+CPU_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False,
+                       "xla_backend_optimization_level": 1}
+_rejected_options: set[str] = set()
+
+
+def compile_lowered(lowered: Any, platform: str) -> Any:
+  """`lowered.compile()`, with `CPU_COMPILE_OPTIONS` on CPUs where this JAX takes them."""
+  options = {k: v for k, v in CPU_COMPILE_OPTIONS.items() if k not in _rejected_options}
+  if platform != "cpu" or not options:
+    return lowered.compile()
+  try:
+    return lowered.compile(compiler_options=options)
+  except jax.errors.JaxRuntimeError as e:
+    if "compile option" not in str(e):
+      raise
+    _rejected_options.update(options)
+    return lowered.compile()
+
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A 1-D mesh named 'data' over `devices` (default: all local devices)."""
@@ -235,7 +257,7 @@ class Core:
     if int(train_config.batch_size) > len(dataset.train_labels):
       raise UserError(f"config.train.batch_size={train_config.batch_size} is larger than "
                        f"the {len(dataset.train_labels)} training examples")
-    platform = self.mesh.devices.flat[0].platform
+    platform = self.platform = self.mesh.devices.flat[0].platform
     self.dtype = compute_dtype(str(train_config.get("dtype", "auto")), platform)
     self.conv = models.conv_impl(platform)
     key = tuple(d.id for d in self.mesh.devices.flat)
@@ -245,6 +267,8 @@ class Core:
     self.data = shared[key]
     self.input_shape = tuple(dataset.train_images.shape[1:])
     self.num_train = len(dataset.train_labels)
+    self._compiler: Optional[concurrent.futures.ThreadPoolExecutor] = None
+    self._prepared: dict[tuple[str, Optional[str]], concurrent.futures.Future] = {}
 
   def normalize(self, images: jax.Array) -> jax.Array:
     return input_pipeline.normalize(images, self.dataset.preprocess, self.dataset.mean)
@@ -272,9 +296,29 @@ class Core:
                                 self.normalize)
       lowered.append(evaluate.lower(placed(shapes), _spec(images), _spec(labels)))
     with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
-      compiled = list(pool.map(lambda l: l.compile(), lowered))
+      compiled = list(pool.map(lambda l: compile_lowered(l, self.platform), lowered))
     return Programs(model, shapes, opt_shapes, compiled[0],
                     compiled[1] if eval_split is not None else None)
+
+  def prepare(self, arch: Architecture, eval_split: Optional[str] = "val") -> None:
+    """Starts compiling `arch`'s programs on a background thread, for a later `programs`
+    call: the next candidate compiles while this one trains. Holds two guesses at most
+    (the oldest is dropped)."""
+    key = (str(arch), eval_split)
+    if key in self._prepared:
+      return
+    if self._compiler is None:
+      self._compiler = concurrent.futures.ThreadPoolExecutor(
+          1, thread_name_prefix="metaqnn-compile")
+    self._prepared[key] = self._compiler.submit(self.compile, arch, eval_split)
+    while len(self._prepared) > 2:
+      self._prepared.pop(next(iter(self._prepared))).cancel()
+
+  def programs(self, arch: Architecture, eval_split: Optional[str] = "val") -> Programs:
+    """`arch`'s programs: those `prepare` compiled if it guessed `arch`, else compiled now.
+    The same programs either way (XLA's compile is deterministic)."""
+    prepared = self._prepared.pop((str(arch), eval_split), None)
+    return prepared.result() if prepared is not None else self.compile(arch, eval_split)
 
   def init_state(self, programs: Programs, seed: Sequence[int],
                  init_params: Any = None) -> tuple[Any, Any]:
@@ -353,6 +397,17 @@ class Trainer:
                               f"{self.num_classes} classes")
     return arch
 
+  def prepare(self, arch: Architecture | str) -> None:
+    """Compiles `arch` in the background: a guess at the next candidate (`Core.prepare`).
+    An architecture that does not fit is left for `evaluate` to report."""
+    try:
+      self.core.prepare(self.check(arch))
+    except ArchitectureError:
+      pass
+
+  def __call__(self, arch: Architecture | str) -> Result:
+    return self.evaluate(arch)
+
   def evaluate(self, arch: Architecture | str) -> Result:
     """Trains `arch` and returns its result; a failing candidate never raises."""
     start = time.perf_counter()
@@ -382,7 +437,7 @@ class Trainer:
     """
     t = self.config.train
     epochs, max_seconds = int(t.epochs), float(t.get("max_seconds", 0))
-    programs = self.core.compile(arch)
+    programs = self.core.programs(arch)
     seed = int(self.config.seed)
     for attempt in range(int(t.max_restarts) + 1):
       result.restarts = attempt
@@ -501,6 +556,10 @@ class FinalTrainer:
     arch = parse(arch) if isinstance(arch, str) else arch
     return models.count_params(arch, self.input_shape)
 
+  def prepare(self, arch: Architecture | str) -> None:
+    """Compiles `arch` in the background, for the `fit` after the current one."""
+    self.core.prepare(parse(arch) if isinstance(arch, str) else arch, eval_split=None)
+
   def fit(self, arch: Architecture | str, init_params: Any = None,
           seed: int | None = None) -> tuple[Any, list[dict]]:
     """Trains `arch` (from `init_params` where shapes match, e.g. fine-tuning) and
@@ -508,7 +567,7 @@ class FinalTrainer:
     last history entry then has a non-finite loss (see `diverged`)."""
     arch = parse(arch) if isinstance(arch, str) else arch
     seed = int(self.config.seed if seed is None else seed)
-    programs = self.core.compile(arch, eval_split=None)
+    programs = self.core.programs(arch, eval_split=None)
     state = self.core.init_state(programs, [seed, 1_000_003], init_params)
     history = []
     for epoch, lr in enumerate(self.lrs):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -75,6 +76,19 @@ def test_resume_trains_only_unfinished_models(finished):
   assert os.path.getmtime(metas[0]) == stamps[0] and os.path.getmtime(metas[2]) == stamps[2]
   assert os.path.exists(metas[1])
   assert [m["arch"] for m in again["models"]] == [m["arch"] for m in results["models"]]
+
+
+def test_one_model_at_a_time_gives_the_same_results(finished, tmp_path):
+  """On CPUs the final stage trains two models at once (auto); one at a time (with the
+  next one compiled in the background) gives identical results."""
+  workdir, results = finished
+  assert finalize.num_workers(digits_config()) == 2
+  copy = str(tmp_path / "w")
+  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("final"))
+  serial = finalize.finalize(copy, top=3, ensemble=2,
+                             config_overrides={"final.num_workers": 1})
+  strip = lambda r: [{k: v for k, v in m.items() if k != "checkpoint"} for m in r["models"]]
+  assert strip(serial) == strip(results) and serial["ensemble"] == results["ensemble"]
 
 
 def test_checkpoint_inspection(finished):

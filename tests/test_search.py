@@ -508,3 +508,25 @@ def test_two_workers_train_on_one_shared_copy_of_the_data(tmp_path, monkeypatch)
   models = [m for m in inspect_lib.summarize(str(tmp_path / "w"))["models"]
             if not m["resampled"]]
   assert all(m["curves"] and m["status"] in ("ok", "no_learning") for m in models)
+
+
+def test_the_guessed_next_candidate_is_the_next_one_at_epsilon_1(tmp_path, monkeypatch):
+  """The serial loop hands its executor a guess at the next candidate, to compile while
+  the current one trains. At epsilon 1 sampling ignores rewards, so every guess is right;
+  either way the guesses leave the record unchanged."""
+  config = small_config("1.0:12,0.1:12")
+  plain = tmp_path / "plain"
+  search.run_search(config, str(plain), log_interval=100)
+  guesses, submitted = [], []
+  prepare = evaluators.Evaluator.prepare
+  monkeypatch.setattr(evaluators.Evaluator, "prepare",
+                      lambda self, arch: (guesses.append(str(arch)), prepare(self, arch)))
+  submit = search.executors.SerialExecutor.submit
+  monkeypatch.setattr(search.executors.SerialExecutor, "submit",
+                      lambda self, key, arch: (submitted.append(str(arch)),
+                                               submit(self, key, arch)))
+  search.run_search(config, str(tmp_path / "hinted"), log_interval=100)
+  assert records(tmp_path / "hinted") == records(plain)
+  assert len(submitted) == 24 and len(guesses) == 23  # none after the last candidate
+  assert guesses[:11] == submitted[1:12]  # epsilon 1: the reward does not matter
+  assert sum(g == s for g, s in zip(guesses, submitted[1:])) >= 11

@@ -255,3 +255,27 @@ def test_arch_cli_errors_are_one_line(args):
   assert proc.returncode != 0 and proc.stdout == ""
   assert "Traceback" not in proc.stderr
   assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_a_prepared_candidate_compiles_in_the_background_and_trains_the_same(dataset):
+  """`prepare` (the search's guess at its next candidate) compiles off the critical path;
+  a right guess is used as is, a wrong one is dropped, and results do not change."""
+  other = "[C(32,1,1), GAP(10), SM(10)]"
+  plain = train.Trainer(tiny_config(), dataset).evaluate(SMALL)
+  trainer = train.Trainer(tiny_config(), dataset)
+  trainer.prepare(SMALL)
+  [(key, future)] = trainer.core._prepared.items()
+  future.result()  # compiled before the candidate starts...
+  hit, compiles = count_compiles(lambda: trainer.evaluate(SMALL))
+  assert compiles == 0 and not trainer.core._prepared  # ...and not compiled again
+  trainer.prepare(other)  # a wrong guess
+  [wrong] = trainer.core._prepared.values()
+  wrong.result()
+  miss, compiles = count_compiles(lambda: trainer.evaluate(SMALL))
+  assert compiles == 2
+  assert hit.curves == miss.curves == plain.curves
+  trainer.prepare("[C(16,3,1), FC(32), SM(7)]")  # does not fit the data: left to evaluate
+  assert len(trainer.core._prepared) == 1
+  for arch in ("[C(16,1,1), SM(10)]", "[C(32,1,1), SM(10)]", "[C(64,1,1), SM(10)]"):
+    trainer.prepare(arch)
+  assert len(trainer.core._prepared) == 2  # the oldest guesses are dropped
