@@ -46,12 +46,12 @@ class Evaluator:
 
   def __init__(self, fn: Callable, kind: str, num_classes: int):
     self.fn, self.kind, self.chance = fn, kind, 1.0 / num_classes
+    self.prepares = callable(getattr(fn, "prepare", None))  # worth a guess at the next
 
   def prepare(self, arch: Architecture) -> None:
     """A hint that `arch` is likely next: a trainer starts compiling it; others ignore it."""
-    prepare = getattr(self.fn, "prepare", None)
-    if prepare is not None:
-      prepare(arch)
+    if self.prepares:
+      self.fn.prepare(arch)
 
   def __call__(self, arch: Architecture) -> Result:
     start = time.perf_counter()

@@ -33,6 +33,7 @@ class SerialExecutor:
   def __init__(self, evaluate: Evaluator):
     self.capacity = 1
     self._evaluate = evaluate
+    self.prepares = bool(getattr(evaluate, "prepares", False))  # `prepare` does something
     self._queue: list[tuple[int, Architecture]] = []
 
   def submit(self, key: int, arch: Architecture) -> None:
@@ -41,9 +42,8 @@ class SerialExecutor:
   def prepare(self, arch: Architecture) -> None:
     """A guess at the candidate submitted after the queued one: the evaluator may start
     on it (compile it) while the queued one runs. Only a hint: results do not change."""
-    prepare = getattr(self._evaluate, "prepare", None)
-    if prepare is not None:
-      prepare(arch)
+    if self.prepares:
+      self._evaluate.prepare(arch)
 
   def wait(self) -> list[tuple[int, Result | Lost]]:
     key, arch = self._queue.pop(0)

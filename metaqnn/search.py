@@ -404,11 +404,11 @@ class _Search:
 
   def prepare_next(self) -> None:
     """With one candidate at a time, lets the executor compile a guess at the next one."""
-    prepare = getattr(self.executor, "prepare", None)
-    if prepare is not None and self.executor.capacity == 1 and len(self.in_flight) == 1:
+    if (getattr(self.executor, "prepares", False) and self.executor.capacity == 1
+        and len(self.in_flight) == 1):
       guess = self.guess_next(next(iter(self.in_flight)))
       if guess is not None:
-        prepare(guess)
+        self.executor.prepare(guess)
 
   def snapshot(self) -> None:
     """Saves the agent if it matches the journal (else resume replays from an older one)."""

@@ -511,22 +511,32 @@ def test_two_workers_train_on_one_shared_copy_of_the_data(tmp_path, monkeypatch)
 
 
 def test_the_guessed_next_candidate_is_the_next_one_at_epsilon_1(tmp_path, monkeypatch):
-  """The serial loop hands its executor a guess at the next candidate, to compile while
-  the current one trains. At epsilon 1 sampling ignores rewards, so every guess is right;
-  either way the guesses leave the record unchanged."""
+  """The serial loop hands an evaluator that has `prepare` (the trainer: it compiles the
+  guess while the current candidate trains) a guess at the next candidate. At epsilon 1
+  sampling ignores rewards, so every guess is right; guesses never change the record."""
+
+  class Preparing:
+    def __init__(self):
+      self.guesses = []
+
+    def prepare(self, arch):
+      self.guesses.append(str(arch))
+
+    def __call__(self, arch):
+      return evaluators.synthetic_accuracy(arch)
+
   config = small_config("1.0:12,0.1:12")
-  plain = tmp_path / "plain"
-  search.run_search(config, str(plain), log_interval=100)
-  guesses, submitted = [], []
-  prepare = evaluators.Evaluator.prepare
-  monkeypatch.setattr(evaluators.Evaluator, "prepare",
-                      lambda self, arch: (guesses.append(str(arch)), prepare(self, arch)))
+  search.run_search(config, str(tmp_path / "plain"), evaluate=evaluators.synthetic_accuracy,
+                    log_interval=100)
+  submitted = []
   submit = search.executors.SerialExecutor.submit
   monkeypatch.setattr(search.executors.SerialExecutor, "submit",
                       lambda self, key, arch: (submitted.append(str(arch)),
                                                submit(self, key, arch)))
-  search.run_search(config, str(tmp_path / "hinted"), log_interval=100)
-  assert records(tmp_path / "hinted") == records(plain)
+  evaluate = Preparing()
+  search.run_search(config, str(tmp_path / "hinted"), evaluate=evaluate, log_interval=100)
+  assert records(tmp_path / "hinted") == records(tmp_path / "plain")
+  guesses = evaluate.guesses
   assert len(submitted) == 24 and len(guesses) == 23  # none after the last candidate
   assert guesses[:11] == submitted[1:12]  # epsilon 1: the reward does not matter
   assert sum(g == s for g, s in zip(guesses, submitted[1:])) >= 11
