@@ -381,8 +381,8 @@ class _Search:
     it while `running` trains; a wrong guess costs only a discarded compile."""
     ghost = self.agent.fork()
     rewards = [r for _, r in ghost.replay]
-    ghost.learn(running, sum(rewards) / len(rewards) if rewards else ghost.q_init, new=True,
-                replay_samples=self.replay_samples)
+    guessed = sum(rewards) / len(rewards) if rewards else ghost.q_init
+    ghost.learn(running, guessed, new=True, replay_samples=self.replay_samples)
     unique = self.store.unique_count() + 1
     for _ in range(100):
       stage = self.schedule.stage(unique)
@@ -391,10 +391,9 @@ class _Search:
       path = ghost.sample(self.schedule.stages[stage][0])
       arch = str(path.architecture)
       prior = self.store.trained(arch)
-      if prior is None and arch == running:
-        continue  # in flight: the real loop would wait on it (it never gets here)
-      if prior is not None:
-        ghost.learn(arch, prior.accuracy, new=False, replay_samples=self.replay_samples)
+      if arch == running or prior is not None:  # a re-sample: learned from again
+        ghost.learn(arch, guessed if arch == running else prior.accuracy, new=False,
+                    replay_samples=self.replay_samples)
       elif self.budget.hard and self.input_shape and self.budget.over(*self.cost(arch)):
         ghost.learn(arch, self.budget.over_budget_reward, new=False,
                     replay_samples=self.replay_samples)
