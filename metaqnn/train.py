@@ -11,6 +11,9 @@ One trainer core (`Core`) serves the search (`Trainer`), the final stage and tra
   arguments, so epochs and restarts reuse the executables; the training and evaluation
   programs compile concurrently. Params and optimiser state are donated. The compiled
   programs belong to the candidate and are freed with it, so memory stays flat.
+- `prepare(arch)` compiles a likely next candidate (the search's guess) on a background
+  thread while the current one trains; at most two guesses are held. On CPUs, programs
+  compile with `CPU_COMPILE_OPTIONS`.
 - Precision (`train.dtype`): "auto" computes in bfloat16 on GPUs and TPUs and in float32
   on CPUs; parameters, optimiser state, logits and the loss stay float32.
 - The convolution is chosen by backend (`models.conv_impl`).
@@ -43,7 +46,7 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 
 # XLA:CPU options for a candidate's programs: the classic fused-kernel emitter and LLVM -O1
 # halve the compile, which is most of a CPU search's time, and training runs as fast
-# (BENCHMARKS.md, "Compile options"). Results agree to float rounding. A JAX that does not
+# (BENCHMARKS.md, "The default digits run"). Results agree to float rounding. A JAX that does not
 # know an option compiles with its defaults instead.
 CPU_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False,
                        "xla_backend_optimization_level": 1}
