@@ -45,9 +45,9 @@ from metaqnn.errors import UserError
 PRECISIONS = ("auto", "float32", "bfloat16")
 
 # XLA:CPU options for a candidate's programs: the classic fused-kernel emitter and LLVM -O1
-# halve the compile, which is most of a CPU search's time, and training runs as fast
-# (BENCHMARKS.md, "The default digits run"). Results agree to float rounding. A JAX that does not
-# know an option compiles with its defaults instead.
+# halve the compile, which was most of a CPU search's time, and training runs as fast
+# (BENCHMARKS.md, "The default digits run"). Results agree to float rounding. A JAX that
+# does not know an option compiles with its defaults instead.
 CPU_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False,
                        "xla_backend_optimization_level": 1}
 _rejected_options: set[str] = set()
