@@ -1,6 +1,6 @@
 """Early stopping on the CIFAR-shaped synthetic set of the GPU benchmark, sized for a CPU.
 
-  python benchmarks/early_stop_cifar_like.py [--side=16] [--train=4000] [--schedule=...]
+  python benchmarks/early_stop_cifar_like.py [--side=16] [--train=3000] [--schedule=...]
 
 Runs one search without early stopping (the reference) and the same search (same seed,
 data and schedule) with `early_stop.kind=predictor`, then prints a table:

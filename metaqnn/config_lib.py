@@ -142,6 +142,7 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
   c.final.weight_decay = 0.0
   c.final.augment = False
   c.final.dtype = "auto"           # Precision of final training, as train.dtype.
-  c.final.num_workers = 0          # Models trained at once; 0 = auto: 2 on CPUs, else 1.
+  c.final.num_workers = 0          # Models trained at once; 0 = auto: 2 on multi-core CPUs,
+                                   # else 1.
   c.final.plots = True             # Write the analysis plots when the search finishes.
   return c

@@ -41,7 +41,8 @@ class SerialExecutor:
 
   def prepare(self, arch: Architecture) -> None:
     """A guess at the candidate submitted after the queued one: the evaluator may start
-    on it (compile it) while the queued one runs. Only a hint: results do not change."""
+    on it (compile it) while the queued one runs. Only a hint: results do not change
+    (except through wall-clock limits such as `train.max_seconds`)."""
     if self.prepares:
       self._evaluate.prepare(arch)
 

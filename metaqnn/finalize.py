@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import itertools
 import json
 import os
+import sys
 import threading
 import time
 from typing import Optional
@@ -134,9 +136,20 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
     for i, (rank, rec) in enumerate(todo):
       train_one(rank, rec, todo[i + 1][1].arch if i + 1 < len(todo) else None)
   else:  # models train independently: the same results as one after another
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-      for done in [pool.submit(train_one, rank, rec) for rank, rec in todo]:
-        done.result()
+    queue, running = iter(todo), set()
+    pool = concurrent.futures.ThreadPoolExecutor(workers)
+    try:  # a model starts only when one has finished well: a failure or Ctrl-C starts none
+      while True:
+        running |= {pool.submit(train_one, *job)
+                    for job in itertools.islice(queue, workers - len(running))}
+        if not running:
+          break
+        done, running = concurrent.futures.wait(
+            running, return_when=concurrent.futures.FIRST_COMPLETED)
+        for future in done:
+          future.result()
+    finally:
+      pool.shutdown(wait=False)  # on an interrupt the caller exits without waiting
   models, probs = [], []
   for rank, rec in enumerate(best, 1):
     path = model_dir(root, rec.arch)
@@ -190,6 +203,10 @@ def main(argv):
     results = finalize(f.workdir, f.top, f.ensemble)
   except store_lib.WorkdirError as e:
     raise cli.UserError(str(e)) from None
+  except KeyboardInterrupt:  # a model still training in a thread must not hold the exit
+    print("interrupted; finished final models are kept. Run the same command to resume.",
+          file=sys.stderr, flush=True)
+    os._exit(130)
   print(results_table(results))
   print(f"results: {os.path.join(f.workdir, FINAL_DIR, 'results.json')}")
 

@@ -35,6 +35,8 @@ import time
 import zipfile
 from typing import Callable, Optional
 
+from absl import logging
+
 from metaqnn import agent as agent_lib
 from metaqnn import budget as budget_lib
 from metaqnn import evaluators
@@ -384,7 +386,7 @@ class _Search:
     guessed = sum(rewards) / len(rewards) if rewards else ghost.q_init
     ghost.learn(running, guessed, new=True, replay_samples=self.replay_samples)
     unique = self.store.unique_count() + 1
-    for _ in range(100):
+    for _ in range(20):  # on the critical path: give up rather than simulate long
       stage = self.schedule.stage(unique)
       if stage is None:
         return None
@@ -402,12 +404,19 @@ class _Search:
     return None
 
   def prepare_next(self) -> None:
-    """With one candidate at a time, lets the executor compile a guess at the next one."""
+    """With one candidate at a time, lets the executor compile a guess at the next one.
+
+    Off with `search.max_crashes=1`: a background compile that kills the process is
+    charged to the running candidate, which must then get its retry alone. A failing
+    guess never stops the search."""
     if (getattr(self.executor, "prepares", False) and self.executor.capacity == 1
-        and len(self.in_flight) == 1):
-      guess = self.guess_next(next(iter(self.in_flight)))
-      if guess is not None:
-        self.executor.prepare(guess)
+        and len(self.in_flight) == 1 and self.max_crashes >= 2):
+      try:
+        guess = self.guess_next(next(iter(self.in_flight)))
+        if guess is not None:
+          self.executor.prepare(guess)
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("no guess at the next candidate: %s: %s", type(e).__name__, e)
 
   def snapshot(self) -> None:
     """Saves the agent if it matches the journal (else resume replays from an older one)."""
@@ -426,7 +435,8 @@ class _Search:
         budget = max_models is None or self.store.count() - start < max_models
       if not self.busy:
         return
-      self.prepare_next()
+      if budget:  # more candidates to come
+        self.prepare_next()
       self.collect()
 
 

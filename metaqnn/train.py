@@ -12,8 +12,9 @@ One trainer core (`Core`) serves the search (`Trainer`), the final stage and tra
   programs compile concurrently. Params and optimiser state are donated. The compiled
   programs belong to the candidate and are freed with it, so memory stays flat.
 - `prepare(arch)` compiles a likely next candidate (the search's guess) on a background
-  thread while the current one trains; at most two guesses are held. On CPUs, programs
-  compile with `CPU_COMPILE_OPTIONS`.
+  thread while the current one trains; at most two guesses (compiled programs) are held,
+  so memory stays bounded. Results do not depend on it, except through wall-clock
+  limits (`train.max_seconds`). On CPUs, programs compile with `CPU_COMPILE_OPTIONS`.
 - Precision (`train.dtype`): "auto" computes in bfloat16 on GPUs and TPUs and in float32
   on CPUs; parameters, optimiser state, logits and the loss stay float32.
 - The convolution is chosen by backend (`models.conv_impl`).
@@ -319,9 +320,16 @@ class Core:
 
   def programs(self, arch: Architecture, eval_split: Optional[str] = "val") -> Programs:
     """`arch`'s programs: those `prepare` compiled if it guessed `arch`, else compiled now.
-    The same programs either way (XLA's compile is deterministic)."""
+    The same programs either way (XLA's compile is deterministic). A background compile
+    that failed is done again here, so that a failure caused by running beside another
+    candidate (memory) is not charged to `arch`; a real failure raises here."""
     prepared = self._prepared.pop((str(arch), eval_split), None)
-    return prepared.result() if prepared is not None else self.compile(arch, eval_split)
+    if prepared is not None:
+      try:
+        return prepared.result()
+      except Exception:  # pylint: disable=broad-except
+        pass
+    return self.compile(arch, eval_split)
 
   def init_state(self, programs: Programs, seed: Sequence[int],
                  init_params: Any = None) -> tuple[Any, Any]:

@@ -279,3 +279,17 @@ def test_a_prepared_candidate_compiles_in_the_background_and_trains_the_same(dat
   for arch in ("[C(16,1,1), SM(10)]", "[C(32,1,1), SM(10)]", "[C(64,1,1), SM(10)]"):
     trainer.prepare(arch)
   assert len(trainer.core._prepared) == 2  # the oldest guesses are dropped
+
+
+def test_a_failed_background_compile_is_done_again_in_place(dataset, monkeypatch):
+  """A guess whose background compile failed (for example for memory, beside another
+  candidate) is compiled again when it is the candidate: its result is not the failure."""
+  trainer = train.Trainer(tiny_config(), dataset)
+  compile_now = train.Core.compile
+  monkeypatch.setattr(train.Core, "compile", lambda self, *a: (_ for _ in ()).throw(
+      MemoryError("beside another candidate")))
+  trainer.prepare(SMALL)
+  [future] = trainer.core._prepared.values()
+  assert isinstance(future.exception(), MemoryError)
+  monkeypatch.setattr(train.Core, "compile", compile_now)
+  assert trainer.evaluate(SMALL).status == "ok"
