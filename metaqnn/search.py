@@ -386,7 +386,7 @@ class _Search:
     guessed = sum(rewards) / len(rewards) if rewards else ghost.q_init
     ghost.learn(running, guessed, new=True, replay_samples=self.replay_samples)
     unique = self.store.unique_count() + 1
-    for _ in range(20):  # on the critical path: give up rather than simulate long
+    for _ in range(50):  # on the critical path: give up rather than simulate long
       stage = self.schedule.stage(unique)
       if stage is None:
         return None
