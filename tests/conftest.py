@@ -1,7 +1,11 @@
-"""Test setup: four fake CPU devices so data-parallel code is exercised on any machine."""
+"""Test setup: four fake CPU devices so data-parallel code is exercised on any machine;
+temporary files inside pytest's folder."""
 
 import os
 import sys
+import tempfile
+
+import pytest
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -12,3 +16,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: subprocesses, Ray, notebooks, kill loops, real "
                           "searches (deselect with -m 'not slow')")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _temporary_files_stay_in_pytests_folder(tmp_path_factory):
+  """tfds' mock data leaves temporary folders behind: keep them in pytest's own folder
+  (which pytest prunes), not in the machine's /tmp."""
+  old = tempfile.tempdir
+  tempfile.tempdir = str(tmp_path_factory.mktemp("tempfile"))
+  yield
+  tempfile.tempdir = old
