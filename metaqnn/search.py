@@ -259,12 +259,19 @@ class _Search:
       self._costs[arch] = budget_lib.cost(arch, self.input_shape)
     return self._costs[arch]
 
+  def untrained(self, arch: str) -> tuple[Optional[ModelRecord], Optional[str]]:
+    """What lets a sample be learned from without training: (the architecture's earlier
+    record, why it is over the hard budget); both None when it must be trained."""
+    prior = self.store.trained(arch)
+    if prior is not None or not (self.budget.hard and self.input_shape):
+      return prior, None
+    return None, self.budget.over(*self.cost(arch))
+
   def dispatch(self, sample: Sample, arch) -> None:
     """Re-sample of a finished model: learn now; in flight: wait on it; over budget:
     record it untrained; else submit."""
-    prior = self.store.trained(sample.arch)
+    prior, over = self.untrained(sample.arch)
     params, flops = self.cost(sample.arch) if self.input_shape else (None, None)
-    over = self.budget.over(params, flops) if self.budget.hard and prior is None else None
     if prior is not None:
       rec = _record(prior.result(), sample, resampled=True)
       rec.flops = rec.flops if rec.flops is not None else flops
@@ -378,9 +385,10 @@ class _Search:
 
   def guess_next(self, running: str) -> Optional[search_space.arch_lib.Architecture]:
     """The architecture this loop will submit after `running`, had `running` earned the
-    mean reward so far: a simulation of `run` on a copy of the agent (re-samples and
-    over-budget samples learned from, as `dispatch` does). The serial executor compiles
-    it while `running` trains; a wrong guess costs only a discarded compile."""
+    mean reward so far: a simulation of `run` on a copy of the agent, which learns from
+    re-samples and over-budget samples as `dispatch` does (`untrained`). The serial
+    executor compiles it while `running` trains; a wrong guess costs only a discarded
+    compile."""
     ghost = self.agent.fork()
     rewards = [r for _, r in ghost.replay]
     guessed = sum(rewards) / len(rewards) if rewards else ghost.q_init
@@ -392,15 +400,14 @@ class _Search:
         return None
       path = ghost.sample(self.schedule.stages[stage][0])
       arch = str(path.architecture)
-      prior = self.store.trained(arch)
-      if arch == running or prior is not None:  # a re-sample: learned from again
-        ghost.learn(arch, guessed if arch == running else prior.accuracy, new=False,
-                    replay_samples=self.replay_samples)
-      elif self.budget.hard and self.input_shape and self.budget.over(*self.cost(arch)):
-        ghost.learn(arch, self.budget.over_budget_reward, new=False,
-                    replay_samples=self.replay_samples)
+      if arch == running:
+        reward = guessed
       else:
-        return path.architecture
+        prior, over = self.untrained(arch)
+        if prior is None and not over:
+          return path.architecture
+        reward = prior.accuracy if prior is not None else self.budget.over_budget_reward
+      ghost.learn(arch, reward, new=False, replay_samples=self.replay_samples)
     return None
 
   def prepare_next(self) -> None:
