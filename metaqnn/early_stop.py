@@ -9,8 +9,9 @@ workshop). `config.early_stop.kind`:
 - "predictor": after tau epochs (`early_stop.tau` x epochs), a nu-SVR with an RBF kernel
   predicts the candidate's final validation accuracy (its reward) from the architecture
   (depth, the number of each layer type, log parameters, log FLOPs) and the first tau
-  validation accuracies with their first and second differences. Its uncertainty is the
-  spread of its cross-validated residuals (Gaussian). The candidate stops when the
+  validation accuracies with their first and second differences. (It is fitted on the
+  rise still to come over the best accuracy so far; see `Predictor`.) Its uncertainty is
+  the spread of its cross-validated residuals (Gaussian). The candidate stops when the
   probability that it beats the best model so far is below `delta`.
 - "median": the median stopping rule, a baseline: stop after tau epochs if the best
   accuracy so far is below the median of the completed models' at the same epoch.
@@ -88,18 +89,28 @@ def curve_features(accuracies: Sequence[float]) -> list[float]:
 
 
 class Predictor:
-  """nu-SVR (RBF) on standardised features and targets; Gaussian uncertainty from
-  cross-validated residuals."""
+  """nu-SVR (RBF) on standardised features, predicting how much a model's accuracy will
+  still rise over the best it has shown by tau; Gaussian uncertainty from the
+  cross-validated residuals.
 
-  def __init__(self, x: np.ndarray, y: np.ndarray, folds: int = 5):
+  Why the rise rather than the final accuracy itself: far from the models it was fitted
+  on, an RBF regressor falls back to the mean of its targets. Fitted on final accuracies,
+  it predicts an unusually good early curve (the next best model) to end near the average
+  model, sometimes below what it has already reached; fitted on the rise, it predicts the
+  average rise on top of the lead. The final (best) accuracy is never below what was
+  seen, so a predicted fall counts as no rise.
+  """
+
+  def __init__(self, x: np.ndarray, seen: np.ndarray, y: np.ndarray, folds: int = 5):
     from sklearn import model_selection
-    self.model = self._make().fit(x, y)
+    rise = y - seen
+    self.model = self._make().fit(x, rise)
     folds = min(folds, len(y))
     cv = model_selection.KFold(folds, shuffle=True, random_state=0)
-    held_out = model_selection.cross_val_predict(self._make(), x, y, cv=cv)
-    residuals = y - held_out
+    held_out = np.maximum(model_selection.cross_val_predict(self._make(), x, rise, cv=cv), 0)
+    residuals = rise - held_out
     self.sigma = max(float(np.std(residuals)), 1e-3)
-    total = float(np.sum((y - y.mean()) ** 2))
+    total = float(np.sum((y - y.mean()) ** 2))  # R^2 of the final accuracy
     self.r2 = 1.0 - float(np.sum(residuals ** 2)) / total if total > 0 else float("nan")
 
   @staticmethod
@@ -109,12 +120,13 @@ class Predictor:
                                  svm.NuSVR(kernel="rbf", nu=0.5, C=1.0, gamma="scale"))
     return compose.TransformedTargetRegressor(svr, transformer=preprocessing.StandardScaler())
 
-  def predict(self, x: np.ndarray) -> np.ndarray:
-    return self.model.predict(np.atleast_2d(x))
+  def predict(self, x: np.ndarray, seen: np.ndarray | float) -> np.ndarray:
+    """Predicted final accuracies of feature rows whose best accuracies so far are `seen`."""
+    return np.asarray(seen) + np.maximum(self.model.predict(np.atleast_2d(x)), 0)
 
-  def prob_above(self, x: np.ndarray, threshold: float) -> float:
+  def prob_above(self, x: np.ndarray, seen: float, threshold: float) -> float:
     """P(final accuracy > threshold) for one feature row."""
-    z = (threshold - float(self.predict(x)[0])) / self.sigma
+    z = (threshold - float(self.predict(x, seen)[0])) / self.sigma
     return 0.5 * math.erfc(z / math.sqrt(2.0))
 
 
@@ -135,6 +147,7 @@ class Rule:
     d = config.dataset
     self.input_shape = (int(d.image_size), int(d.image_size), int(d.channels))
     self._x: list[list[float]] = []
+    self._seen: list[float] = []  # The best accuracy of the first tau epochs.
     self._y: list[float] = []
     self._lock = threading.Lock()
     self._predictor: Optional[Predictor] = None
@@ -152,6 +165,7 @@ class Rule:
       return
     with self._lock:
       self._x.append(self.features(record.arch, curve))
+      self._seen.append(float(max(curve[:self.epoch])))
       self._y.append(float(record.best_val_accuracy))
 
   def _fit_point(self, n: int) -> int:
@@ -175,7 +189,8 @@ class Rule:
     accuracy), else None."""
     with self._lock:  # a snapshot: the fit below runs without holding the lock
       n = self._fit_point(len(self._y))
-      xs, ys, best = list(self._x[:n]), list(self._y[:n]), max(self._y, default=0.0)
+      xs, seen, ys = list(self._x[:n]), list(self._seen[:n]), list(self._y[:n])
+      best = max(self._y, default=0.0)
       predictor = self._predictor if self._fitted_on == n else None
     if n == 0:
       return None
@@ -183,14 +198,14 @@ class Rule:
       median = float(np.median([max(x[7:7 + self.epoch]) for x in xs]))
       return float(accuracies[-1]) if max(accuracies) < median else None
     if predictor is None:  # a function of the first n models alone: deterministic
-      predictor = Predictor(np.array(xs), np.array(ys))
+      predictor = Predictor(np.array(xs), np.array(seen), np.array(ys))
       with self._lock:
         if n > self._fitted_on:
           self._predictor, self._fitted_on = predictor, n
-    x = np.array(self.features(arch, accuracies))
-    if predictor.prob_above(x, best) >= self.delta:
+    x, seen = np.array(self.features(arch, accuracies)), float(max(accuracies))
+    if predictor.prob_above(x, seen, best) >= self.delta:
       return None
-    return float(np.clip(predictor.predict(x)[0], 0.0, 1.0))
+    return float(np.clip(predictor.predict(x, seen)[0], 0.0, 1.0))
 
 
 # -- offline evaluation -------------------------------------------------------------------
@@ -224,8 +239,9 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
     raise UserError(f"{workdir} holds {len(full)} fully trained models with learning "
                      f"curves; the evaluation needs at least {rule.min_completed + 5}")
   x = np.array([rule.features(r.arch, r.curves[-1]["val_accuracy"]) for r in full])
+  seen = np.array([max(r.curves[-1]["val_accuracy"][:rule.epoch]) for r in full])
   y = np.array([r.best_val_accuracy for r in full])
-  r2 = Predictor(x, y).r2
+  r2 = Predictor(x, seen, y).r2
   # Replay in record order: a stopped model never becomes a training example.
   total_epochs = sum(len(c["val_accuracy"]) for r in records for c in r.curves)
   stopped, saved = set(), 0

@@ -73,7 +73,6 @@ def test_offline_replay_predicts_and_saves_epochs(curved_search):
   assert s["stop_epoch"] == 2 and s["models"] >= 60
   assert s["r2"] > 0.8  # the end of these curves follows from their start
   assert s["epochs_saved"] > 0.3
-  assert not s["best_stopped"]
   median = early_stop.evaluate_offline(curved_search, kind="median")
   assert 0 < median["epochs_saved"] < 1
 
@@ -96,6 +95,33 @@ def test_rule_waits_for_min_completed_and_refits_on_a_schedule():
   rule = early_stop.Rule(c)
   assert [rule._fit_point(n) for n in (4, 5, 7, 8, 11)] == [0, 5, 5, 8, 11]
   assert rule(parse("[C(16,3,1), SM(10)]"), [0.1, 0.1]) is None  # nothing known yet
+
+
+def _rule_fitted_on(curves, archs):
+  c = config()
+  c.early_stop.update(kind="predictor", min_completed=len(curves), refit_every=1)
+  rule = early_stop.Rule(c)
+  for i, (arch, acc) in enumerate(zip(archs, curves)):
+    rule.observe(store_lib.ModelRecord(
+        accuracy=max(acc), arch=arch, best_val_accuracy=max(acc), iteration=i, sample=i,
+        epsilon=1.0, stage=0, curves=[{"val_accuracy": acc, "train_loss": [0.0] * len(acc)}]))
+  return rule
+
+
+def test_a_new_leader_is_not_stopped_and_a_laggard_is():
+  """Far from the models it was fitted on, the predictor must not pull an early curve
+  better than any seen back toward the average model (it predicts the rise to come)."""
+  archs = ["[C(16,3,1), SM(10)]", "[C(32,3,1), P(2,2), SM(10)]", "[C(16,1,1), FC(32), SM(10)]",
+           "[C(64,3,1), GAP(10), SM(10)]"] * 6
+  rng = np.random.default_rng(0)
+  ceilings = rng.uniform(0.3, 0.7, len(archs))
+  curves = [[float(c * (1 - np.exp(-0.6 * (e + 1)))) for e in range(EPOCHS)] for c in ceilings]
+  rule = _rule_fitted_on(curves, archs)
+  lead = [float(0.9 * (1 - np.exp(-0.6 * (e + 1)))) for e in range(EPOCHS)]
+  assert rule(parse(archs[0]), lead[:rule.epoch]) is None  # ends near 0.9 > best ~0.7
+  lag = [float(0.3 * (1 - np.exp(-0.6 * (e + 1)))) for e in range(EPOCHS)]
+  reward, predicted = rule(parse(archs[0]), lag[:rule.epoch])
+  assert reward == predicted and predicted == pytest.approx(0.3, abs=0.1)
 
 
 @pytest.mark.parametrize("field,value,match", [
