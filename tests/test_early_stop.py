@@ -73,6 +73,8 @@ def test_offline_replay_predicts_and_saves_epochs(curved_search):
   assert s["stop_epoch"] == 2 and s["models"] >= 60
   assert s["r2"] > 0.8  # the end of these curves follows from their start
   assert s["epochs_saved"] > 0.3
+  # The oracle stops every model that ends below the best so far: most of these.
+  assert s["epochs_saved"] - 0.1 < s["oracle_epochs_saved"] <= 1 - 2 / EPOCHS
   median = early_stop.evaluate_offline(curved_search, kind="median")
   assert 0 < median["epochs_saved"] < 1
 
@@ -83,7 +85,7 @@ def test_offline_command_json_and_errors(curved_search, tmp_path):
   out = run(f"--workdir={curved_search}", "--json")
   assert out.returncode == 0, out.stderr
   s = json.loads(out.stdout)
-  assert {"r2", "epochs_saved", "top10_stopped", "best_stopped"} <= set(s)
+  assert {"r2", "epochs_saved", "oracle_epochs_saved", "top10_stopped", "best_stopped"} <= set(s)
   bad = run(f"--workdir={tmp_path / 'nope'}")
   assert bad.returncode != 0 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
   assert not (tmp_path / "nope").exists()
