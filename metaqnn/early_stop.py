@@ -1,6 +1,7 @@
 """Early stopping of poor candidates, and its offline evaluation on a finished search.
 
   python -m metaqnn.early_stop --workdir=DIR [--json] [--tau=0.25] [--delta=0.05]
+  python -m metaqnn.early_stop --workdir=DIR --tau=0.125,0.25 --delta=0.01,0.05,0.2
 
 Not part of MetaQNN itself: its authors' follow-up (Baker, Gupta, Raskar, Naik,
 "Accelerating Neural Architecture Search using Performance Prediction", ICLR 2018
@@ -282,6 +283,29 @@ def render(s: dict) -> str:
       f"{'yes' if s['best_stopped'] else 'no'}"])
 
 
+def render_grid(rows: list[dict]) -> str:
+  """One line per (tau, delta): to choose them before spending GPU time."""
+  lines = [f"early stopping replayed on {rows[0]['workdir']} ({rows[0]['models']} fully "
+           f"trained models, {rows[0]['epochs']} epochs each), rule: {rows[0]['kind']}",
+           f"{'tau':>6} {'epoch':>5} {'delta':>6} {'R^2':>6} {'stopped':>7} {'saved':>6} "
+           f"{'oracle':>6} {'top 10 stopped':>14} {'best stopped':>12}"]
+  for s in rows:
+    lines.append(f"{s['tau']:>6g} {s['stop_epoch']:>5} {s['delta']:>6g} {s['r2']:>6.3f} "
+                 f"{s['stopped']:>7} {100 * s['epochs_saved']:>5.1f}% "
+                 f"{100 * s['oracle_epochs_saved']:>5.1f}% {s['top10_stopped']:>14} "
+                 f"{'yes' if s['best_stopped'] else 'no':>12}")
+  return "\n".join(lines)
+
+
+def _floats(name: str, values: Optional[list[str]]) -> list[Optional[float]]:
+  from metaqnn import cli
+  try:
+    return [float(v) for v in values] if values else [None]
+  except ValueError:
+    raise cli.UserError(f"--{name} takes numbers separated by commas, got "
+                        f"{','.join(values)!r}") from None
+
+
 def main(argv):
   from absl import flags
   from metaqnn import cli
@@ -289,20 +313,27 @@ def main(argv):
   f = flags.FLAGS
   if len(argv) > 1 or not f.workdir:
     raise cli.UserError("usage: python -m metaqnn.early_stop --workdir=DIR [--json] "
-                        "[--tau=0.25] [--delta=0.05] [--kind=predictor|median]")
+                        "[--tau=0.25[,0.5...]] [--delta=0.05[,0.1...]] "
+                        "[--kind=predictor|median]")
+  taus, deltas = _floats("tau", f.tau), _floats("delta", f.delta)
   try:
-    summary = evaluate_offline(f.workdir, f.tau, f.delta, f.kind)
+    rows = [evaluate_offline(f.workdir, tau, delta, f.kind) for tau in taus for delta in deltas]
   except store_lib.WorkdirError as e:
     raise cli.UserError(str(e)) from None
-  print(json.dumps(summary) if f.json else render(summary))
+  if f.json:
+    print("\n".join(json.dumps(s) for s in rows))  # one object per line
+  else:
+    print(render(rows[0]) if len(rows) == 1 else render_grid(rows))
 
 
 if __name__ == "__main__":
   from absl import flags
   from metaqnn import cli
   flags.DEFINE_string("workdir", None, "Work directory of a search without early stopping.")
-  flags.DEFINE_bool("json", False, "Print one JSON object.")
-  flags.DEFINE_float("tau", None, "Fraction of the epochs before deciding (default: config).")
-  flags.DEFINE_float("delta", None, "Stop below this probability (default: config).")
+  flags.DEFINE_bool("json", False, "Print one JSON object per (tau, delta).")
+  flags.DEFINE_list("tau", None, "Fractions of the epochs before deciding, comma-separated "
+                    "(default: the config's).")
+  flags.DEFINE_list("delta", None, "Stop below this probability; several, comma-separated, "
+                    "give a table (default: the config's).")
   flags.DEFINE_enum("kind", "predictor", ["predictor", "median"], "The rule to replay.")
   cli.run(main)

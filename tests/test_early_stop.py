@@ -86,6 +86,16 @@ def test_offline_command_json_and_errors(curved_search, tmp_path):
   assert out.returncode == 0, out.stderr
   s = json.loads(out.stdout)
   assert {"r2", "epochs_saved", "oracle_epochs_saved", "top10_stopped", "best_stopped"} <= set(s)
+  grid = run(f"--workdir={curved_search}", "--json", "--tau=0.125,0.25", "--delta=0.05,0.5")
+  assert grid.returncode == 0, grid.stderr
+  rows = [json.loads(line) for line in grid.stdout.splitlines()]
+  assert [(r["stop_epoch"], r["delta"]) for r in rows] == [(1, 0.05), (1, 0.5), (2, 0.05),
+                                                            (2, 0.5)]
+  assert rows[2] == s  # the config's defaults: tau 0.25, delta 0.05
+  assert rows[3]["stopped"] >= rows[2]["stopped"]  # a higher delta stops at least as many
+  for flag in ("--tau=x", "--tau=1.5", "--delta=0.05,"):
+    bad = run(f"--workdir={curved_search}", flag)
+    assert bad.returncode == 2 and bad.stderr.startswith("error:"), (flag, bad.stderr)
   bad = run(f"--workdir={tmp_path / 'nope'}")
   assert bad.returncode != 0 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
   assert not (tmp_path / "nope").exists()
