@@ -75,6 +75,9 @@ def test_offline_replay_predicts_and_saves_epochs(curved_search):
   assert s["epochs_saved"] > 0.3
   # The oracle stops every model that ends below the best so far: most of these.
   assert s["epochs_saved"] - 0.1 < s["oracle_epochs_saved"] <= 1 - 2 / EPOCHS
+  # Not asserted: that the best is kept. These curves' ends depend on a rate that only
+  # their shape reveals, and the best is a slow starter that climbs further than any of
+  # the first 20 models; the predictor, fitted on those, stops it (see `Predictor`).
   median = early_stop.evaluate_offline(curved_search, kind="median")
   assert 0 < median["epochs_saved"] < 1
 
@@ -92,8 +95,8 @@ def test_offline_command_json_and_errors(curved_search, tmp_path):
   assert [(r["stop_epoch"], r["delta"]) for r in rows] == [(1, 0.05), (1, 0.5), (2, 0.05),
                                                             (2, 0.5)]
   assert rows[2] == s  # the config's defaults: tau 0.25, delta 0.05
-  assert rows[3]["stopped"] >= rows[2]["stopped"]  # a higher delta stops at least as many
-  for flag in ("--tau=x", "--tau=1.5", "--delta=0.05,"):
+  for flag in ("--tau=x", "--tau=1.5", "--tau=0.25,1.5", "--tau=", "--delta=0.05,",
+               "--delta=0"):
     bad = run(f"--workdir={curved_search}", flag)
     assert bad.returncode == 2 and bad.stderr.startswith("error:"), (flag, bad.stderr)
   bad = run(f"--workdir={tmp_path / 'nope'}")
@@ -134,6 +137,12 @@ def test_a_new_leader_is_not_stopped_and_a_laggard_is():
   lag = [float(0.3 * (1 - np.exp(-0.6 * (e + 1)))) for e in range(EPOCHS)]
   reward, predicted = rule(parse(archs[0]), lag[:rule.epoch])
   assert reward == predicted and predicted == pytest.approx(0.3, abs=0.1)
+  # Already above the best so far: certain to end above it, whatever delta says (here
+  # every model was flat, so the predicted rise and its spread are near zero).
+  flat = _rule_fitted_on([[0.3 + 0.02 * i] * EPOCHS for i in range(len(archs))], archs)
+  best = 0.3 + 0.02 * (len(archs) - 1)
+  flat.delta = 0.7
+  assert flat(parse(archs[0]), [best + 1e-4] * flat.epoch) is None
 
 
 @pytest.mark.parametrize("field,value,match", [
