@@ -58,12 +58,18 @@ def within_budget(config, record) -> bool:
   return b.over(*budget.cost(record.arch, (side, side, channels))) is None
 
 
-def num_workers(config) -> int:
-  """`config.final.num_workers`, 0 (auto) resolved: two models at a time on CPUs, where
-  one model's training keeps about one core busy (BENCHMARKS.md), else one."""
+def check_config(config) -> None:
+  """Refuses bad `config.final` values in one line (the search calls it at its start)."""
   workers = int(config.final.get("num_workers", 0))
   if workers < 0:
     raise UserError(f"final.num_workers must be >= 1 (or 0 = auto), got {workers}")
+
+
+def num_workers(config) -> int:
+  """`config.final.num_workers`, 0 (auto) resolved: two models at a time on CPUs, where
+  one model's training keeps about one core busy (BENCHMARKS.md), else one."""
+  check_config(config)
+  workers = int(config.final.get("num_workers", 0))
   if workers:
     return workers
   import jax

@@ -587,8 +587,12 @@ def _enable_compile_cache(path: str) -> None:
   os.makedirs(path, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", os.path.abspath(path))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
 def check_config(config, schedule: agent_lib.Schedule, space) -> None:
   """Refuses, before anything is written, a search that cannot run or could never end."""
+  from metaqnn import finalize
+  finalize.check_config(config)  # not only when the search has ended
   if schedule.total < 1:
     raise UserError(f"the schedule {config.search.schedule!r} asks for 0 models; give at "
                      "least one, e.g. 1.0:20")
