@@ -160,6 +160,10 @@ class Rule:
     self._predictor: Optional[Predictor] = None
     self._fitted_on = 0
 
+  def seen(self, accuracies: Sequence[float]) -> float:
+    """The best validation accuracy of the first tau epochs."""
+    return float(max(accuracies[:self.epoch]))
+
   def features(self, arch: Architecture | str, accuracies: Sequence[float]) -> list[float]:
     arch = parse(arch) if isinstance(arch, str) else arch
     return arch_features(arch, self.input_shape) + curve_features(accuracies[:self.epoch])
@@ -172,7 +176,7 @@ class Rule:
       return
     with self._lock:
       self._x.append(self.features(record.arch, curve))
-      self._seen.append(float(max(curve[:self.epoch])))
+      self._seen.append(self.seen(curve))
       self._y.append(float(record.best_val_accuracy))
 
   def _fit_point(self, n: int) -> int:
@@ -202,17 +206,16 @@ class Rule:
     if n == 0:
       return None
     if self.kind == "median":
-      median = float(np.median([max(x[7:7 + self.epoch]) for x in xs]))
-      return float(accuracies[-1]) if max(accuracies[:self.epoch]) < median else None
+      return float(accuracies[-1]) if self.seen(accuracies) < float(np.median(seen)) else None
     if predictor is None:  # a function of the first n models alone: deterministic
       predictor = Predictor(np.array(xs), np.array(seen), np.array(ys))
       with self._lock:
         if n > self._fitted_on:
           self._predictor, self._fitted_on = predictor, n
-    x, seen = np.array(self.features(arch, accuracies)), float(max(accuracies[:self.epoch]))
-    if predictor.prob_above(x, seen, best) >= self.delta:
+    x, now = np.array(self.features(arch, accuracies)), self.seen(accuracies)
+    if predictor.prob_above(x, now, best) >= self.delta:
       return None
-    return float(np.clip(predictor.predict(x, seen)[0], 0.0, 1.0))
+    return float(np.clip(predictor.predict(x, now)[0], 0.0, 1.0))
 
 
 # -- offline evaluation -------------------------------------------------------------------
@@ -246,7 +249,7 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
     raise UserError(f"{workdir} holds {len(full)} fully trained models with learning "
                      f"curves; the evaluation needs at least {rule.min_completed + 5}")
   x = np.array([rule.features(r.arch, r.curves[-1]["val_accuracy"]) for r in full])
-  seen = np.array([max(r.curves[-1]["val_accuracy"][:rule.epoch]) for r in full])
+  seen = np.array([rule.seen(r.curves[-1]["val_accuracy"]) for r in full])
   y = np.array([r.best_val_accuracy for r in full])
   r2 = Predictor(x, seen, y).r2
   # Replay in record order: a stopped model never becomes a training example.
