@@ -381,7 +381,14 @@ def _npz(path: str, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
   if not os.path.isfile(path):
     raise DatasetError(f"{label}: no such file.")
   try:
-    with np.load(path, allow_pickle=False) as z:
+    z = np.load(path, allow_pickle=False)
+  except (OSError, ValueError, zipfile.BadZipFile) as e:
+    raise DatasetError(f"{label} is not a readable .npz file ({type(e).__name__}).") from None
+  if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy: one bare array, no names
+    raise DatasetError(f"{label} holds one array (a .npy file), not named arrays; save them "
+                       "with np.savez(PATH, x_train=..., y_train=...).")
+  try:
+    with z:
       arrays = {k: z[k] for k in z.files}
   except (OSError, ValueError, zipfile.BadZipFile) as e:
     raise DatasetError(f"{label} is not a readable .npz file ({type(e).__name__}).") from None

@@ -129,6 +129,10 @@ def test_npz_missing_keys_and_paths(tmp_path):
   (tmp_path / "text.npz").write_text("not a zip")
   with pytest.raises(ip.DatasetError, match="not a readable .npz"):
     ip.load(_config(f"npz:{tmp_path}/text.npz"))
+  np.save(tmp_path / "x.npy", np.zeros((3, 2, 2), np.uint8))  # a .npy, not a .npz
+  with pytest.raises(ip.DatasetError, match="one array .*np.savez") as e:
+    ip.load(_config(f"npz:{tmp_path}/x.npy"))
+  assert "\n" not in str(e.value)
 
 
 def test_fewer_examples_than_a_batch(tmp_path):
