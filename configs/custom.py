@@ -11,8 +11,9 @@ Sources (`config.dataset.name`):
   tfds:NAME    any tensorflow-datasets image classification set, prepared as array_record
                (BUILD.md, "Preparing data sets"); image size, channels, classes and splits
                come from the builder's info.
-  npz:PATH     arrays x_train [N, H, W, C] or [N, H, W] (grey), uint8; y_train [N] integer
-               labels 0..k-1; optionally x_test and y_test.
+  npz:PATH     arrays x_train [N, H, W, C] or [N, H, W] (grey), uint8; y_train [N] (or [N, 1],
+               as keras.datasets gives them) integer labels 0..k-1; optionally x_test
+               and y_test.
   folder:PATH  one subfolder per class (PATH/cat/*.png, PATH/dog/*.jpg; classes are the
                sorted folder names), or tfds' ImageFolder layout PATH/train/<class>/,
                PATH/test/<class>/. Read with Pillow (tfds' ImageFolder needs TensorFlow).

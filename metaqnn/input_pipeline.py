@@ -408,6 +408,8 @@ def _npz(path: str, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
     return x
   def labels(key, n):
     y = arrays[key]
+    if y.ndim == 2 and y.shape[1:] == (1,):  # [N, 1], as keras.datasets gives them
+      y = y[:, 0]
     if y.ndim != 1 or len(y) != n or not np.issubdtype(y.dtype, np.integer):
       raise DatasetError(f"{label}: {key} must be {n} integer labels (shape [{n}]), got "
                          f"{y.dtype} {y.shape}.")

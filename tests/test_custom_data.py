@@ -120,6 +120,18 @@ def test_npz_bad_data_is_one_line(tmp_path, override, dataset, match):
   assert "\n" not in str(e.value)
 
 
+def test_npz_labels_of_any_integer_type_or_shaped_n_by_1(tmp_path):
+  """keras.datasets (cifar10, cifar100) give labels as uint8 [N, 1]; they are accepted."""
+  x, y = _images(60, 8)
+  np.savez(tmp_path / "d.npz", x_train=x, y_train=y.astype(np.uint8)[:, None],
+           x_test=x[:12], y_test=y[:12, None])
+  data = ip.resolve(_config(f"npz:{tmp_path}/d.npz"))
+  assert data.num_classes == 3 and data.test_labels.tolist() == y[:12].tolist()
+  np.savez(tmp_path / "e.npz", x_train=x, y_train=y[:, None].repeat(2, 1))
+  with pytest.raises(ip.DatasetError, match="must be 60 integer labels"):
+    ip.resolve(_config(f"npz:{tmp_path}/e.npz"))
+
+
 def test_npz_missing_keys_and_paths(tmp_path):
   np.savez(tmp_path / "bad.npz", images=np.zeros((3, 2, 2), np.uint8))
   with pytest.raises(ip.DatasetError, match="needs x_train and y_train"):
