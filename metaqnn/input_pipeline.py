@@ -418,6 +418,9 @@ def _npz(path: str, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
   tr_y = labels("y_train", len(tr_x))
   if "x_test" in arrays:
     te_x = images("x_test")
+    if not len(te_x):  # the final stage would test on nothing, after the whole search
+      raise DatasetError(f"{label}: x_test is empty; add test examples, or leave x_test and "
+                         "y_test out to have a test split carved out of x_train.")
     return tr_x, tr_y, te_x, labels("y_test", len(te_x)), 0
   _check_labels_carvable(label, tr_y)
   return (*_carve_test(tr_x, tr_y), 0)
@@ -451,6 +454,9 @@ def _folder(path: str, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
         raise DatasetError(f"{label}: test/ has classes {', '.join(extra)} that train/ lacks.")
       te_x, te_y = _read_folder(label, os.path.join(path, "test"), classes, ds,
                                 required=False)
+      if not len(te_y):  # the final stage would test on nothing, after the whole search
+        raise DatasetError(f"{label}: test/ holds no images; add some, or remove test/ to "
+                           "have a test split carved out of train/.")
       return tr_x, tr_y, te_x, te_y, len(classes)
   else:
     classes = subdirs

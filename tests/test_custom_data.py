@@ -186,6 +186,20 @@ def test_folder_mixed_sizes_need_resize(tmp_path):
   assert ip.resolve(c).train_images.shape[1:] == (8, 8, 1)
 
 
+def test_an_empty_test_split_is_refused(tmp_path):
+  """Given but empty, a test split would leave the final stage nothing to test on."""
+  x, y = _images(60, 8)
+  np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x[:0], y_test=y[:0])
+  with pytest.raises(ip.DatasetError, match="x_test is empty"):
+    ip.resolve(_config(f"npz:{tmp_path}/d.npz"))
+  root = _folder(tmp_path / "imgs", layout="split")
+  for c in range(3):
+    for f in os.listdir(os.path.join(root, "test", f"class_{c}")):
+      os.remove(os.path.join(root, "test", f"class_{c}", f))
+  with pytest.raises(ip.DatasetError, match="test/ holds no images"):
+    ip.resolve(_config(f"folder:{root}"))
+
+
 @pytest.mark.parametrize("case,match", [
     ("missing", "no such directory"), ("one_class", "at least two"),
     ("empty_class", "holds no images"), ("broken", "cannot read the image")])
