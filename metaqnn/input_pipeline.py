@@ -157,6 +157,11 @@ def _check_config(ds) -> None:
     raise DatasetError(
         f"config.dataset.val_size={ds.get('val_size')} must be >= 1 "
         "(or set config.dataset.val_fraction > 0).")
+  if bool(ds.get("resize", False)) and int(ds.get("image_size", 0)) < 1:
+    # Before any source is read: a folder of mixed sizes would otherwise be refused for
+    # want of the resize that is set.
+    raise DatasetError("config.dataset.resize=True needs config.dataset.image_size > 0, "
+                       "the side to resize every image to.")
   pp = ds.get("preprocess", "mean")
   if pp not in PREPROCESS:
     raise DatasetError(
@@ -312,10 +317,7 @@ def _conform(name: str, ds, tr_x, tr_y, te_x, te_y, k):
   """
   resize = bool(ds.get("resize", False))
   side = int(ds.get("image_size", 0))
-  if resize:
-    if side < 1:
-      raise DatasetError("config.dataset.resize=True needs config.dataset.image_size > 0, "
-                         "the side to resize every image to.")
+  if resize:  # side > 0: see _check_config
     tr_x, te_x = _resize_all(tr_x, side), _resize_all(te_x, side)
   for what, x in (("training", tr_x), ("test", te_x)):
     if x.ndim != 4 or x.shape[1] != x.shape[2]:

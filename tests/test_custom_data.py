@@ -184,6 +184,8 @@ def test_folder_mixed_sizes_need_resize(tmp_path):
   assert "\n" not in str(e.value)
   c = _config("folder:" + root, resize=True, image_size=8)
   assert ip.resolve(c).train_images.shape[1:] == (8, 8, 1)
+  with pytest.raises(ip.DatasetError, match="resize=True needs .*image_size > 0"):
+    ip.resolve(_config("folder:" + root, resize=True))  # not "set resize=True"
 
 
 def test_an_empty_test_split_is_refused(tmp_path):
