@@ -486,10 +486,10 @@ def _read_folder(label: str, root: str, classes: list[str], ds, required: bool =
   for k, cls in enumerate(classes):
     folder = os.path.join(root, cls)
     files = sorted(f for f in os.listdir(folder) if not f.startswith(".")
-                   and f.lower().endswith(IMAGE_EXTENSIONS)) if os.path.isdir(folder) else []
+                   and f.lower().endswith(IMAGE_EXTENSIONS)
+                   and os.path.isfile(os.path.join(folder, f))) if os.path.isdir(folder) else []
     if not files and required:
-      raise DatasetError(f"{label}: class folder {folder} holds no images "
-                         f"({', '.join(IMAGE_EXTENSIONS)}).")
+      raise DatasetError(_no_images(label, folder))
     for f in files:
       file = os.path.join(folder, f)
       try:
@@ -519,6 +519,17 @@ def _read_folder(label: str, root: str, classes: list[str], ds, required: bool =
     c = channels or 3
     return np.zeros((0, side or 1, side or 1, c), np.uint8), np.zeros((0,), np.int64)
   return np.stack(images), np.asarray(labels, np.int64)
+
+
+def _no_images(label: str, folder: str) -> str:
+  """Why a class folder holds no images; a folder of folders is a layout mistake (images
+  one level too deep, or split folders other than train/ and test/), and is named so."""
+  inner = _subdirs(folder)
+  if not inner:
+    return f"{label}: class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})."
+  return (f"{label}: class folder {folder} holds folders ({', '.join(inner[:5])}), not "
+          "images; the layouts are PATH/<class>/<image> and PATH/train/<class>/<image> "
+          "with optional PATH/test/<class>/<image>.")
 
 
 # Records read per `__getitems__` call: batched reads from array_record, bounded memory.

@@ -202,6 +202,20 @@ def test_an_empty_test_split_is_refused(tmp_path):
     ip.resolve(_config(f"folder:{root}"))
 
 
+def test_folder_layout_mistakes_are_named(tmp_path):
+  """train/ beside validation/ (not a layout read here), or images one folder too deep,
+  are said to be folders, not "no images"; a folder named like an image is skipped."""
+  root = _folder(tmp_path / "imgs", layout="split")
+  os.rename(os.path.join(root, "test"), os.path.join(root, "validation"))
+  with pytest.raises(ip.DatasetError, match="train holds folders \\(class_0, class_1, "
+                     "class_2\\), not images; the layouts are") as e:
+    ip.resolve(_config(f"folder:{root}"))
+  assert "\n" not in str(e.value)
+  root = _folder(tmp_path / "flat")
+  os.makedirs(os.path.join(root, "class_0", "odd.png"))
+  assert len(ip.load(_config(f"folder:{root}")).train_labels) > 0
+
+
 @pytest.mark.parametrize("case,match", [
     ("missing", "no such directory"), ("one_class", "at least two"),
     ("empty_class", "holds no images"), ("broken", "cannot read the image")])
