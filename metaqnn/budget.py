@@ -72,9 +72,13 @@ class Budget:
     if self.objective not in OBJECTIVES:
       raise BudgetError(f"config.budget.objective={self.objective!r} is unknown; use "
                         "'' (none), 'params' or 'flops'")
-    if self.objective and not self.target > 0:
-      raise BudgetError(f"config.budget.objective={self.objective!r} needs "
+    if self.objective and not 0 < self.target < np.inf:
+      raise BudgetError(f"config.budget.objective={self.objective!r} needs a finite "
                         "config.budget.target > 0 (the cost the reward is centred on)")
+    if self.objective and not -np.inf < self.weight < 0:
+      # NaN made every reward 1 (min(1, nan)); a positive weight rewards bigger models.
+      raise BudgetError(f"config.budget.weight={self.weight} must be a finite number < 0 "
+                        "(MnasNet's is -0.07)")
 
   @classmethod
   def from_config(cls, config) -> "Budget":

@@ -235,6 +235,20 @@ def test_soft_objective():
   assert budget_lib.Budget().reward(0.7, 10**9, 10**9) == 0.7
 
 
+@pytest.mark.parametrize("setting,match", [
+    (dict(target=float("inf")), "finite config.budget.target > 0"),
+    (dict(target=float("nan")), "finite config.budget.target > 0"),
+    (dict(target=-3.0), "finite config.budget.target > 0"),
+    (dict(target=1000, weight=float("nan")), "weight=nan must be a finite number < 0"),
+    (dict(target=1000, weight=0.5), "weight=0.5 must be a finite number < 0"),
+    (dict(target=1000, weight=float("-inf")), "must be a finite number < 0")])
+def test_soft_objective_bad_settings_are_one_line(setting, match):
+  """An infinite target divided by zero mid-search (a traceback, the work directory
+  made); a NaN weight gave every model the reward 1."""
+  with pytest.raises(budget_lib.BudgetError, match=match):
+    budget_lib.Budget(objective="params", **setting)
+
+
 def test_soft_objective_in_a_search(tmp_path):
   config = small_config(schedule="1.0:10", objective="flops", target=5000, weight=-0.3)
   search.run_search(config, str(tmp_path / "w"), tensorboard=False)
