@@ -14,9 +14,12 @@ Sources (`config.dataset.name`):
   npz:PATH     arrays x_train [N, H, W, C] or [N, H, W] (grey), uint8; y_train [N] (or [N, 1],
                as keras.datasets gives them) integer labels 0..k-1; optionally x_test
                and y_test.
-  folder:PATH  one subfolder per class (PATH/cat/*.png, PATH/dog/*.jpg; classes are the
-               sorted folder names), or tfds' ImageFolder layout PATH/train/<class>/,
-               PATH/test/<class>/. Read with Pillow (tfds' ImageFolder needs TensorFlow).
+  folder:PATH  one subfolder per class (PATH/cat/*.png, PATH/dog/*.jpg), or tfds' ImageFolder
+               layout PATH/train/<class>/, PATH/test/<class>/. Read with Pillow (tfds'
+               ImageFolder needs TensorFlow). Class i is the i-th folder name sorted as a
+               string, as in tfds and torchvision: folders 0..11 give "10" the label 2.
+               Files are taken by extension (any case: .png, .JPG, ...); names starting
+               with "." and other files (Thumbs.db, README.txt) are skipped.
 A missing test split is carved out of train: a stratified 20%, with a fixed seed.
 
 image_size, channels and num_classes are 0 here: they are taken from the data when the

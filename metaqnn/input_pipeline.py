@@ -439,7 +439,8 @@ def _check_labels_carvable(name: str, y: np.ndarray) -> None:
 
 def _folder(path: str, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
   """Image files in PATH/<class>/ (test carved out of them), or in tfds' ImageFolder
-  layout PATH/train/<class>/, PATH/test/<class>/. Classes: sorted folder names.
+  layout PATH/train/<class>/, PATH/test/<class>/. Classes: folder names sorted as
+  strings (as tfds' ImageFolder and torchvision do; "10" comes before "2").
 
   Not tfds' ImageFolder builder: it reads through tf.data and needs TensorFlow.
   """

@@ -202,6 +202,23 @@ def test_an_empty_test_split_is_refused(tmp_path):
     ip.resolve(_config(f"folder:{root}"))
 
 
+def test_folder_classes_sort_as_strings_and_other_files_are_skipped(tmp_path):
+  """As documented in configs/custom.py: "10" before "2" (tfds and torchvision agree);
+  hidden files, Thumbs.db and README.txt are skipped; extensions in any case."""
+  from PIL import Image
+  for name, value in (("2", 200), ("10", 100)):
+    d = tmp_path / "imgs" / name
+    os.makedirs(d)
+    for i in range(12):
+      Image.fromarray(np.full((8, 8), value, np.uint8)).save(d / f"{i}.PNG")
+    for junk in (".DS_Store", "._0.png", "Thumbs.db", "README.txt"):
+      (d / junk).write_bytes(b"not an image")
+  data = ip.load(_config(f"folder:{tmp_path}/imgs"))
+  x = np.concatenate([data.train_images, data.val_images, data.test_images])
+  y = np.concatenate([data.train_labels, data.val_labels, data.test_labels])
+  assert len(y) == 24 and set(x[y == 0].ravel()) == {100} and set(x[y == 1].ravel()) == {200}
+
+
 def test_folder_layout_mistakes_are_named(tmp_path):
   """train/ beside validation/ (not a layout read here), or images one folder too deep,
   are said to be folders, not "no images"; a folder named like an image is skipped."""
