@@ -262,10 +262,10 @@ def load(config, final: bool = False) -> Dataset:
     # SVHN's final training also uses the 531,131 "extra" images (SPEC section 4).
     extra = final and bool(ds.get("final_extra", False))
     tr_x, tr_y, te_x, te_y, k = _tfds(name, arg, ds, extra)
-  elif kind == "npz":
-    tr_x, tr_y, te_x, te_y, k = _npz(arg, ds)
+  elif kind == "npz":  # ~ expanded here: the shell leaves it alone after "npz:"
+    tr_x, tr_y, te_x, te_y, k = _npz(os.path.expanduser(arg), ds)
   else:
-    tr_x, tr_y, te_x, te_y, k = _folder(arg, ds)
+    tr_x, tr_y, te_x, te_y, k = _folder(os.path.expanduser(arg), ds)
   tr_x, tr_y, te_x, te_y, k = _conform(name, ds, tr_x, tr_y, te_x, te_y, k)
   return _split(config, name, tr_x, tr_y, te_x, te_y, k, final)
 

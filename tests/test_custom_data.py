@@ -147,6 +147,15 @@ def test_npz_missing_keys_and_paths(tmp_path):
   assert "\n" not in str(e.value)
 
 
+def test_a_path_under_home_may_start_with_a_tilde(tmp_path, monkeypatch):
+  """`--config.dataset.name=npz:~/d.npz`: the shell expands no ~ after "npz:"."""
+  monkeypatch.setenv("HOME", str(tmp_path))
+  _npz(tmp_path / "d.npz")
+  assert ip.resolve(_config("npz:~/d.npz")).num_classes == 3
+  _folder(tmp_path / "imgs")
+  assert ip.resolve(_config("folder:~/imgs")).num_classes == 3
+
+
 def test_fewer_examples_than_a_batch(tmp_path):
   c = _config("npz:" + _npz(tmp_path / "d.npz"))
   c.train.batch_size = 64
