@@ -352,11 +352,24 @@ def _conform(name: str, ds, tr_x, tr_y, te_x, te_y, k):
   if k < 2 or len(present) < 2:
     raise DatasetError(f"{name} has a single class; classification needs at least two.")
   if len(present) < k:
-    missing = sorted(set(range(k)) - set(present.tolist()))
-    raise DatasetError(f"{name}: classes {', '.join(map(str, missing[:10]))} of 0..{k - 1} "
+    missing = _first_missing(present, k)
+    more = ", ..." if k - len(present) > len(missing) else ""
+    raise DatasetError(f"{name}: classes {', '.join(map(str, missing))}{more} of 0..{k - 1} "
                        "have no training examples; labels must be 0..k-1 with every class "
                        "present.")
   return tr_x, tr_y.astype(np.int32), te_x, te_y.astype(np.int32), k
+
+
+def _first_missing(present: np.ndarray, k: int, n: int = 10) -> list[int]:
+  """The first `n` of 0..k-1 absent from the sorted `present`, in O(len(present)): k is
+  the largest label + 1, which may be huge (ids such as 10**9 for labels)."""
+  missing, expect = [], 0
+  for p in present.tolist() + [k]:
+    missing.extend(range(expect, min(p, expect + n - len(missing))))
+    if len(missing) >= n:
+      break
+    expect = p + 1
+  return missing
 
 
 def _resize_all(x: np.ndarray, side: int) -> np.ndarray:

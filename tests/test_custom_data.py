@@ -132,6 +132,19 @@ def test_npz_labels_of_any_integer_type_or_shaped_n_by_1(tmp_path):
     ip.resolve(_config(f"npz:{tmp_path}/e.npz"))
 
 
+def test_labels_that_are_ids_not_indices_are_one_line_at_once(tmp_path):
+  """Labels 0, 1, 10**9 (ids, not class indices): the missing classes were listed by
+  building set(range(10**9)), gigabytes; now the first ten are found from the labels."""
+  x, _ = _images(60, 8)
+  np.savez(tmp_path / "d.npz", x_train=x, y_train=np.array([0, 1, 10**9] * 20))
+  with pytest.raises(ip.DatasetError, match=r"classes 2, 3, .*, 11, \.\.\. of 0\.\.1000000000"):
+    ip.resolve(_config(f"npz:{tmp_path}/d.npz"))
+  present = np.array([0, 2, 3, 7])
+  assert ip._first_missing(present, 9) == [1, 4, 5, 6, 8]
+  assert ip._first_missing(present, 9, n=2) == [1, 4]
+  assert ip._first_missing(np.array([5]), 6) == [0, 1, 2, 3, 4]
+
+
 def test_npz_missing_keys_and_paths(tmp_path):
   np.savez(tmp_path / "bad.npz", images=np.zeros((3, 2, 2), np.uint8))
   with pytest.raises(ip.DatasetError, match="needs x_train and y_train"):
