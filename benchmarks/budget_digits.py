@@ -8,7 +8,10 @@
    the digits space (configs/digits.py), and how many architectures fit it (exact).
 2. Share of over-budget samples per epsilon, without pruning (the agent must learn the
    wall from the over-budget reward 0) and with it; synthetic evaluator, the digits
-   schedule. Any over-budget model trained is counted (it must be 0).
+   schedule. Any over-budget model trained is counted (it must be 0). Beside it, the
+   share of 2,000 fresh walks of the final agent at epsilon 0.1 and 0 (greedy): the
+   policy itself, without the search's quota of new models, which makes the last stages
+   sample mostly what the agent has not tried yet.
 3. With --train: a real search on digits under the budget and an unconstrained one of the
    same schedule (seed 0). Printed: the best of each, and the best in-budget model the
    unconstrained search happened to train (what filtering an unconstrained search by the
@@ -59,6 +62,18 @@ def share_by_epsilon(recs) -> dict:
   return {e: (k / n, n) for e, (n, k) in out.items()}
 
 
+def policy_share(config, workdir, epsilon: float, n: int = 2000, seed: int = 123) -> float:
+  """Over-budget share of n fresh walks of the search's final agent, at `epsilon`."""
+  space = search_space.from_config(config)
+  agent = agent_lib.Agent.from_config(space, config)
+  agent.load(os.path.join(workdir, search.AGENT_DIR))
+  agent.rng = np.random.default_rng(seed)
+  shape = (config.dataset.image_size,) * 2 + (config.dataset.channels,)
+  over = [budget_lib.cost(agent.sample(epsilon).architecture, shape)[0]
+          > config.budget.max_params for _ in range(n)]
+  return float(np.mean(over))
+
+
 def run(config, workdir, evaluate=None):
   t = time.perf_counter()
   search.run_search(config, workdir, evaluate=evaluate, log_interval=1e9, tensorboard=False)
@@ -88,7 +103,7 @@ def main():
         f"{base.search.schedule}:")
   print(f"  {'prune':<6} {'seed':<5} " + " ".join(f"{'eps ' + format(e, 'g'):>9}"
                                                   for e in (1.0, 0.5, 0.1)) +
-        "  trained over budget  iterations")
+        "  (n 0.1)  trained over budget  iterations  final policy eps 0.1 / 0")
   for prune in (False, True):
     for seed in map(int, args.seeds.split(",")):
       config = digits.get_config()
@@ -99,10 +114,13 @@ def main():
       config.budget.prune = prune
       with tempfile.TemporaryDirectory() as d:
         recs, _ = run(config, os.path.join(d, "w"))
+        policy = [policy_share(config, os.path.join(d, "w"), e) for e in (0.1, 0.0)]
       share = share_by_epsilon(recs)
       bad = sum(r.status == "ok" and r.params > cap for r in recs)
       cells = " ".join(f"{share.get(e, (float('nan'), 0))[0]:>9.1%}" for e in (1.0, 0.5, 0.1))
-      print(f"  {str(prune):<6} {seed:<5} {cells}  {bad:>19}  {len(recs):>10}")
+      cells += f" {'(' + str(share.get(0.1, (0, 0))[1]) + ')':>7}"  # samples at eps 0.1
+      print(f"  {str(prune):<6} {seed:<5} {cells}  {bad:>19}  {len(recs):>10}  "
+            f"{policy[0]:>12.1%} / {policy[1]:.1%}")
 
   if not args.train:
     return

@@ -38,3 +38,17 @@ def test_cifar_like_data_is_learnable_shaped_and_stored_as_uint8():
   # The classes differ on average: per-class mean images are not all alike.
   means = [ds.train_images[ds.train_labels == k].mean() for k in range(10)]
   assert max(means) - min(means) > 1.0
+
+
+def test_budget_benchmark_reports_shares_and_the_final_policy():
+  proc = subprocess.run([sys.executable, "benchmarks/budget_digits.py", "--q=80", "--seeds=0",
+                         "--schedule=1.0:10,0.1:5"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = [l.split() for l in proc.stdout.splitlines() if l.strip().startswith(("False", "True"))]
+  assert [r[0] for r in rows] == ["False", "True"]
+  for r in rows:
+    assert r[5].startswith("(") and r[6] == "0"  # no over-budget model trained
+    policy = [float(v.rstrip("%")) for v in (r[8], r[10])]
+    assert all(0.0 <= v <= 100.0 for v in policy)
+  assert rows[1][8:11] == ["0.0%", "/", "0.0%"]  # pruned: no walk of the agent is over
