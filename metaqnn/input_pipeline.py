@@ -508,8 +508,8 @@ def _read_folder(label: str, root: str, classes: list[str], ds, required: bool =
       file = os.path.join(folder, f)
       try:
         with Image.open(file) as im:
-          mode = "L" if channels == 1 or (channels == 0 and im.mode in ("1", "L", "I;16", "I")) \
-              else "RGB"
+          im = _eight_bit(im, f"{label}: {file}")
+          mode = "L" if channels == 1 or (channels == 0 and im.mode in ("1", "L")) else "RGB"
           arr = np.asarray(im.convert(mode), np.uint8)
       except (OSError, UnidentifiedImageError, ValueError) as e:
         raise DatasetError(f"{label}: cannot read the image {file} ({type(e).__name__}).") \
@@ -533,6 +533,28 @@ def _read_folder(label: str, root: str, classes: list[str], ds, required: bool =
     c = channels or 3
     return np.zeros((0, side or 1, side or 1, c), np.uint8), np.zeros((0,), np.int64)
   return np.stack(images), np.asarray(labels, np.int64)
+
+
+def _eight_bit(im, where: str):
+  """A PIL image of more than 8 bits per pixel (modes I;16*, I, F) as 8-bit grey, else `im`.
+
+  PIL's own convert clips such pixels at 255, so a 16-bit image came out white. 16-bit
+  pixels are scaled to 8 bits (x / 257, as 65535 -> 255); 32-bit integer ones are kept
+  only if already in 0..255, and floating-point ones (no known range) are refused.
+  """
+  from PIL import Image
+
+  if im.mode.startswith("I;16"):
+    x = np.asarray(im).astype(np.float64) / 257.0
+  elif im.mode in ("I", "F"):
+    x = np.asarray(im)
+    if im.mode == "F" or (x.size and (x.min() < 0 or x.max() > 255)):
+      kind = "floating-point" if im.mode == "F" else "32-bit with pixels beyond 0..255"
+      raise DatasetError(f"{where} is a {kind} image; save the images with 8 or 16 bits "
+                         "per channel.")
+  else:
+    return im
+  return Image.fromarray(np.rint(x).astype(np.uint8))
 
 
 def _no_images(label: str, folder: str) -> str:

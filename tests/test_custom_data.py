@@ -241,6 +241,28 @@ def test_folder_classes_sort_as_strings_and_other_files_are_skipped(tmp_path):
   assert len(y) == 24 and set(x[y == 0].ravel()) == {100} and set(x[y == 1].ravel()) == {200}
 
 
+def test_folder_images_of_more_than_8_bits(tmp_path):
+  """16-bit grey PNGs are scaled to 8 bits (PIL's convert clipped them white); 32-bit
+  floats, which have no known range, are refused in one line."""
+  from PIL import Image
+  root = tmp_path / "imgs"
+  for c in range(2):
+    os.makedirs(root / f"c{c}")
+    for i in range(12):
+      x = np.full((8, 8), 257 * (60 + 100 * c), np.uint16)
+      Image.fromarray(x).save(root / f"c{c}" / f"{i}.png")
+  assert Image.open(root / "c0" / "0.png").mode.startswith("I;16")
+  data = ip.load(_config(f"folder:{root}"))
+  assert data.train_images.shape[1:] == (8, 8, 1)
+  x = np.concatenate([data.train_images, data.val_images, data.test_images])
+  y = np.concatenate([data.train_labels, data.val_labels, data.test_labels])
+  assert set(x[y == 0].ravel()) == {60} and set(x[y == 1].ravel()) == {160}
+  Image.fromarray(np.zeros((8, 8), np.float32)).save(root / "c1" / "f.tiff")
+  with pytest.raises(ip.DatasetError, match="f.tiff is a floating-point image") as e:
+    ip.load(_config(f"folder:{root}"))
+  assert "\n" not in str(e.value)
+
+
 def test_folder_layout_mistakes_are_named(tmp_path):
   """train/ beside validation/ (not a layout read here), or images one folder too deep,
   are said to be folders, not "no images"; a folder named like an image is skipped."""
