@@ -27,7 +27,8 @@ search starts (and stored with the record). Set one to have it checked against t
 Images must all have one square size, unless resize=True: then each is resized to
 image_size x image_size (bilinear), e.g. `--config.dataset.resize=True
 --config.dataset.image_size=32`. For a folder, `--config.dataset.channels=1` (or 3) converts
-every image to grey (or RGB); by default grey files give 1 channel, others 3.
+every image to grey (or RGB); by default grey files (with or without alpha) give 1
+channel, others 3 (an alpha channel is dropped).
 
 The search space's size bins follow the image side (space.size_bins=(): (8, 4, 1) for 28
 to 32 pixels and more, (4, 2, 1) for 8; see search_space.derived_bins). Errors are one

@@ -509,7 +509,9 @@ def _read_folder(label: str, root: str, classes: list[str], ds, required: bool =
       try:
         with Image.open(file) as im:
           im = _eight_bit(im, f"{label}: {file}")
-          mode = "L" if channels == 1 or (channels == 0 and im.mode in ("1", "L")) else "RGB"
+          # Grey with alpha (LA) is grey too: the alpha is dropped, as RGBA's.
+          grey = im.mode in ("1", "L", "LA", "La")
+          mode = "L" if channels == 1 or (channels == 0 and grey) else "RGB"
           arr = np.asarray(im.convert(mode), np.uint8)
       except (OSError, UnidentifiedImageError, ValueError) as e:
         raise DatasetError(f"{label}: cannot read the image {file} ({type(e).__name__}).") \

@@ -263,6 +263,17 @@ def test_folder_images_of_more_than_8_bits(tmp_path):
   assert "\n" not in str(e.value)
 
 
+def test_folder_grey_with_alpha_is_grey(tmp_path):
+  """LA PNGs (grey + alpha) give one channel, like grey ones, and mix with them; they
+  gave 3, and a folder of both was refused for mixed channels."""
+  root = _folder(tmp_path / "imgs")
+  from PIL import Image
+  Image.open(os.path.join(root, "class_0", "0.png")).convert("LA").save(
+      os.path.join(root, "class_0", "0.png"))
+  data = ip.load(_config(f"folder:{root}"))
+  assert data.train_images.shape[1:] == (8, 8, 1)
+
+
 def test_folder_layout_mistakes_are_named(tmp_path):
   """train/ beside validation/ (not a layout read here), or images one folder too deep,
   are said to be folders, not "no images"; a folder named like an image is skipped."""
