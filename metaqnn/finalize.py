@@ -58,18 +58,28 @@ def within_budget(config, record) -> bool:
   return b.over(*budget.cost(record.arch, (side, side, channels))) is None
 
 
-def check_config(config) -> None:
-  """Refuses bad `config.final` values in one line (the search calls it at its start)."""
+def _workers(config) -> int:
   workers = int(config.final.get("num_workers", 0))
   if workers < 0:
     raise UserError(f"final.num_workers must be >= 1 (or 0 = auto), got {workers}")
+  return workers
+
+
+def check_config(config) -> None:
+  """Refuses bad `config.final` values in one line (the search calls it at its start)."""
+  _workers(config)
+  if config.final.get("run_after_search", False):
+    top, ensemble = int(config.final.top), int(config.final.ensemble)
+    if top < 1 or ensemble < 0:
+      raise UserError(f"final.top must be >= 1 and final.ensemble >= 0, got {top} and "
+                       f"{ensemble}; to skip the final stage, set "
+                       "final.run_after_search=False")
 
 
 def num_workers(config) -> int:
   """`config.final.num_workers`, 0 (auto) resolved: two models at a time on CPUs, where
   one model's training keeps about one core busy (BENCHMARKS.md), else one."""
-  check_config(config)
-  workers = int(config.final.get("num_workers", 0))
+  workers = _workers(config)
   if workers:
     return workers
   import jax
