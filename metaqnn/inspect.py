@@ -35,7 +35,7 @@ def summarize(workdir: str, top: int = 10) -> dict:
   # Unique models toward the schedule: over-budget samples were never trained.
   unique = [r for r in records if not r.resampled and r.status != "over_budget"]
   by_eps = collections.defaultdict(list)  # every sample (what the agent chose)
-  unique_by_eps = collections.Counter(r.epsilon for r in records if not r.resampled)
+  unique_by_eps = collections.Counter(r.epsilon for r in unique)
   for r in records:
     by_eps[r.epsilon].append(r.accuracy)
   schedule: Optional[dict] = None
@@ -45,7 +45,8 @@ def summarize(workdir: str, top: int = 10) -> dict:
     schedule = {"text": str(sched), "total": sched.total,
                 "stage": None if stage is None else stage + 1,
                 "stages": len(sched.stages), "finished": stage is None}
-  ranked = sorted(unique, key=lambda r: -r.accuracy)
+  # Fully trained models only: a stopped model's accuracy is a prediction, not a measure.
+  ranked = sorted((r for r in unique if r.status == "ok"), key=lambda r: -r.accuracy)
   final = None
   final_path = os.path.join(workdir, "final", "results.json")
   if os.path.exists(final_path):
@@ -61,8 +62,8 @@ def summarize(workdir: str, top: int = 10) -> dict:
       "resampled": sum(r.resampled for r in records),
       "over_budget": len(over),
       "over_budget_unique": sum(not r.resampled for r in over),
-      "budget": {k: v for k, v in config.get("budget", {}).items()
-                 if k in ("max_params", "max_flops", "objective", "target") and v},
+      "budget": _budget(config.get("budget", {})),
+      "stopped": sum(not r.resampled and r.status == "stopped" for r in records),
       "schedule": schedule,
       # Mean reward of the samples drawn at each epsilon, re-samples included.
       "mean_accuracy_by_epsilon": {f"{e:g}": {"mean": sum(v) / len(v), "samples": len(v),
@@ -96,6 +97,17 @@ def _crashes(records, attempts: list[dict], pending: set) -> list[dict]:
   return out
 
 
+def _budget(b: dict) -> dict:
+  """The budget settings that shape the rewards: the limits and the over-budget reward
+  when a limit is set, the objective with its target and weight when one is."""
+  out = {k: b[k] for k in ("max_params", "max_flops") if b.get(k)}
+  if out:
+    out["over_budget_reward"] = b.get("over_budget_reward", 0.0)
+  if b.get("objective"):
+    out.update({k: b.get(k) for k in ("objective", "target", "weight")})
+  return out
+
+
 def render(s: dict) -> str:
   """The readable form of `summarize`'s result."""
   lines = [f"work directory: {s['workdir']}   data set: {s['dataset']}"]
@@ -113,7 +125,9 @@ def render(s: dict) -> str:
   for eps, v in s["mean_accuracy_by_epsilon"].items():
     lines.append(f"  eps {eps:>4}  {v['mean']:.4f}  ({v['samples']} samples, "
                  f"{v['unique']} unique models)")
-  lines.append(f"\ntop {len(s['top'])} models:")
+  stopped = (f" ({s['stopped']} stopped early are not ranked: their accuracy is "
+             "predicted)") if s.get("stopped") else ""
+  lines.append(f"\ntop {len(s['top'])} fully trained models{stopped}:")
   lines.append(f"      {'accuracy':>8}  {'params':>10}  {'FLOPs':>12}  iteration  architecture")
   size = lambda v: "?" if v is None else f"{v:,}"
   for i, m in enumerate(s["top"], 1):

@@ -155,10 +155,11 @@ def plot_curves(records, path: str, title: str, top: int = 10) -> bool:
     return False
   plt = _pyplot()
   fig, (ax_top, ax_all) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-  for r in sorted(trained, key=lambda r: -r.accuracy)[:top]:
+  full = [r for r in trained if r.status == "ok"]  # a stopped model's accuracy is predicted
+  for r in sorted(full, key=lambda r: -r.accuracy)[:top]:
     acc = r.curves[-1]["val_accuracy"]
     ax_top.plot(range(1, len(acc) + 1), acc, marker=".", label=f"#{r.iteration} {r.accuracy:.3f}")
-  ax_top.set(title=f"top {min(top, len(trained))} models", xlabel="epoch",
+  ax_top.set(title=f"top {min(top, len(full))} fully trained models", xlabel="epoch",
              ylabel="validation accuracy")
   ax_top.legend(fontsize=7)
   cmap = plt.get_cmap("viridis")

@@ -255,6 +255,8 @@ def test_soft_objective_in_a_search(tmp_path):
   b = budget_lib.Budget.from_config(config)
   for r in _records(tmp_path / "w"):
     assert r.accuracy == pytest.approx(b.reward(r.best_val_accuracy, r.params, r.flops))
+  shown = inspect_lib.summarize(str(tmp_path / "w"))["budget"]
+  assert shown == {"objective": "flops", "target": 5000, "weight": -0.3}
 
 
 def test_final_stage_respects_the_budget(tmp_path):
@@ -300,3 +302,8 @@ def test_inspect_shows_costs_and_the_budget(tmp_path):
   assert f"{top['params']:,}" in text and f"{top['flops']:,}" in text
   assert all(m["status"] == "over_budget" for m in summary["models"]
              if m["params"] > config.budget.max_params)
+  # Over-budget samples are never trained: the unique models per epsilon leave them out.
+  assert sum(v["unique"] for v in summary["mean_accuracy_by_epsilon"].values()) == 10
+  assert summary["unique_models"] == 10
+  assert summary["budget"] == {"max_params": config.budget.max_params,
+                               "over_budget_reward": 0.0}

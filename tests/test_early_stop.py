@@ -157,6 +157,35 @@ def test_bad_settings_are_one_line(field, value, match):
     early_stop.check_config(c)
 
 
+def test_inspect_ranks_fully_trained_models_only(tmp_path):
+  """A stopped model's accuracy is a prediction: it is counted, not ranked."""
+  from metaqnn import inspect as inspect_lib
+
+  def evaluate(arch):
+    r = curve_evaluate(arch)
+    if str(arch) == first[0]:  # the first model: stopped, with a prediction above all
+      acc = r.curves[0]["val_accuracy"][:2]
+      return Result(accuracy=0.999, status="stopped", best_val_accuracy=max(acc),
+                    last_val_accuracy=acc[-1], predicted_accuracy=0.999, epochs=2,
+                    curves=[{"val_accuracy": acc, "train_loss": [1 - a for a in acc]}])
+    return r
+
+  workdir = str(tmp_path / "w")
+  c = config("1.0:8")
+  first = [str(search_space_first(c))]
+  search.run_search(c, workdir, evaluate=evaluate, tensorboard=False)
+  s = inspect_lib.summarize(workdir)
+  assert s["stopped"] == 1 and len(s["top"]) == 7
+  assert first[0] not in [m["arch"] for m in s["top"]]
+  assert "1 stopped early are not ranked" in inspect_lib.render(s)
+
+
+def search_space_first(c):
+  """The first architecture a search with config `c` samples."""
+  from metaqnn import agent as agent_lib, search_space
+  return agent_lib.Agent.from_config(search_space.from_config(c), c).sample(1.0).architecture
+
+
 def _live(workdir, max_models=None):
   c = config("1.0:10")
   c.train.epochs, c.train.batch_size = 4, 64
