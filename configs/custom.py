@@ -21,6 +21,8 @@ Sources (`config.dataset.name`):
                Files are taken by extension (any case: .png, .JPG, ...); names starting
                with "." and other files (Thumbs.db, README.txt) are skipped.
 A missing test split is carved out of train: a stratified 20%, with a fixed seed.
+PATH may be relative (and start with ~): it is recorded absolute, so that the search
+resumes, and `metaqnn.finalize` runs, from any directory.
 
 image_size, channels and num_classes are 0 here: they are taken from the data when the
 search starts (and stored with the record). Set one to have it checked against the data.

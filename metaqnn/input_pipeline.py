@@ -243,6 +243,18 @@ def source_of(name: str) -> tuple[str, str]:
       "tfds:NAME, npz:PATH, folder:PATH for your own (see configs/custom.py).")
 
 
+def absolute(config) -> None:
+  """Makes an npz:/folder: path and a local tfds data_dir absolute in `config.dataset`,
+  so that a record made with relative ones resumes and finalizes from any directory."""
+  ds = config.dataset
+  local = lambda path: os.path.abspath(os.path.expanduser(path))
+  for prefix in ("npz:", "folder:"):
+    if ds.name.startswith(prefix) and ds.name[len(prefix):]:
+      ds.name = prefix + local(ds.name[len(prefix):])
+  if ds.get("data_dir") and "://" not in str(ds.data_dir):  # gs:// and the like stay
+    ds.data_dir = local(str(ds.data_dir))
+
+
 def load(config, final: bool = False) -> Dataset:
   """The data set named by `config.dataset.name`, split for the search (or final training).
 

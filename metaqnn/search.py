@@ -501,6 +501,7 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     config.dataset.image_size = int(dataset.train_images.shape[1])
     config.dataset.channels = int(dataset.train_images.shape[3])
     config.dataset.num_classes = int(dataset.num_classes)
+  _record_absolute_paths(config, workdir)
   space = search_space.from_config(config)
   budget = budget_lib.Budget.from_config(config)
   kind = evaluators.kind_of(config, evaluate)
@@ -564,17 +565,33 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     store.close()
 
 
-def _keep_recorded_precision(config, workdir: str) -> None:
-  """A search recorded in float32 before `train.dtype` existed resumes in float32 when
-  the precision is "auto" (on a GPU, auto would otherwise mean bfloat16: another search)."""
+def _stored_fingerprint(workdir: str) -> dict:
+  """The fingerprint of the record in `workdir`; {} if there is none or it is unreadable
+  (the Store reports what is wrong with the work directory)."""
+  if not os.path.exists(os.path.join(workdir, store_lib.DB_FILE)):
+    return {}
   try:
     store = store_lib.open_existing(workdir)
     try:
-      stored = json.loads(store.meta().get("fingerprint", "{}"))
+      return json.loads(store.meta().get("fingerprint", "{}"))
     finally:
       store.close()
   except (WorkdirError, ValueError):
-    return  # the Store reports what is wrong with the work directory
+    return {}
+
+
+def _record_absolute_paths(config, workdir: str) -> None:
+  """Data paths are recorded absolute (`input_pipeline.absolute`), except in a search
+  recorded with the same relative path before they were: it resumes as it was made."""
+  from metaqnn import input_pipeline  # pylint: disable=import-outside-toplevel
+  if _stored_fingerprint(workdir).get("dataset") != config.dataset.name:
+    input_pipeline.absolute(config)
+
+
+def _keep_recorded_precision(config, workdir: str) -> None:
+  """A search recorded in float32 before `train.dtype` existed resumes in float32 when
+  the precision is "auto" (on a GPU, auto would otherwise mean bfloat16: another search)."""
+  stored = _stored_fingerprint(workdir)
   train = stored.get("training", {}).get("train", {})
   if train and "precision" not in train and str(config.train.get("dtype", "auto")) == "auto":
     config.train.dtype = "float32"

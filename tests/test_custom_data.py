@@ -392,3 +392,39 @@ def test_main_command_with_a_wrong_path_is_one_line(tmp_path):
   assert out.stderr.strip().splitlines() == [
       f"error: folder:{tmp_path}/nothing: no such directory."]
   assert not os.path.exists(tmp_path / "w")
+
+
+def test_a_relative_path_is_recorded_absolute(tmp_path, monkeypatch):
+  from metaqnn import store as store_lib
+  data = tmp_path / "data"
+  data.mkdir()
+  _npz(data / "d.npz", n=48)
+  monkeypatch.chdir(data)
+  config = _search_config("npz:d.npz", evaluator="synthetic")
+  search.run_search(config, str(tmp_path / "w"), log_interval=100, tensorboard=False)
+  store = store_lib.open_existing(str(tmp_path / "w"))
+  assert store.config().dataset.name == f"npz:{data / 'd.npz'}"
+  store.close()
+  # The same command from the same directory resumes it; so does the absolute path.
+  assert search.run_search(config, str(tmp_path / "w"), log_interval=100).finished
+  monkeypatch.chdir(tmp_path)
+  config.dataset.name = f"npz:{data / 'd.npz'}"
+  assert search.run_search(config, str(tmp_path / "w"), log_interval=100).finished
+
+
+def test_a_record_made_with_a_relative_path_still_resumes(tmp_path, monkeypatch):
+  """Records made before paths were recorded absolute keep their relative name."""
+  from metaqnn import input_pipeline
+  data = tmp_path / "data"
+  data.mkdir()
+  _npz(data / "d.npz", n=48)
+  monkeypatch.chdir(data)
+  config = _search_config("npz:d.npz", evaluator="synthetic")
+  config.search.schedule = "1.0:3,0.5:2"
+  with monkeypatch.context() as m:  # as before: the name recorded as given
+    m.setattr(input_pipeline, "absolute", lambda config: None)
+    search.run_search(config, str(tmp_path / "w"), log_interval=100, tensorboard=False,
+                      max_models=2)
+  result = search.run_search(config, str(tmp_path / "w"), log_interval=100,
+                             tensorboard=False)
+  assert result.finished and result.unique_models == 5
