@@ -67,8 +67,10 @@ class Budget:
   def __post_init__(self):
     if self.max_params < 0 or self.max_flops < 0:
       raise BudgetError("config.budget.max_params and max_flops must be >= 0 (0 = no limit)")
-    if not np.isfinite(self.over_budget_reward):
-      raise BudgetError("config.budget.over_budget_reward must be a finite number")
+    if not np.isfinite(self.over_budget_reward) or self.over_budget_reward > 1:
+      # Above 1, more than any accuracy: it would teach the agent to go over budget.
+      raise BudgetError(f"config.budget.over_budget_reward={self.over_budget_reward} must "
+                        "be a finite number <= 1 (rewards are accuracies; default 0)")
     if self.objective not in OBJECTIVES:
       raise BudgetError(f"config.budget.objective={self.objective!r} is unknown; use "
                         "'' (none), 'params' or 'flops'")

@@ -249,6 +249,13 @@ def test_soft_objective_bad_settings_are_one_line(setting, match):
     budget_lib.Budget(objective="params", **setting)
 
 
+@pytest.mark.parametrize("reward", [1.5, float("nan"), float("inf")])
+def test_an_over_budget_reward_above_any_accuracy_is_refused(reward):
+  with pytest.raises(budget_lib.BudgetError, match="over_budget_reward=.* must be a finite"):
+    budget_lib.Budget(max_params=1000, over_budget_reward=reward)
+  budget_lib.Budget(max_params=1000, over_budget_reward=-0.5)  # a penalty is allowed
+
+
 def test_soft_objective_in_a_search(tmp_path):
   config = small_config(schedule="1.0:10", objective="flops", target=5000, weight=-0.3)
   search.run_search(config, str(tmp_path / "w"), tensorboard=False)
