@@ -22,7 +22,8 @@ Sources (`config.dataset.name`):
                with "." and other files (Thumbs.db, README.txt) are skipped.
 A missing test split is carved out of train: a stratified 20%, with a fixed seed.
 PATH may be relative (and start with ~): it is recorded absolute, so that the search
-resumes, and `metaqnn.finalize` runs, from any directory.
+resumes, and `metaqnn.finalize` runs, from any directory. The data must not change
+while a search runs: a resume on other data (images added, say) is refused in one line.
 
 image_size, channels and num_classes are 0 here: they are taken from the data when the
 search starts (and stored with the record). Set one to have it checked against the data.

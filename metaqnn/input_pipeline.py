@@ -243,6 +243,19 @@ def source_of(name: str) -> tuple[str, str]:
       "tfds:NAME, npz:PATH, folder:PATH for your own (see configs/custom.py).")
 
 
+def digest(data: Dataset) -> dict:
+  """The sizes of a data set's splits and a hash of all its arrays: what a resumed
+  search checks its data against (images added to a folder between runs, say)."""
+  import hashlib
+  h = hashlib.blake2b(digest_size=16)
+  for a in (data.train_images, data.train_labels, data.val_images, data.val_labels,
+            data.test_images, data.test_labels):
+    h.update(repr((a.shape, str(a.dtype))).encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+  return {"train": len(data.train_labels), "val": len(data.val_labels),
+          "test": len(data.test_labels), "hash": h.hexdigest()}
+
+
 def absolute(config) -> None:
   """Makes an npz:/folder: path and a local tfds data_dir absolute in `config.dataset`,
   so that a record made with relative ones resumes and finalizes from any directory."""

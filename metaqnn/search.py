@@ -531,6 +531,8 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
       executor.close()
     raise
   try:
+    if dataset is not None and kind == "train":  # only then do rewards depend on it
+      _check_data(store, input_pipeline.digest(dataset), config.dataset.name)
     store.set_meta("config", json.loads(config.to_json()))  # this run's settings
     agent_dir = os.path.join(workdir, AGENT_DIR)
     restore_agent(agent, store, agent_dir, replay_samples, set_aside=True)
@@ -565,33 +567,36 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     store.close()
 
 
-def _stored_fingerprint(workdir: str) -> dict:
-  """The fingerprint of the record in `workdir`; {} if there is none or it is unreadable
-  (the Store reports what is wrong with the work directory)."""
-  if not os.path.exists(os.path.join(workdir, store_lib.DB_FILE)):
-    return {}
-  try:
-    store = store_lib.open_existing(workdir)
-    try:
-      return json.loads(store.meta().get("fingerprint", "{}"))
-    finally:
-      store.close()
-  except (WorkdirError, ValueError):
-    return {}
+def _check_data(store: store_lib.Store, digest: dict, name: str) -> None:
+  """Refuses to resume on other data than the search began with (rewards measured on two
+  data sets would be mixed); records the data's digest when it has none yet."""
+  stored = store.meta().get("data")
+  if stored is None:
+    store.set_meta("data", digest)
+    return
+  was = json.loads(stored)
+  if was == digest:
+    return
+  sizes = lambda d: ", ".join(f"{d.get(k, 0):,} {k}" for k in ("train", "val", "test"))
+  what = (f"{sizes(was)} examples then, {sizes(digest)} now" if sizes(was) != sizes(digest)
+          else f"the same sizes ({sizes(digest)}), other contents")
+  raise WorkdirError(f"the data of {name} changed since this search began ({what}); "
+                     "resuming would mix rewards measured on two data sets. Restore the "
+                     "data, or start a new work directory")
 
 
 def _record_absolute_paths(config, workdir: str) -> None:
   """Data paths are recorded absolute (`input_pipeline.absolute`), except in a search
   recorded with the same relative path before they were: it resumes as it was made."""
   from metaqnn import input_pipeline  # pylint: disable=import-outside-toplevel
-  if _stored_fingerprint(workdir).get("dataset") != config.dataset.name:
+  if store_lib.stored_fingerprint(workdir).get("dataset") != config.dataset.name:
     input_pipeline.absolute(config)
 
 
 def _keep_recorded_precision(config, workdir: str) -> None:
   """A search recorded in float32 before `train.dtype` existed resumes in float32 when
   the precision is "auto" (on a GPU, auto would otherwise mean bfloat16: another search)."""
-  stored = _stored_fingerprint(workdir)
+  stored = store_lib.stored_fingerprint(workdir)
   train = stored.get("training", {}).get("train", {})
   if train and "precision" not in train and str(config.train.get("dtype", "auto")) == "auto":
     config.train.dtype = "float32"

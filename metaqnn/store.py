@@ -348,6 +348,24 @@ def _lock(workdir: str):
   raise WorkdirError(f"cannot lock {workdir}: its lock file keeps changing")
 
 
+def stored_fingerprint(workdir: str) -> dict:
+  """The fingerprint `workdir`'s record was made with; {} if there is none or it cannot
+  be read (the Store says what is wrong when it opens). Read through an immutable view,
+  like the Store's check, so that a work directory refused next is left untouched."""
+  path = os.path.join(workdir, DB_FILE)
+  if not os.path.isfile(path):
+    return {}
+  try:
+    db = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+      row = db.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
+    finally:
+      db.close()
+    return json.loads(row[0]) if row else {}
+  except (sqlite3.DatabaseError, ValueError):
+    return {}
+
+
 def open_existing(workdir: str) -> Store:
   """Opens a record for reading without a fingerprint check (inspection)."""
   path = os.path.join(workdir, DB_FILE)

@@ -428,3 +428,29 @@ def test_a_record_made_with_a_relative_path_still_resumes(tmp_path, monkeypatch)
   result = search.run_search(config, str(tmp_path / "w"), log_interval=100,
                              tensorboard=False)
   assert result.finished and result.unique_models == 5
+
+
+def test_resuming_on_changed_data_is_refused(tmp_path):
+  """Images added to a folder between runs: the rewards would mix two data sets."""
+  from PIL import Image
+  from metaqnn import store as store_lib
+  root = _folder(tmp_path / "imgs", per_class=12)
+  config = _search_config(f"folder:{root}")
+  config.search.schedule = "1.0:3"
+  search.run_search(config, str(tmp_path / "w"), log_interval=100, tensorboard=False,
+                    max_models=1)
+  def record():
+    store = store_lib.open_existing(str(tmp_path / "w"))
+    try:
+      return store.meta(), [r.to_json() for r in store.models()]
+    finally:
+      store.close()
+  before = record()
+  Image.fromarray(np.zeros((8, 8), np.uint8)).save(os.path.join(root, "class_0", "new.png"))
+  with pytest.raises(store_lib.WorkdirError, match=r"changed since this search began "
+                     r"\(\d+ train, \d+ val, \d+ test examples then, .* now\)"):
+    search.run_search(config, str(tmp_path / "w"), log_interval=100, tensorboard=False)
+  assert record() == before
+  os.remove(os.path.join(root, "class_0", "new.png"))  # restored: it resumes
+  assert search.run_search(config, str(tmp_path / "w"), log_interval=100,
+                           tensorboard=False).finished

@@ -227,7 +227,7 @@ def test_main_and_inspect_commands(tmp_path):
   assert summary["unique_models"] == 40
   text = subprocess.run([sys.executable, "-m", "metaqnn.inspect", f"--workdir={work}"],
                         cwd=ROOT, env=env, capture_output=True, text=True).stdout
-  assert "mean accuracy per epsilon" in text and "top 10 models" in text
+  assert "mean accuracy per epsilon" in text and "top 10 fully trained models" in text
   assert os.listdir(os.path.join(work, "tensorboard"))
   # Another seed on the same work directory is refused with one line and no traceback.
   bad = subprocess.run(cmd[:-1] + ["--config.seed=4"], cwd=ROOT, env=env,
