@@ -13,7 +13,7 @@
    policy itself, without the search's quota of new models, which makes the last stages
    sample mostly what the agent has not tried yet.
 3. With --train: a real search on digits under the budget and an unconstrained one of the
-   same schedule (seed 0). Printed: the best of each, and the best in-budget model the
+   same schedule (seed 0, or --train-seed). Printed: the best of each, and the best in-budget model the
    unconstrained search happened to train (what filtering an unconstrained search by the
    budget afterwards would give).
 """
@@ -87,6 +87,7 @@ def main():
   parser.add_argument("--q", type=float, default=20, help="percentile of max_params")
   parser.add_argument("--epochs", type=int, default=None)
   parser.add_argument("--seeds", default="0,1,2", help="seeds of the share measurement")
+  parser.add_argument("--train-seed", type=int, default=0, help="seed of the --train runs")
   parser.add_argument("--workdirs", default=None,
                       help="keep the work directories of the --train runs here")
   args = parser.parse_args()
@@ -129,6 +130,7 @@ def main():
     config = digits.get_config()
     config.search.schedule = base.search.schedule
     config.final.run_after_search = False
+    config.seed = args.train_seed
     if args.epochs:
       config.train.epochs = args.epochs
     config.budget.max_params = budget

@@ -68,7 +68,8 @@ def _workers(config) -> int:
 def check_config(config) -> None:
   """Refuses bad `config.final` values in one line (the search calls it at its start)."""
   _workers(config)
-  if config.final.get("run_after_search", False):
+  if (config.final.get("run_after_search", False)  # main runs it after training only
+      and str(config.get("evaluator", "train")) == "train"):
     top, ensemble = int(config.final.top), int(config.final.ensemble)
     if top < 1 or ensemble < 0:
       raise UserError(f"final.top must be >= 1 and final.ensemble >= 0, got {top} and "

@@ -64,6 +64,7 @@ def summarize(workdir: str, top: int = 10) -> dict:
       "over_budget_unique": sum(not r.resampled for r in over),
       "budget": _budget(config.get("budget", {})),
       "stopped": sum(not r.resampled and r.status == "stopped" for r in records),
+      "timeout": sum(not r.resampled and r.status == "timeout" for r in records),
       "schedule": schedule,
       # Mean reward of the samples drawn at each epsilon, re-samples included.
       "mean_accuracy_by_epsilon": {f"{e:g}": {"mean": sum(v) / len(v), "samples": len(v),
@@ -125,8 +126,11 @@ def render(s: dict) -> str:
   for eps, v in s["mean_accuracy_by_epsilon"].items():
     lines.append(f"  eps {eps:>4}  {v['mean']:.4f}  ({v['samples']} samples, "
                  f"{v['unique']} unique models)")
-  stopped = (f" ({s['stopped']} stopped early are not ranked: their accuracy is "
-             "predicted)") if s.get("stopped") else ""
+  left = [f"{s[k]} {what}" for k, what in (("stopped", "stopped early (their accuracy is "
+                                             "predicted)"),
+                                            ("timeout", "stopped by train.max_seconds"))
+          if s.get(k)]
+  stopped = f" (not ranked: {'; '.join(left)})" if left else ""
   lines.append(f"\ntop {len(s['top'])} fully trained models{stopped}:")
   lines.append(f"      {'accuracy':>8}  {'params':>10}  {'FLOPs':>12}  iteration  architecture")
   size = lambda v: "?" if v is None else f"{v:,}"

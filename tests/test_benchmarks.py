@@ -40,6 +40,7 @@ def test_cifar_like_data_is_learnable_shaped_and_stored_as_uint8():
   assert max(means) - min(means) > 1.0
 
 
+@pytest.mark.slow
 def test_budget_benchmark_reports_shares_and_the_final_policy():
   proc = subprocess.run([sys.executable, "benchmarks/budget_digits.py", "--q=80", "--seeds=0",
                          "--schedule=1.0:10,0.1:5"], cwd=ROOT, capture_output=True,

@@ -258,7 +258,7 @@ def run_main(tmp_path, *overrides):
     (["--config.search.max_crashes=0"], "max_crashes"),
     (["--config.train.max_seconds=-1"], "max_seconds"),
     (["--config.final.num_workers=-1"], "final.num_workers"),
-    (["--config.final.top=0"], "final.top must be >= 1"),
+    (["--config.evaluator=train", "--config.final.top=0"], "final.top must be >= 1"),
 ])
 def test_a_search_that_cannot_run_is_one_line_and_leaves_nothing(tmp_path, overrides, says):
   out, work = run_main(tmp_path, *overrides)
