@@ -21,9 +21,10 @@ Sources (`config.dataset.name`):
                Files are taken by extension (any case: .png, .JPG, ...); names starting
                with "." and other files (Thumbs.db, README.txt) are skipped.
 A missing test split is carved out of train: a stratified 20%, with a fixed seed.
-PATH may be relative (and start with ~): it is recorded absolute, so that the search
-resumes, and `metaqnn.finalize` runs, from any directory. The data must not change
-while a search runs: a resume on other data (images added, say) is refused in one line.
+PATH may be relative (and start with ~): it is recorded absolute, so that
+`metaqnn.finalize` and `metaqnn.inspect` work from any directory; to resume from another
+directory, give the same data by its absolute path. The data must not change while a
+search runs: a resume on other data (images added, say) is refused in one line.
 
 image_size, channels and num_classes are 0 here: they are taken from the data when the
 search starts (and stored with the record). Set one to have it checked against the data.

@@ -251,7 +251,7 @@ def digest(data: Dataset) -> dict:
   for a in (data.train_images, data.train_labels, data.val_images, data.val_labels,
             data.test_images, data.test_labels):
     h.update(repr((a.shape, str(a.dtype))).encode())
-    h.update(np.ascontiguousarray(a).tobytes())
+    h.update(np.ascontiguousarray(a))  # the buffer itself: no copy of a large split
   return {"train": len(data.train_labels), "val": len(data.val_labels),
           "test": len(data.test_labels), "hash": h.hexdigest()}
 
@@ -566,19 +566,25 @@ def _eight_bit(im, where: str):
   """A PIL image of more than 8 bits per pixel (modes I;16*, I, F) as 8-bit grey, else `im`.
 
   PIL's own convert clips such pixels at 255, so a 16-bit image came out white. 16-bit
-  pixels are scaled to 8 bits (x / 257, as 65535 -> 255); 32-bit integer ones are kept
-  only if already in 0..255, and floating-point ones (no known range) are refused.
+  pixels are scaled to 8 bits (x / 257, as 65535 -> 255). 32-bit integer ones (mode I,
+  which is also how some Pillow versions open 16-bit PNGs) are kept if in 0..255, scaled
+  like 16-bit ones if in 0..65535, and refused beyond; floating-point ones (no known
+  range) are refused.
   """
   from PIL import Image
 
+  if im.mode == "F":
+    raise DatasetError(f"{where} is a floating-point image; save the images with 8 or 16 "
+                       "bits per channel.")
   if im.mode.startswith("I;16"):
     x = np.asarray(im).astype(np.float64) / 257.0
-  elif im.mode in ("I", "F"):
-    x = np.asarray(im)
-    if im.mode == "F" or (x.size and (x.min() < 0 or x.max() > 255)):
-      kind = "floating-point" if im.mode == "F" else "32-bit with pixels beyond 0..255"
-      raise DatasetError(f"{where} is a {kind} image; save the images with 8 or 16 bits "
-                         "per channel.")
+  elif im.mode == "I":
+    x = np.asarray(im).astype(np.float64)
+    if x.size and (x.min() < 0 or x.max() > 65535):
+      raise DatasetError(f"{where} is a 32-bit image with pixels outside 0..65535; save the "
+                         "images with 8 or 16 bits per channel.")
+    if x.size and x.max() > 255:
+      x = x / 257.0
   else:
     return im
   return Image.fromarray(np.rint(x).astype(np.uint8))

@@ -496,6 +496,7 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   # The data's image side, channels and classes (custom data is read here, before the
   # work directory exists, so that bad data leaves nothing behind).
   if dataset is None:
+    _keep_recorded_channels(config, workdir)
     dataset = input_pipeline.resolve(config)
   else:  # data in memory: the config's data fields follow it
     config.dataset.image_size = int(dataset.train_images.shape[1])
@@ -525,14 +526,14 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     _keep_recorded_precision(config, workdir)
   executor = make_executor(config, evaluate, rule, dataset) if new else None
   try:
-    store = store_lib.Store(workdir, fingerprint(config, kind, replay_samples))
+    data = (input_pipeline.digest(dataset)  # only then do the rewards depend on the data
+            if dataset is not None and kind == "train" else None)
+    store = store_lib.Store(workdir, fingerprint(config, kind, replay_samples), data)
   except BaseException:
     if executor is not None:
       executor.close()
     raise
   try:
-    if dataset is not None and kind == "train":  # only then do rewards depend on it
-      _check_data(store, input_pipeline.digest(dataset), config.dataset.name)
     store.set_meta("config", json.loads(config.to_json()))  # this run's settings
     agent_dir = os.path.join(workdir, AGENT_DIR)
     restore_agent(agent, store, agent_dir, replay_samples, set_aside=True)
@@ -567,30 +568,24 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     store.close()
 
 
-def _check_data(store: store_lib.Store, digest: dict, name: str) -> None:
-  """Refuses to resume on other data than the search began with (rewards measured on two
-  data sets would be mixed); records the data's digest when it has none yet."""
-  stored = store.meta().get("data")
-  if stored is None:
-    store.set_meta("data", digest)
-    return
-  was = json.loads(stored)
-  if was == digest:
-    return
-  sizes = lambda d: ", ".join(f"{d.get(k, 0):,} {k}" for k in ("train", "val", "test"))
-  what = (f"{sizes(was)} examples then, {sizes(digest)} now" if sizes(was) != sizes(digest)
-          else f"the same sizes ({sizes(digest)}), other contents")
-  raise WorkdirError(f"the data of {name} changed since this search began ({what}); "
-                     "resuming would mix rewards measured on two data sets. Restore the "
-                     "data, or start a new work directory")
-
-
 def _record_absolute_paths(config, workdir: str) -> None:
-  """Data paths are recorded absolute (`input_pipeline.absolute`), except in a search
-  recorded with the same relative path before they were: it resumes as it was made."""
+  """Data paths are recorded absolute (`input_pipeline.absolute`), except the name of a
+  search recorded with the same relative path before they were: it resumes as it was
+  made (the name is part of the fingerprint; data_dir is not)."""
   from metaqnn import input_pipeline  # pylint: disable=import-outside-toplevel
-  if store_lib.stored_fingerprint(workdir).get("dataset") != config.dataset.name:
-    input_pipeline.absolute(config)
+  name = config.dataset.name
+  input_pipeline.absolute(config)
+  if store_lib.stored_fingerprint(workdir).get("dataset") == name:
+    config.dataset.name = name
+
+
+def _keep_recorded_channels(config, workdir: str) -> None:
+  """Channels left to the data (0) resume as recorded: a folder of grey images with alpha
+  was read as RGB before it was read as grey, and its search goes on in RGB."""
+  recorded = store_lib.stored_fingerprint(workdir).get("training", {}).get("dataset", {})
+  if (str(config.dataset.name).startswith("folder:") and recorded.get("channels")
+      and not int(config.dataset.get("channels", 0))):
+    config.dataset.channels = int(recorded["channels"])
 
 
 def _keep_recorded_precision(config, workdir: str) -> None:
@@ -632,7 +627,8 @@ def check_config(config, schedule: agent_lib.Schedule, space) -> None:
 
 
 def _result(workdir, store, agent, finished: bool) -> SearchResult:
-  best = max((r for r in store.models() if r.status != budget_lib.OVER_BUDGET),
+  best = max((r for r in store.models()  # a stopped model's accuracy is a prediction
+              if r.status not in (budget_lib.OVER_BUDGET, "stopped")),
              key=lambda r: r.accuracy, default=None)
   return SearchResult(workdir=workdir, unique_models=store.unique_count(),
                       iterations=store.count(), best_arch=best.arch if best else None,

@@ -96,8 +96,11 @@ _SCHEMA += _ATTEMPTS
 class Store:
   """Append-only record of a search's models, in `workdir/metaqnn.db`."""
 
-  def __init__(self, workdir: str, fingerprint: dict):
-    """Opens or creates the record; raises `WorkdirError` for a foreign or other search."""
+  def __init__(self, workdir: str, fingerprint: dict, data: Optional[dict] = None):
+    """Opens or creates the record; raises `WorkdirError` for a foreign or other search.
+
+    `data`: a digest of the data the rewards are measured on (`input_pipeline.digest`);
+    a record made on other data is refused like another search."""
     self.path = os.path.join(workdir, DB_FILE)
     creating = os.path.join(workdir, _CREATING)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
@@ -115,7 +118,7 @@ class Store:
         db.executescript(_SCHEMA)
         db.executemany("INSERT INTO meta VALUES (?, ?)", [
             ("format", FORMAT), ("fingerprint", json.dumps(fingerprint, sort_keys=True)),
-            ("created", str(time.time()))])
+            ("created", str(time.time()))] + [("data", json.dumps(data))] * (data is not None))
         db.close()
         os.replace(creating, self.path)
       self._check_sqlite_header()
@@ -123,7 +126,7 @@ class Store:
       # left byte for byte as it was (a writable connection could checkpoint its WAL).
       check = sqlite3.connect(f"file:{self.path}?immutable=1", uri=True)
       try:
-        self._check(check, fingerprint)
+        recorded_data = self._check(check, fingerprint, data)
       finally:
         check.close()
       self._lock = _lock(workdir)
@@ -132,6 +135,8 @@ class Store:
       self.db.execute("PRAGMA synchronous=NORMAL")
       self.db.executescript(_ATTEMPTS)  # records made before the attempts journal
       self._add_missing_columns()
+      if data is not None and not recorded_data:  # a record made before digests were kept
+        self.set_meta("data", data)
     except sqlite3.DatabaseError as e:
       raise WorkdirError(f"{self.path} is not a readable metaqnn record ({e})") from None
 
@@ -144,7 +149,9 @@ class Store:
         raise WorkdirError(f"{self.path} is not an SQLite database; the work directory is "
                            "corrupt or foreign (it was left untouched)")
 
-  def _check(self, db: sqlite3.Connection, fingerprint: dict) -> None:
+  def _check(self, db: sqlite3.Connection, fingerprint: dict, data: Optional[dict]) -> bool:
+    """Raises WorkdirError unless the record was made for this search (and, given `data`,
+    on this data); returns whether it holds a data digest."""
     meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
     if meta.get("format") != FORMAT:
       raise WorkdirError(f"{self.path} is not a {FORMAT} record")
@@ -154,7 +161,25 @@ class Store:
                     if stored.get(k) != fingerprint.get(k))
       raise WorkdirError(
           f"the work directory {os.path.dirname(self.path)} was made for another search "
-          f"(differs in: {', '.join(diff)}); it was left untouched. Use a new --workdir")
+          f"(differs in: {', '.join(diff)}{_recorded(stored, fingerprint)}); it was left "
+          "untouched. Use a new --workdir")
+    if data is None or "data" not in meta:
+      return "data" in meta
+    try:
+      was = json.loads(meta["data"])
+    except ValueError:
+      was = {}
+    if was != data:
+      count = lambda v: f"{v:,}" if isinstance(v, int) else "?"
+      sizes = lambda d: ", ".join(f"{count(d.get(k))} {k}" for k in ("train", "val", "test"))
+      what = (f"{sizes(was)} examples then, {sizes(data)} now" if sizes(was) != sizes(data)
+              else f"the same sizes ({sizes(data)}), other contents")
+      raise WorkdirError(
+          f"the data of {fingerprint.get('dataset')} differs from what this search began "
+          f"on ({what}): the files changed, or are read differently after a Pillow, NumPy "
+          "or tfds upgrade. Resuming would mix rewards measured on two data sets; the work "
+          "directory was left untouched. Restore the data, or use a new --workdir")
+    return True
 
   def _add_missing_columns(self) -> None:
     """Records made before a field existed get its column (empty for their old rows)."""
@@ -346,6 +371,13 @@ def _lock(workdir: str):
       pass
     f.close()
   raise WorkdirError(f"cannot lock {workdir}: its lock file keeps changing")
+
+
+def _recorded(stored: dict, given: dict) -> str:
+  """What the record was made on, when the data set differs (a path given another way)."""
+  if stored.get("dataset") == given.get("dataset"):
+    return ""
+  return f"; it was made on {stored.get('dataset')}, not {given.get('dataset')}"
 
 
 def stored_fingerprint(workdir: str) -> dict:

@@ -263,6 +263,27 @@ def test_folder_images_of_more_than_8_bits(tmp_path):
   assert "\n" not in str(e.value)
 
 
+def test_folder_images_read_as_32_bit_integers(tmp_path):
+  """Mode I (how some Pillow versions open 16-bit PNGs): scaled like 16-bit images when
+  beyond 0..255, kept when within, refused beyond 0..65535."""
+  from PIL import Image
+  root = tmp_path / "imgs"
+  for c in range(2):
+    os.makedirs(root / f"c{c}")
+    for i in range(12):
+      value = 257 * (60 + 100 * c) if i % 2 else 60 + 100 * c
+      Image.fromarray(np.full((8, 8), value, np.int32)).save(root / f"c{c}" / f"{i}.tiff")
+  assert Image.open(root / "c0" / "1.tiff").mode == "I"
+  data = ip.load(_config(f"folder:{root}"))
+  x = np.concatenate([data.train_images, data.val_images, data.test_images])
+  y = np.concatenate([data.train_labels, data.val_labels, data.test_labels])
+  assert set(x[y == 0].ravel()) == {60} and set(x[y == 1].ravel()) == {160}
+  Image.fromarray(np.full((8, 8), 70000, np.int32)).save(root / "c1" / "big.tiff")
+  with pytest.raises(ip.DatasetError, match="big.tiff is a 32-bit image with pixels "
+                     "outside 0..65535"):
+    ip.load(_config(f"folder:{root}"))
+
+
 def test_folder_grey_with_alpha_is_grey(tmp_path):
   """LA PNGs (grey + alpha) give one channel, like grey ones, and mix with them; they
   gave 3, and a folder of both was refused for mixed channels."""
@@ -272,6 +293,20 @@ def test_folder_grey_with_alpha_is_grey(tmp_path):
       os.path.join(root, "class_0", "0.png"))
   data = ip.load(_config(f"folder:{root}"))
   assert data.train_images.shape[1:] == (8, 8, 1)
+
+
+def test_a_folder_search_recorded_in_rgb_resumes_in_rgb(tmp_path):
+  """Grey-with-alpha folders were read as RGB before: such a record (channels 3 in its
+  fingerprint) resumes with channels left to the data, instead of being refused."""
+  root = _folder(tmp_path / "imgs", mode="LA")
+  config = _search_config(f"folder:{root}")
+  config.search.schedule = "1.0:2,0.5:1"
+  old = _search_config(f"folder:{root}")
+  old.search.schedule, old.dataset.channels = config.search.schedule, 3
+  search.run_search(old, str(tmp_path / "w"), log_interval=100, tensorboard=False,
+                    max_models=2)
+  assert search.run_search(config, str(tmp_path / "w"), log_interval=100,
+                           tensorboard=False).finished
 
 
 def test_folder_layout_mistakes_are_named(tmp_path):
@@ -430,27 +465,47 @@ def test_a_record_made_with_a_relative_path_still_resumes(tmp_path, monkeypatch)
   assert result.finished and result.unique_models == 5
 
 
+KILLED_SEARCH = """
+import sys
+sys.path.insert(0, {root!r})
+sys.path.insert(0, {tests!r})
+from metaqnn import search
+import test_custom_data as t
+config = t._search_config(sys.argv[1])
+config.search.schedule = "1.0:8"
+search.run_search(config, sys.argv[2], log_interval=100, tensorboard=False)
+"""
+
+
+@pytest.mark.slow
 def test_resuming_on_changed_data_is_refused(tmp_path):
-  """Images added to a folder between runs: the rewards would mix two data sets."""
+  """Images added to a folder between runs: the rewards would mix two data sets. The
+  record (killed mid-search, its write-ahead log still there) is left byte for byte."""
+  import signal
+  import time
   from PIL import Image
   from metaqnn import store as store_lib
   root = _folder(tmp_path / "imgs", per_class=12)
-  config = _search_config(f"folder:{root}")
-  config.search.schedule = "1.0:3"
-  search.run_search(config, str(tmp_path / "w"), log_interval=100, tensorboard=False,
-                    max_models=1)
-  def record():
-    store = store_lib.open_existing(str(tmp_path / "w"))
-    try:
-      return store.meta(), [r.to_json() for r in store.models()]
-    finally:
-      store.close()
-  before = record()
+  work = tmp_path / "w"
+  script = tmp_path / "run.py"
+  script.write_text(KILLED_SEARCH.format(root=ROOT, tests=os.path.join(ROOT, "tests")))
+  proc = subprocess.Popen([sys.executable, str(script), f"folder:{root}", str(work)])
+  count = lambda: len(list(store_lib.open_existing(str(work)).models()))
+  while proc.poll() is None and (not (work / "metaqnn.db").exists() or count() < 1):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  snapshot = lambda: {p.name: p.read_bytes() for p in work.rglob("*") if p.is_file()}
+  before = snapshot()
+  assert "metaqnn.db-wal" in before
   Image.fromarray(np.zeros((8, 8), np.uint8)).save(os.path.join(root, "class_0", "new.png"))
-  with pytest.raises(store_lib.WorkdirError, match=r"changed since this search began "
+  config = _search_config(f"folder:{root}")
+  with pytest.raises(store_lib.WorkdirError, match=r"differs from what this search began on "
                      r"\(\d+ train, \d+ val, \d+ test examples then, .* now\)"):
-    search.run_search(config, str(tmp_path / "w"), log_interval=100, tensorboard=False)
-  assert record() == before
+    search.run_search(config, str(work), log_interval=100, tensorboard=False)
+  import gc
+  gc.collect()
+  assert snapshot() == before
   os.remove(os.path.join(root, "class_0", "new.png"))  # restored: it resumes
-  assert search.run_search(config, str(tmp_path / "w"), log_interval=100,
-                           tensorboard=False).finished
+  config.search.schedule = "1.0:8"
+  assert search.run_search(config, str(work), log_interval=100, tensorboard=False).finished
