@@ -509,3 +509,16 @@ def test_resuming_on_changed_data_is_refused(tmp_path):
   os.remove(os.path.join(root, "class_0", "new.png"))  # restored: it resumes
   config.search.schedule = "1.0:8"
   assert search.run_search(config, str(work), log_interval=100, tensorboard=False).finished
+
+
+def test_a_relative_data_dir_stays_absolute_on_resume(tmp_path, monkeypatch):
+  from metaqnn import store as store_lib
+  monkeypatch.chdir(tmp_path)
+  config = config_lib.base_config("digits")
+  config.evaluator, config.search.schedule = "synthetic", "1.0:3"
+  config.dataset.data_dir = "tfds_data"
+  for _ in range(2):  # the run, then its resume
+    search.run_search(config, str(tmp_path / "w"), log_interval=100, tensorboard=False)
+    store = store_lib.open_existing(str(tmp_path / "w"))
+    assert store.config().dataset.data_dir == str(tmp_path / "tfds_data")
+    store.close()

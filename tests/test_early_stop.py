@@ -173,7 +173,8 @@ def test_inspect_ranks_fully_trained_models_only(tmp_path):
   workdir = str(tmp_path / "w")
   c = config("1.0:8")
   first = [str(search_space_first(c))]
-  search.run_search(c, workdir, evaluate=evaluate, tensorboard=False)
+  result = search.run_search(c, workdir, evaluate=evaluate, tensorboard=False)
+  assert result.best_arch != first[0] and result.best_accuracy < 0.999
   s = inspect_lib.summarize(workdir)
   assert s["stopped"] == 1 and len(s["top"]) == 7
   assert first[0] not in [m["arch"] for m in s["top"]]
