@@ -429,13 +429,18 @@ def test_main_command_with_a_wrong_path_is_one_line(tmp_path):
   assert not os.path.exists(tmp_path / "w")
 
 
-def test_a_relative_path_is_recorded_absolute(tmp_path, monkeypatch):
-  from metaqnn import store as store_lib
+def _relative_npz_search(tmp_path, monkeypatch):
+  """A search config naming data/d.npz relative to the current directory, data/."""
   data = tmp_path / "data"
   data.mkdir()
   _npz(data / "d.npz", n=48)
   monkeypatch.chdir(data)
-  config = _search_config("npz:d.npz", evaluator="synthetic")
+  return data, _search_config("npz:d.npz", evaluator="synthetic")
+
+
+def test_a_relative_path_is_recorded_absolute(tmp_path, monkeypatch):
+  from metaqnn import store as store_lib
+  data, config = _relative_npz_search(tmp_path, monkeypatch)
   search.run_search(config, str(tmp_path / "w"), log_interval=100, tensorboard=False)
   store = store_lib.open_existing(str(tmp_path / "w"))
   assert store.config().dataset.name == f"npz:{data / 'd.npz'}"
@@ -450,11 +455,7 @@ def test_a_relative_path_is_recorded_absolute(tmp_path, monkeypatch):
 def test_a_record_made_with_a_relative_path_still_resumes(tmp_path, monkeypatch):
   """Records made before paths were recorded absolute keep their relative name."""
   from metaqnn import input_pipeline
-  data = tmp_path / "data"
-  data.mkdir()
-  _npz(data / "d.npz", n=48)
-  monkeypatch.chdir(data)
-  config = _search_config("npz:d.npz", evaluator="synthetic")
+  _, config = _relative_npz_search(tmp_path, monkeypatch)
   config.search.schedule = "1.0:3,0.5:2"
   with monkeypatch.context() as m:  # as before: the name recorded as given
     m.setattr(input_pipeline, "absolute", lambda config: None)
