@@ -2,6 +2,7 @@
 
   python -m metaqnn.early_stop --workdir=DIR [--json] [--tau=0.25] [--delta=0.05]
   python -m metaqnn.early_stop --workdir=DIR --tau=0.125,0.25 --delta=0.01,0.05,0.2
+  python -m metaqnn.early_stop --workdir=DIR --min_completed=10
 
 Not part of MetaQNN itself: its authors' follow-up (Baker, Gupta, Raskar, Naik,
 "Accelerating Neural Architecture Search using Performance Prediction", ICLR 2018
@@ -222,7 +223,8 @@ class Rule:
 
 
 def evaluate_offline(workdir: str, tau: Optional[float] = None,
-                     delta: Optional[float] = None, kind: str = "predictor") -> dict:
+                     delta: Optional[float] = None, kind: str = "predictor",
+                     min_completed: Optional[int] = None) -> dict:
   """Replays the rule on a search trained without early stopping (see the module doc)."""
   from metaqnn import store as store_lib
   store = store_lib.open_existing(workdir)
@@ -239,6 +241,8 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
     config.early_stop.tau = tau
   if delta is not None:
     config.early_stop.delta = delta
+  if min_completed is not None:
+    config.early_stop.min_completed = min_completed
   rule = Rule(config)
   full = [r for r in records if r.status == "ok" and r.curves
           and len(r.curves[-1]["val_accuracy"]) >= rule.epochs]
@@ -273,6 +277,7 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
   return {"workdir": workdir, "kind": kind, "tau": float(config.early_stop.tau),
           "stop_epoch": rule.epoch, "epochs": rule.epochs,
           "delta": float(config.early_stop.delta), "models": len(full),
+          "min_completed": rule.min_completed,
           "r2": r2, "stopped": len(stopped),
           "epochs_saved": saved / total_epochs if total_epochs else 0.0,
           "oracle_epochs_saved": (oracle * (rule.epochs - rule.epoch) / total_epochs
@@ -285,7 +290,8 @@ def render(s: dict) -> str:
   return "\n".join([
       f"early stopping replayed on {s['workdir']} ({s['models']} fully trained models)",
       f"rule: {s['kind']}, decide after epoch {s['stop_epoch']} of {s['epochs']} "
-      f"(tau {s['tau']:g}), delta {s['delta']:g}",
+      f"(tau {s['tau']:g}), delta {s['delta']:g}, after {s['min_completed']} fully trained "
+      "models",
       f"predictor R^2 on held-out models (5-fold): {s['r2']:.3f}",
       f"stopped {s['stopped']} models; training epochs saved: {100 * s['epochs_saved']:.1f}% "
       f"(a rule that stopped exactly the models ending below the best so far: "
@@ -297,7 +303,8 @@ def render(s: dict) -> str:
 def render_grid(rows: list[dict]) -> str:
   """One line per (tau, delta): to choose them before spending GPU time."""
   lines = [f"early stopping replayed on {rows[0]['workdir']} ({rows[0]['models']} fully "
-           f"trained models, {rows[0]['epochs']} epochs each), rule: {rows[0]['kind']}",
+           f"trained models, {rows[0]['epochs']} epochs each), rule: {rows[0]['kind']}, "
+           f"after {rows[0]['min_completed']} fully trained models",
            f"{'tau':>6} {'epoch':>5} {'delta':>6} {'R^2':>6} {'stopped':>7} {'saved':>6} "
            f"{'oracle':>6} {'top 10 stopped':>14} {'best stopped':>12}"]
   for s in rows:
@@ -331,10 +338,13 @@ def main(argv):
   if len(argv) > 1 or not f.workdir:
     raise cli.UserError("usage: python -m metaqnn.early_stop --workdir=DIR [--json] "
                         "[--tau=0.25[,0.5...]] [--delta=0.05[,0.1...]] "
-                        "[--kind=predictor|median]")
+                        "[--kind=predictor|median] [--min_completed=20]")
   taus, deltas = _fractions("tau", f.tau), _fractions("delta", f.delta)
+  if f.min_completed is not None and f.min_completed < 5:
+    raise cli.UserError(f"--min_completed must be >= 5, got {f.min_completed}")
   try:
-    rows = [evaluate_offline(f.workdir, tau, delta, f.kind) for tau in taus for delta in deltas]
+    rows = [evaluate_offline(f.workdir, tau, delta, f.kind, f.min_completed)
+            for tau in taus for delta in deltas]
   except store_lib.WorkdirError as e:
     raise cli.UserError(str(e)) from None
   if f.json:
@@ -353,4 +363,6 @@ if __name__ == "__main__":
   flags.DEFINE_list("delta", None, "Stop below this probability; several, comma-separated, "
                     "give a table (default: the config's).")
   flags.DEFINE_enum("kind", "predictor", ["predictor", "median"], "The rule to replay.")
+  flags.DEFINE_integer("min_completed", None, "Fully trained models before the rule acts "
+                       "(at least 5; default: the config's).")
   cli.run(main)

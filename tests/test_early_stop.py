@@ -95,8 +95,14 @@ def test_offline_command_json_and_errors(curved_search, tmp_path):
   assert [(r["stop_epoch"], r["delta"]) for r in rows] == [(1, 0.05), (1, 0.5), (2, 0.05),
                                                             (2, 0.5)]
   assert rows[2] == s  # the config's defaults: tau 0.25, delta 0.05
+  later = run(f"--workdir={curved_search}", "--json", "--min_completed=30")
+  assert later.returncode == 0, later.stderr
+  later = json.loads(later.stdout)
+  assert later["min_completed"] == 30 and s["min_completed"] == 20
+  # The oracle acts on a subset of the models: the first 30 are never stopped.
+  assert later["oracle_epochs_saved"] < s["oracle_epochs_saved"]
   for flag in ("--tau=x", "--tau=1.5", "--tau=0.25,1.5", "--tau=", "--delta=0.05,",
-               "--delta=0"):
+               "--delta=0", "--min_completed=4"):
     bad = run(f"--workdir={curved_search}", flag)
     assert bad.returncode == 2 and bad.stderr.startswith("error:"), (flag, bad.stderr)
   bad = run(f"--workdir={tmp_path / 'nope'}")
