@@ -60,6 +60,15 @@ def _by_epsilon(records) -> dict[float, list[float]]:
   return out
 
 
+def _short(name: str) -> str:
+  """A data set's name for a title: your own data by its file or folder name, not its
+  full recorded path."""
+  kind, _, path = name.partition(":")
+  if kind in ("npz", "folder") and path:
+    return f"{kind}:{os.path.basename(os.path.normpath(path))}"
+  return name
+
+
 def plot_rolling(records, path: str, title: str, window: int = 100) -> None:
   """Figure 3: rolling mean of accuracy, and the mean accuracy of each epsilon stage."""
   plt = _pyplot()
@@ -271,7 +280,7 @@ def write_all(workdirs: Sequence[str], out: str | None = None) -> list[str]:
   for workdir, config, records, agent in loaded:
     runs.append((workdir, records))
     tag = "" if len(workdirs) == 1 else os.path.basename(os.path.normpath(workdir)) + "_"
-    name = config.dataset.name
+    name = _short(config.dataset.name)
     for fname, fn in (("rolling_accuracy.png", lambda p: plot_rolling(
         records, p, f"{name}: accuracy over the search (Figure 3)")),
                       ("accuracy_by_epsilon.png", lambda p: plot_distribution(

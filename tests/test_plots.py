@@ -76,3 +76,10 @@ def test_cost_plot_with_a_budget(tmp_path):
   assert len(rows) == 30 and all(p <= 200_000 for _, p, _ in rows)
   paths = plots.write_all([workdir])
   assert any(p.endswith("accuracy_vs_cost.png") for p in paths)
+
+
+def test_titles_name_your_data_by_its_file_not_its_recorded_path():
+  assert plots._short("npz:/home/me/data/shapes.npz") == "npz:shapes.npz"
+  assert plots._short("folder:/home/me/images/") == "folder:images"
+  assert plots._short("tfds:fashion_mnist") == "tfds:fashion_mnist"
+  assert plots._short("cifar10") == "cifar10"
