@@ -135,7 +135,12 @@ class Store:
       self.db.execute("PRAGMA synchronous=NORMAL")
       self.db.executescript(_ATTEMPTS)  # records made before the attempts journal
       self._add_missing_columns()
-      if data is not None and not recorded_data:  # a record made before digests were kept
+      if data is not None and not recorded_data:
+        # A record made before digests were kept, or one whose digest is still in the
+        # write-ahead log of a run killed just after writing it (the view above reads
+        # the database file only): checked again, now with the log, before it is written.
+        self._check_data(dict(self.db.execute("SELECT key, value FROM meta").fetchall()),
+                         fingerprint, data, opened=True)
         self.set_meta("data", data)
     except sqlite3.DatabaseError as e:
       raise WorkdirError(f"{self.path} is not a readable metaqnn record ({e})") from None
@@ -163,23 +168,36 @@ class Store:
           f"the work directory {os.path.dirname(self.path)} was made for another search "
           f"(differs in: {', '.join(diff)}{_recorded(stored, fingerprint)}); it was left "
           "untouched. Use a new --workdir")
+    return self._check_data(meta, fingerprint, data)
+
+  def _check_data(self, meta: dict, fingerprint: dict, data: Optional[dict],
+                  opened: bool = False) -> bool:
+    """Raises WorkdirError if `meta` holds a digest of other data than `data`; returns
+    whether it holds one. `opened`: the record is open for writing (closed on refusal)."""
     if data is None or "data" not in meta:
       return "data" in meta
     try:
       was = json.loads(meta["data"])
     except ValueError:
-      was = {}
-    if was != data:
-      count = lambda v: f"{v:,}" if isinstance(v, int) else "?"
-      sizes = lambda d: ", ".join(f"{count(d.get(k))} {k}" for k in ("train", "val", "test"))
-      what = (f"{sizes(was)} examples then, {sizes(data)} now" if sizes(was) != sizes(data)
-              else f"the same sizes ({sizes(data)}), other contents")
-      raise WorkdirError(
-          f"the data of {fingerprint.get('dataset')} differs from what this search began "
-          f"on ({what}): the files changed, or are read differently after a Pillow, NumPy "
-          "or tfds upgrade. Resuming would mix rewards measured on two data sets; the work "
-          "directory was left untouched. Restore the data, or use a new --workdir")
-    return True
+      was = None
+    if was == data:
+      return True
+    if opened:
+      self.close()
+    where = os.path.dirname(self.path)
+    if not isinstance(was, dict):
+      raise WorkdirError(f"the data digest recorded in {where} is unreadable; the work "
+                         "directory is corrupt (it was left untouched)")
+    count = lambda v: f"{v:,}" if isinstance(v, int) else "?"
+    sizes = lambda d: ", ".join(f"{count(d.get(k))} {k}" for k in ("train", "val", "test"))
+    what = (f"{sizes(was)} examples then, {sizes(data)} now" if sizes(was) != sizes(data)
+            else f"the same sizes ({sizes(data)}), other contents")
+    raise WorkdirError(
+        f"the data of {fingerprint.get('dataset')} differs from what this search began "
+        f"on ({what}): the files changed, or are read differently after a Pillow, NumPy "
+        "or tfds upgrade. Resuming would mix rewards measured on two data sets; the work "
+        f"directory was left {'as it was' if opened else 'untouched'}. Restore the data, "
+        "or use a new --workdir")
 
   def _add_missing_columns(self) -> None:
     """Records made before a field existed get its column (empty for their old rows)."""

@@ -278,6 +278,11 @@ def test_folder_images_read_as_32_bit_integers(tmp_path):
   x = np.concatenate([data.train_images, data.val_images, data.test_images])
   y = np.concatenate([data.train_labels, data.val_labels, data.test_labels])
   assert set(x[y == 0].ravel()) == {60} and set(x[y == 1].ravel()) == {160}
+  # A 16-bit PNG opened as mode I (older Pillow): scaled whatever its values, so a
+  # dark one reads as dark as with a Pillow that opens it as I;16.
+  dark = Image.fromarray(np.full((8, 8), 200, np.int32))
+  dark.format = "PNG"
+  assert set(np.asarray(ip._eight_bit(dark, "dark.png")).ravel()) == {1}
   Image.fromarray(np.full((8, 8), 70000, np.int32)).save(root / "c1" / "big.tiff")
   with pytest.raises(ip.DatasetError, match="big.tiff is a 32-bit image with pixels "
                      "outside 0..65535"):
@@ -523,3 +528,43 @@ def test_a_relative_data_dir_stays_absolute_on_resume(tmp_path, monkeypatch):
     store = store_lib.open_existing(str(tmp_path / "w"))
     assert store.config().dataset.data_dir == str(tmp_path / "tfds_data")
     store.close()
+
+
+LEGACY_KILL = """
+import os, sys
+sys.path.insert(0, {root!r})
+from metaqnn import store as store_lib
+store_lib.Store(sys.argv[1], {{"seed": 0}}, {{"train": 10, "val": 2, "test": 2, "hash": "a"}})
+os._exit(0)  # killed right after the digest was written: it is in the WAL only
+"""
+
+
+def test_a_digest_left_in_the_log_of_a_killed_run_is_still_checked(tmp_path):
+  """A record made before digests were kept gets one on its next run; killed then, the
+  digest is in the write-ahead log alone, and a resume on other data is still refused."""
+  from metaqnn import store as store_lib
+  work = str(tmp_path / "w")
+  store_lib.Store(work, {"seed": 0}).close()  # as made before digests were kept
+  script = tmp_path / "kill.py"
+  script.write_text(LEGACY_KILL.format(root=ROOT))
+  subprocess.run([sys.executable, str(script), work], check=True, timeout=60)
+  assert os.path.exists(os.path.join(work, "metaqnn.db-wal"))
+  other = {"train": 11, "val": 2, "test": 2, "hash": "b"}
+  with pytest.raises(store_lib.WorkdirError, match=r"10 train, 2 val, 2 test examples then"):
+    store_lib.Store(work, {"seed": 0}, other)
+  same = store_lib.Store(work, {"seed": 0}, {"train": 10, "val": 2, "test": 2, "hash": "a"})
+  same.close()
+
+
+@pytest.mark.parametrize("value", ["null", "[1, 2]", "\"x\"", "{bad"])
+def test_an_unreadable_data_digest_is_one_line(tmp_path, value):
+  import sqlite3
+  from metaqnn import store as store_lib
+  work = str(tmp_path / "w")
+  store_lib.Store(work, {"seed": 0}, {"train": 1, "val": 1, "test": 1, "hash": "a"}).close()
+  db = sqlite3.connect(os.path.join(work, "metaqnn.db"))
+  db.execute("UPDATE meta SET value = ? WHERE key = 'data'", (value,))
+  db.commit()
+  db.close()
+  with pytest.raises(store_lib.WorkdirError, match="data digest recorded in .* is unreadable"):
+    store_lib.Store(work, {"seed": 0}, {"train": 1, "val": 1, "test": 1, "hash": "a"})
