@@ -566,10 +566,11 @@ def _eight_bit(im, where: str):
   """A PIL image of more than 8 bits per pixel (modes I;16*, I, F) as 8-bit grey, else `im`.
 
   PIL's own convert clips such pixels at 255, so a 16-bit image came out white. 16-bit
-  pixels are scaled to 8 bits (x / 257, as 65535 -> 255). 32-bit integer ones (mode I,
-  which is also how some Pillow versions open 16-bit PNGs) are kept if in 0..255, scaled
-  like 16-bit ones if in 0..65535, and refused beyond; floating-point ones (no known
-  range) are refused.
+  pixels are scaled to 8 bits (x / 257, as 65535 -> 255). Mode I is how some Pillow
+  versions open 16-bit PNGs (PNG has no 32-bit depth): such PNGs are scaled like 16-bit
+  ones, whatever their values. Other mode-I files (32-bit TIFFs) are kept if in 0..255,
+  scaled if in 0..65535, and refused beyond; floating-point ones (no known range) are
+  refused.
   """
   from PIL import Image
 
@@ -583,7 +584,7 @@ def _eight_bit(im, where: str):
     if x.size and (x.min() < 0 or x.max() > 65535):
       raise DatasetError(f"{where} is a 32-bit image with pixels outside 0..65535; save the "
                          "images with 8 or 16 bits per channel.")
-    if x.size and x.max() > 255:
+    if im.format == "PNG" or (x.size and x.max() > 255):
       x = x / 257.0
   else:
     return im

@@ -64,7 +64,7 @@ def _short(name: str) -> str:
   """A data set's name for a title: your own data by its file or folder name, not its
   full recorded path."""
   kind, _, path = name.partition(":")
-  if kind in ("npz", "folder") and path:
+  if kind in ("npz", "folder") and os.path.basename(os.path.normpath(path)) not in ("", "/"):
     return f"{kind}:{os.path.basename(os.path.normpath(path))}"
   return name
 

@@ -579,11 +579,21 @@ def _record_absolute_paths(config, workdir: str) -> None:
     config.dataset.name = name
 
 
+def _absolute_name(config) -> str:
+  """The data set's name as it is recorded (`input_pipeline.absolute`)."""
+  from metaqnn import input_pipeline  # pylint: disable=import-outside-toplevel
+  probe = copy.deepcopy(config)
+  input_pipeline.absolute(probe)
+  return str(probe.dataset.name)
+
+
 def _keep_recorded_channels(config, workdir: str) -> None:
   """Channels left to the data (0) resume as recorded: a folder of grey images with alpha
   was read as RGB before it was read as grey, and its search goes on in RGB."""
-  recorded = store_lib.stored_fingerprint(workdir).get("training", {}).get("dataset", {})
+  stored = store_lib.stored_fingerprint(workdir)
+  recorded = stored.get("training", {}).get("dataset", {})
   if (str(config.dataset.name).startswith("folder:") and recorded.get("channels")
+      and stored.get("dataset") in (config.dataset.name, _absolute_name(config))
       and not int(config.dataset.get("channels", 0))):
     config.dataset.channels = int(recorded["channels"])
 
@@ -627,8 +637,9 @@ def check_config(config, schedule: agent_lib.Schedule, space) -> None:
 
 
 def _result(workdir, store, agent, finished: bool) -> SearchResult:
-  best = max((r for r in store.models()  # a stopped model's accuracy is a prediction
-              if r.status not in (budget_lib.OVER_BUDGET, "stopped")),
+  # Fully trained models only, as inspect and the final stage rank them (a stopped
+  # model's accuracy is a prediction; a timed-out one's is partial).
+  best = max((r for r in store.models() if r.status == "ok"),
              key=lambda r: r.accuracy, default=None)
   return SearchResult(workdir=workdir, unique_models=store.unique_count(),
                       iterations=store.count(), best_arch=best.arch if best else None,
