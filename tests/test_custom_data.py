@@ -500,7 +500,7 @@ def test_resuming_on_changed_data_is_refused(tmp_path):
   while proc.poll() is None and (not (work / "metaqnn.db").exists() or count() < 1):
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  assert proc.wait() == -signal.SIGKILL, "the search ended before it could be killed"
   snapshot = lambda: {p.name: p.read_bytes() for p in work.rglob("*") if p.is_file()}
   before = snapshot()
   assert "metaqnn.db-wal" in before
