@@ -495,14 +495,15 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   config = copy.deepcopy(config)
   # The data's image side, channels and classes (custom data is read here, before the
   # work directory exists, so that bad data leaves nothing behind).
+  recorded = store_lib.stored_fingerprint(workdir)  # {} for a new search
+  _record_absolute_paths(config, recorded)
   if dataset is None:
-    _keep_recorded_channels(config, workdir)
+    _keep_recorded_channels(config, recorded)
     dataset = input_pipeline.resolve(config)
   else:  # data in memory: the config's data fields follow it
     config.dataset.image_size = int(dataset.train_images.shape[1])
     config.dataset.channels = int(dataset.train_images.shape[3])
     config.dataset.num_classes = int(dataset.num_classes)
-  _record_absolute_paths(config, workdir)
   space = search_space.from_config(config)
   budget = budget_lib.Budget.from_config(config)
   kind = evaluators.kind_of(config, evaluate)
@@ -523,7 +524,7 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   # work directory first, so that a refused one costs no data loading.
   new = not os.path.exists(os.path.join(workdir, store_lib.DB_FILE))
   if not new and kind == "train":
-    _keep_recorded_precision(config, workdir)
+    _keep_recorded_precision(config, recorded)
   executor = make_executor(config, evaluate, rule, dataset) if new else None
   try:
     data = (input_pipeline.digest(dataset)  # only then do the rewards depend on the data
@@ -568,41 +569,31 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     store.close()
 
 
-def _record_absolute_paths(config, workdir: str) -> None:
+def _record_absolute_paths(config, recorded: dict) -> None:
   """Data paths are recorded absolute (`input_pipeline.absolute`), except the name of a
-  search recorded with the same relative path before they were: it resumes as it was
+  search `recorded` with the same relative path before they were: it resumes as it was
   made (the name is part of the fingerprint; data_dir is not)."""
   from metaqnn import input_pipeline  # pylint: disable=import-outside-toplevel
   name = config.dataset.name
   input_pipeline.absolute(config)
-  if store_lib.stored_fingerprint(workdir).get("dataset") == name:
+  if recorded.get("dataset") == name:
     config.dataset.name = name
 
 
-def _absolute_name(config) -> str:
-  """The data set's name as it is recorded (`input_pipeline.absolute`)."""
-  from metaqnn import input_pipeline  # pylint: disable=import-outside-toplevel
-  probe = copy.deepcopy(config)
-  input_pipeline.absolute(probe)
-  return str(probe.dataset.name)
-
-
-def _keep_recorded_channels(config, workdir: str) -> None:
-  """Channels left to the data (0) resume as recorded: a folder of grey images with alpha
-  was read as RGB before it was read as grey, and its search goes on in RGB."""
-  stored = store_lib.stored_fingerprint(workdir)
-  recorded = stored.get("training", {}).get("dataset", {})
-  if (str(config.dataset.name).startswith("folder:") and recorded.get("channels")
-      and stored.get("dataset") in (config.dataset.name, _absolute_name(config))
+def _keep_recorded_channels(config, recorded: dict) -> None:
+  """Channels left to the data (0) resume as `recorded`: a folder of grey images with
+  alpha was read as RGB before it was read as grey, and its search goes on in RGB."""
+  channels = recorded.get("training", {}).get("dataset", {}).get("channels")
+  if (str(config.dataset.name).startswith("folder:") and channels
+      and recorded.get("dataset") == config.dataset.name
       and not int(config.dataset.get("channels", 0))):
-    config.dataset.channels = int(recorded["channels"])
+    config.dataset.channels = int(channels)
 
 
-def _keep_recorded_precision(config, workdir: str) -> None:
+def _keep_recorded_precision(config, recorded: dict) -> None:
   """A search recorded in float32 before `train.dtype` existed resumes in float32 when
   the precision is "auto" (on a GPU, auto would otherwise mean bfloat16: another search)."""
-  stored = store_lib.stored_fingerprint(workdir)
-  train = stored.get("training", {}).get("train", {})
+  train = recorded.get("training", {}).get("train", {})
   if train and "precision" not in train and str(config.train.get("dtype", "auto")) == "auto":
     config.train.dtype = "float32"
 
