@@ -64,9 +64,8 @@ def _short(name: str) -> str:
   """A data set's name for a title: your own data by its file or folder name, not its
   full recorded path."""
   kind, _, path = name.partition(":")
-  if kind in ("npz", "folder") and os.path.basename(os.path.normpath(path)) not in ("", "/"):
-    return f"{kind}:{os.path.basename(os.path.normpath(path))}"
-  return name
+  base = os.path.basename(os.path.normpath(path))  # "" for the root folder
+  return f"{kind}:{base}" if kind in ("npz", "folder") and base else name
 
 
 def plot_rolling(records, path: str, title: str, window: int = 100) -> None:

@@ -169,7 +169,7 @@ def test_inspect_ranks_fully_trained_models_only(tmp_path):
 
   def evaluate(arch):
     r = curve_evaluate(arch)
-    if str(arch) == first[0]:  # the first model: stopped, with a prediction above all
+    if str(arch) == first:  # the first model: stopped, with a prediction above all
       acc = r.curves[0]["val_accuracy"][:2]
       return Result(accuracy=0.999, status="stopped", best_val_accuracy=max(acc),
                     last_val_accuracy=acc[-1], predicted_accuracy=0.999, epochs=2,
@@ -178,12 +178,12 @@ def test_inspect_ranks_fully_trained_models_only(tmp_path):
 
   workdir = str(tmp_path / "w")
   c = config("1.0:8")
-  first = [str(search_space_first(c))]
+  first = str(search_space_first(c))
   result = search.run_search(c, workdir, evaluate=evaluate, tensorboard=False)
-  assert result.best_arch != first[0] and result.best_accuracy < 0.999
+  assert result.best_arch != first and result.best_accuracy < 0.999
   s = inspect_lib.summarize(workdir)
   assert s["stopped"] == 1 and len(s["top"]) == 7
-  assert first[0] not in [m["arch"] for m in s["top"]]
+  assert first not in [m["arch"] for m in s["top"]]
   assert "(not ranked: 1 stopped early (their accuracy is predicted))" in inspect_lib.render(s)
 
 
