@@ -13,9 +13,9 @@
    policy itself, without the search's quota of new models, which makes the last stages
    sample mostly what the agent has not tried yet.
 3. With --train: a real search on digits under the budget and an unconstrained one of the
-   same schedule (seed 0, or --train-seed). Printed: the best of each, and the best in-budget model the
-   unconstrained search happened to train (what filtering an unconstrained search by the
-   budget afterwards would give).
+   same schedule (seed 0, or --train-seed). Printed: the best of each, and the best
+   in-budget model the unconstrained search happened to train (what filtering an
+   unconstrained search by the budget afterwards would give).
 """
 
 from __future__ import annotations
