@@ -12,24 +12,33 @@ appends as JSON lines to `DIR/gpu_search.jsonl` as it goes:
    channels_last) on the same device;
 2. per-candidate compile, epoch and evaluation time of CIFAR-10-space samples (uniform
    random walks, epsilon 1) at FLOP quantiles, in the default configuration;
-3. a real `run_search` (train evaluator, default config: on a GPU two candidates in flight)
-   with models/hour and the share of wall time the device is busy (time inside the
-   trainer's device programs, overlapping intervals merged);
+3. real `run_search`es (train evaluator; `--search_workers`, 0 = the default: on a GPU
+   two candidates in flight) with models/hour, the share of wall time the device is busy
+   (time inside the trainer's device programs, overlapping intervals merged), the compile
+   seconds, and device memory after every candidate (it must stay flat);
 4. the paper schedule's estimated GPU-hours (2,700 models x 20 epochs; no restarts, no
    early stopping), from the measurements of 2 interpolated over the space's own FLOP
-   distribution: sequential (compile on the critical path) and with compile hidden,
-   and PyTorch's at its measured throughput.
-TFLOP/s counts a training step as 3x the forward FLOPs (`models.flops_per_example`).
+   distribution: with compile on the critical path; pipelined as the search runs them,
+   modelled from each candidate's device time t and compile time c (`in_flight_seconds`:
+   one worker compiling the next candidate ahead, and two workers; the same model is
+   checked against the real searches' wall times); and PyTorch's at its measured
+   throughput.
+TFLOP/s counts a training step as 3x the forward FLOPs (`models.flops_per_example`). On
+A1 #4 it also compiles with GPU autotuning off (`xla_gpu_autotune_level=0`), to show what
+autotuning costs in compile time and buys in speed. A section that fails is recorded as an
+`error` line and the run goes on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import tempfile
 import threading
 import time
+import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -48,15 +57,18 @@ _OUT = flags.DEFINE_string("out", os.environ.get("OUT", ""), "Folder for gpu_sea
                            "(default: $OUT, else a temporary folder).")
 _SMALL = flags.DEFINE_bool("small", False, "A CPU-sized run: tiny data, space and search.")
 _TORCH = flags.DEFINE_bool("torch", True, "Measure the PyTorch reference (if installed).")
-_SEARCH_MODELS = flags.DEFINE_integer("search_models", 40, "Unique models in the real search.")
+_SEARCH_MODELS = flags.DEFINE_integer("search_models", 12, "Unique models per real search.")
+_SEARCH_EPOCHS = flags.DEFINE_integer("search_epochs", 4, "Epochs per model in the real search.")
+_SEARCH_WORKERS = flags.DEFINE_list("search_workers", ["0", "1"], "Real searches to run, by "
+                                    "config.num_workers (0 = auto: 2 per GPU, 1 on a CPU).")
 _SPACE_SAMPLES = flags.DEFINE_integer("space_samples", 2000, "Space samples for the estimate.")
 
-PAPER_NETS = [  # (label, architecture, batch)
+PAPER_NETS = [  # (label, architecture, batch); A1 #4 first: the targets are set on it
     ("A1 #4 (CIFAR-10)", "[C(256,3,1), C(256,3,1), P(5,3), C(256,1,1), C(128,3,1), P(2,2), "
      "C(128,3,1), SM(10)]", 128),
+    ("small 32px net", "[C(64,3,1), P(2,2), C(128,3,1), P(2,2), FC(128), SM(10)]", 128),
     ("A1 #1 (CIFAR-10)", "[C(512,5,1), C(128,1,1), C(512,5,1), P(5,3), C(256,3,1), P(3,2), "
      "C(256,5,1), C(512,3,1), SM(10)]", 128),
-    ("small 32px net", "[C(64,3,1), P(2,2), C(128,3,1), P(2,2), FC(128), SM(10)]", 128),
 ]
 QUANTILES = (0.1, 0.5, 0.9, 0.99)
 PAPER_MODELS, PAPER_EPOCHS = 2700, 20
@@ -111,29 +123,78 @@ def config_for(small: bool):
   return config
 
 
-def busy_intervals():
-  """Wraps the trainer core's device programs to record when they run (any thread)."""
-  intervals, lock = [], threading.Lock()
-  originals = {}
-  for name in ("train_epoch", "accuracy"):
-    fn = getattr(train.Core, name)
-    originals[name] = fn
+class Probe:
+  """Records, from any thread, when the trainer core's device programs run, how long its
+  compiles take, and the device memory in use after each candidate."""
 
-    def timed(*args, _fn=fn, **kwargs):
-      start = time.perf_counter()
-      try:
-        return _fn(*args, **kwargs)  # both wait for their result
-      finally:
-        with lock:
-          intervals.append((start, time.perf_counter()))
+  def __init__(self, device):
+    self.device, self.busy, self.compile_s, self.memory = device, [], [], []
+    self._lock, self._originals = threading.Lock(), []
+    for name in ("train_epoch", "accuracy", "compile"):
+      self._wrap(train.Core, name, self._timed(self.compile_s if name == "compile" else None))
+    self._wrap(train.Trainer, "evaluate", self._after_candidate)
 
-    setattr(train.Core, name, timed)
+  def _wrap(self, cls, name, make):
+    fn = getattr(cls, name)
+    self._originals.append((cls, name, fn))
+    setattr(cls, name, make(fn))
 
-  def restore():
-    for name, fn in originals.items():
-      setattr(train.Core, name, fn)
+  def _timed(self, durations):
+    def make(fn):
+      def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+          return fn(*args, **kwargs)  # all three wait for their result
+        finally:
+          end = time.perf_counter()
+          with self._lock:
+            if durations is None:
+              self.busy.append((start, end))
+            else:
+              durations.append(end - start)
+      return timed
+    return make
 
-  return intervals, restore
+  def _after_candidate(self, fn):
+    def evaluate(*args, **kwargs):
+      result = fn(*args, **kwargs)
+      with self._lock:
+        self.memory.append(device_memory(self.device).get("bytes_in_use", 0) / 2 ** 30)
+      return result
+    return evaluate
+
+  def restore(self) -> None:
+    for cls, name, fn in reversed(self._originals):
+      setattr(cls, name, fn)
+
+
+def device_memory(device) -> dict:
+  """The device's memory statistics (empty where the backend keeps none, as on CPUs)."""
+  try:
+    return device.memory_stats() or {}
+  except Exception:  # pylint: disable=broad-except
+    return {}
+
+
+@contextlib.contextmanager
+def compile_options(options: dict):
+  """Compiles the trainer core's programs with these XLA options instead of the defaults."""
+  original = train.compile_lowered
+  train.compile_lowered = lambda lowered, platform: lowered.compile(compiler_options=options)
+  try:
+    yield
+  finally:
+    train.compile_lowered = original
+
+
+def in_flight_seconds(device_s: np.ndarray, compile_s: np.ndarray, workers: int) -> float:
+  """Wall seconds of candidates of device time t and compile time c on one device. One
+  worker compiles the next candidate while this one trains (`Core.prepare`): max(t, c)
+  each. With w workers, each compiles then trains its own: the device is the limit where
+  t >= (c + t) / w, the workers where it is not."""
+  if workers == 1:
+    return float(np.sum(np.maximum(device_s, compile_s)))
+  return float(np.sum(np.maximum(device_s, (compile_s + device_s) / workers)))
 
 
 def union_seconds(intervals, start: float, end: float) -> float:
@@ -176,6 +237,125 @@ def interpolate(flops: np.ndarray, at: np.ndarray, seconds: np.ndarray,
   return out
 
 
+def guarded(record, section: str, fn, *args):
+  """Runs one section; a failure is recorded as an `error` line and the run goes on."""
+  try:
+    return fn(*args)
+  except Exception as e:  # pylint: disable=broad-except
+    record("error", f"\n{section} failed: {type(e).__name__}: {e}", section=section,
+           traceback=traceback.format_exc())
+    return None
+
+
+def net_row(record, label: str, text: str, batch: int, steps: int, torch_device, small: bool):
+  """One paper net: JAX in float32 and bfloat16, PyTorch eager in both."""
+  arch = parse(text)
+  row = {d: jax_throughput(arch, (32, 32, 3), batch, steps, d) for d in ("float32", "bfloat16")}
+  tf = {m: torch_ref.torch_throughput(arch, (32, 32, 3), batch, steps, torch_device, m)
+        ["images_per_s"] for m in (False, True)} if torch_ref else {False: 0.0, True: 0.0}
+  f32, b16 = row["float32"], row["bfloat16"]
+  record("net", f"| {label} | {batch} | {models.flops_per_example(arch, (32, 32, 3)) / 1e6:.0f}"
+         f" | {f32['images_per_s']:.0f} | {f32['tflops']:.1f} | {f32['compile_s']:.1f} | "
+         f"{b16['images_per_s']:.0f} | {b16['tflops']:.1f} | {b16['compile_s']:.1f} | "
+         f"{b16['images_per_s'] / f32['images_per_s']:.2f} | {tf[False]:.0f} | "
+         f"{tf[True]:.0f} | {b16['images_per_s'] / tf[True] if tf[True] else 0:.2f} |",
+         net=label, arch=text, batch=batch, jax=row, torch_fp32=tf[False],
+         torch_bf16_cl=tf[True])
+  if jax.default_backend() == "gpu" and not small and label.startswith("A1 #4"):
+    with compile_options({"xla_gpu_autotune_level": 0}):
+      off = jax_throughput(arch, (32, 32, 3), batch, steps, "bfloat16")
+    record("autotune", f"  {label}, bf16, GPU autotuning off: compile {off['compile_s']:.1f} s "
+           f"(on: {b16['compile_s']:.1f}), {off['images_per_s']:.0f} img/s "
+           f"(on: {b16['images_per_s']:.0f})", net=label, off=off, on=b16)
+
+
+def quantile_row(record, config, dataset, q, flops, samples, steps, torch_device, n_train,
+                 n_val, measured):
+  """One CIFAR-10-space sample near FLOP quantile `q`: compile, epoch and evaluation."""
+  i = int(np.argmin(np.abs(flops - np.quantile(flops, q))))
+  t = candidate_times(config, dataset, samples[i])
+  tt = torch_ref.torch_throughput(samples[i], (32, 32, 3), int(config.train.batch_size),
+                                  steps, torch_device, True, eval_examples=n_val
+                                  ) if torch_ref else None
+  torch_epoch = n_train / tt["images_per_s"] if tt else 0.0
+  measured.append((flops[i], t, torch_epoch, tt["eval_s"] if tt else 0.0))
+  record("quantile", f"| {q:g} | {flops[i] / 1e9:.3f} | {t['compile_s']:.1f} | "
+         f"{t['epoch_s']:.2f} | {t['eval_s']:.3f} | {n_train / t['epoch_s']:.0f} | "
+         f"{torch_epoch:.2f} | {tt['eval_s'] if tt else 0:.3f} | {samples[i]} |",
+         quantile=q, flops=flops[i], arch=str(samples[i]), **t, torch_epoch_s=torch_epoch,
+         torch_eval_s=tt["eval_s"] if tt else None)
+
+
+def real_search(record, small: bool, dataset, device, num_workers: int) -> dict:
+  """A real `run_search` of the CIFAR-10 space on the data set, timed and probed."""
+  config = config_for(small)
+  config.num_workers = num_workers
+  config.search.schedule = f"1.0:{3 if small else _SEARCH_MODELS.value}"
+  config.train.epochs = 1 if small else _SEARCH_EPOCHS.value
+  config.final.run_after_search = False
+  workers = search.executors.num_workers(config)
+  probe = Probe(device)
+  with tempfile.TemporaryDirectory() as d:
+    start = time.perf_counter()
+    try:
+      result = search.run_search(config, os.path.join(d, "w"), log_interval=1e9,
+                                 tensorboard=False, dataset=dataset)
+    finally:
+      probe.restore()
+    wall = time.perf_counter() - start
+  device_s = union_seconds(probe.busy, start, start + wall)
+  compile_s = float(np.sum(probe.compile_s))
+  modelled = in_flight_seconds(np.array([device_s]), np.array([compile_s]), workers)
+  peak = device_memory(device).get("peak_bytes_in_use", 0) / 2 ** 30
+  mem = probe.memory or [0.0]
+  row = dict(models=result.unique_models, epochs=int(config.train.epochs), workers=workers,
+             seconds=wall, busy=device_s / wall, device_s=device_s, compile_s=compile_s,
+             compiles=len(probe.compile_s), modelled_s=modelled, best=result.best_accuracy,
+             peak_device_gib=peak, memory_after_each_gib=mem)
+  record("search", f"\nreal search: {result.unique_models} models of {config.train.epochs} "
+         f"epoch(s), {workers} worker(s), {wall:.1f} s, "
+         f"{result.unique_models / wall * 3600:.0f} models/hour, device busy "
+         f"{100 * device_s / wall:.0f}% of the wall time ({device_s:.1f} s), {len(probe.compile_s)} "
+         f"compiles {compile_s:.1f} s (modelled wall {modelled:.1f} s), best "
+         f"{result.best_accuracy:.4f}; device memory after each candidate {mem[0]:.2f} .. "
+         f"{max(mem):.2f} GiB (last {mem[-1]:.2f}), peak {peak:.2f} GiB", **row)
+  return row
+
+
+def estimate(record, flops, measured, workers: int, busy: float | None) -> None:
+  """The paper schedule's GPU-hours over the space's own FLOP distribution."""
+  at = np.array([m[0] for m in measured])
+  order = np.argsort(at)
+  at = at[order]
+  col = lambda k: np.array([measured[j][1][k] for j in order])
+  epoch = interpolate(flops, at, col("epoch_s"), True)
+  evals = interpolate(flops, at, col("eval_s"), True)
+  compile_ = interpolate(flops, at, col("compile_s"), False)
+  scale = PAPER_MODELS / len(flops) / 3600
+  device = PAPER_EPOCHS * (epoch + evals)
+  train_h = float(np.sum(device) * scale)
+  sequential_h = train_h + float(np.sum(compile_) * scale)
+  in_flight_h = in_flight_seconds(device, compile_, workers) * scale
+  other = 3 - workers if workers in (1, 2) else 1
+  other_h = in_flight_seconds(device, compile_, other) * scale
+  busy_h = train_h / busy if busy else 0.0
+  torch_h = 0.0
+  if torch_ref:
+    t_epoch = interpolate(flops, at, np.array([measured[j][2] for j in order]), True)
+    t_eval = interpolate(flops, at, np.array([measured[j][3] for j in order]), True)
+    torch_h = float(np.sum(PAPER_EPOCHS * (t_epoch + t_eval)) * scale)
+  record("estimate", f"\npaper schedule ({PAPER_MODELS} models x {PAPER_EPOCHS} epochs): "
+         f"device work {train_h:.2f} h; sequential with compile {sequential_h:.2f} h; "
+         f"default, {workers} worker(s) (modelled) {in_flight_h:.2f} GPU-hours; "
+         f"{other} worker(s) (modelled) {other_h:.2f} h"
+         + (f"; at the real search's busy share {busy_h:.2f} h" if busy else "")
+         + (f"; PyTorch eager bf16 channels_last {torch_h:.2f} h ({torch_h / in_flight_h:.2f}x "
+            "ours)" if torch_h else ""),
+         train_hours=train_h, sequential_hours=sequential_h, in_flight_hours=in_flight_h,
+         workers=workers, busy_hours=busy_h,
+         other_workers=other, other_hours=other_h, torch_bf16_hours=torch_h)
+
+
 def main(argv):
   del argv
   small = _SMALL.value
@@ -201,26 +381,15 @@ def main(argv):
   n_train, n_val = (256, 128) if small else (45000, 5000)
   steps = 2 if small else 60
 
-  # 1. The paper's nets: throughput in both precisions, and PyTorch on the same device.
+  # 1. A1 #4, the net the targets are set on (the other paper nets come last).
   record("header", "\n| net | batch | MFLOP/img | fp32 img/s | fp32 TFLOP/s | fp32 compile s | "
          "bf16 img/s | bf16 TFLOP/s | bf16 compile s | bf16/fp32 | torch fp32 img/s | "
          "torch bf16 CL img/s | bf16 / torch bf16 |\n|---|---|---|---|---|---|---|---|---|"
          "---|---|---|---|")
-  nets = PAPER_NETS[:1] if small else PAPER_NETS
-  for label, text, batch in nets:
-    arch, batch = parse(text), (8 if small else batch)
-    row = {d: jax_throughput(arch, (32, 32, 3), batch, steps, d)
-           for d in ("float32", "bfloat16")}
-    tf = {m: torch_ref.torch_throughput(arch, (32, 32, 3), batch, steps, torch_device, m)
-          ["images_per_s"] for m in (False, True)} if torch else {False: 0.0, True: 0.0}
-    f32, b16 = row["float32"], row["bfloat16"]
-    record("net", f"| {label} | {batch} | {models.flops_per_example(arch, (32, 32, 3)) / 1e6:.0f}"
-           f" | {f32['images_per_s']:.0f} | {f32['tflops']:.1f} | {f32['compile_s']:.1f} | "
-           f"{b16['images_per_s']:.0f} | {b16['tflops']:.1f} | {b16['compile_s']:.1f} | "
-           f"{b16['images_per_s'] / f32['images_per_s']:.2f} | {tf[False]:.0f} | "
-           f"{tf[True]:.0f} | {b16['images_per_s'] / tf[True] if tf[True] else 0:.2f} |",
-           net=label, arch=text, batch=batch, jax=row, torch_fp32=tf[False],
-           torch_bf16_cl=tf[True])
+  nets = [(label, text, 8 if small else batch) for label, text, batch in PAPER_NETS]
+  if not small:  # CUDA, cuDNN and the autotuner start before anything is timed
+    guarded(record, "warm-up", jax_throughput, parse(nets[1][1]), (32, 32, 3), 8, 1)
+  guarded(record, nets[0][0], net_row, record, *nets[0], steps, torch_device, small)
 
   # 2. Candidates of the CIFAR-10 space at FLOP quantiles, in the default configuration.
   space = search_space.from_config(config)
@@ -233,71 +402,24 @@ def main(argv):
          f"samples; {n_train} train / {n_val} validation images; {precision})\n"
          "| quantile | GFLOP/img | compile s | epoch s | eval s | img/s | torch bf16 CL epoch s "
          "| torch eval s | arch |\n|---|---|---|---|---|---|---|---|---|")
-  quantiles = (0.1, 0.5) if small else QUANTILES
   measured = []
-  for q in quantiles:
-    i = int(np.argmin(np.abs(flops - np.quantile(flops, q))))
-    t = candidate_times(config, dataset, samples[i])
-    tt = torch_ref.torch_throughput(samples[i], (32, 32, 3), int(config.train.batch_size),
-                                    steps, torch_device, True, eval_examples=n_val
-                                    ) if torch else None
-    torch_epoch = n_train / tt["images_per_s"] if tt else 0.0
-    measured.append((flops[i], t, torch_epoch, tt["eval_s"] if tt else 0.0))
-    record("quantile", f"| {q:g} | {flops[i] / 1e9:.3f} | {t['compile_s']:.1f} | "
-           f"{t['epoch_s']:.2f} | {t['eval_s']:.3f} | {n_train / t['epoch_s']:.0f} | "
-           f"{torch_epoch:.2f} | {tt['eval_s'] if tt else 0:.3f} | {samples[i]} |",
-           quantile=q, flops=flops[i], arch=str(samples[i]), **t, torch_epoch_s=torch_epoch,
-           torch_eval_s=tt["eval_s"] if tt else None)
+  for q in (0.1, 0.5) if small else QUANTILES:
+    guarded(record, f"quantile {q:g}", quantile_row, record, config, dataset, q, flops,
+            samples, steps, torch_device, n_train, n_val, measured)
 
-  # 3. A real search with the default configuration.
-  sconf = config_for(small)
-  sconf.search.schedule = f"1.0:{3 if small else _SEARCH_MODELS.value}"
-  sconf.train.epochs = 1
-  sconf.final.run_after_search = False
-  workers = search.executors.num_workers(sconf)
-  intervals, restore = busy_intervals()
-  mem = []
-  with tempfile.TemporaryDirectory() as d:
-    start = time.perf_counter()
-    try:
-      result = search.run_search(sconf, os.path.join(d, "w"), log_interval=1e9,
-                                 tensorboard=False, dataset=dataset)
-    finally:
-      restore()
-    wall = time.perf_counter() - start
-    stats = getattr(device, "memory_stats", lambda: None)() or {}
-    mem = stats.get("peak_bytes_in_use", 0) / 2 ** 30
-  busy = union_seconds(intervals, start, start + wall) / wall
-  record("search", f"\nreal search: {result.unique_models} models of 1 epoch, {workers} "
-         f"worker(s), {wall:.1f} s, {result.unique_models / wall * 3600:.0f} models/hour, "
-         f"device busy {100 * busy:.0f}% of the wall time, best {result.best_accuracy:.4f}; "
-         f"peak device memory {mem:.2f} GiB", models=result.unique_models, workers=workers,
-         seconds=wall, busy=busy, best=result.best_accuracy, peak_device_gib=mem)
+  # 3. Real searches, the default configuration first; 4. the paper schedule's estimate.
+  searches = []
+  for workers in _SEARCH_WORKERS.value[:1] if small else _SEARCH_WORKERS.value:
+    searches.append(guarded(record, f"search (num_workers={workers})", real_search, record,
+                            small, dataset, device, int(workers)))
+    if len(searches) == 1 and len(measured) >= 2:
+      default = searches[0] or {}
+      guarded(record, "estimate", estimate, record, flops, measured,
+              default.get("workers", search.executors.num_workers(config)),
+              default.get("busy"))
 
-  # 4. The paper schedule, estimated over the space's own FLOP distribution.
-  at = np.array([m[0] for m in measured])
-  order = np.argsort(at)
-  at = at[order]
-  col = lambda k: np.array([measured[j][1][k] for j in order])
-  epoch = interpolate(flops, at, col("epoch_s"), True)
-  evals = interpolate(flops, at, col("eval_s"), True)
-  compile_ = interpolate(flops, at, col("compile_s"), False)
-  scale = PAPER_MODELS / len(flops) / 3600
-  train_h = float(np.sum(PAPER_EPOCHS * (epoch + evals)) * scale)
-  sequential_h = train_h + float(np.sum(compile_) * scale)
-  hidden_h = train_h / max(busy, 1e-9) if workers > 1 else sequential_h
-  torch_h = 0.0
-  if torch:
-    t_epoch = interpolate(flops, at, np.array([measured[j][2] for j in order]), True)
-    t_eval = interpolate(flops, at, np.array([measured[j][3] for j in order]), True)
-    torch_h = float(np.sum(PAPER_EPOCHS * (t_epoch + t_eval)) * scale)
-  record("estimate", f"\npaper schedule ({PAPER_MODELS} models x {PAPER_EPOCHS} epochs): "
-         f"device work {train_h:.1f} h; sequential with compile {sequential_h:.1f} h; default "
-         f"({workers} worker(s), device busy {100 * busy:.0f}%) {hidden_h:.1f} GPU-hours; "
-         f"PyTorch eager bf16 channels_last {torch_h:.1f} h"
-         + (f" ({torch_h / hidden_h:.2f}x ours)" if torch_h else ""),
-         train_hours=train_h, sequential_hours=sequential_h, default_hours=hidden_h,
-         torch_bf16_hours=torch_h)
+  for label, text, batch in nets[1:1 if small else None]:
+    guarded(record, label, net_row, record, label, text, batch, steps, torch_device, small)
 
 
 torch_ref = None  # benchmarks/torch_ref.py, imported in main() when PyTorch is there
