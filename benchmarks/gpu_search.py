@@ -24,8 +24,8 @@ appends as JSON lines to `DIR/gpu_search.jsonl` as it goes:
    checked against the real searches' wall times); and PyTorch's at its measured
    throughput.
 TFLOP/s counts a training step as 3x the forward FLOPs (`models.flops_per_example`). On
-A1 #4 it also compiles with GPU autotuning off (`xla_gpu_autotune_level=0`), to show what
-autotuning costs in compile time and buys in speed. A section that fails is recorded as an
+A1 #4 it also compiles at lower GPU autotuning levels (`xla_gpu_autotune_level`), to show
+what autotuning costs in compile time and buys in speed. A section that fails is recorded as an
 `error` line and the run goes on.
 """
 
@@ -61,6 +61,10 @@ _SEARCH_MODELS = flags.DEFINE_integer("search_models", 12, "Unique models per re
 _SEARCH_EPOCHS = flags.DEFINE_integer("search_epochs", 4, "Epochs per model in the real search.")
 _SEARCH_WORKERS = flags.DEFINE_list("search_workers", ["0", "1"], "Real searches to run, by "
                                     "config.num_workers (0 = auto: 2 per GPU, 1 on a CPU).")
+_SECTIONS = flags.DEFINE_list("sections", ["nets", "quantiles", "searches"], "What to run.")
+_ESTIMATE_FROM = flags.DEFINE_list(
+    "estimate_from", [], "Measure nothing: recompute the paper estimate from the quantile "
+    "and search lines of these gpu_search.jsonl files (from one machine).")
 _SPACE_SAMPLES = flags.DEFINE_integer("space_samples", 2000, "Space samples for the estimate.")
 
 PAPER_NETS = [  # (label, architecture, batch); A1 #4 first: the targets are set on it
@@ -71,6 +75,7 @@ PAPER_NETS = [  # (label, architecture, batch); A1 #4 first: the targets are set
      "C(256,5,1), C(512,3,1), SM(10)]", 128),
 ]
 QUANTILES = (0.1, 0.5, 0.9, 0.99)
+AUTOTUNE_LEVELS = (0, 1, 2)  # XLA's default is 4: levels 1-3 check less, 0 does not tune
 PAPER_MODELS, PAPER_EPOCHS = 2700, 20
 
 
@@ -262,11 +267,25 @@ def net_row(record, label: str, text: str, batch: int, steps: int, torch_device,
          net=label, arch=text, batch=batch, jax=row, torch_fp32=tf[False],
          torch_bf16_cl=tf[True])
   if jax.default_backend() == "gpu" and not small and label.startswith("A1 #4"):
-    with compile_options({"xla_gpu_autotune_level": 0}):
-      off = jax_throughput(arch, (32, 32, 3), batch, steps, "bfloat16")
-    record("autotune", f"  {label}, bf16, GPU autotuning off: compile {off['compile_s']:.1f} s "
-           f"(on: {b16['compile_s']:.1f}), {off['images_per_s']:.0f} img/s "
-           f"(on: {b16['images_per_s']:.0f})", net=label, off=off, on=b16)
+    autotune_rows(record, label, arch, batch, b16)
+
+
+def autotune_rows(record, label: str, arch, batch: int, default: dict) -> None:
+  """What GPU autotuning costs and buys on one net. XLA keeps autotuning results in the
+  process, by convolution shape: compiled again, the net reuses them. A lower level on a
+  batch size not seen yet (new shapes) shows what tuning less would cost."""
+  again = jax_throughput(arch, (32, 32, 3), batch, 8, "bfloat16")
+  record("autotune", f"  {label}, bf16, compiled again (tuning results reused): compile "
+         f"{again['compile_s']:.1f} s (first: {default['compile_s']:.1f})", net=label,
+         level="reused", batch=batch, at_level=again, default=default)
+  for i, level in enumerate(AUTOTUNE_LEVELS):  # 8 steps: level 0 once ran at 69 img/s
+    b = batch - 8 * (i + 1)
+    with compile_options({"xla_gpu_autotune_level": level}):
+      t = jax_throughput(arch, (32, 32, 3), b, 8, "bfloat16")
+    record("autotune", f"  {label}, bf16, batch {b}, xla_gpu_autotune_level={level}: compile "
+           f"{t['compile_s']:.1f} s, {t['images_per_s']:.0f} img/s over 8 steps (level 4, "
+           f"batch {batch}: {default['compile_s']:.1f} s, {default['images_per_s']:.0f})",
+           net=label, level=level, batch=b, at_level=t, default=default)
 
 
 def quantile_row(record, config, dataset, q, flops, samples, steps, torch_device, n_train,
@@ -310,7 +329,8 @@ def real_search(record, small: bool, dataset, device, num_workers: int) -> dict:
   mem = probe.memory or [0.0]
   row = dict(models=result.unique_models, epochs=int(config.train.epochs), workers=workers,
              seconds=wall, busy=device_s / wall, device_s=device_s, compile_s=compile_s,
-             compiles=len(probe.compile_s), modelled_s=modelled, best=result.best_accuracy,
+             compiles=len(probe.compile_s), compile_each_s=probe.compile_s,
+             modelled_s=modelled, best=result.best_accuracy,
              peak_device_gib=peak, memory_after_each_gib=mem)
   record("search", f"\nreal search: {result.unique_models} models of {config.train.epochs} "
          f"epoch(s), {workers} worker(s), {wall:.1f} s, "
@@ -322,8 +342,11 @@ def real_search(record, small: bool, dataset, device, num_workers: int) -> dict:
   return row
 
 
-def estimate(record, flops, measured, workers: int, busy: float | None) -> None:
-  """The paper schedule's GPU-hours over the space's own FLOP distribution."""
+def estimate(record, flops, measured, workers: int, busy: float | None,
+             search_compile_s: float | None = None) -> None:
+  """The paper schedule's GPU-hours over the space's own FLOP distribution. With
+  `search_compile_s` (the real search's mean compile, slower than alone when it shares the
+  machine with training and another compile), also modelled with that compile time."""
   at = np.array([m[0] for m in measured])
   order = np.argsort(at)
   at = at[order]
@@ -332,6 +355,7 @@ def estimate(record, flops, measured, workers: int, busy: float | None) -> None:
   evals = interpolate(flops, at, col("eval_s"), True)
   compile_ = interpolate(flops, at, col("compile_s"), False)
   scale = PAPER_MODELS / len(flops) / 3600
+  mean_compile = float(np.mean(compile_))
   device = PAPER_EPOCHS * (epoch + evals)
   train_h = float(np.sum(device) * scale)
   sequential_h = train_h + float(np.sum(compile_) * scale)
@@ -339,21 +363,48 @@ def estimate(record, flops, measured, workers: int, busy: float | None) -> None:
   other = 3 - workers if workers in (1, 2) else 1
   other_h = in_flight_seconds(device, compile_, other) * scale
   busy_h = train_h / busy if busy else 0.0
+  shared_h = in_flight_seconds(device, np.full_like(device, search_compile_s), workers
+                               ) * scale if search_compile_s else 0.0
   torch_h = 0.0
-  if torch_ref:
+  if all(m[2] for m in measured):
     t_epoch = interpolate(flops, at, np.array([measured[j][2] for j in order]), True)
     t_eval = interpolate(flops, at, np.array([measured[j][3] for j in order]), True)
     torch_h = float(np.sum(PAPER_EPOCHS * (t_epoch + t_eval)) * scale)
   record("estimate", f"\npaper schedule ({PAPER_MODELS} models x {PAPER_EPOCHS} epochs): "
-         f"device work {train_h:.2f} h; sequential with compile {sequential_h:.2f} h; "
-         f"default, {workers} worker(s) (modelled) {in_flight_h:.2f} GPU-hours; "
-         f"{other} worker(s) (modelled) {other_h:.2f} h"
+         f"device work {train_h:.2f} h; sequential with compile {sequential_h:.2f} h "
+         f"(mean compile {mean_compile:.1f} s, measured alone); default, {workers} worker(s) "
+         f"(modelled) {in_flight_h:.2f} GPU-hours; {other} worker(s) (modelled) {other_h:.2f} h"
+         + (f"; with the real search's mean compile ({search_compile_s:.1f} s) "
+            f"{shared_h:.2f} h" if search_compile_s else "")
          + (f"; at the real search's busy share {busy_h:.2f} h" if busy else "")
          + (f"; PyTorch eager bf16 channels_last {torch_h:.2f} h ({torch_h / in_flight_h:.2f}x "
             "ours)" if torch_h else ""),
-         train_hours=train_h, sequential_hours=sequential_h, in_flight_hours=in_flight_h,
-         workers=workers, busy_hours=busy_h,
-         other_workers=other, other_hours=other_h, torch_bf16_hours=torch_h)
+         train_hours=train_h, sequential_hours=sequential_h, mean_compile_s=mean_compile,
+         in_flight_hours=in_flight_h, workers=workers, other_workers=other,
+         other_hours=other_h, busy_hours=busy_h, search_compile_s=search_compile_s,
+         shared_compile_hours=shared_h, torch_bf16_hours=torch_h)
+
+
+def space_flops(config, n: int) -> tuple[list, np.ndarray]:
+  """`n` uniform random walks of the config's space (seed 0) and their FLOPs per image."""
+  walker = agent_lib.Agent(search_space.from_config(config), seed=0)
+  samples = [walker.sample(1.0).architecture for _ in range(n)]
+  return samples, np.array([models.flops_per_example(a, (32, 32, 3)) for a in samples],
+                           np.float64)
+
+
+def estimate_from(record, paths: list[str]) -> None:
+  """The paper estimate from recorded quantile and search lines, on any machine."""
+  rows = [json.loads(line) for path in paths for line in open(path)]
+  measured = [(r["flops"], r, r.get("torch_epoch_s") or 0.0, r.get("torch_eval_s") or 0.0)
+              for r in rows if r["kind"] == "quantile"]
+  found = [r for r in rows if r["kind"] == "search"]
+  if len(measured) < 2:
+    raise SystemExit("--estimate_from: fewer than two quantile lines in " + ", ".join(paths))
+  _, flops = space_flops(config_for(False), _SPACE_SAMPLES.value)
+  workers = found[0]["workers"] if found else 2
+  estimate(record, flops, measured, workers, found[0]["busy"] if found else None,
+           found[0]["compile_s"] / found[0]["compiles"] if found else None)
 
 
 def main(argv):
@@ -361,6 +412,8 @@ def main(argv):
   small = _SMALL.value
   out_dir = _OUT.value or tempfile.mkdtemp(prefix="gpu_search_")
   record = Recorder(out_dir)
+  if _ESTIMATE_FROM.value:
+    return estimate_from(record, _ESTIMATE_FROM.value)
   device = jax.devices()[0]
   global torch_ref
   torch = None
@@ -387,38 +440,38 @@ def main(argv):
          "torch bf16 CL img/s | bf16 / torch bf16 |\n|---|---|---|---|---|---|---|---|---|"
          "---|---|---|---|")
   nets = [(label, text, 8 if small else batch) for label, text, batch in PAPER_NETS]
+  sections = set(_SECTIONS.value)
   if not small:  # CUDA, cuDNN and the autotuner start before anything is timed
     guarded(record, "warm-up", jax_throughput, parse(nets[1][1]), (32, 32, 3), 8, 1)
-  guarded(record, nets[0][0], net_row, record, *nets[0], steps, torch_device, small)
+  if "nets" in sections:
+    guarded(record, nets[0][0], net_row, record, *nets[0], steps, torch_device, small)
 
   # 2. Candidates of the CIFAR-10 space at FLOP quantiles, in the default configuration.
-  space = search_space.from_config(config)
-  walker = agent_lib.Agent(space, seed=0)
-  samples = [walker.sample(1.0).architecture
-             for _ in range(200 if small else _SPACE_SAMPLES.value)]
-  flops = np.array([models.flops_per_example(a, (32, 32, 3)) for a in samples], np.float64)
+  samples, flops = space_flops(config, 200 if small else _SPACE_SAMPLES.value)
   dataset = cifar_like(n_train, n_val)
   record("header", f"\nCIFAR-10-space candidates at FLOP quantiles ({len(samples)} uniform "
          f"samples; {n_train} train / {n_val} validation images; {precision})\n"
          "| quantile | GFLOP/img | compile s | epoch s | eval s | img/s | torch bf16 CL epoch s "
          "| torch eval s | arch |\n|---|---|---|---|---|---|---|---|---|")
   measured = []
-  for q in (0.1, 0.5) if small else QUANTILES:
+  for q in ((0.1, 0.5) if small else QUANTILES) if "quantiles" in sections else ():
     guarded(record, f"quantile {q:g}", quantile_row, record, config, dataset, q, flops,
             samples, steps, torch_device, n_train, n_val, measured)
 
   # 3. Real searches, the default configuration first; 4. the paper schedule's estimate.
   searches = []
-  for workers in _SEARCH_WORKERS.value[:1] if small else _SEARCH_WORKERS.value:
+  workers_list = _SEARCH_WORKERS.value[:1] if small else _SEARCH_WORKERS.value
+  for workers in workers_list if "searches" in sections else ():
     searches.append(guarded(record, f"search (num_workers={workers})", real_search, record,
                             small, dataset, device, int(workers)))
     if len(searches) == 1 and len(measured) >= 2:
       default = searches[0] or {}
       guarded(record, "estimate", estimate, record, flops, measured,
               default.get("workers", search.executors.num_workers(config)),
-              default.get("busy"))
+              default.get("busy"),
+              default["compile_s"] / default["compiles"] if default.get("compiles") else None)
 
-  for label, text, batch in nets[1:1 if small else None]:
+  for label, text, batch in nets[1:1 if small else None] if "nets" in sections else ():
     guarded(record, label, net_row, record, label, text, batch, steps, torch_device, small)
 
 

@@ -26,6 +26,18 @@ def test_gpu_search_benchmark_small_mode(tmp_path):
   assert search["models"] == 3 and 0 < search["busy"] <= 1
   estimate = next(r for r in rows if r["kind"] == "estimate")
   assert 0 < estimate["train_hours"] <= estimate["sequential_hours"]
+  # Pipelined, no mode is slower than compiling on the critical path or faster than the
+  # device work alone.
+  for mode in ("in_flight_hours", "other_hours"):
+    assert estimate["train_hours"] <= estimate[mode] <= estimate["sequential_hours"]
+  # The estimate again from the recorded lines, measuring nothing (another machine's file).
+  again = tmp_path / "again"
+  proc = subprocess.run([sys.executable, "benchmarks/gpu_search.py", "--space_samples=200",
+                         f"--estimate_from={tmp_path / 'gpu_search.jsonl'}", f"--out={again}"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  kinds = [json.loads(l)["kind"] for l in open(again / "gpu_search.jsonl")]
+  assert kinds == ["estimate"]
 
 
 def test_cifar_like_data_is_learnable_shaped_and_stored_as_uint8():
