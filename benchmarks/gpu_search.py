@@ -51,7 +51,7 @@ from common import jax_throughput  # noqa: E402
 from configs import cifar10  # noqa: E402
 from metaqnn import agent as agent_lib  # noqa: E402
 from metaqnn import input_pipeline, models, search, search_space, train  # noqa: E402
-from metaqnn.architecture import parse  # noqa: E402
+from metaqnn.architecture import Conv, parse  # noqa: E402
 
 _OUT = flags.DEFINE_string("out", os.environ.get("OUT", ""), "Folder for gpu_search.jsonl "
                            "(default: $OUT, else a temporary folder).")
@@ -252,8 +252,10 @@ def guarded(record, section: str, fn, *args):
     return None
 
 
-def net_row(record, label: str, text: str, batch: int, steps: int, torch_device, small: bool):
-  """One paper net: JAX in float32 and bfloat16, PyTorch eager in both."""
+def net_row(record, label: str, text: str, batch: int, steps: int, torch_device,
+            small: bool) -> float | None:
+  """One paper net: JAX in float32 and bfloat16, PyTorch eager in both. On A1 #4 on a GPU
+  also the autotuning rows; returns their reuse ratio (`autotune_rows`)."""
   arch = parse(text)
   row = {d: jax_throughput(arch, (32, 32, 3), batch, steps, d) for d in ("float32", "bfloat16")}
   tf = {m: torch_ref.torch_throughput(arch, (32, 32, 3), batch, steps, torch_device, m)
@@ -267,17 +269,18 @@ def net_row(record, label: str, text: str, batch: int, steps: int, torch_device,
          net=label, arch=text, batch=batch, jax=row, torch_fp32=tf[False],
          torch_bf16_cl=tf[True])
   if jax.default_backend() == "gpu" and not small and label.startswith("A1 #4"):
-    autotune_rows(record, label, arch, batch, b16)
+    return autotune_rows(record, label, arch, batch, b16)
+  return None
 
 
-def autotune_rows(record, label: str, arch, batch: int, default: dict) -> None:
+def autotune_rows(record, label: str, arch, batch: int, default: dict) -> float:
   """What GPU autotuning costs and buys on one net. XLA keeps autotuning results in the
   process, by convolution shape: compiled again, the net reuses them. A lower level on a
   batch size not seen yet (new shapes) shows what tuning less would cost."""
   again = jax_throughput(arch, (32, 32, 3), batch, 8, "bfloat16")
+  reused = dict(net=label, level="reused", batch=batch, at_level=again, default=default)
   record("autotune", f"  {label}, bf16, compiled again (tuning results reused): compile "
-         f"{again['compile_s']:.1f} s (first: {default['compile_s']:.1f})", net=label,
-         level="reused", batch=batch, at_level=again, default=default)
+         f"{again['compile_s']:.1f} s (first: {default['compile_s']:.1f})", **reused)
   for i, level in enumerate(AUTOTUNE_LEVELS):  # 8 steps: level 0 once ran at 69 img/s
     b = batch - 8 * (i + 1)
     with compile_options({"xla_gpu_autotune_level": level}):
@@ -286,6 +289,7 @@ def autotune_rows(record, label: str, arch, batch: int, default: dict) -> None:
            f"{t['compile_s']:.1f} s, {t['images_per_s']:.0f} img/s over 8 steps (level 4, "
            f"batch {batch}: {default['compile_s']:.1f} s, {default['images_per_s']:.0f})",
            net=label, level=level, batch=b, at_level=t, default=default)
+  return reuse_ratio(reused)
 
 
 def quantile_row(record, config, dataset, q, flops, samples, steps, torch_device, n_train,
@@ -342,11 +346,30 @@ def real_search(record, small: bool, dataset, device, num_workers: int) -> dict:
   return row
 
 
-def estimate(record, flops, measured, workers: int, busy: float | None,
-             search_compile_s: float | None = None) -> None:
-  """The paper schedule's GPU-hours over the space's own FLOP distribution. With
-  `search_compile_s` (the real search's mean compile, slower than alone when it shares the
-  machine with training and another compile), also modelled with that compile time."""
+def new_shapes(samples: list, shape: tuple[int, ...] = (32, 32, 3)) -> np.ndarray:
+  """For each sample in order, whether it has a convolution (input side, input channels,
+  filters, kernel) that no earlier sample has: what XLA's in-process autotuning results,
+  kept by shape, cannot serve yet."""
+  seen, out = set(), []
+  for arch in samples:
+    keys, current = set(), shape
+    for layer, info in zip(arch.layers, models.layer_summary(arch, shape)):
+      if isinstance(layer, Conv):
+        keys.add((current[0], current[-1], layer.filters, layer.kernel))
+      current = info.output_shape
+    out.append(bool(keys - seen))
+    seen |= keys
+  return np.array(out)
+
+
+def estimate(record, samples: list, flops: np.ndarray, measured: list, workers: int,
+             search_row: dict | None = None, reuse: float | None = None) -> None:
+  """The paper schedule's GPU-hours over the space's own FLOP distribution, modelled from
+  the measurements (`in_flight_seconds`). With the real search's line, also with its mean
+  compile (slower than alone: it shares the machine with a training and another compile).
+  With `reuse` (a compile with autotuning results reused over the first one, measured on
+  A1 #4), also with candidates whose convolution shapes were all seen compiling that much
+  faster."""
   at = np.array([m[0] for m in measured])
   order = np.argsort(at)
   at = at[order]
@@ -355,34 +378,44 @@ def estimate(record, flops, measured, workers: int, busy: float | None,
   evals = interpolate(flops, at, col("eval_s"), True)
   compile_ = interpolate(flops, at, col("compile_s"), False)
   scale = PAPER_MODELS / len(flops) / 3600
-  mean_compile = float(np.mean(compile_))
   device = PAPER_EPOCHS * (epoch + evals)
-  train_h = float(np.sum(device) * scale)
-  sequential_h = train_h + float(np.sum(compile_) * scale)
-  in_flight_h = in_flight_seconds(device, compile_, workers) * scale
+  hours = lambda c, w: in_flight_seconds(device, c, w) * scale
   other = 3 - workers if workers in (1, 2) else 1
-  other_h = in_flight_seconds(device, compile_, other) * scale
-  busy_h = train_h / busy if busy else 0.0
-  shared_h = in_flight_seconds(device, np.full_like(device, search_compile_s), workers
-                               ) * scale if search_compile_s else 0.0
-  torch_h = 0.0
+  fresh = new_shapes(samples)
+  tenth = max(1, len(fresh) // 10)
+  row = dict(train_hours=float(np.sum(device) * scale),
+             sequential_hours=float(np.sum(device + compile_) * scale),
+             mean_compile_s=float(np.mean(compile_)), workers=workers,
+             in_flight_hours=hours(compile_, workers), other_workers=other,
+             other_hours=hours(compile_, other), new_shapes_first=float(fresh[:tenth].mean()),
+             new_shapes_last=float(fresh[-tenth:].mean()))
+  line = (f"\npaper schedule ({PAPER_MODELS} models x {PAPER_EPOCHS} epochs): device work "
+          f"{row['train_hours']:.2f} h; compile on the critical path {row['sequential_hours']:.2f}"
+          f" h (mean compile {row['mean_compile_s']:.1f} s, measured alone); default, {workers} "
+          f"worker(s) (modelled) {row['in_flight_hours']:.2f} GPU-hours; {other} worker(s) "
+          f"(modelled) {row['other_hours']:.2f} h")
+  if search_row:
+    row["search_compile_s"] = search_row["compile_s"] / max(1, search_row["compiles"])
+    row["search_compile_hours"] = hours(np.full_like(device, row["search_compile_s"]), workers)
+    row["busy_hours"] = row["train_hours"] / search_row["busy"]
+    line += (f"; with the real search's mean compile ({row['search_compile_s']:.1f} s) "
+             f"{row['search_compile_hours']:.2f} h; at the real search's busy share "
+             f"{row['busy_hours']:.2f} h")
+  line += (f"\nconvolution shapes: the first {tenth} samples meet a new one in "
+           f"{100 * row['new_shapes_first']:.0f}% of models, the last {tenth} in "
+           f"{100 * row['new_shapes_last']:.0f}%")
+  if reuse:
+    row["reuse"] = reuse
+    row["reused_hours"] = hours(np.where(fresh, compile_, compile_ * reuse), workers)
+    line += (f"; compiles {reuse:.2f}x as long when all shapes were seen: "
+             f"{row['reused_hours']:.2f} h")
   if all(m[2] for m in measured):
     t_epoch = interpolate(flops, at, np.array([measured[j][2] for j in order]), True)
     t_eval = interpolate(flops, at, np.array([measured[j][3] for j in order]), True)
-    torch_h = float(np.sum(PAPER_EPOCHS * (t_epoch + t_eval)) * scale)
-  record("estimate", f"\npaper schedule ({PAPER_MODELS} models x {PAPER_EPOCHS} epochs): "
-         f"device work {train_h:.2f} h; sequential with compile {sequential_h:.2f} h "
-         f"(mean compile {mean_compile:.1f} s, measured alone); default, {workers} worker(s) "
-         f"(modelled) {in_flight_h:.2f} GPU-hours; {other} worker(s) (modelled) {other_h:.2f} h"
-         + (f"; with the real search's mean compile ({search_compile_s:.1f} s) "
-            f"{shared_h:.2f} h" if search_compile_s else "")
-         + (f"; at the real search's busy share {busy_h:.2f} h" if busy else "")
-         + (f"; PyTorch eager bf16 channels_last {torch_h:.2f} h ({torch_h / in_flight_h:.2f}x "
-            "ours)" if torch_h else ""),
-         train_hours=train_h, sequential_hours=sequential_h, mean_compile_s=mean_compile,
-         in_flight_hours=in_flight_h, workers=workers, other_workers=other,
-         other_hours=other_h, busy_hours=busy_h, search_compile_s=search_compile_s,
-         shared_compile_hours=shared_h, torch_bf16_hours=torch_h)
+    row["torch_bf16_hours"] = float(np.sum(PAPER_EPOCHS * (t_epoch + t_eval)) * scale)
+    line += (f"\nPyTorch eager bf16 channels_last {row['torch_bf16_hours']:.2f} h "
+             f"({row['torch_bf16_hours'] / row['in_flight_hours']:.2f}x ours, default)")
+  record("estimate", line, **row)
 
 
 def space_flops(config, n: int) -> tuple[list, np.ndarray]:
@@ -394,17 +427,21 @@ def space_flops(config, n: int) -> tuple[list, np.ndarray]:
 
 
 def estimate_from(record, paths: list[str]) -> None:
-  """The paper estimate from recorded quantile and search lines, on any machine."""
+  """The paper estimate from recorded quantile, search and autotune lines, on any machine."""
   rows = [json.loads(line) for path in paths for line in open(path)]
   measured = [(r["flops"], r, r.get("torch_epoch_s") or 0.0, r.get("torch_eval_s") or 0.0)
               for r in rows if r["kind"] == "quantile"]
-  found = [r for r in rows if r["kind"] == "search"]
   if len(measured) < 2:
     raise SystemExit("--estimate_from: fewer than two quantile lines in " + ", ".join(paths))
-  _, flops = space_flops(config_for(False), _SPACE_SAMPLES.value)
-  workers = found[0]["workers"] if found else 2
-  estimate(record, flops, measured, workers, found[0]["busy"] if found else None,
-           found[0]["compile_s"] / found[0]["compiles"] if found else None)
+  found = [r for r in rows if r["kind"] == "search"]
+  reused = [r for r in rows if r["kind"] == "autotune" and r.get("level") == "reused"]
+  samples, flops = space_flops(config_for(False), _SPACE_SAMPLES.value)
+  estimate(record, samples, flops, measured, found[0]["workers"] if found else 2,
+           found[0] if found else None, reuse_ratio(reused[0]) if reused else None)
+
+
+def reuse_ratio(row: dict) -> float:
+  return row["at_level"]["compile_s"] / row["default"]["compile_s"]
 
 
 def main(argv):
@@ -443,8 +480,9 @@ def main(argv):
   sections = set(_SECTIONS.value)
   if not small:  # CUDA, cuDNN and the autotuner start before anything is timed
     guarded(record, "warm-up", jax_throughput, parse(nets[1][1]), (32, 32, 3), 8, 1)
+  reuse = None
   if "nets" in sections:
-    guarded(record, nets[0][0], net_row, record, *nets[0], steps, torch_device, small)
+    reuse = guarded(record, nets[0][0], net_row, record, *nets[0], steps, torch_device, small)
 
   # 2. Candidates of the CIFAR-10 space at FLOP quantiles, in the default configuration.
   samples, flops = space_flops(config, 200 if small else _SPACE_SAMPLES.value)
@@ -465,11 +503,9 @@ def main(argv):
     searches.append(guarded(record, f"search (num_workers={workers})", real_search, record,
                             small, dataset, device, int(workers)))
     if len(searches) == 1 and len(measured) >= 2:
-      default = searches[0] or {}
-      guarded(record, "estimate", estimate, record, flops, measured,
-              default.get("workers", search.executors.num_workers(config)),
-              default.get("busy"),
-              default["compile_s"] / default["compiles"] if default.get("compiles") else None)
+      guarded(record, "estimate", estimate, record, samples, flops, measured,
+              (searches[0] or {}).get("workers", search.executors.num_workers(config)),
+              searches[0], reuse)
 
   for label, text, batch in nets[1:1 if small else None] if "nets" in sections else ():
     guarded(record, label, net_row, record, label, text, batch, steps, torch_device, small)

@@ -65,3 +65,14 @@ def test_budget_benchmark_reports_shares_and_the_final_policy():
     policy = [float(v.rstrip("%")) for v in (r[8], r[10])]
     assert all(0.0 <= v <= 100.0 for v in policy)
   assert rows[1][8:11] == ["0.0%", "/", "0.0%"]  # pruned: no walk of the agent is over
+
+
+def test_new_shapes_marks_models_with_a_convolution_not_seen_before():
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import gpu_search
+  from metaqnn.architecture import parse
+  a = parse("[C(64,3,1), P(2,2), C(128,3,1), SM(10)]")
+  b = parse("[C(64,3,1), SM(10)]")  # its one convolution is a's first
+  c = parse("[P(2,2), C(64,3,1), SM(10)]")  # the same layer on a smaller side: new
+  assert gpu_search.new_shapes([a, b, a, c, parse("[SM(10)]")]).tolist() == [
+      True, False, False, True, False]
