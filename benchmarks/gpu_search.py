@@ -1,6 +1,6 @@
 """The GPU search benchmark: what a paper-size CIFAR-10 search costs on this machine.
 
-  python benchmarks/gpu_search.py [--out=DIR]        # one H100/H200: about 5 minutes
+  python benchmarks/gpu_search.py [--out=DIR]        # one H200: ~6 min (its parts' times)
   python benchmarks/gpu_search.py --small            # a CPU-sized run (the test suite)
 
 No download: a learnable CIFAR-shaped data set is generated on the fly from scikit-learn's
@@ -57,11 +57,14 @@ _OUT = flags.DEFINE_string("out", os.environ.get("OUT", ""), "Folder for gpu_sea
                            "(default: $OUT, else a temporary folder).")
 _SMALL = flags.DEFINE_bool("small", False, "A CPU-sized run: tiny data, space and search.")
 _TORCH = flags.DEFINE_bool("torch", True, "Measure the PyTorch reference (if installed).")
-_SEARCH_MODELS = flags.DEFINE_integer("search_models", 12, "Unique models per real search.")
+_SEARCH_MODELS = flags.DEFINE_integer("search_models", 6, "Unique models per real search.")
 _SEARCH_EPOCHS = flags.DEFINE_integer("search_epochs", 4, "Epochs per model in the real search.")
-_SEARCH_WORKERS = flags.DEFINE_list("search_workers", ["0", "1"], "Real searches to run, by "
+_SEARCH_WORKERS = flags.DEFINE_list("search_workers", ["0"], "Real searches to run, by "
                                     "config.num_workers (0 = auto: 2 per GPU, 1 on a CPU).")
-_SECTIONS = flags.DEFINE_list("sections", ["nets", "quantiles", "searches"], "What to run.")
+_SECTIONS = flags.DEFINE_list(
+    "sections", ["nets", "quantiles", "searches"], "What to run, in this order whatever the "
+    "order given: nets (A1 #4 and its autotuning), quantiles, searches, more_nets (the "
+    "small 32px net and A1 #1).")
 _ESTIMATE_FROM = flags.DEFINE_list(
     "estimate_from", [], "Measure nothing: recompute the paper estimate from the quantile "
     "and search lines of these gpu_search.jsonl files (from one machine).")
@@ -507,7 +510,7 @@ def main(argv):
               (searches[0] or {}).get("workers", search.executors.num_workers(config)),
               searches[0], reuse)
 
-  for label, text, batch in nets[1:1 if small else None] if "nets" in sections else ():
+  for label, text, batch in nets[1:] if "more_nets" in sections else ():
     guarded(record, label, net_row, record, label, text, batch, steps, torch_device, small)
 
 
