@@ -15,18 +15,19 @@ appends as JSON lines to `DIR/gpu_search.jsonl` as it goes:
 3. real `run_search`es (train evaluator; `--search_workers`, 0 = the default: on a GPU
    two candidates in flight) with models/hour, the share of wall time the device is busy
    (time inside the trainer's device programs, overlapping intervals merged), the compile
-   seconds, and device memory after every candidate (it must stay flat);
+   seconds, and device memory after every candidate (it must stay flat), with a line per
+   candidate as it goes;
 4. the paper schedule's estimated GPU-hours (2,700 models x 20 epochs; no restarts, no
    early stopping), from the measurements of 2 interpolated over the space's own FLOP
    distribution: with compile on the critical path; pipelined as the search runs them,
    modelled from each candidate's device time t and compile time c (`in_flight_seconds`:
-   one worker compiling the next candidate ahead, and two workers; the same model is
-   checked against the real searches' wall times); and PyTorch's at its measured
+   one worker compiling the next candidate ahead, and two workers), with compiles as
+   measured alone and at the real search's mean; and PyTorch's at its measured
    throughput.
 TFLOP/s counts a training step as 3x the forward FLOPs (`models.flops_per_example`). On
-A1 #4 it also compiles at lower GPU autotuning levels (`xla_gpu_autotune_level`), to show
-what autotuning costs in compile time and buys in speed. A section that fails is recorded as an
-`error` line and the run goes on.
+A1 #4 it also compiles again and at lower GPU autotuning levels (`xla_gpu_autotune_level`),
+to show what autotuning costs in compile time and buys in speed. A section that fails is
+recorded as an `error` line and the run goes on.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ PAPER_NETS = [  # (label, architecture, batch); A1 #4 first: the targets are set
 ]
 QUANTILES = (0.1, 0.5, 0.9, 0.99)
 AUTOTUNE_LEVELS = (0, 1, 2)  # XLA's default is 4: levels 1-3 check less, 0 does not tune
+SECTIONS = ("nets", "quantiles", "searches", "more_nets")
+AUTOTUNE_STEPS = 8  # short: at level 0, A1 #4 trained at 69 img/s on an H200
 PAPER_MODELS, PAPER_EPOCHS = 2700, 20
 
 
@@ -133,13 +136,17 @@ def config_for(small: bool):
 
 class Probe:
   """Records, from any thread, when the trainer core's device programs run, how long its
-  compiles take, and the device memory in use after each candidate."""
+  compiles take (background compiles of `Core.prepare` included, guesses that were not
+  used too), and after each candidate a `candidate` line with the totals so far, so that a
+  search cut short by a time limit still leaves its figures."""
 
-  def __init__(self, device):
-    self.device, self.busy, self.compile_s, self.memory = device, [], [], []
+  def __init__(self, record, device, start: float):
+    self.record, self.device, self.start = record, device, start
+    self.busy, self.compile_s, self.memory = [], [], []
     self._lock, self._originals = threading.Lock(), []
-    for name in ("train_epoch", "accuracy", "compile"):
-      self._wrap(train.Core, name, self._timed(self.compile_s if name == "compile" else None))
+    for name in ("train_epoch", "accuracy"):
+      self._wrap(train.Core, name, self._device_program)
+    self._wrap(train.Core, "compile", self._compile)
     self._wrap(train.Trainer, "evaluate", self._after_candidate)
 
   def _wrap(self, cls, name, make):
@@ -147,27 +154,40 @@ class Probe:
     self._originals.append((cls, name, fn))
     setattr(cls, name, make(fn))
 
-  def _timed(self, durations):
-    def make(fn):
-      def timed(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-          return fn(*args, **kwargs)  # all three wait for their result
-        finally:
-          end = time.perf_counter()
-          with self._lock:
-            if durations is None:
-              self.busy.append((start, end))
-            else:
-              durations.append(end - start)
-      return timed
-    return make
+  def _device_program(self, fn):
+    def timed(*args, **kwargs):
+      start = time.perf_counter()
+      try:
+        return fn(*args, **kwargs)  # waits for its result
+      finally:
+        with self._lock:
+          self.busy.append((start, time.perf_counter()))
+    return timed
+
+  def _compile(self, fn):
+    def timed(*args, **kwargs):
+      start = time.perf_counter()
+      try:
+        return fn(*args, **kwargs)
+      finally:
+        with self._lock:
+          self.compile_s.append(time.perf_counter() - start)
+    return timed
 
   def _after_candidate(self, fn):
     def evaluate(*args, **kwargs):
       result = fn(*args, **kwargs)
+      now = time.perf_counter()
       with self._lock:
         self.memory.append(device_memory(self.device).get("bytes_in_use", 0) / 2 ** 30)
+        row = dict(n=len(self.memory), seconds=now - self.start,
+                   device_s=union_seconds(self.busy, self.start, now),
+                   compile_each_s=list(self.compile_s), memory_gib=self.memory[-1],
+                   accuracy=result.accuracy, arch=result.arch)
+      self.record("candidate", f"  candidate {row['n']} done at {row['seconds']:.1f} s: "
+                  f"device {row['device_s']:.1f} s, {len(row['compile_each_s'])} compiles "
+                  f"{sum(row['compile_each_s']):.1f} s, {row['memory_gib']:.2f} GiB in use",
+                  **row)
       return result
     return evaluate
 
@@ -277,32 +297,39 @@ def net_row(record, label: str, text: str, batch: int, steps: int, torch_device,
 
 
 def autotune_rows(record, label: str, arch, batch: int, default: dict) -> float:
-  """What GPU autotuning costs and buys on one net. XLA keeps autotuning results in the
-  process, by convolution shape: compiled again, the net reuses them. A lower level on a
-  batch size not seen yet (new shapes) shows what tuning less would cost."""
-  again = jax_throughput(arch, (32, 32, 3), batch, 8, "bfloat16")
+  """What GPU autotuning costs and buys on one net. Compiled again, the net can reuse the
+  autotuning results of its first compile, if XLA kept them in the process; a lower level
+  on a batch size not seen yet (new shapes) shows what tuning less would cost. Returns the
+  second compile's time over the first's."""
+  again = jax_throughput(arch, (32, 32, 3), batch, AUTOTUNE_STEPS, "bfloat16")
   reused = dict(net=label, level="reused", batch=batch, at_level=again, default=default)
-  record("autotune", f"  {label}, bf16, compiled again (tuning results reused): compile "
-         f"{again['compile_s']:.1f} s (first: {default['compile_s']:.1f})", **reused)
-  for i, level in enumerate(AUTOTUNE_LEVELS):  # 8 steps: level 0 once ran at 69 img/s
-    b = batch - 8 * (i + 1)
-    with compile_options({"xla_gpu_autotune_level": level}):
-      t = jax_throughput(arch, (32, 32, 3), b, 8, "bfloat16")
-    record("autotune", f"  {label}, bf16, batch {b}, xla_gpu_autotune_level={level}: compile "
-           f"{t['compile_s']:.1f} s, {t['images_per_s']:.0f} img/s over 8 steps (level 4, "
-           f"batch {batch}: {default['compile_s']:.1f} s, {default['images_per_s']:.0f})",
-           net=label, level=level, batch=b, at_level=t, default=default)
+  record("autotune", f"  {label}, bf16, compiled again: compile {again['compile_s']:.1f} s "
+         f"(first: {default['compile_s']:.1f})", **reused)
+  for i, level in enumerate(AUTOTUNE_LEVELS):
+    guarded(record, f"autotune level {level}", autotune_level, record, label, arch,
+            batch - 8 * (i + 1), level, default)
   return reuse_ratio(reused)
+
+
+def autotune_level(record, label: str, arch, batch: int, level: int, default: dict) -> None:
+  with compile_options({"xla_gpu_autotune_level": level}):
+    t = jax_throughput(arch, (32, 32, 3), batch, AUTOTUNE_STEPS, "bfloat16")
+  record("autotune", f"  {label}, bf16, batch {batch}, xla_gpu_autotune_level={level}: "
+         f"compile {t['compile_s']:.1f} s, {t['images_per_s']:.0f} img/s over "
+         f"{AUTOTUNE_STEPS} steps (default level: {default['compile_s']:.1f} s, "
+         f"{default['images_per_s']:.0f})", net=label, level=level, batch=batch, at_level=t,
+         default=default)
 
 
 def quantile_row(record, config, dataset, q, flops, samples, steps, torch_device, n_train,
                  n_val, measured):
-  """One CIFAR-10-space sample near FLOP quantile `q`: compile, epoch and evaluation."""
+  """One CIFAR-10-space sample near FLOP quantile `q`: compile, epoch and evaluation, then
+  PyTorch's (a PyTorch failure leaves the JAX figures recorded)."""
   i = int(np.argmin(np.abs(flops - np.quantile(flops, q))))
   t = candidate_times(config, dataset, samples[i])
-  tt = torch_ref.torch_throughput(samples[i], (32, 32, 3), int(config.train.batch_size),
-                                  steps, torch_device, True, eval_examples=n_val
-                                  ) if torch_ref else None
+  tt = guarded(record, f"PyTorch at quantile {q:g}", torch_ref.torch_throughput, samples[i],
+               (32, 32, 3), int(config.train.batch_size), steps, torch_device, True,
+               n_val) if torch_ref else None
   torch_epoch = n_train / tt["images_per_s"] if tt else 0.0
   measured.append((flops[i], t, torch_epoch, tt["eval_s"] if tt else 0.0))
   record("quantile", f"| {q:g} | {flops[i] / 1e9:.3f} | {t['compile_s']:.1f} | "
@@ -320,9 +347,10 @@ def real_search(record, small: bool, dataset, device, num_workers: int) -> dict:
   config.train.epochs = 1 if small else _SEARCH_EPOCHS.value
   config.final.run_after_search = False
   workers = search.executors.num_workers(config)
-  probe = Probe(device)
+  peak_before = device_memory(device).get("peak_bytes_in_use", 0) / 2 ** 30
   with tempfile.TemporaryDirectory() as d:
     start = time.perf_counter()
+    probe = Probe(record, device, start)
     try:
       result = search.run_search(config, os.path.join(d, "w"), log_interval=1e9,
                                  tensorboard=False, dataset=dataset)
@@ -331,21 +359,25 @@ def real_search(record, small: bool, dataset, device, num_workers: int) -> dict:
     wall = time.perf_counter() - start
   device_s = union_seconds(probe.busy, start, start + wall)
   compile_s = float(np.sum(probe.compile_s))
+  # A consistency check of the estimate's model on the search's own totals (two workers
+  # busy throughout give the wall time by construction; gaps would show here).
   modelled = in_flight_seconds(np.array([device_s]), np.array([compile_s]), workers)
+  # JAX keeps one peak per process: it is the search's only if it rose during the search.
   peak = device_memory(device).get("peak_bytes_in_use", 0) / 2 ** 30
   mem = probe.memory or [0.0]
   row = dict(models=result.unique_models, epochs=int(config.train.epochs), workers=workers,
              seconds=wall, busy=device_s / wall, device_s=device_s, compile_s=compile_s,
              compiles=len(probe.compile_s), compile_each_s=probe.compile_s,
-             modelled_s=modelled, best=result.best_accuracy,
-             peak_device_gib=peak, memory_after_each_gib=mem)
+             modelled_s=modelled, best=result.best_accuracy, process_peak_before_gib=peak_before,
+             process_peak_gib=peak, memory_after_each_gib=mem)
   record("search", f"\nreal search: {result.unique_models} models of {config.train.epochs} "
          f"epoch(s), {workers} worker(s), {wall:.1f} s, "
          f"{result.unique_models / wall * 3600:.0f} models/hour, device busy "
          f"{100 * device_s / wall:.0f}% of the wall time ({device_s:.1f} s), {len(probe.compile_s)} "
          f"compiles {compile_s:.1f} s (modelled wall {modelled:.1f} s), best "
          f"{result.best_accuracy:.4f}; device memory after each candidate {mem[0]:.2f} .. "
-         f"{max(mem):.2f} GiB (last {mem[-1]:.2f}), peak {peak:.2f} GiB", **row)
+         f"{max(mem):.2f} GiB (last {mem[-1]:.2f}), process peak {peak:.2f} GiB (before the "
+         f"search {peak_before:.2f})", **row)
   return row
 
 
@@ -369,7 +401,7 @@ def estimate(record, samples: list, flops: np.ndarray, measured: list, workers: 
              search_row: dict | None = None, reuse: float | None = None) -> None:
   """The paper schedule's GPU-hours over the space's own FLOP distribution, modelled from
   the measurements (`in_flight_seconds`). With the real search's line, also with its mean
-  compile (slower than alone: it shares the machine with a training and another compile).
+  compile (slower than alone: it shares the machine with the other worker's training).
   With `reuse` (a compile with autotuning results reused over the first one, measured on
   A1 #4), also with candidates whose convolution shapes were all seen compiling that much
   faster."""
@@ -383,35 +415,34 @@ def estimate(record, samples: list, flops: np.ndarray, measured: list, workers: 
   scale = PAPER_MODELS / len(flops) / 3600
   device = PAPER_EPOCHS * (epoch + evals)
   hours = lambda c, w: in_flight_seconds(device, c, w) * scale
-  other = 3 - workers if workers in (1, 2) else 1
+  alt_workers = 3 - workers if workers in (1, 2) else 1
   fresh = new_shapes(samples)
-  tenth = max(1, len(fresh) // 10)
+  block = max(1, len(fresh) // 10)
   row = dict(train_hours=float(np.sum(device) * scale),
              sequential_hours=float(np.sum(device + compile_) * scale),
              mean_compile_s=float(np.mean(compile_)), workers=workers,
-             in_flight_hours=hours(compile_, workers), other_workers=other,
-             other_hours=hours(compile_, other), new_shapes_first=float(fresh[:tenth].mean()),
-             new_shapes_last=float(fresh[-tenth:].mean()))
+             in_flight_hours=hours(compile_, workers), alt_workers=alt_workers,
+             alt_hours=hours(compile_, alt_workers), new_shapes_first=float(fresh[:block].mean()),
+             new_shapes_last=float(fresh[-block:].mean()))
   line = (f"\npaper schedule ({PAPER_MODELS} models x {PAPER_EPOCHS} epochs): device work "
           f"{row['train_hours']:.2f} h; compile on the critical path {row['sequential_hours']:.2f}"
           f" h (mean compile {row['mean_compile_s']:.1f} s, measured alone); default, {workers} "
-          f"worker(s) (modelled) {row['in_flight_hours']:.2f} GPU-hours; {other} worker(s) "
-          f"(modelled) {row['other_hours']:.2f} h")
+          f"worker(s) (modelled) {row['in_flight_hours']:.2f} GPU-hours; {alt_workers} worker(s) "
+          f"(modelled) {row['alt_hours']:.2f} h")
   if search_row:
     row["search_compile_s"] = search_row["compile_s"] / max(1, search_row["compiles"])
     row["search_compile_hours"] = hours(np.full_like(device, row["search_compile_s"]), workers)
-    row["busy_hours"] = row["train_hours"] / search_row["busy"]
     line += (f"; with the real search's mean compile ({row['search_compile_s']:.1f} s) "
-             f"{row['search_compile_hours']:.2f} h; at the real search's busy share "
-             f"{row['busy_hours']:.2f} h")
-  line += (f"\nconvolution shapes: the first {tenth} samples meet a new one in "
-           f"{100 * row['new_shapes_first']:.0f}% of models, the last {tenth} in "
+             f"{row['search_compile_hours']:.2f} h")
+  line += (f"\nconvolution shapes: the first {block} samples meet a new one in "
+           f"{100 * row['new_shapes_first']:.0f}% of models, the last {block} in "
            f"{100 * row['new_shapes_last']:.0f}%")
   if reuse:
     row["reuse"] = reuse
     row["reused_hours"] = hours(np.where(fresh, compile_, compile_ * reuse), workers)
-    line += (f"; compiles {reuse:.2f}x as long when all shapes were seen: "
-             f"{row['reused_hours']:.2f} h")
+    line += (f"; if candidates of seen shapes compiled {reuse:.2f}x as long, as A1 #4 "
+             f"compiled again: {row['reused_hours']:.2f} h (a lower bound: only "
+             f"convolutions are counted, and a net compiled again is the best case)")
   if all(m[2] for m in measured):
     t_epoch = interpolate(flops, at, np.array([measured[j][2] for j in order]), True)
     t_eval = interpolate(flops, at, np.array([measured[j][3] for j in order]), True)
@@ -454,6 +485,10 @@ def main(argv):
   record = Recorder(out_dir)
   if _ESTIMATE_FROM.value:
     return estimate_from(record, _ESTIMATE_FROM.value)
+  sections = set(_SECTIONS.value)
+  if sections - set(SECTIONS):
+    raise app.UsageError(f"--sections: unknown {sorted(sections - set(SECTIONS))}; choose "
+                         f"from {', '.join(SECTIONS)}")
   device = jax.devices()[0]
   global torch_ref
   torch = None
@@ -475,14 +510,14 @@ def main(argv):
   steps = 2 if small else 60
 
   # 1. A1 #4, the net the targets are set on (the other paper nets come last).
-  record("header", "\n| net | batch | MFLOP/img | fp32 img/s | fp32 TFLOP/s | fp32 compile s | "
-         "bf16 img/s | bf16 TFLOP/s | bf16 compile s | bf16/fp32 | torch fp32 img/s | "
-         "torch bf16 CL img/s | bf16 / torch bf16 |\n|---|---|---|---|---|---|---|---|---|"
-         "---|---|---|---|")
   nets = [(label, text, 8 if small else batch) for label, text, batch in PAPER_NETS]
-  sections = set(_SECTIONS.value)
   if not small:  # CUDA, cuDNN and the autotuner start before anything is timed
     guarded(record, "warm-up", jax_throughput, parse(nets[1][1]), (32, 32, 3), 8, 1)
+  if sections & {"nets", "more_nets"}:
+    record("header", "\n| net | batch | MFLOP/img | fp32 img/s | fp32 TFLOP/s | fp32 compile "
+           "s | bf16 img/s | bf16 TFLOP/s | bf16 compile s | bf16/fp32 | torch fp32 img/s | "
+           "torch bf16 CL img/s | bf16 / torch bf16 |\n|---|---|---|---|---|---|---|---|---|"
+           "---|---|---|---|")
   reuse = None
   if "nets" in sections:
     reuse = guarded(record, nets[0][0], net_row, record, *nets[0], steps, torch_device, small)
@@ -490,25 +525,29 @@ def main(argv):
   # 2. Candidates of the CIFAR-10 space at FLOP quantiles, in the default configuration.
   samples, flops = space_flops(config, 200 if small else _SPACE_SAMPLES.value)
   dataset = cifar_like(n_train, n_val)
-  record("header", f"\nCIFAR-10-space candidates at FLOP quantiles ({len(samples)} uniform "
-         f"samples; {n_train} train / {n_val} validation images; {precision})\n"
-         "| quantile | GFLOP/img | compile s | epoch s | eval s | img/s | torch bf16 CL epoch s "
-         "| torch eval s | arch |\n|---|---|---|---|---|---|---|---|---|")
   measured = []
-  for q in ((0.1, 0.5) if small else QUANTILES) if "quantiles" in sections else ():
-    guarded(record, f"quantile {q:g}", quantile_row, record, config, dataset, q, flops,
-            samples, steps, torch_device, n_train, n_val, measured)
+  if "quantiles" in sections:
+    record("header", f"\nCIFAR-10-space candidates at FLOP quantiles ({len(samples)} uniform "
+           f"samples; {n_train} train / {n_val} validation images; {precision})\n"
+           "| quantile | GFLOP/img | compile s | epoch s | eval s | img/s | torch bf16 CL epoch "
+           "s | torch eval s | arch |\n|---|---|---|---|---|---|---|---|---|")
+    for q in (0.1, 0.5) if small else QUANTILES:
+      guarded(record, f"quantile {q:g}", quantile_row, record, config, dataset, q, flops,
+              samples, steps, torch_device, n_train, n_val, measured)
 
-  # 3. Real searches, the default configuration first; 4. the paper schedule's estimate.
-  searches = []
+  # 3. Real searches, the default configuration first; 4. the paper schedule's estimate,
+  # once the first search is done (or at once, without searches).
+  default_workers = search.executors.num_workers(config)
   workers_list = _SEARCH_WORKERS.value[:1] if small else _SEARCH_WORKERS.value
-  for workers in workers_list if "searches" in sections else ():
-    searches.append(guarded(record, f"search (num_workers={workers})", real_search, record,
-                            small, dataset, device, int(workers)))
-    if len(searches) == 1 and len(measured) >= 2:
+  if "searches" not in sections and len(measured) >= 2:
+    guarded(record, "estimate", estimate, record, samples, flops, measured, default_workers,
+            None, reuse)
+  for i, workers in enumerate(workers_list if "searches" in sections else ()):
+    row = guarded(record, f"search (num_workers={workers})", real_search, record, small,
+                  dataset, device, int(workers))
+    if i == 0 and len(measured) >= 2:
       guarded(record, "estimate", estimate, record, samples, flops, measured,
-              (searches[0] or {}).get("workers", search.executors.num_workers(config)),
-              searches[0], reuse)
+              (row or {}).get("workers", default_workers), row, reuse)
 
   for label, text, batch in nets[1:] if "more_nets" in sections else ():
     guarded(record, label, net_row, record, label, text, batch, steps, torch_device, small)

@@ -24,11 +24,15 @@ def test_gpu_search_benchmark_small_mode(tmp_path):
   assert net["jax"]["float32"]["images_per_s"] > 0 and net["jax"]["bfloat16"]["images_per_s"] > 0
   search = next(r for r in rows if r["kind"] == "search")
   assert search["models"] == 3 and 0 < search["busy"] <= 1
+  # One line per candidate as the search goes, so that a search cut short leaves figures.
+  done = [r for r in rows if r["kind"] == "candidate"]
+  assert [r["n"] for r in done] == [1, 2, 3]
+  assert done[-1]["device_s"] <= search["device_s"] + 1e-6 <= search["seconds"]
   estimate = next(r for r in rows if r["kind"] == "estimate")
   assert 0 < estimate["train_hours"] <= estimate["sequential_hours"]
   # Pipelined, no mode is slower than compiling on the critical path or faster than the
   # device work alone.
-  for mode in ("in_flight_hours", "other_hours"):
+  for mode in ("in_flight_hours", "alt_hours"):
     assert estimate["train_hours"] <= estimate[mode] <= estimate["sequential_hours"]
   # The estimate again from the recorded lines, measuring nothing (another machine's file).
   again = tmp_path / "again"
