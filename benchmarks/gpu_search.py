@@ -142,7 +142,7 @@ class Probe:
 
   def __init__(self, record, device, start: float):
     self.record, self.device, self.start = record, device, start
-    self.busy, self.compile_s, self.memory = [], [], []
+    self.busy, self.compile_s, self.memory, self.waited = [], [], [], []
     self._lock, self._originals = threading.Lock(), []
     for name in ("train_epoch", "accuracy"):
       self._wrap(train.Core, name, self._device_program)
@@ -180,13 +180,15 @@ class Probe:
       now = time.perf_counter()
       with self._lock:
         self.memory.append(device_memory(self.device).get("bytes_in_use", 0) / 2 ** 30)
+        self.waited.append(result.compile_seconds)
         row = dict(n=len(self.memory), seconds=now - self.start,
                    device_s=union_seconds(self.busy, self.start, now),
-                   compile_each_s=list(self.compile_s), memory_gib=self.memory[-1],
-                   accuracy=result.accuracy, arch=result.arch)
+                   compile_each_s=list(self.compile_s), compile_wait_s=result.compile_seconds,
+                   memory_gib=self.memory[-1], accuracy=result.accuracy, arch=result.arch)
       self.record("candidate", f"  candidate {row['n']} done at {row['seconds']:.1f} s: "
                   f"device {row['device_s']:.1f} s, {len(row['compile_each_s'])} compiles "
-                  f"{sum(row['compile_each_s']):.1f} s, {row['memory_gib']:.2f} GiB in use",
+                  f"{sum(row['compile_each_s']):.1f} s; it waited {row['compile_wait_s']:.1f} s "
+                  f"for its compile; {row['memory_gib']:.2f} GiB in use",
                   **row)
       return result
     return evaluate
@@ -368,13 +370,15 @@ def real_search(record, small: bool, dataset, device, num_workers: int) -> dict:
   row = dict(models=result.unique_models, epochs=int(config.train.epochs), workers=workers,
              seconds=wall, busy=device_s / wall, device_s=device_s, compile_s=compile_s,
              compiles=len(probe.compile_s), compile_each_s=probe.compile_s,
+             compile_wait_s=float(np.sum(probe.waited)),
              modelled_s=modelled, best=result.best_accuracy, process_peak_before_gib=peak_before,
              process_peak_gib=peak, memory_after_each_gib=mem)
   record("search", f"\nreal search: {result.unique_models} models of {config.train.epochs} "
          f"epoch(s), {workers} worker(s), {wall:.1f} s, "
          f"{result.unique_models / wall * 3600:.0f} models/hour, device busy "
          f"{100 * device_s / wall:.0f}% of the wall time ({device_s:.1f} s), {len(probe.compile_s)} "
-         f"compiles {compile_s:.1f} s (modelled wall {modelled:.1f} s), best "
+         f"compiles {compile_s:.1f} s, waited for {row['compile_wait_s']:.1f} s of them "
+         f"(modelled wall {modelled:.1f} s), best "
          f"{result.best_accuracy:.4f}; device memory after each candidate {mem[0]:.2f} .. "
          f"{max(mem):.2f} GiB (last {mem[-1]:.2f}), process peak {peak:.2f} GiB (before the "
          f"search {peak_before:.2f})", **row)

@@ -66,6 +66,7 @@ def summarize(workdir: str, top: int = 10) -> dict:
       "stopped": sum(not r.resampled and r.status == "stopped" for r in records),
       "timeout": sum(not r.resampled and r.status == "timeout" for r in records),
       "schedule": schedule,
+      "time": _time(unique),
       # Mean reward of the samples drawn at each epsilon, re-samples included.
       "mean_accuracy_by_epsilon": {f"{e:g}": {"mean": sum(v) / len(v), "samples": len(v),
                                               "unique": unique_by_eps[e]}
@@ -98,6 +99,13 @@ def _crashes(records, attempts: list[dict], pending: set) -> list[dict]:
   return out
 
 
+def _time(unique: list) -> dict:
+  """Seconds spent in the unique models' evaluations, and how much of it went to waiting
+  for compiles (`Result.compile_seconds`; records made before it was kept show none)."""
+  return {"seconds": float(sum(r.seconds for r in unique)),
+          "compile_wait_seconds": float(sum(r.compile_seconds for r in unique))}
+
+
 def _budget(b: dict) -> dict:
   """The budget settings that shape the rewards: the limits and the over-budget reward
   when a limit is set, the objective with its target and weight when one is."""
@@ -122,6 +130,11 @@ def render(s: dict) -> str:
                        for k, v in s.get("budget", {}).items())
     lines.append(f"budget: {limits or 'none'}; {s['over_budget']} over-budget samples, "
                  f"{s['over_budget_unique']} distinct (status over_budget, never trained)")
+  t = s.get("time") or {}
+  if t.get("compile_wait_seconds"):
+    lines.append(f"time in candidates: {t['seconds'] / 3600:.2f} h, "
+                 f"{100 * t['compile_wait_seconds'] / t['seconds']:.0f}% of it waiting for "
+                 "compiles (on GPUs: README, \"On GPUs\")")
   lines.append("\nmean accuracy per epsilon (over all samples, re-samples included):")
   for eps, v in s["mean_accuracy_by_epsilon"].items():
     lines.append(f"  eps {eps:>4}  {v['mean']:.4f}  ({v['samples']} samples, "

@@ -35,6 +35,9 @@ class Result:
   params: Optional[int] = None
   flops: Optional[int] = None  # Forward FLOPs per example (see `models`).
   seconds: float = 0.0
+  # Of `seconds`, the time spent waiting for its programs to compile: the compile left on
+  # the critical path (0 when they were compiled ahead while another candidate trained).
+  compile_seconds: float = 0.0
   # One entry per attempt (restarts included): {"val_accuracy": [...], "train_loss": [...]}.
   curves: list = dataclasses.field(default_factory=list)
 

@@ -409,6 +409,12 @@ def test_search_end_to_end_on_your_data(tmp_path, kind):
   assert stored.dataset.image_size == 8 and stored.dataset.num_classes == 3
   assert stored.dataset.channels == (1 if kind == "npz" else 3)
   assert all(m.status in ("ok", "no_learning") and m.params and m.flops for m in models)
+  # Time waiting for compiles is kept per model and summed by inspect (the first model
+  # has nothing compiled ahead).
+  from metaqnn import inspect as inspect_lib
+  summary = inspect_lib.summarize(str(tmp_path / "w"))
+  assert 0 < summary["time"]["compile_wait_seconds"] <= summary["time"]["seconds"]
+  assert "waiting for compiles" in inspect_lib.render(summary)
   # Resuming the finished search with the same command is accepted.
   assert search.run_search(config, str(tmp_path / "w"), log_interval=100).finished
 

@@ -274,6 +274,9 @@ def test_a_prepared_candidate_compiles_in_the_background_and_trains_the_same(dat
   miss, compiles = count_compiles(lambda: trainer.evaluate(SMALL))
   assert compiles == 2
   assert hit.curves == miss.curves == plain.curves
+  # The compile left on the critical path is recorded: none for the right guess.
+  assert 0 < miss.compile_seconds <= miss.seconds
+  assert hit.compile_seconds < miss.compile_seconds / 2
   trainer.prepare("[C(16,3,1), FC(32), SM(7)]")  # does not fit the data: left to evaluate
   assert len(trainer.core._prepared) == 1
   for arch in ("[C(16,1,1), SM(10)]", "[C(32,1,1), SM(10)]", "[C(64,1,1), SM(10)]"):
