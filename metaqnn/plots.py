@@ -169,13 +169,15 @@ def plot_curves(records, path: str, title: str, top: int = 10) -> bool:
     ax_top.plot(range(1, len(acc) + 1), acc, marker=".", label=f"#{r.iteration} {r.accuracy:.3f}")
   ax_top.set(title=f"top {min(top, len(full))} fully trained models", xlabel="epoch",
              ylabel="validation accuracy")
-  ax_top.legend(fontsize=7)
+  if full:
+    ax_top.legend(fontsize=7)
   cmap = plt.get_cmap("viridis")
   for r in trained:
     acc = r.curves[-1]["val_accuracy"]
-    style = "--" if r.status == "stopped" else "-"
-    ax_all.plot(range(1, len(acc) + 1), acc, style, color=cmap(r.epsilon), alpha=0.35, lw=0.8)
-  ax_all.set(title="all trained models (dashed: stopped early)", xlabel="epoch")
+    stopped = r.status == "stopped"  # an x where it stopped: a one-epoch curve is a point
+    ax_all.plot(range(1, len(acc) + 1), acc, "--" if stopped else "-", color=cmap(r.epsilon),
+                alpha=0.35, lw=0.8, marker="x" if stopped else None, markevery=[-1])
+  ax_all.set(title="all trained models (dashed, x: stopped early)", xlabel="epoch")
   fig.colorbar(plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 1)), ax=ax_all,
                label="ε")
   fig.suptitle(title)

@@ -83,3 +83,19 @@ def test_titles_name_your_data_by_its_file_not_its_recorded_path():
   assert plots._short("folder:/home/me/images/") == "folder:images"
   assert plots._short("tfds:fashion_mnist") == "tfds:fashion_mnist"
   assert plots._short("cifar10") == "cifar10"
+
+
+def test_curves_of_a_search_where_only_stopped_models_have_curves(tmp_path):
+  """Stopped after one epoch, a curve is one point (drawn with a marker); with no fully
+  trained model the top panel is empty, without a legend warning."""
+  import types
+  import warnings
+  records = [types.SimpleNamespace(resampled=False, status="stopped", accuracy=0.4,
+                                   iteration=i, epsilon=1.0,
+                                   curves=[{"val_accuracy": [0.3 + 0.01 * i]}])
+             for i in range(3)]
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert plots.plot_curves(records, str(tmp_path / "c.png"), "stopped only")
+  with open(tmp_path / "c.png", "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
