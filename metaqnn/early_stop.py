@@ -117,7 +117,8 @@ class Predictor:
     residuals = rise - held_out
     self.sigma = max(float(np.std(residuals)), 1e-3)
     total = float(np.sum((y - y.mean()) ** 2))  # R^2 of the final accuracy
-    self.r2 = 1.0 - float(np.sum(residuals ** 2)) / total if total > 0 else float("nan")
+    # Undefined when the final accuracies do not vary (beyond float rounding of the mean).
+    self.r2 = 1.0 - float(np.sum(residuals ** 2)) / total if total > 1e-12 else float("nan")
 
   @staticmethod
   def _make():
@@ -279,7 +280,9 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
           "stop_epoch": rule.epoch, "epochs": rule.epochs,
           "delta": float(config.early_stop.delta), "models": len(full),
           "min_completed": rule.min_completed,
-          "r2": r2, "stopped": len(stopped),
+          # None where R^2 is undefined (every model ends at the same accuracy): JSON has
+          # no NaN.
+          "r2": r2 if math.isfinite(r2) else None, "stopped": len(stopped),
           "epochs_saved": saved / total_epochs if total_epochs else 0.0,
           "oracle_epochs_saved": (oracle * (rule.epochs - rule.epoch) / total_epochs
                                   if total_epochs else 0.0),
@@ -287,13 +290,20 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
           "best_stopped": top10[0] in stopped}
 
 
+def _r2(s: dict) -> str:
+  return "undefined" if s["r2"] is None else f"{s['r2']:.3f}"
+
+
 def render(s: dict) -> str:
+  median = s["kind"] == "median"  # it uses neither delta nor the predictor
   return "\n".join([
       f"early stopping replayed on {s['workdir']} ({s['models']} fully trained models)",
       f"rule: {s['kind']}, decide after epoch {s['stop_epoch']} of {s['epochs']} "
-      f"(tau {s['tau']:g}), delta {s['delta']:g}, after {s['min_completed']} fully trained "
-      "models",
-      f"predictor R^2 on held-out models (5-fold): {s['r2']:.3f}",
+      f"(tau {s['tau']:g}), " + ("" if median else f"delta {s['delta']:g}, ")
+      + f"after {s['min_completed']} fully trained models",
+      f"predictor R^2 on held-out models (5-fold): {_r2(s)}"
+      + (" (for reference: the median rule does not use it)" if median else "")
+      + (" (every model ends at the same accuracy)" if s["r2"] is None else ""),
       f"stopped {s['stopped']} models; training epochs saved: {100 * s['epochs_saved']:.1f}% "
       f"(a rule that stopped exactly the models ending below the best so far: "
       f"{100 * s['oracle_epochs_saved']:.1f}%)",
@@ -309,7 +319,7 @@ def render_grid(rows: list[dict]) -> str:
            f"{'tau':>6} {'epoch':>5} {'delta':>6} {'R^2':>6} {'stopped':>7} {'saved':>6} "
            f"{'oracle':>6} {'top 10 stopped':>14} {'best stopped':>12}"]
   for s in rows:
-    lines.append(f"{s['tau']:>6g} {s['stop_epoch']:>5} {s['delta']:>6g} {s['r2']:>6.3f} "
+    lines.append(f"{s['tau']:>6g} {s['stop_epoch']:>5} {s['delta']:>6g} {_r2(s):>6} "
                  f"{s['stopped']:>7} {100 * s['epochs_saved']:>5.1f}% "
                  f"{100 * s['oracle_epochs_saved']:>5.1f}% {s['top10_stopped']:>14} "
                  f"{'yes' if s['best_stopped'] else 'no':>12}")

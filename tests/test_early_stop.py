@@ -110,6 +110,28 @@ def test_offline_command_json_and_errors(curved_search, tmp_path):
   assert not (tmp_path / "nope").exists()
 
 
+def test_offline_command_when_every_model_ends_alike(tmp_path):
+  """R^2 is undefined when every final accuracy is the same: JSON null (JSON has no
+  NaN) and "undefined" in the text, not NaN; the median rule's text names no delta."""
+  def flat(arch):
+    acc = [0.5 + 0.05 * min(e, 4) for e in range(EPOCHS)]  # all end at 0.7
+    return Result(accuracy=max(acc), best_val_accuracy=max(acc), last_val_accuracy=acc[-1],
+                  epochs=len(acc), curves=[{"val_accuracy": acc, "train_loss": acc}])
+
+  workdir = str(tmp_path / "flat")
+  search.run_search(config("1.0:30"), workdir, evaluate=flat, tensorboard=False)
+  run = lambda *a: subprocess.run([sys.executable, "-m", "metaqnn.early_stop",
+                                   f"--workdir={workdir}", *a], cwd=ROOT,
+                                  capture_output=True, text=True, timeout=300)
+  out = run("--json")
+  assert out.returncode == 0, out.stderr
+  assert json.loads(out.stdout)["r2"] is None and "NaN" not in out.stdout
+  text = run("--kind=median")
+  assert text.returncode == 0, text.stderr
+  assert "R^2 on held-out models (5-fold): undefined" in text.stdout
+  assert "delta" not in text.stdout and "the median rule does not use it" in text.stdout
+
+
 def test_rule_waits_for_min_completed_and_refits_on_a_schedule():
   c = config()
   c.early_stop.kind, c.early_stop.min_completed, c.early_stop.refit_every = "predictor", 5, 3
