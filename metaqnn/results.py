@@ -18,6 +18,7 @@ from typing import Any, Optional
 # reward their message explains).
 STATUSES = ("ok", "stopped", "timeout", "no_learning", "nan", "oom", "error", "invalid",
             "lost", "crashed", "over_budget")
+EARNED = ("ok", "stopped", "timeout")  # statuses whose reward training earned
 
 
 @dataclasses.dataclass(kw_only=True)

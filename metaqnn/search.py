@@ -44,7 +44,7 @@ from metaqnn import executors
 from metaqnn import progress as progress_lib
 from metaqnn import search_space
 from metaqnn import store as store_lib
-from metaqnn.results import Result
+from metaqnn.results import EARNED, Result
 from metaqnn.store import ModelRecord, Sample, WorkdirError
 from metaqnn.errors import UserError
 
@@ -373,7 +373,7 @@ class _Search:
         self.lost_streak = 0
       waiting = self.in_flight.pop(arch)
       params, flops = self.cost(arch) if self.input_shape else (out.params, None)
-      if out.status == "ok" and self.budget.objective:  # the soft, MnasNet-style reward
+      if out.status in EARNED and self.budget.objective:  # the soft, MnasNet-style reward
         out.accuracy = self.budget.reward(out.accuracy, params, flops)
       out.params = out.params if out.params is not None else params
       out.flops = out.flops if out.flops is not None else flops

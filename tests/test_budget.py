@@ -266,6 +266,28 @@ def test_soft_objective_in_a_search(tmp_path):
   assert shown == {"objective": "flops", "target": 5000, "weight": -0.3}
 
 
+def test_soft_objective_scales_every_reward_training_earned(tmp_path):
+  """Stopped (early stopping) and timed-out models get the objective too: unscaled, a
+  stopped model's prediction would out-earn every fully trained model."""
+  from metaqnn.results import Result
+  raw = {}
+
+  def evaluate(arch):
+    value = 0.5 + (len(str(arch)) % 40) / 100
+    status = ("ok", "stopped", "timeout")[len(raw) % 3]
+    raw[str(arch)] = value
+    return Result(accuracy=value, status=status, best_val_accuracy=value,
+                  predicted_accuracy=value if status == "stopped" else None)
+
+  config = small_config(schedule="1.0:9", objective="params", target=1000, weight=-0.3)
+  search.run_search(config, str(tmp_path / "w"), tensorboard=False, evaluate=evaluate)
+  b = budget_lib.Budget.from_config(config)
+  records = [r for r in _records(tmp_path / "w") if not r.resampled]
+  assert {r.status for r in records} == {"ok", "stopped", "timeout"}
+  for r in records:
+    assert r.accuracy == pytest.approx(b.reward(raw[r.arch], r.params, r.flops))
+
+
 def test_final_stage_respects_the_budget(tmp_path):
   from metaqnn import finalize
   config = small_config("1.0:20", max_params=_cap(small_config(), 50), prune=False)
