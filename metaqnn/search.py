@@ -154,7 +154,18 @@ def fingerprint(config, evaluator_kind: str, replay_samples: int) -> dict:
     if precision != "float32":
       train["precision"] = precision
     fp["training"] = json.loads(json.dumps({"dataset": data, "train": train}))
+  # Early stopping sets the rewards of the models it stops: resumed with other settings
+  # (or with none, by leaving its flags off), a search would mix two rules.
+  rule = config.get("early_stop") or {"kind": "none"}
+  fp["early_stop"] = ({"kind": "none"} if rule["kind"] == "none"
+                      else json.loads(json.dumps(dict(rule))))
   return fp
+
+
+def _legacy_fingerprint(fp: dict, recorded: dict) -> dict:
+  """`fp` without the entries a record made before they existed lacks (`recorded`: its
+  fingerprint; {} for a new search), so that such records still resume."""
+  return {k: v for k, v in fp.items() if not recorded or k != "early_stop" or k in recorded}
 
 
 # What a damaged snapshot can raise while it is read (JSON, npz, or their contents).
@@ -529,7 +540,8 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   try:
     data = (input_pipeline.digest(dataset)  # only then do the rewards depend on the data
             if dataset is not None and kind == "train" else None)
-    store = store_lib.Store(workdir, fingerprint(config, kind, replay_samples), data)
+    store = store_lib.Store(
+        workdir, _legacy_fingerprint(fingerprint(config, kind, replay_samples), recorded), data)
   except BaseException:
     if executor is not None:
       executor.close()

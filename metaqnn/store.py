@@ -392,10 +392,15 @@ def _lock(workdir: str):
 
 
 def _recorded(stored: dict, given: dict) -> str:
-  """What the record was made on, when the data set differs (a path given another way)."""
-  if stored.get("dataset") == given.get("dataset"):
-    return ""
-  return f"; it was made on {stored.get('dataset')}, not {given.get('dataset')}"
+  """What the record was made with, where the data set (a path given another way) or
+  the early stopping rule (its flags left off on resume) differs."""
+  out = ""
+  if stored.get("dataset") != given.get("dataset"):
+    out += f"; it was made on {stored.get('dataset')}, not {given.get('dataset')}"
+  if "early_stop" in stored and stored["early_stop"] != given.get("early_stop"):
+    rule = ", ".join(f"{k}={v}" for k, v in sorted(stored["early_stop"].items()))
+    out += f"; it was made with early_stop {rule}"
+  return out
 
 
 def stored_fingerprint(workdir: str) -> dict:

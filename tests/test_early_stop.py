@@ -234,4 +234,9 @@ def test_live_search_stops_candidates_and_resumes_exactly(tmp_path):
   assert stopped, whole
   assert all(m[3] == 1 for m in stopped)  # decided after tau * 4 = 1 epoch
   _live(str(tmp_path / "parts"), max_models=6)
+  # Resumed with the rule's flags left off: refused, not run under another rule.
+  plain = config("1.0:10")
+  plain.train.epochs, plain.train.batch_size = 4, 64
+  with pytest.raises(store_lib.WorkdirError, match="made with early_stop .*kind=predictor"):
+    search.run_search(plain, str(tmp_path / "parts"), tensorboard=False)
   assert _live(str(tmp_path / "parts")) == whole

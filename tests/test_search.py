@@ -386,6 +386,34 @@ def test_refused_workdir_is_byte_for_byte_untouched_after_a_kill(tmp_path):
   assert snapshot() == before
 
 
+def test_the_early_stopping_rule_is_part_of_the_search(tmp_path):
+  """Its settings set the stopped models' rewards: a resume with others (or with its
+  flags left off) is refused in one line that says what the record was made with; a
+  record made before the rule was in the fingerprint still resumes."""
+  from metaqnn import store as store_lib
+  config = small_config("1.0:12")
+  assert search.fingerprint(config, "synthetic", 20)["early_stop"] == {"kind": "none"}
+  config.early_stop.tau = 0.5  # no rule: its settings do not matter
+  assert search.fingerprint(config, "synthetic", 20)["early_stop"] == {"kind": "none"}
+  work = str(tmp_path / "w")
+  search.run_search(config, work, log_interval=100, tensorboard=False, max_models=5)
+  other = small_config("1.0:12")
+  other.early_stop.update(kind="predictor", min_completed=5)
+  fp = search.fingerprint(other, "synthetic", 20)
+  assert fp["early_stop"]["kind"] == "predictor" and fp["early_stop"]["min_completed"] == 5
+  with pytest.raises(WorkdirError, match=r"differs in: early_stop; it was made with "
+                     r"early_stop kind=none\)"):
+    store_lib.Store(work, fp)
+  # A record from before: its fingerprint has no early_stop entry.
+  db = sqlite3.connect(os.path.join(work, store_lib.DB_FILE))
+  stored = json.loads(db.execute("SELECT value FROM meta WHERE key='fingerprint'").fetchone()[0])
+  del stored["early_stop"]
+  with db:
+    db.execute("UPDATE meta SET value=? WHERE key='fingerprint'", (json.dumps(stored),))
+  db.close()
+  assert search.run_search(config, work, log_interval=100, tensorboard=False).finished
+
+
 def test_one_search_process_per_workdir(tmp_path):
   from metaqnn import store as store_lib
   config = small_config()
