@@ -399,7 +399,7 @@ def _recorded(stored: dict, given: dict) -> str:
     out += f"; it was made on {stored.get('dataset')}, not {given.get('dataset')}"
   if "early_stop" in stored and stored["early_stop"] != given.get("early_stop"):
     rule = ", ".join(f"{k}={v}" for k, v in sorted(stored["early_stop"].items()))
-    out += f"; it was made with early_stop {rule}"
+    out += f"; it was made with early_stop {rule}: give those --config.early_stop flags"
   return out
 
 

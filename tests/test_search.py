@@ -402,7 +402,7 @@ def test_the_early_stopping_rule_is_part_of_the_search(tmp_path):
   fp = search.fingerprint(other, "synthetic", 20)
   assert fp["early_stop"]["kind"] == "predictor" and fp["early_stop"]["min_completed"] == 5
   with pytest.raises(WorkdirError, match=r"differs in: early_stop; it was made with "
-                     r"early_stop kind=none\)"):
+                     r"early_stop kind=none: give those --config.early_stop flags\)"):
     store_lib.Store(work, fp)
   # A record from before: its fingerprint has no early_stop entry.
   db = sqlite3.connect(os.path.join(work, store_lib.DB_FILE))
