@@ -180,10 +180,10 @@ class Probe:
       now = time.perf_counter()
       with self._lock:
         self.memory.append(device_memory(self.device).get("bytes_in_use", 0) / 2 ** 30)
-        self.waited.append(result.compile_seconds)
+        self.waited.append(result.compile_seconds or 0.0)  # None: it failed before
         row = dict(n=len(self.memory), seconds=now - self.start,
                    device_s=union_seconds(self.busy, self.start, now),
-                   compile_each_s=list(self.compile_s), compile_wait_s=result.compile_seconds,
+                   compile_each_s=list(self.compile_s), compile_wait_s=self.waited[-1],
                    memory_gib=self.memory[-1], accuracy=result.accuracy, arch=result.arch)
       self.record("candidate", f"  candidate {row['n']} done at {row['seconds']:.1f} s: "
                   f"device {row['device_s']:.1f} s, {len(row['compile_each_s'])} compiles "

@@ -100,10 +100,12 @@ def _crashes(records, attempts: list[dict], pending: set) -> list[dict]:
 
 
 def _time(unique: list) -> dict:
-  """Seconds spent in the unique models' evaluations, and how much of it went to waiting
-  for compiles (`Result.compile_seconds`; records made before it was kept show none)."""
-  return {"seconds": float(sum(r.seconds for r in unique)),
-          "compile_wait_seconds": float(sum(r.compile_seconds for r in unique))}
+  """Seconds spent in the evaluations of the unique models whose compile wait was
+  measured (`Result.compile_seconds`: the train evaluator, since it was kept), and how
+  much of it went to waiting for compiles."""
+  timed = [r for r in unique if r.compile_seconds is not None]
+  return {"models": len(timed), "seconds": float(sum(r.seconds for r in timed)),
+          "compile_wait_seconds": float(sum(r.compile_seconds for r in timed))}
 
 
 def _budget(b: dict) -> dict:
@@ -131,8 +133,8 @@ def render(s: dict) -> str:
     lines.append(f"budget: {limits or 'none'}; {s['over_budget']} over-budget samples, "
                  f"{s['over_budget_unique']} distinct (status over_budget, never trained)")
   t = s.get("time") or {}
-  if t.get("compile_wait_seconds"):
-    lines.append(f"time in candidates: {t['seconds'] / 3600:.2f} h, "
+  if t.get("seconds"):
+    lines.append(f"time in candidates: {t['seconds'] / 3600:.2f} h ({t['models']} models), "
                  f"{100 * t['compile_wait_seconds'] / t['seconds']:.0f}% of it waiting for "
                  "compiles (on GPUs: README, \"On GPUs\")")
   lines.append("\nmean accuracy per epsilon (over all samples, re-samples included):")

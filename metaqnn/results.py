@@ -18,7 +18,6 @@ from typing import Any, Optional
 # reward their message explains).
 STATUSES = ("ok", "stopped", "timeout", "no_learning", "nan", "oom", "error", "invalid",
             "lost", "crashed", "over_budget")
-EARNED = ("ok", "stopped", "timeout")  # statuses whose reward training earned
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -37,13 +36,22 @@ class Result:
   flops: Optional[int] = None  # Forward FLOPs per example (see `models`).
   seconds: float = 0.0
   # Of `seconds`, the time spent waiting for its programs to compile: the compile left on
-  # the critical path (0 when they were compiled ahead while another candidate trained).
-  compile_seconds: float = 0.0
+  # the critical path (0 when they were compiled ahead while another candidate trained;
+  # None where nothing measured it: other evaluators, records made before it was kept).
+  compile_seconds: Optional[float] = None
   # One entry per attempt (restarts included): {"val_accuracy": [...], "train_loss": [...]}.
   curves: list = dataclasses.field(default_factory=list)
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self) | {"curves": _json_curves(self.curves)}
+
+
+def earned(result: Result, chance: float) -> bool:
+  """Whether training earned `result`'s reward: fully trained, stopped early, or stopped
+  by the time limit after learning (a timeout before any attempt learned has the chance
+  reward of a model that did not learn)."""
+  return result.status in ("ok", "stopped") or (result.status == "timeout"
+                                                and result.accuracy > chance)
 
 
 def _json_curves(curves: list) -> list:

@@ -44,7 +44,7 @@ from metaqnn import executors
 from metaqnn import progress as progress_lib
 from metaqnn import search_space
 from metaqnn import store as store_lib
-from metaqnn.results import EARNED, Result
+from metaqnn.results import Result, earned
 from metaqnn.store import ModelRecord, Sample, WorkdirError
 from metaqnn.errors import UserError
 
@@ -82,7 +82,7 @@ def _record(result: Result, sample: Sample, resampled: bool = False) -> ModelRec
   """The record of `sample` with `result` (a re-sample takes its first record's result)."""
   fields = dataclasses.asdict(result) | {"arch": sample.arch}
   if resampled:
-    fields.update(seconds=0.0, curves=[])  # nothing was trained for it
+    fields.update(seconds=0.0, compile_seconds=None, curves=[])  # nothing was trained for it
   return ModelRecord(**fields, iteration=-1, sample=sample.id, epsilon=sample.epsilon,
                      stage=sample.stage, resampled=resampled)
 
@@ -156,9 +156,10 @@ def fingerprint(config, evaluator_kind: str, replay_samples: int) -> dict:
     fp["training"] = json.loads(json.dumps({"dataset": data, "train": train}))
   # Early stopping sets the rewards of the models it stops: resumed with other settings
   # (or with none, by leaving its flags off), a search would mix two rules.
-  rule = config.get("early_stop") or {"kind": "none"}
-  fp["early_stop"] = ({"kind": "none"} if rule["kind"] == "none"
-                      else json.loads(json.dumps(dict(rule))))
+  rule = dict(config.get("early_stop") or {"kind": "none"})
+  unused = {"none": set(rule) - {"kind"},  # what each rule ignores
+            "median": {"delta", "reward", "refit_every"}}.get(rule["kind"], set())
+  fp["early_stop"] = json.loads(json.dumps({k: v for k, v in rule.items() if k not in unused}))
   return fp
 
 
@@ -224,10 +225,12 @@ class _Search:
 
   def __init__(self, agent, store, schedule, executor, prog, agent_dir, replay_samples,
                early_stop=None, max_crashes: int = 2, budget=budget_lib.Budget(),
-               input_shape=None):
+               input_shape=None, objective_ok_only: bool = False):
     self.agent, self.store, self.schedule = agent, store, schedule
     self.early_stop = early_stop
     self.budget, self.input_shape = budget, input_shape
+    # Records made when the soft objective scaled fully trained models only go on so.
+    self.objective_ok_only = objective_ok_only
     self._costs: dict[str, tuple[int, int]] = {}
     self.executor, self.prog, self.agent_dir = executor, prog, agent_dir
     self.replay_samples, self.max_crashes = replay_samples, max_crashes
@@ -384,7 +387,9 @@ class _Search:
         self.lost_streak = 0
       waiting = self.in_flight.pop(arch)
       params, flops = self.cost(arch) if self.input_shape else (out.params, None)
-      if out.status in EARNED and self.budget.objective:  # the soft, MnasNet-style reward
+      chance = 1.0 / self.agent.space.cfg.num_classes
+      scaled = out.status == "ok" if self.objective_ok_only else earned(out, chance)
+      if self.budget.objective and scaled:  # the soft, MnasNet-style reward
         out.accuracy = self.budget.reward(out.accuracy, params, flops)
       out.params = out.params if out.params is not None else params
       out.flops = out.flops if out.flops is not None else flops
@@ -564,8 +569,11 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
         schedule, best=best, log_interval=log_interval,
         tensorboard_dir=os.path.join(workdir, "tensorboard") if tensorboard else None)
     side, channels = int(config.dataset.image_size), int(config.dataset.channels)
+    # A record whose fingerprint has no early_stop entry predates the objective's scaling
+    # of stopped and timed-out models too: it resumes with the rule it was made with.
     loop = _Search(agent, store, schedule, executor, prog, agent_dir, replay_samples, rule,
-                   int(config.search.get("max_crashes", 2)), budget, (side, side, channels))
+                   int(config.search.get("max_crashes", 2)), budget, (side, side, channels),
+                   objective_ok_only=bool(recorded) and "early_stop" not in recorded)
     try:
       with _sigterm_as_interrupt():
         loop.run(max_models)

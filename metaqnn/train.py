@@ -449,8 +449,10 @@ class Trainer:
     t = self.config.train
     epochs, max_seconds = int(t.epochs), float(t.get("max_seconds", 0))
     waited = time.perf_counter()
-    programs = self.core.programs(arch)
-    result.compile_seconds = time.perf_counter() - waited
+    try:
+      programs = self.core.programs(arch)
+    finally:  # a compile that fails took its time too
+      result.compile_seconds = time.perf_counter() - waited
     seed = int(self.config.seed)
     for attempt in range(int(t.max_restarts) + 1):
       result.restarts = attempt

@@ -268,24 +268,54 @@ def test_soft_objective_in_a_search(tmp_path):
 
 def test_soft_objective_scales_every_reward_training_earned(tmp_path):
   """Stopped (early stopping) and timed-out models get the objective too: unscaled, a
-  stopped model's prediction would out-earn every fully trained model."""
+  stopped model's prediction would out-earn every fully trained model. A timeout before
+  any attempt learned keeps the chance reward, like a model that did not learn."""
   from metaqnn.results import Result
   raw = {}
 
   def evaluate(arch):
-    value = 0.5 + (len(str(arch)) % 40) / 100
-    status = ("ok", "stopped", "timeout")[len(raw) % 3]
+    kind = len(raw) % 4
+    value = 0.1 if kind == 3 else 0.5 + (len(str(arch)) % 40) / 100  # 0.1: chance
+    status = ("ok", "stopped", "timeout", "timeout")[kind]
     raw[str(arch)] = value
     return Result(accuracy=value, status=status, best_val_accuracy=value,
                   predicted_accuracy=value if status == "stopped" else None)
 
-  config = small_config(schedule="1.0:9", objective="params", target=1000, weight=-0.3)
+  config = small_config(schedule="1.0:12", objective="params", target=1000, weight=-0.3)
   search.run_search(config, str(tmp_path / "w"), tensorboard=False, evaluate=evaluate)
   b = budget_lib.Budget.from_config(config)
   records = [r for r in _records(tmp_path / "w") if not r.resampled]
   assert {r.status for r in records} == {"ok", "stopped", "timeout"}
+  assert any(raw[r.arch] == 0.1 for r in records)
   for r in records:
-    assert r.accuracy == pytest.approx(b.reward(raw[r.arch], r.params, r.flops))
+    scaled = b.reward(raw[r.arch], r.params, r.flops)
+    assert r.accuracy == pytest.approx(raw[r.arch] if raw[r.arch] == 0.1 else scaled)
+
+
+def test_a_record_made_before_keeps_its_objective_rule_on_resume(tmp_path):
+  """A record whose fingerprint predates the early_stop entry was made when the objective
+  scaled fully trained models only: resumed, it goes on so, not with two rules."""
+  import json
+  from metaqnn.results import Result
+  from metaqnn import store as store_lib
+
+  def evaluate(arch):
+    return Result(accuracy=0.6, status="stopped", best_val_accuracy=0.6,
+                  predicted_accuracy=0.6)
+
+  config = small_config(schedule="1.0:8", objective="params", target=1000, weight=-0.3)
+  work = str(tmp_path / "w")
+  search.run_search(config, work, tensorboard=False, evaluate=evaluate, max_models=3)
+  db = sqlite3.connect(os.path.join(work, store_lib.DB_FILE))
+  stored = json.loads(db.execute("SELECT value FROM meta WHERE key='fingerprint'").fetchone()[0])
+  del stored["early_stop"]
+  with db:
+    db.execute("UPDATE meta SET value=? WHERE key='fingerprint'", (json.dumps(stored),))
+    db.execute("UPDATE models SET accuracy=0.6")  # as that version recorded them
+  db.close()
+  search.run_search(config, work, tensorboard=False, evaluate=evaluate)
+  records = [r for r in _records(tmp_path / "w") if not r.resampled]
+  assert len(records) == 8 and {r.accuracy for r in records} == {0.6}
 
 
 def test_final_stage_respects_the_budget(tmp_path):

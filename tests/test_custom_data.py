@@ -413,6 +413,7 @@ def test_search_end_to_end_on_your_data(tmp_path, kind):
   # has nothing compiled ahead).
   from metaqnn import inspect as inspect_lib
   summary = inspect_lib.summarize(str(tmp_path / "w"))
+  assert summary["time"]["models"] == 3
   assert 0 < summary["time"]["compile_wait_seconds"] <= summary["time"]["seconds"]
   assert "waiting for compiles" in inspect_lib.render(summary)
   # Resuming the finished search with the same command is accepted.

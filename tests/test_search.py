@@ -395,6 +395,10 @@ def test_the_early_stopping_rule_is_part_of_the_search(tmp_path):
   assert search.fingerprint(config, "synthetic", 20)["early_stop"] == {"kind": "none"}
   config.early_stop.tau = 0.5  # no rule: its settings do not matter
   assert search.fingerprint(config, "synthetic", 20)["early_stop"] == {"kind": "none"}
+  median = small_config("1.0:12")
+  median.early_stop.update(kind="median", delta=0.3, reward="last")  # it uses neither
+  assert search.fingerprint(median, "train", 20)["early_stop"] == {
+      "kind": "median", "tau": 0.25, "min_completed": 20}
   work = str(tmp_path / "w")
   search.run_search(config, work, log_interval=100, tensorboard=False, max_models=5)
   other = small_config("1.0:12")
