@@ -316,10 +316,11 @@ def render_grid(rows: list[dict]) -> str:
   lines = [f"early stopping replayed on {rows[0]['workdir']} ({rows[0]['models']} fully "
            f"trained models, {rows[0]['epochs']} epochs each), rule: {rows[0]['kind']}, "
            f"after {rows[0]['min_completed']} fully trained models",
-           f"{'tau':>6} {'epoch':>5} {'delta':>6} {'R^2':>6} {'stopped':>7} {'saved':>6} "
+           f"{'tau':>6} {'epoch':>5} {'delta':>6} {'R^2':>9} {'stopped':>7} {'saved':>6} "
            f"{'oracle':>6} {'top 10 stopped':>14} {'best stopped':>12}"]
   for s in rows:
-    lines.append(f"{s['tau']:>6g} {s['stop_epoch']:>5} {s['delta']:>6g} {_r2(s):>6} "
+    delta = "-" if s["kind"] == "median" else f"{s['delta']:g}"  # the median rule has none
+    lines.append(f"{s['tau']:>6g} {s['stop_epoch']:>5} {delta:>6} {_r2(s):>9} "
                  f"{s['stopped']:>7} {100 * s['epochs_saved']:>5.1f}% "
                  f"{100 * s['oracle_epochs_saved']:>5.1f}% {s['top10_stopped']:>14} "
                  f"{'yes' if s['best_stopped'] else 'no':>12}")
