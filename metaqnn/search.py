@@ -163,12 +163,6 @@ def fingerprint(config, evaluator_kind: str, replay_samples: int) -> dict:
   return fp
 
 
-def _legacy_fingerprint(fp: dict, recorded: dict) -> dict:
-  """`fp` without the entries a record made before they existed lacks (`recorded`: its
-  fingerprint; {} for a new search), so that such records still resume."""
-  return {k: v for k, v in fp.items() if not recorded or k != "early_stop" or k in recorded}
-
-
 # What a damaged snapshot can raise while it is read (JSON, npz, or their contents).
 _DAMAGED = (ValueError, KeyError, TypeError, IndexError, AttributeError, OSError, EOFError,
             zipfile.BadZipFile)
@@ -539,14 +533,20 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   # directory, so that missing data leaves nothing behind; a resumed one checks the
   # work directory first, so that a refused one costs no data loading.
   new = not os.path.exists(os.path.join(workdir, store_lib.DB_FILE))
+  # A record made before early stopping joined the fingerprint: it resumes with any
+  # early_stop settings, and with the budget objective's rule of then (fully trained
+  # models only are scaled).
+  legacy = bool(recorded) and "early_stop" not in recorded
   if not new and kind == "train":
     _keep_recorded_precision(config, recorded)
+  fp = fingerprint(config, kind, replay_samples)
+  if legacy:
+    del fp["early_stop"]
   executor = make_executor(config, evaluate, rule, dataset) if new else None
   try:
     data = (input_pipeline.digest(dataset)  # only then do the rewards depend on the data
             if dataset is not None and kind == "train" else None)
-    store = store_lib.Store(
-        workdir, _legacy_fingerprint(fingerprint(config, kind, replay_samples), recorded), data)
+    store = store_lib.Store(workdir, fp, data)
   except BaseException:
     if executor is not None:
       executor.close()
@@ -569,11 +569,9 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
         schedule, best=best, log_interval=log_interval,
         tensorboard_dir=os.path.join(workdir, "tensorboard") if tensorboard else None)
     side, channels = int(config.dataset.image_size), int(config.dataset.channels)
-    # A record whose fingerprint has no early_stop entry predates the objective's scaling
-    # of stopped and timed-out models too: it resumes with the rule it was made with.
     loop = _Search(agent, store, schedule, executor, prog, agent_dir, replay_samples, rule,
                    int(config.search.get("max_crashes", 2)), budget, (side, side, channels),
-                   objective_ok_only=bool(recorded) and "early_stop" not in recorded)
+                   objective_ok_only=legacy)
     try:
       with _sigterm_as_interrupt():
         loop.run(max_models)
