@@ -144,9 +144,11 @@ class Probe:
     self.record, self.device, self.start = record, device, start
     self.busy, self.compile_s, self.memory, self.waited = [], [], [], []
     self._lock, self._originals = threading.Lock(), []
-    for name in ("train_epoch", "accuracy"):
-      self._wrap(train.Core, name, self._device_program)
-    self._wrap(train.Core, "compile", self._compile)
+    busy = lambda start, end: self.busy.append((start, end))
+    for name in ("train_epoch", "accuracy"):  # both wait for their result
+      self._wrap(train.Core, name, lambda fn: self._timed(fn, busy))
+    self._wrap(train.Core, "compile",
+               lambda fn: self._timed(fn, lambda start, end: self.compile_s.append(end - start)))
     self._wrap(train.Trainer, "evaluate", self._after_candidate)
 
   def _wrap(self, cls, name, make):
@@ -154,24 +156,15 @@ class Probe:
     self._originals.append((cls, name, fn))
     setattr(cls, name, make(fn))
 
-  def _device_program(self, fn):
-    def timed(*args, **kwargs):
-      start = time.perf_counter()
-      try:
-        return fn(*args, **kwargs)  # waits for its result
-      finally:
-        with self._lock:
-          self.busy.append((start, time.perf_counter()))
-    return timed
-
-  def _compile(self, fn):
+  def _timed(self, fn, done):
+    """`fn`, calling `done(start, end)` under the lock when it returns or raises."""
     def timed(*args, **kwargs):
       start = time.perf_counter()
       try:
         return fn(*args, **kwargs)
       finally:
         with self._lock:
-          self.compile_s.append(time.perf_counter() - start)
+          done(start, time.perf_counter())
     return timed
 
   def _after_candidate(self, fn):
