@@ -16,11 +16,17 @@
    same schedule (seed 0, or --train-seed). Printed: the best of each, and the best
    in-budget model the unconstrained search happened to train (what filtering an
    unconstrained search by the budget afterwards would give).
+4. With --pool=W1,W2,...: no search. The best model under the budget among every model
+   the given digits searches trained, per seed (the seed draws the validation split, so
+   accuracies are compared within a seed only): how far any in-budget model seen so far
+   comes from the best overall, a ceiling that a budgeted search of the same training
+   has not been shown to pass.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -74,6 +80,39 @@ def policy_share(config, workdir, epsilon: float, n: int = 2000, seed: int = 123
   return float(np.mean(over))
 
 
+def pool_ceiling(workdirs, cap: int, epochs: int) -> None:
+  """Prints, per seed, the best in-budget and the best overall of the given searches."""
+  same = lambda c: json.dumps(c.space.to_dict(), sort_keys=True)  # tuples and lists alike
+  space = same(digits.get_config())
+  by_seed = {}
+  for w in workdirs:
+    store = store_lib.open_existing(w)
+    try:
+      config, recs = store.config(), list(store.models())
+    finally:
+      store.close()
+    if (config.dataset.name != "digits" or same(config) != space
+        or int(config.train.epochs) != epochs):
+      print(f"  skipped {w}: not a digits search of {epochs} epochs in the digits space")
+      continue
+    seed = by_seed.setdefault(int(config.seed), {"searches": 0, "models": {}})
+    seed["searches"] += 1
+    for r in recs:
+      if r.status == "ok" and not r.resampled and r.best_val_accuracy is not None:
+        best = seed["models"].get(r.arch, (0.0, r.params))[0]  # the reward may be scaled
+        seed["models"][r.arch] = (max(best, r.best_val_accuracy), r.params)
+  for s, v in sorted(by_seed.items()):
+    models = v["models"]
+    overall = max(a for a, _ in models.values())
+    fit = sorted(((a, arch) for arch, (a, p) in models.items() if p <= cap), reverse=True)
+    line = (f"  seed {s}: {v['searches']} searches, {len(models)} distinct architectures "
+            f"trained, best {overall:.4f}; {len(fit)} within budget")
+    if fit:
+      line += (f", best {fit[0][0]:.4f} ({100 * (overall - fit[0][0]):.2f} pp below) "
+               f"{fit[0][1]}")
+    print(line)
+
+
 def run(config, workdir, evaluate=None):
   t = time.perf_counter()
   search.run_search(config, workdir, evaluate=evaluate, log_interval=1e9, tensorboard=False)
@@ -90,6 +129,9 @@ def main():
   parser.add_argument("--train-seed", type=int, default=0, help="seed of the --train runs")
   parser.add_argument("--workdirs", default=None,
                       help="keep the work directories of the --train runs here")
+  parser.add_argument("--pool", default=None,
+                      help="comma-separated digits work directories: print the best "
+                           "in-budget model they trained, per seed, and nothing else")
   args = parser.parse_args()
   base = digits.get_config()
   if args.schedule:
@@ -99,6 +141,9 @@ def main():
                            budget_lib.Budget(max_params=cap)).count_within(10**7)
   print(f"digits space: max_params = {cap:,} ({args.q:g}th percentile of 2,000 uniform "
         f"samples); {fits:,} architectures fit it")
+  if args.pool:
+    pool_ceiling(args.pool.split(","), cap, args.epochs or int(base.train.epochs))
+    return
 
   print(f"\nshare of over-budget samples, synthetic evaluator, schedule "
         f"{base.search.schedule}:")

@@ -80,3 +80,37 @@ def test_new_shapes_marks_models_with_a_convolution_not_seen_before():
   c = parse("[P(2,2), C(64,3,1), SM(10)]")  # the same layer on a smaller side: new
   assert gpu_search.new_shapes([a, b, a, c, parse("[SM(10)]")]).tolist() == [
       True, False, False, True, False]
+
+
+def test_budget_pool_reports_the_best_in_budget_model_per_seed(tmp_path, capsys):
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import budget_digits
+  from configs import digits
+  from metaqnn import store as store_lib
+  workdirs = []
+  for seed in (0, 0, 1):
+    config = digits.get_config()
+    config.evaluator = "synthetic"
+    config.seed = seed
+    config.search.schedule = "1.0:12"
+    workdirs.append(str(tmp_path / f"w{len(workdirs)}"))
+    budget_digits.run(config, workdirs[-1])
+  models = {}
+  for w in workdirs[:2]:  # seed 0's two searches, pooled
+    store = store_lib.open_existing(w)
+    models.update({r.arch: (r.best_val_accuracy, r.params) for r in store.models()
+                   if r.status == "ok" and not r.resampled})
+    store.close()
+  cap = sorted(p for _, p in models.values())[len(models) // 2]
+  fit = max(a for a, p in models.values() if p <= cap)
+  other = str(tmp_path / "other")
+  config = digits.get_config()
+  config.evaluator, config.search.schedule, config.train.epochs = "synthetic", "1.0:5", 4
+  budget_digits.run(config, other)  # not comparable: another schedule of training
+  budget_digits.pool_ceiling(workdirs + [other], cap, epochs=8)
+  out = capsys.readouterr().out
+  assert f"skipped {other}" in out
+  seed0 = next(l for l in out.splitlines() if l.strip().startswith("seed 0:"))
+  assert "2 searches" in seed0 and f"best {max(a for a, _ in models.values()):.4f}" in seed0
+  assert f"within budget, best {fit:.4f}" in seed0
+  assert any(l.strip().startswith("seed 1: 1 searches") for l in out.splitlines())
