@@ -86,7 +86,10 @@ def pool_ceiling(workdirs, cap: int, epochs: int) -> None:
   space = same(digits.get_config())
   by_seed = {}
   for w in workdirs:
-    store = store_lib.open_existing(w)
+    try:
+      store = store_lib.open_existing(w)
+    except store_lib.WorkdirError as e:
+      sys.exit(f"--pool: {e}")
     try:
       config, recs = store.config(), list(store.models())
     finally:
@@ -101,15 +104,21 @@ def pool_ceiling(workdirs, cap: int, epochs: int) -> None:
       if r.status == "ok" and not r.resampled and r.best_val_accuracy is not None:
         best = seed["models"].get(r.arch, (0.0, r.params))[0]  # the reward may be scaled
         seed["models"][r.arch] = (max(best, r.best_val_accuracy), r.params)
+  if not by_seed:
+    sys.exit(f"--pool: none of the {len(workdirs)} work directories is a digits search of "
+             f"{epochs} epochs in the digits space (--epochs sets the epochs)")
   for s, v in sorted(by_seed.items()):
     models = v["models"]
-    overall = max(a for a, _ in models.values())
-    fit = sorted(((a, arch) for arch, (a, p) in models.items() if p <= cap), reverse=True)
-    line = (f"  seed {s}: {v['searches']} searches, {len(models)} distinct architectures "
-            f"trained, best {overall:.4f}; {len(fit)} within budget")
-    if fit:
-      line += (f", best {fit[0][0]:.4f} ({100 * (overall - fit[0][0]):.2f} pp below) "
-               f"{fit[0][1]}")
+    line = f"  seed {s}: {v['searches']} searches, {len(models)} distinct architectures trained"
+    if models:
+      overall = max(a for a, _ in models.values())
+      fit = sorted(((a, arch) for arch, (a, p) in models.items() if p <= cap), reverse=True)
+      line += f", best {overall:.4f}; {len(fit)} within budget"
+      if fit:
+        line += (f", best {fit[0][0]:.4f} ({100 * (overall - fit[0][0]):.2f} pp below) "
+                 f"{fit[0][1]}")
+    else:
+      line += " fully"
     print(line)
 
 
@@ -141,8 +150,11 @@ def main():
                            budget_lib.Budget(max_params=cap)).count_within(10**7)
   print(f"digits space: max_params = {cap:,} ({args.q:g}th percentile of 2,000 uniform "
         f"samples); {fits:,} architectures fit it")
-  if args.pool:
-    pool_ceiling(args.pool.split(","), cap, args.epochs or int(base.train.epochs))
+  if args.pool is not None:
+    workdirs = args.pool.split(",")
+    if not all(workdirs):
+      sys.exit(f"--pool takes work directories separated by commas, got {args.pool!r}")
+    pool_ceiling(workdirs, cap, args.epochs or int(base.train.epochs))
     return
 
   print(f"\nshare of over-budget samples, synthetic evaluator, schedule "

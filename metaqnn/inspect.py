@@ -142,7 +142,7 @@ def render(s: dict) -> str:
     lines.append(f"  eps {eps:>4}  {v['mean']:.4f}  ({v['samples']} samples, "
                  f"{v['unique']} unique models)")
   left = [f"{s[k]} {what}" for k, what in (("stopped", "stopped early (their accuracy is "
-                                             "predicted)"),
+                                             "predicted or partial)"),
                                             ("timeout", "stopped by train.max_seconds"))
           if s.get(k)]
   stopped = f" (not ranked: {'; '.join(left)})" if left else ""

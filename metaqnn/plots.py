@@ -163,7 +163,7 @@ def plot_curves(records, path: str, title: str, top: int = 10) -> bool:
     return False
   plt = _pyplot()
   fig, (ax_top, ax_all) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-  full = [r for r in trained if r.status == "ok"]  # a stopped model's accuracy is predicted
+  full = [r for r in trained if r.status == "ok"]  # not stopped: a predicted or partial accuracy
   for r in sorted(full, key=lambda r: -r.accuracy)[:top]:
     acc = r.curves[-1]["val_accuracy"]
     ax_top.plot(range(1, len(acc) + 1), acc, marker=".", label=f"#{r.iteration} {r.accuracy:.3f}")

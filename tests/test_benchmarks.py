@@ -1,5 +1,7 @@
 """The GPU search benchmark's CPU mode runs end to end and reports every part."""
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -82,7 +84,7 @@ def test_new_shapes_marks_models_with_a_convolution_not_seen_before():
       True, False, False, True, False]
 
 
-def test_budget_pool_reports_the_best_in_budget_model_per_seed(tmp_path, capsys):
+def test_budget_pool_reports_the_best_in_budget_model_per_seed(tmp_path):
   sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
   import budget_digits
   from configs import digits
@@ -107,10 +109,35 @@ def test_budget_pool_reports_the_best_in_budget_model_per_seed(tmp_path, capsys)
   config = digits.get_config()
   config.evaluator, config.search.schedule, config.train.epochs = "synthetic", "1.0:5", 4
   budget_digits.run(config, other)  # not comparable: another schedule of training
-  budget_digits.pool_ceiling(workdirs + [other], cap, epochs=8)
-  out = capsys.readouterr().out
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):  # not capsys: searches' log handlers outlive it
+    budget_digits.pool_ceiling(workdirs + [other], cap, epochs=8)
+  out = out.getvalue()
   assert f"skipped {other}" in out
   seed0 = next(l for l in out.splitlines() if l.strip().startswith("seed 0:"))
   assert "2 searches" in seed0 and f"best {max(a for a, _ in models.values()):.4f}" in seed0
   assert f"within budget, best {fit:.4f}" in seed0
   assert any(l.strip().startswith("seed 1: 1 searches") for l in out.splitlines())
+
+
+@pytest.mark.parametrize("pool, says", [
+    ("{missing}", "holds no metaqnn search"),
+    (",", "separated by commas"),
+    ("", "separated by commas"),
+    ("{other}", "none of the 1 work directories is a digits search"),
+])
+def test_budget_pool_refuses_what_it_cannot_compare_in_one_line(tmp_path, pool, says):
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import budget_digits
+  from configs import digits
+  other = str(tmp_path / "other")
+  if "{other}" in pool:
+    config = digits.get_config()
+    config.evaluator, config.search.schedule, config.train.epochs = "synthetic", "1.0:3", 4
+    budget_digits.run(config, other)
+  pool = pool.format(missing=str(tmp_path / "missing"), other=other)
+  proc = subprocess.run([sys.executable, "benchmarks/budget_digits.py", "--q=60",
+                         f"--pool={pool}"], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  assert says in proc.stderr.strip().splitlines()[-1]
