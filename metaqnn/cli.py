@@ -28,6 +28,8 @@ def run(main: Callable[[list[str]], int | None]) -> None:
       lines = [l.strip() for l in str(e).splitlines() if l.strip()] or [type(e).__name__]
       if "config file" in str(e):  # ml_collections reports it over several lines
         _fail(f"cannot load the config file: {lines[-1]}")
+      if e.filename and e.strerror:  # "path: No such file or directory", not "[Errno 2] ..."
+        _fail(f"{e.filename}: {e.strerror}")
       _fail(lines[0])
     except (UserError,) + _lazy_user_errors() as e:  # anything else is a bug: traceback
       _fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)

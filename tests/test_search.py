@@ -572,3 +572,14 @@ def test_the_guessed_next_candidate_is_the_next_one_at_epsilon_1(tmp_path, monke
   assert len(submitted) == 24 and len(guesses) == 23  # none after the last candidate
   assert guesses[:11] == submitted[1:12]  # epsilon 1: the reward does not matter
   assert sum(g == s for g, s in zip(guesses, submitted[1:])) >= 11
+
+
+def test_a_workdir_under_a_file_is_named_in_one_line(tmp_path):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  (tmp_path / "a.txt").write_text("mine")
+  work = tmp_path / "a.txt" / "w"
+  out = subprocess.run([sys.executable, "-m", "metaqnn.main", "--config=configs/digits.py",
+                        f"--workdir={work}"], cwd=ROOT, env=env, capture_output=True, text=True)
+  assert out.returncode == 2 and "Traceback" not in out.stderr
+  assert out.stderr.strip().splitlines()[-1] == f"error: {work}: Not a directory"
+  assert (tmp_path / "a.txt").read_text() == "mine"
