@@ -16,7 +16,8 @@ workshop). `config.early_stop.kind`:
   the spread of its cross-validated residuals (Gaussian). The candidate stops when the
   probability that it beats the best model so far is below `delta`.
 - "median": the median stopping rule, a baseline: stop after tau epochs if the best
-  accuracy so far is below the median of the completed models' at the same epoch.
+  accuracy so far is below the median of the completed models' at the same epoch (every
+  fully trained model so far, once there are `min_completed`).
 
 The predictor is trained on fully trained models only, once there are `min_completed` of
 them, and refitted on the first `min_completed + k * refit_every` of them in record
@@ -201,11 +202,14 @@ class Rule:
     """The predicted final accuracy if the candidate should stop (median rule: its last
     accuracy), else None."""
     with self._lock:  # a snapshot: the fit below runs without holding the lock
-      n = self._fit_point(len(self._y))
-      xs, seen, ys = list(self._x[:n]), list(self._seen[:n]), list(self._y[:n])
-      best = max(self._y, default=0.0)
-      predictor = self._predictor if self._fitted_on == n else None
-    if n == 0:
+      if self.kind == "median":  # over every completed model: nothing is fitted
+        seen = list(self._seen) if len(self._seen) >= self.min_completed else []
+      else:
+        n = self._fit_point(len(self._y))
+        xs, seen, ys = list(self._x[:n]), list(self._seen[:n]), list(self._y[:n])
+        best = max(self._y, default=0.0)
+        predictor = self._predictor if self._fitted_on == n else None
+    if not seen:
       return None
     if self.kind == "median":
       return float(accuracies[-1]) if self.seen(accuracies) < float(np.median(seen)) else None

@@ -240,3 +240,26 @@ def test_live_search_stops_candidates_and_resumes_exactly(tmp_path):
   with pytest.raises(store_lib.WorkdirError, match="made with early_stop .*kind=predictor"):
     search.run_search(plain, str(tmp_path / "parts"), tensorboard=False)
   assert _live(str(tmp_path / "parts")) == whole
+
+
+def test_the_median_rule_compares_with_every_completed_model():
+  """Its median covers every fully trained model so far, so refit_every (which the
+  work directory's fingerprint leaves out for this rule) cannot change a decision."""
+  def record(i, seen):
+    curve = [seen] * 2 + [0.9] * (EPOCHS - 2)
+    return store_lib.ModelRecord(
+        accuracy=0.9, best_val_accuracy=0.9, epochs=EPOCHS, arch="[C(16,3,1), SM(10)]",
+        iteration=i, sample=i, epsilon=1.0, stage=0,
+        curves=[{"val_accuracy": curve, "train_loss": [0.1] * EPOCHS}])
+  decisions = []
+  for refit_every in (1, 10):
+    c = config()
+    c.early_stop.kind, c.early_stop.min_completed = "median", 5
+    c.early_stop.refit_every = refit_every
+    rule = early_stop.Rule(c)
+    for i, seen in enumerate([0.1, 0.2, 0.3, 0.4, 0.5, 0.8, 0.8, 0.8]):
+      rule.observe(record(i, seen))
+    # The median of all eight is 0.45; of the first five, 0.3.
+    decisions.append([rule.predict_stop(parse("[C(16,3,1), SM(10)]"), [a, a]) is not None
+                      for a in (0.35, 0.5)])
+  assert decisions == [[True, False], [True, False]]
