@@ -2,10 +2,11 @@
 
   python -m metaqnn.finalize --workdir=DIR [--top=10] [--ensemble=5]
 
-The top N models of a search by validation accuracy are trained again from scratch with
-the data set's final schedule (`config.final`) on the whole training set (train plus
-validation), each checkpointed with Orbax and tested on the test split; the top M are
-ensembled by averaging their predicted class probabilities. Results go to
+The top N models of a search by reward (the validation accuracy, or the budget's soft
+objective when one is set) are trained again from scratch with the data set's final
+schedule (`config.final`) on the whole training set (train plus validation), each
+checkpointed with Orbax and tested on the test split; the top M are ensembled by
+averaging their predicted class probabilities. Results go to
 `DIR/final/results.json` and a Markdown table like the paper's Table 3,
 `DIR/final/results.md`. Resumable: finished models (checkpoint, test probabilities and
 metadata present) are not trained again.
@@ -140,7 +141,11 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
       np.save(os.path.join(path, "test_probs.npy"), p.astype(np.float32))
       _write_json(os.path.join(path, "meta.json"), {
           "arch": rec.arch, "params": trainer.count_params(rec.arch),
-          "diverged": train.diverged(history), "val_accuracy": rec.accuracy,
+          "diverged": train.diverged(history),
+          # The validation accuracy, not an objective's reward (a user's evaluate may
+          # give only the reward).
+          "val_accuracy": (rec.accuracy if rec.best_val_accuracy is None
+                           else rec.best_val_accuracy),
           "test_accuracy": accuracy, "search_iteration": rec.iteration,
           "history": history, "seconds": time.perf_counter() - start,
           "dataset": config.dataset.name,

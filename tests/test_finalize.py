@@ -165,3 +165,19 @@ def test_an_interrupt_starts_no_more_final_models(finished, tmp_path, monkeypatc
     finalize.finalize(copy, top=3, ensemble=2, config_overrides={"final.num_workers": 2})
   time.sleep(1.0)  # a model already started may finish; none may start
   assert 1 <= len(calls) <= 2  # the third model never started
+
+
+def test_with_a_soft_objective_the_final_stage_reports_validation_accuracy(tmp_path):
+  """The ranking follows the reward (the user's trade-off), but the table's validation
+  figure is the validation accuracy, not the objective's reward."""
+  config = digits_config()
+  config.search.schedule = "1.0:6"
+  config.budget.objective, config.budget.target, config.budget.weight = "params", 500, -0.5
+  workdir = str(tmp_path / "w")
+  search.run_search(config, workdir, log_interval=1e9, tensorboard=False)
+  results = finalize.finalize(workdir, top=2, ensemble=1)
+  recs = {m["arch"]: m for m in inspect_lib.summarize(workdir)["models"]}
+  for m in results["models"]:
+    rec = recs[m["arch"]]
+    assert rec["accuracy"] != pytest.approx(rec["best_val_accuracy"])  # a scaled reward
+    assert m["val_accuracy"] == pytest.approx(rec["best_val_accuracy"])
