@@ -57,14 +57,6 @@ class Schedule:
       unique_models -= n
     return None
 
-  def position(self, unique_models: int) -> tuple[int, int]:
-    """(stage index, models done in it) after `unique_models`; the last stage once done."""
-    for i, (_, n) in enumerate(self.stages):
-      if unique_models < n or i == len(self.stages) - 1:
-        return i, unique_models
-      unique_models -= n
-    raise ValueError("empty schedule")  # pragma: no cover - parse() forbids it
-
   def epsilon(self, unique_models: int) -> Optional[float]:
     i = self.stage(unique_models)
     return None if i is None else self.stages[i][0]

@@ -3,7 +3,7 @@
   python -m metaqnn.arch params "[C(64,3,1), P(2,2), FC(128), SM(10)]" \
       --input_shape=32,32,3 --num_classes=10
 
-Bad input gives one line on stderr and exit status 1.
+Bad input gives one line on stderr and exit status 2.
 """
 
 from __future__ import annotations

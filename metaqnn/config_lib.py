@@ -65,7 +65,8 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
   c.search.replay_samples = 100
   c.search.max_crashes = 2         # Attempts at one candidate that may crash the process
                                    # (or lose its Ray worker) before it is recorded as
-                                   # crashed; a kill -9 counts as one, Ctrl-C does not.
+                                   # crashed (with Ray: lost); a kill -9 counts as one,
+                                   # Ctrl-C does not.
 
   # Budgets (metaqnn/budget.py): hard limits, exact pruning, a soft reward. 0 = none.
   c.budget = ml_collections.ConfigDict()
@@ -109,7 +110,8 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
   c.train.weight_decay = 0.0       # The released code used 5e-4; the paper does not say.
   c.train.restart_lr_factor = 0.4
   c.train.max_restarts = 5
-  c.train.restart_threshold = 0.0  # 0 = chance (1 / classes); else an accuracy threshold.
+  c.train.restart_threshold = 0.0  # Restart below max(this, chance, the majority class's
+                                   # share): 0 = chance or that share, whichever is higher.
   c.train.dropout = True
   c.train.augment = False          # Random mirror + translation up to 5 px (final training).
   c.train.eval_batch_size = 1000

@@ -48,8 +48,8 @@ PREFIXES = ("tfds:", "npz:", "folder:")
 # A data set without a test split (digits, or a custom one) has a stratified 20% held out
 # with this fixed seed, so the test set is the same whatever config.seed is (results across
 # seeds stay comparable).
-TEST_FRACTION = DIGITS_TEST_FRACTION = 0.2
-TEST_SEED = DIGITS_TEST_SEED = 20170101
+TEST_FRACTION = 0.2
+TEST_SEED = 20170101
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
                     ".pgm")
@@ -288,7 +288,7 @@ def load(config, final: bool = False) -> Dataset:
     extra = final and bool(ds.get("final_extra", False))
     tr_x, tr_y, te_x, te_y, k = _tfds(name, arg, ds, extra)
   elif kind == "npz":  # ~ expanded here: the shell leaves it alone after "npz:"
-    tr_x, tr_y, te_x, te_y, k = _npz(os.path.expanduser(arg), ds)
+    tr_x, tr_y, te_x, te_y, k = _npz(os.path.expanduser(arg))
   else:
     tr_x, tr_y, te_x, te_y, k = _folder(os.path.expanduser(arg), ds)
   tr_x, tr_y, te_x, te_y, k = _conform(name, ds, tr_x, tr_y, te_x, te_y, k)
@@ -414,7 +414,7 @@ def _resize(img: np.ndarray, side: int) -> np.ndarray:
   return out[..., None] if grey else out
 
 
-def _npz(path: str, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+def _npz(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
   """Arrays of a .npz file: x_train, y_train and optionally x_test, y_test."""
   import zipfile
   label = f"npz:{path}"

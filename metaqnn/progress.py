@@ -19,7 +19,8 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-  """Prints `[eps 0.8 | stage 3/10 12/100 | unique 1612/2700] ...` lines and logs scalars."""
+  """Prints `[eps 0.8, stage 3/10: 12/100 models | unique 1612/2700 | sample N] acc ...`
+  lines and logs scalars."""
 
   def __init__(self, schedule: Schedule, *, best: float = 0.0, log_interval: float = 1.0,
                tensorboard_dir: Optional[str] = None, out: TextIO = sys.stdout):

@@ -28,9 +28,6 @@ class _Worker:
     from metaqnn.architecture import parse
     return self._evaluate(parse(arch))
 
-  def pid(self) -> int:
-    return os.getpid()
-
 
 class RayExecutor(WorkerPool):
   """`config.num_workers` Ray actors; `config.ray` says where and with what resources."""

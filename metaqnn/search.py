@@ -556,7 +556,7 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     agent_dir = os.path.join(workdir, AGENT_DIR)
     restore_agent(agent, store, agent_dir, replay_samples, set_aside=True)
     if schedule.stage(store.unique_count()) is None and not store.pending():
-      return dataclasses.replace(_result(workdir, store, agent, finished=True),
+      return dataclasses.replace(_result(workdir, store, finished=True),
                                  already_finished=True)
     executor = executor or make_executor(config, evaluate, rule, dataset)
     if rule is not None:
@@ -580,7 +580,7 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
       loop.snapshot()  # before the executor closes: never wait for running candidates
       prog.close()
     finished = schedule.stage(store.unique_count()) is None and not store.pending()
-    return _result(workdir, store, agent, finished=finished)
+    return _result(workdir, store, finished=finished)
   finally:
     if executor is not None:
       executor.close()
@@ -645,7 +645,7 @@ def check_config(config, schedule: agent_lib.Schedule, space) -> None:
       raise UserError(f"{name} must be >= 0 (0 = no limit), got {value}")
 
 
-def _result(workdir, store, agent, finished: bool) -> SearchResult:
+def _result(workdir, store, finished: bool) -> SearchResult:
   # Fully trained models only, as inspect and the final stage rank them (a stopped
   # model's accuracy is a prediction; a timed-out one's is partial).
   best = max((r for r in store.models() if r.status == "ok"),

@@ -141,7 +141,3 @@ def test_load_refuses_another_space(tmp_path):
     agent_lib.Agent(other).load(str(tmp_path))
 
 
-def test_schedule_position():
-  sched = agent_lib.Schedule.parse("1.0:3,0.5:2,0.1:1")
-  assert [sched.position(i) for i in range(7)] == [
-      (0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (2, 0), (2, 1)]

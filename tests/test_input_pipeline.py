@@ -48,7 +48,7 @@ def test_digits_shapes_dtypes_ranges(digits):
 
 
 def test_digits_split_sizes(digits):
-  n_test = round(1797 * ip.DIGITS_TEST_FRACTION)
+  n_test = round(1797 * ip.TEST_FRACTION)
   assert len(digits.test_labels) == n_test
   n_trainval = 1797 - n_test
   assert len(digits.val_labels) == round(0.2 * n_trainval)
