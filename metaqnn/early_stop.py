@@ -201,18 +201,19 @@ class Rule:
   def predict_stop(self, arch: Architecture, accuracies: Sequence[float]) -> Optional[float]:
     """The predicted final accuracy if the candidate should stop (median rule: its last
     accuracy), else None."""
+    if self.kind == "median":  # over every completed model so far: nothing is fitted
+      with self._lock:
+        if len(self._seen) < self.min_completed:
+          return None
+        median = float(np.median(self._seen))
+      return float(accuracies[-1]) if self.seen(accuracies) < median else None
     with self._lock:  # a snapshot: the fit below runs without holding the lock
-      if self.kind == "median":  # over every completed model: nothing is fitted
-        seen = list(self._seen) if len(self._seen) >= self.min_completed else []
-      else:
-        n = self._fit_point(len(self._y))
-        xs, seen, ys = list(self._x[:n]), list(self._seen[:n]), list(self._y[:n])
-        best = max(self._y, default=0.0)
-        predictor = self._predictor if self._fitted_on == n else None
-    if not seen:
+      n = self._fit_point(len(self._y))
+      xs, seen, ys = list(self._x[:n]), list(self._seen[:n]), list(self._y[:n])
+      best = max(self._y, default=0.0)
+      predictor = self._predictor if self._fitted_on == n else None
+    if n == 0:
       return None
-    if self.kind == "median":
-      return float(accuracies[-1]) if self.seen(accuracies) < float(np.median(seen)) else None
     if predictor is None:  # a function of the first n models alone: deterministic
       predictor = Predictor(np.array(xs), np.array(seen), np.array(ys))
       with self._lock:
