@@ -109,7 +109,8 @@ def pool_ceiling(workdirs, cap: int, epochs: int) -> None:
              f"{epochs} epochs in the digits space (--epochs sets the epochs)")
   for s, v in sorted(by_seed.items()):
     models = v["models"]
-    line = f"  seed {s}: {v['searches']} searches, {len(models)} distinct architectures trained"
+    line = (f"  seed {s}: {v['searches']} searches, {len(models)} distinct architectures "
+            "fully trained")
     if models:
       overall = max(a for a, _ in models.values())
       fit = sorted(((a, arch) for arch, (a, p) in models.items() if p <= cap), reverse=True)
@@ -117,8 +118,6 @@ def pool_ceiling(workdirs, cap: int, epochs: int) -> None:
       if fit:
         line += (f", best {fit[0][0]:.4f} ({100 * (overall - fit[0][0]):.2f} pp below) "
                  f"{fit[0][1]}")
-    else:
-      line += " fully"
     print(line)
 
 
