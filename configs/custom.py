@@ -12,15 +12,19 @@ Sources (`config.dataset.name`):
                (BUILD.md, "Preparing data sets"); image size, channels, classes and splits
                come from the builder's info.
   npz:PATH     arrays x_train [N, H, W, C] or [N, H, W] (grey), uint8; y_train [N] (or [N, 1],
-               as keras.datasets gives them) integer labels 0..k-1; optionally x_test
-               and y_test.
+               as keras.datasets gives them) integer labels 0..k-1; optionally x_val
+               and y_val, x_test and y_test.
   folder:PATH  one subfolder per class (PATH/cat/*.png, PATH/dog/*.jpg), or tfds' ImageFolder
-               layout PATH/train/<class>/, PATH/test/<class>/. Read with Pillow (tfds'
-               ImageFolder needs TensorFlow). Class i is the i-th folder name sorted as a
+               layout PATH/train/<class>/ with optional PATH/validation/<class>/ (or
+               val/) and PATH/test/<class>/. Read with Pillow (tfds' ImageFolder needs
+               TensorFlow). Class i is the i-th folder name sorted as a
                string, as in tfds and torchvision: folders 0..11 give "10" the label 2.
                Files are taken by extension (any case: .png, .JPG, ...); names starting
                with "." and other files (Thumbs.db, README.txt) are skipped.
-A missing test split is carved out of train: a stratified 20%, with a fixed seed.
+The data's own validation split (tfds' "validation", validation/ or val/, x_val) is the
+search's validation set; without one, val_fraction of train is carved out (stratified,
+seeded by config.seed). A missing test split is carved out of train: a stratified 20%,
+with a fixed seed.
 PATH may be relative (and start with ~): it is recorded absolute, so that
 `metaqnn.finalize` and `metaqnn.inspect` work from any directory; to resume from another
 directory, give the same data by its absolute path. The data must not change while a

@@ -169,8 +169,9 @@ def _check_config(ds) -> None:
 
 
 def _split(config, name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
-           test_y: np.ndarray, num_classes: int, final: bool) -> Dataset:
-  """Carve validation (and the train_fraction subset) out of the training split."""
+           test_y: np.ndarray, num_classes: int, final: bool, val: _Val = None) -> Dataset:
+  """Carve validation (unless the data has its own, `val`) and the train_fraction subset
+  out of the training split."""
   ds = config.dataset
   seed = int(config.seed)
   n = len(train_y)
@@ -178,16 +179,14 @@ def _split(config, name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: 
   empty_y = np.zeros((0,), np.int32)
   if final:
     # Final training: all of train (validation included); train_fraction is a search setting.
+    if val is not None:
+      train_x, train_y = np.concatenate([train_x, val[0]]), np.concatenate([train_y, val[1]])
     tr_x, tr_y, va_x, va_y = train_x, train_y, empty_x, empty_y
   else:
-    vf = float(ds.get("val_fraction", 0.0))
-    n_val = int(round(vf * n)) if vf > 0 else int(ds.val_size)
-    if not 1 <= n_val < n:
-      what = f"val_fraction={vf}" if vf > 0 else f"val_size={ds.val_size}"
-      raise DatasetError(
-          f"config.dataset.{what} gives {n_val} validation examples but {name}'s training "
-          f"split has {n}; choose a value that leaves both splits non-empty.")
-    val_idx, rest = stratified_split(train_y, n_val, np.random.default_rng([seed, _VAL_TAG]))
+    if val is not None:  # the data's own validation split
+      val_idx, rest = None, np.arange(n)
+    else:
+      val_idx, rest = _carve_val(ds, name, train_y, seed)
     tf_ = float(ds.get("train_fraction", 1.0))
     if tf_ < 1.0:
       n_keep = max(1, int(round(tf_ * len(rest))))
@@ -195,7 +194,7 @@ def _split(config, name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: 
                                  np.random.default_rng([seed, _SUBSET_TAG]))
       rest = rest[keep]
     tr_x, tr_y = train_x[rest], train_y[rest]
-    va_x, va_y = train_x[val_idx], train_y[val_idx]
+    va_x, va_y = val if val is not None else (train_x[val_idx], train_y[val_idx])
   mean = (tr_x.reshape(-1, tr_x.shape[-1]).mean(axis=0, dtype=np.float64) / 255.0)
   return Dataset(
       name=name,
@@ -207,18 +206,36 @@ def _split(config, name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: 
       mean=mean.astype(np.float32))
 
 
+def _carve_val(ds, name: str, train_y: np.ndarray, seed: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+  """(validation indices, the rest): `val_size` examples (or `val_fraction`), stratified."""
+  n = len(train_y)
+  vf = float(ds.get("val_fraction", 0.0))
+  n_val = int(round(vf * n)) if vf > 0 else int(ds.val_size)
+  if not 1 <= n_val < n:
+    what = f"val_fraction={vf}" if vf > 0 else f"val_size={ds.val_size}"
+    raise DatasetError(
+        f"config.dataset.{what} gives {n_val} validation examples but {name}'s training "
+        f"split has {n}; choose a value that leaves both splits non-empty.")
+  return stratified_split(train_y, n_val, np.random.default_rng([seed, _VAL_TAG]))
+
+
 # ---------------------------------------------------------------------------------------------
-# Sources.
+# Sources: each returns (train x, train y, test x, test y, classes (0: from the labels),
+# the data's own validation split (x, y) or None).
+
+_Val = tuple[np.ndarray, np.ndarray] | None
+_Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, _Val]
 
 
-def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+def _digits() -> _Arrays:
   """scikit-learn digits as uint8 [N, 8, 8, 1] (0..16 rescaled to 0..255), fixed 20% test."""
   from sklearn.datasets import load_digits  # Ships with scikit-learn: no download.
 
   d = load_digits()
   x = np.rint(d.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)[..., None]
   y = d.target.astype(np.int32)
-  return (*_carve_test(x, y), 10)
+  return (*_carve_test(x, y), 10, None)
 
 
 def _carve_test(x: np.ndarray, y: np.ndarray
@@ -271,8 +288,10 @@ def absolute(config) -> None:
 def load(config, final: bool = False) -> Dataset:
   """The data set named by `config.dataset.name`, split for the search (or final training).
 
-  final=False: train (optionally a stratified `train_fraction` subset), a stratified seeded
-  validation split of `val_size` examples (or `val_fraction` of train), and test.
+  final=False: train (optionally a stratified `train_fraction` subset), validation, and
+  test. Validation is the data's own validation split where it has one (tfds'
+  "validation", a folder's validation/ or val/, an npz's x_val and y_val), else a
+  stratified seeded `val_size` examples (or `val_fraction`) carved out of train.
   final=True: train = the whole training split (validation included), val empty, test.
   Raises DatasetError (one line) for unknown names, bad split settings, missing data, or
   data that does not match `config.dataset` (see `_conform`).
@@ -282,17 +301,17 @@ def load(config, final: bool = False) -> Dataset:
   kind, arg = source_of(name)
   _check_config(ds)
   if kind == "digits":
-    tr_x, tr_y, te_x, te_y, k = _digits()
+    tr_x, tr_y, te_x, te_y, k, val = _digits()
   elif kind == "tfds":
     # SVHN's final training also uses the 531,131 "extra" images (SPEC section 4).
     extra = final and bool(ds.get("final_extra", False))
-    tr_x, tr_y, te_x, te_y, k = _tfds(name, arg, ds, extra)
+    tr_x, tr_y, te_x, te_y, k, val = _tfds(name, arg, ds, extra)
   elif kind == "npz":  # ~ expanded here: the shell leaves it alone after "npz:"
-    tr_x, tr_y, te_x, te_y, k = _npz(os.path.expanduser(arg))
+    tr_x, tr_y, te_x, te_y, k, val = _npz(os.path.expanduser(arg))
   else:
-    tr_x, tr_y, te_x, te_y, k = _folder(os.path.expanduser(arg), ds)
-  tr_x, tr_y, te_x, te_y, k = _conform(name, ds, tr_x, tr_y, te_x, te_y, k)
-  return _split(config, name, tr_x, tr_y, te_x, te_y, k, final)
+    tr_x, tr_y, te_x, te_y, k, val = _folder(os.path.expanduser(arg), ds)
+  tr_x, tr_y, te_x, te_y, k, val = _conform(name, ds, tr_x, tr_y, te_x, te_y, k, val)
+  return _split(config, name, tr_x, tr_y, te_x, te_y, k, final, val)
 
 
 def resolve(config) -> Dataset | None:
@@ -332,8 +351,9 @@ def resolve(config) -> Dataset | None:
   return data
 
 
-def _conform(name: str, ds, tr_x, tr_y, te_x, te_y, k):
-  """Checks (and resizes, if asked) images and labels against `config.dataset`.
+def _conform(name: str, ds, tr_x, tr_y, te_x, te_y, k, val: _Val = None):
+  """Checks (and resizes, if asked) images and labels against `config.dataset`; `val` is
+  the data's own validation split, if any, checked like test.
 
   Images: uint8 [N, H, W, C] with H == W; `resize=True` resizes to `image_size` first.
   Labels: integers in 0..k-1 with every class in train and at least two classes; k is
@@ -342,18 +362,28 @@ def _conform(name: str, ds, tr_x, tr_y, te_x, te_y, k):
   """
   resize = bool(ds.get("resize", False))
   side = int(ds.get("image_size", 0))
+  va_x, va_y = val if val is not None else (te_x[:0], te_y[:0])
+  for what, x in (("training", tr_x), ("validation", va_x), ("test", te_x)):
+    if x.ndim == 4 and x.shape[1] in (1, 3, 4) and x.shape[3] not in (1, 3, 4):
+      raise DatasetError(
+          f"{name}: {what} images are {'x'.join(map(str, x.shape[1:]))}: channels first; "
+          "store them channels last, [N, H, W, C] (x.transpose(0, 2, 3, 1)).")
+    if resize and x.ndim == 4 and x.shape[3] not in (1, 3, 4):
+      raise DatasetError(f"{name}: {what} images have {x.shape[3]} channels; resizing "
+                         "handles 1 (grey), 3 (RGB) or 4 (RGBA).")
   if resize:  # side > 0: see _check_config
-    tr_x, te_x = _resize_all(tr_x, side), _resize_all(te_x, side)
-  for what, x in (("training", tr_x), ("test", te_x)):
+    tr_x, va_x, te_x = (_resize_all(x, side) for x in (tr_x, va_x, te_x))
+  for what, x in (("training", tr_x), ("validation", va_x), ("test", te_x)):
     if x.ndim != 4 or x.shape[1] != x.shape[2]:
       raise DatasetError(
           f"{name}: {what} images are {'x'.join(map(str, x.shape[1:]))}, not square; the "
           "search space needs square images: set --config.dataset.resize=True and "
           "--config.dataset.image_size=N.")
-  if te_x.shape[1:] != tr_x.shape[1:] and len(te_x):
-    raise DatasetError(f"{name}: test images are {'x'.join(map(str, te_x.shape[1:]))} but "
-                       f"training images {'x'.join(map(str, tr_x.shape[1:]))}; set "
-                       "--config.dataset.resize=True and --config.dataset.image_size=N.")
+  for what, x in (("validation", va_x), ("test", te_x)):
+    if x.shape[1:] != tr_x.shape[1:] and len(x):
+      raise DatasetError(f"{name}: {what} images are {'x'.join(map(str, x.shape[1:]))} but "
+                         f"training images {'x'.join(map(str, tr_x.shape[1:]))}; set "
+                         "--config.dataset.resize=True and --config.dataset.image_size=N.")
   h, c = int(tr_x.shape[1]), int(tr_x.shape[3])
   if side and side != h:
     raise DatasetError(
@@ -369,7 +399,7 @@ def _conform(name: str, ds, tr_x, tr_y, te_x, te_y, k):
     raise DatasetError(f"config.dataset.num_classes={want_k} but {name} has {k} classes; set "
                        f"--config.dataset.num_classes={k} (or 0 to take it from the data).")
   k = int(want_k or k or (int(tr_y.max()) + 1 if len(tr_y) else 0))
-  for what, y in (("training", tr_y), ("test", te_y)):
+  for what, y in (("training", tr_y), ("validation", va_y), ("test", te_y)):
     if len(y) and (y.min() < 0 or y.max() >= k):
       raise DatasetError(f"{name}: {what} labels run from {int(y.min())} to {int(y.max())}; "
                          f"they must be class indices 0..{k - 1}.")
@@ -382,7 +412,9 @@ def _conform(name: str, ds, tr_x, tr_y, te_x, te_y, k):
     raise DatasetError(f"{name}: classes {', '.join(map(str, missing))}{more} of 0..{k - 1} "
                        "have no training examples; labels must be 0..k-1 with every class "
                        "present.")
-  return tr_x, tr_y.astype(np.int32), te_x, te_y.astype(np.int32), k
+  if val is not None:
+    val = va_x, va_y.astype(np.int32)
+  return tr_x, tr_y.astype(np.int32), te_x, te_y.astype(np.int32), k, val
 
 
 def _first_missing(present: np.ndarray, k: int, n: int = 10) -> list[int]:
@@ -414,8 +446,8 @@ def _resize(img: np.ndarray, side: int) -> np.ndarray:
   return out[..., None] if grey else out
 
 
-def _npz(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-  """Arrays of a .npz file: x_train, y_train and optionally x_test, y_test."""
+def _npz(path: str) -> _Arrays:
+  """Arrays of a .npz file: x_train, y_train; optionally x_val, y_val and x_test, y_test."""
   import zipfile
   label = f"npz:{path}"
   if not os.path.isfile(path):
@@ -433,9 +465,11 @@ def _npz(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int
   except (OSError, ValueError, zipfile.BadZipFile) as e:
     raise DatasetError(f"{label} is not a readable .npz file ({type(e).__name__}).") from None
   missing = [k for k in ("x_train", "y_train") if k not in arrays]
-  if missing or (("x_test" in arrays) != ("y_test" in arrays)):
+  if (missing or (("x_test" in arrays) != ("y_test" in arrays))
+      or (("x_val" in arrays) != ("y_val" in arrays))):
     raise DatasetError(f"{label} holds {', '.join(sorted(arrays)) or 'nothing'}; it needs "
-                       "x_train and y_train, and optionally x_test with y_test.")
+                       "x_train and y_train, and optionally x_val with y_val and x_test "
+                       "with y_test.")
   def images(key):
     x = arrays[key]
     if x.dtype != np.uint8:
@@ -456,14 +490,20 @@ def _npz(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int
     return y.astype(np.int64)
   tr_x = images("x_train")
   tr_y = labels("y_train", len(tr_x))
-  if "x_test" in arrays:
-    te_x = images("x_test")
-    if not len(te_x):  # the final stage would test on nothing, after the whole search
-      raise DatasetError(f"{label}: x_test is empty; add test examples, or leave x_test and "
-                         "y_test out to have a test split carved out of x_train.")
-    return tr_x, tr_y, te_x, labels("y_test", len(te_x)), 0
+  split = {}
+  for name, carved in (("val", "a validation split carved out of x_train "
+                        "(config.dataset.val_fraction)"),
+                       ("test", "a test split carved out of x_train")):
+    if f"x_{name}" in arrays:
+      x = images(f"x_{name}")
+      if not len(x):  # the final stage would test on nothing, after the whole search
+        raise DatasetError(f"{label}: x_{name} is empty; add examples, or leave x_{name} "
+                           f"and y_{name} out to have {carved}.")
+      split[name] = x, labels(f"y_{name}", len(x))
+  if "test" in split:
+    return tr_x, tr_y, *split["test"], 0, split.get("val")
   _check_labels_carvable(label, tr_y)
-  return (*_carve_test(tr_x, tr_y), 0)
+  return (*_carve_test(tr_x, tr_y), 0, split.get("val"))
 
 
 def _check_labels_carvable(name: str, y: np.ndarray) -> None:
@@ -475,10 +515,11 @@ def _check_labels_carvable(name: str, y: np.ndarray) -> None:
                        "they must be class indices 0..k-1.")
 
 
-def _folder(path: str, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+def _folder(path: str, ds) -> _Arrays:
   """Image files in PATH/<class>/ (test carved out of them), or in tfds' ImageFolder
-  layout PATH/train/<class>/, PATH/test/<class>/. Classes: folder names sorted as
-  strings (as tfds' ImageFolder and torchvision do; "10" comes before "2").
+  layout PATH/train/<class>/ with optional PATH/validation/<class>/ (or val/) and
+  PATH/test/<class>/. Classes: train's folder names sorted as strings (as tfds'
+  ImageFolder and torchvision do; "10" comes before "2").
 
   Not tfds' ImageFolder builder: it reads through tf.data and needs TensorFlow.
   """
@@ -486,23 +527,32 @@ def _folder(path: str, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
   if not os.path.isdir(path):
     raise DatasetError(f"{label}: no such directory.")
   subdirs = _subdirs(path)
-  if subdirs and set(subdirs) <= {"train", "test"} and "train" in subdirs:
-    classes = _subdirs(os.path.join(path, "train"))
-    tr_x, tr_y = _read_folder(label, os.path.join(path, "train"), classes, ds)
-    if "test" in subdirs:
-      extra = sorted(set(_subdirs(os.path.join(path, "test"))) - set(classes))
-      if extra:
-        raise DatasetError(f"{label}: test/ has classes {', '.join(extra)} that train/ lacks.")
-      te_x, te_y = _read_folder(label, os.path.join(path, "test"), classes, ds,
-                                required=False)
-      if not len(te_y):  # the final stage would test on nothing, after the whole search
-        raise DatasetError(f"{label}: test/ holds no images; add some, or remove test/ to "
-                           "have a test split carved out of train/.")
-      return tr_x, tr_y, te_x, te_y, len(classes)
-  else:
-    classes = subdirs
-    tr_x, tr_y = _read_folder(label, path, classes, ds)
-  return (*_carve_test(tr_x, tr_y), len(classes))
+  if not (subdirs and set(subdirs) <= set(_SPLIT_FOLDERS) and "train" in subdirs):
+    tr_x, tr_y = _read_folder(label, path, subdirs, ds)
+    return (*_carve_test(tr_x, tr_y), len(subdirs), None)
+  if {"validation", "val"} <= set(subdirs):
+    raise DatasetError(f"{label} has both validation/ and val/; keep one.")
+  classes = _subdirs(os.path.join(path, "train"))
+  tr_x, tr_y = _read_folder(label, os.path.join(path, "train"), classes, ds)
+  split = {}
+  for name in [d for d in subdirs if d != "train"]:
+    extra = sorted(set(_subdirs(os.path.join(path, name))) - set(classes))
+    if extra:
+      raise DatasetError(f"{label}: {name}/ has classes {', '.join(extra)} that train/ lacks.")
+    x, y = _read_folder(label, os.path.join(path, name), classes, ds, required=False)
+    if not len(y):  # the final stage would test on nothing, after the whole search
+      raise DatasetError(f"{label}: {name}/ holds no images; add some, or remove {name}/ to "
+                         f"have a {_SPLIT_FOLDERS[name]} split carved out of train/.")
+    split[_SPLIT_FOLDERS[name]] = x, y
+  val = split.get("validation")
+  if "test" in split:
+    return tr_x, tr_y, *split["test"], len(classes), val
+  return (*_carve_test(tr_x, tr_y), len(classes), val)
+
+
+# A folder's split subfolders and the splits they hold.
+_SPLIT_FOLDERS = {"train": "train", "validation": "validation", "val": "validation",
+                  "test": "test"}
 
 
 def _subdirs(path: str) -> list[str]:
@@ -593,13 +643,15 @@ def _eight_bit(im, where: str):
 
 def _no_images(label: str, folder: str) -> str:
   """Why a class folder holds no images; a folder of folders is a layout mistake (images
-  one level too deep, or split folders other than train/ and test/), and is named so."""
+  one level too deep, or split folders other than train/, validation/, val/ and test/), and
+  is named so."""
   inner = _subdirs(folder)
   if not inner:
     return f"{label}: class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})."
   return (f"{label}: class folder {folder} holds folders ({', '.join(inner[:5])}), not "
           "images; the layouts are PATH/<class>/<image> and PATH/train/<class>/<image> "
-          "with optional PATH/test/<class>/<image>.")
+          "with optional PATH/validation/<class>/<image> (or val/) and "
+          "PATH/test/<class>/<image>.")
 
 
 # Records read per `__getitems__` call: batched reads from array_record, bounded memory.
@@ -613,10 +665,10 @@ def _prepare_hint(tfds_name: str) -> str:
           f"--config.dataset.data_dir=DIR (BUILD.md, \"Preparing data sets\")")
 
 
-def _tfds(name: str, tfds_name: str, ds, extra: bool = False
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-  """train (plus "extra" if asked) and test splits of a tensorflow-datasets set, read
-  without TensorFlow; without a test split, test is carved out of train."""
+def _tfds(name: str, tfds_name: str, ds, extra: bool = False) -> _Arrays:
+  """train (plus "extra" if asked), validation and test splits of a tensorflow-datasets
+  set, read without TensorFlow; without a test split, test is carved out of train
+  (without a validation split, `_split` carves one)."""
   try:
     import tensorflow_datasets as tfds  # Lazy: digits users never pay for it.
   except ImportError as e:
@@ -624,13 +676,15 @@ def _tfds(name: str, tfds_name: str, ds, extra: bool = False
         f"{name} needs tensorflow-datasets ({e}); run `pip install -r requirements.txt`.") from None
   data_dir = ds.data_dir or None
   download = bool(ds.download)
-  has_test = "test" in (tfds_splits(tfds, name, tfds_name, data_dir) or ["test"])
+  splits = tfds_splits(tfds, name, tfds_name, data_dir) or ["test"]
+  has_test, has_val = "test" in splits, "validation" in splits
   failure = None
   try:
     # file_format is passed explicitly: tfds.data_source only defaults to array_record when no
     # data_dir is given, and download=True would otherwise prepare unreadable TFRecords.
     train_src, *rest = tfds.data_source(
-        tfds_name, split=["train"] + ["test"] * has_test + (["extra"] if extra else []),
+        tfds_name, split=(["train"] + ["test"] * has_test + ["validation"] * has_val
+                          + (["extra"] if extra else [])),
         data_dir=data_dir,
         download=download, builder_kwargs={"file_format": "array_record"})
   except (KeyError, NotImplementedError, ValueError, FileNotFoundError) as e:
@@ -665,15 +719,16 @@ def _tfds(name: str, tfds_name: str, ds, extra: bool = False
   num_classes = int(features["label"].num_classes)
   side = int(ds.get("image_size", 0)) if bool(ds.get("resize", False)) else 0
   test_src = rest.pop(0) if has_test else None
+  val = _read_all(rest.pop(0), name, side) if has_val else None
   tr_x, tr_y = _read_all(train_src, name, side)
   for src in rest:  # "extra"
     ex_x, ex_y = _read_all(src, name, side)
     tr_x, tr_y = np.concatenate([tr_x, ex_x]), np.concatenate([tr_y, ex_y])
   if test_src is None:
     _check_labels_carvable(name, tr_y)
-    return (*_carve_test(tr_x, tr_y), num_classes)
+    return (*_carve_test(tr_x, tr_y), num_classes, val)
   te_x, te_y = _read_all(test_src, name, side)
-  return tr_x, tr_y, te_x, te_y, num_classes
+  return tr_x, tr_y, te_x, te_y, num_classes, val
 
 
 def tfds_splits(tfds, name: str, tfds_name: str, data_dir: str | None) -> list[str]:

@@ -6,7 +6,8 @@
 `stats` prints one JSON object (state and state-action counts, counts per layer type and
 depth, the exact number of distinct architectures). `sample` prints architectures in the
 paper's notation, one per line, from uniform random walks (epsilon 1) with true sizes
-tracked; the same seed gives the same output.
+tracked; the same seed gives the same output. With a custom data set (`configs/custom.py`)
+the data is read first, for its image side, channels and classes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ml_collections import config_flags
 
 from metaqnn import agent as agent_lib
 from metaqnn import cli
+from metaqnn import input_pipeline
 from metaqnn import search_space
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
@@ -35,6 +37,9 @@ def main(argv: list[str]) -> None:
                         "--config=configs/<name>.py [--num=N --seed=S]")
   if _CONFIG.value is None:
     raise cli.UserError("--config is required, e.g. --config=configs/cifar10.py")
+  # The size bins follow the image side: a custom data set (npz:, folder:, tfds:) is read
+  # for its shape, as a search does at its start.
+  input_pipeline.resolve(_CONFIG.value)
   space = search_space.from_config(_CONFIG.value)
   if argv[1] == "stats":
     print(json.dumps(space.stats()))

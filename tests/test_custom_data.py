@@ -1,6 +1,8 @@
 """Your own data: tfds:NAME, npz:PATH, folder:PATH; checks against the config; searches."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -111,8 +113,13 @@ def test_npz_with_a_test_split_and_colour(tmp_path):
     (dict(y_train=np.zeros(59, int)), {}, "must be 60 integer labels"),
     ({}, dict(image_size=16), "image_size=16 but .* 8x8"),
     ({}, dict(channels=3), "channels=3 but .* have 1"),
+    (dict(x_train=np.zeros((60, 3, 8, 8), np.uint8)), {}, "3x8x8: channels first"),
+    (dict(x_train=np.zeros((60, 3, 8, 8), np.uint8)), dict(resize=True, image_size=6),
+     "channels first"),
+    (dict(x_train=np.zeros((60, 8, 8, 2), np.uint8)), dict(resize=True, image_size=6),
+     "have 2 channels; resizing"),
 ], ids=["negative", "above_k", "gap", "single", "float", "non_square", "length", "side",
-        "channels"])
+        "channels", "chw", "chw_resize", "resize_2_channels"])
 def test_npz_bad_data_is_one_line(tmp_path, override, dataset, match):
   c = _config("npz:" + _npz(tmp_path / "d.npz", **override), **dataset)
   with pytest.raises(ip.DatasetError, match=match) as e:
@@ -197,6 +204,55 @@ def test_folder_imagefolder_layout_rgb(tmp_path):
   assert len(data.test_labels) == 9 and len(data.train_labels) + len(data.val_labels) == 36
   c = _config(c.dataset.name, channels=1)  # converts every image to grey
   assert ip.load(c).train_images.shape[1:] == (8, 8, 1)
+
+
+def test_the_data_s_own_validation_split_is_used(tmp_path):
+  """A folder's validation/ (or val/) and an npz's x_val, y_val are the search's validation
+  set, as is tfds' "validation" split; the final stage trains on train and validation."""
+  root = _folder(tmp_path / "imgs", mode="RGB", layout="split")
+  os.rename(os.path.join(root, "test"), os.path.join(root, "validation"))  # 3 per class
+  for name in ("validation", "val"):
+    if name == "val":
+      os.rename(os.path.join(root, "validation"), os.path.join(root, "val"))
+    c = _config(f"folder:{root}")
+    data = ip.resolve(c)
+    assert len(data.val_labels) == 9 and len(data.train_labels) == 36 - round(0.2 * 36)
+    assert sorted(data.val_labels.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert len(data.test_labels) == 7
+    assert len(ip.load(c, final=True).train_labels) == 36 - 7 + 9
+  x, y = _images(60, 8)
+  np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_val=x[:6], y_val=y[:6],
+           x_test=x[:9], y_test=y[:9])
+  c = _config(f"npz:{tmp_path}/d.npz")
+  data = ip.resolve(c)
+  assert (len(data.train_labels), len(data.val_labels), len(data.test_labels)) == (60, 6, 9)
+  assert np.array_equal(data.val_images[..., 0], x[:6])
+  c.dataset.train_fraction = 0.5  # a search setting: the given validation set stays whole
+  assert (len(ip.load(c).train_labels), len(ip.load(c).val_labels)) == (30, 6)
+  assert len(ip.load(c, final=True).train_labels) == 66
+
+
+@pytest.mark.parametrize("case,match", [
+    ("x_without_y", "x_val with y_val"), ("empty", "x_val is empty"),
+    ("other_size", "validation images are 6x6x1 but training images 8x8x1"),
+    ("label_range", "validation labels run from 0 to 5")])
+def test_a_bad_given_validation_split_is_one_line(tmp_path, case, match):
+  x, y = _images(60, 8)
+  val = dict(x_without_y=dict(x_val=x[:6]), empty=dict(x_val=x[:0], y_val=y[:0]),
+             other_size=dict(x_val=x[:6, :6, :6], y_val=y[:6]),
+             label_range=dict(x_val=x[:6], y_val=np.arange(6)))[case]
+  np.savez(tmp_path / "d.npz", x_train=x, y_train=y, **val)
+  with pytest.raises(ip.DatasetError, match=match) as e:
+    ip.resolve(_config(f"npz:{tmp_path}/d.npz"))
+  assert "\n" not in str(e.value)
+
+
+def test_a_folder_with_validation_and_val_is_refused(tmp_path):
+  root = _folder(tmp_path / "imgs", layout="split")
+  for name in ("validation", "val"):
+    shutil.copytree(os.path.join(root, "test"), os.path.join(root, name))
+  with pytest.raises(ip.DatasetError, match="both validation/ and val/"):
+    ip.resolve(_config(f"folder:{root}"))
 
 
 def test_folder_mixed_sizes_need_resize(tmp_path):
@@ -315,10 +371,10 @@ def test_a_folder_search_recorded_in_rgb_resumes_in_rgb(tmp_path):
 
 
 def test_folder_layout_mistakes_are_named(tmp_path):
-  """train/ beside validation/ (not a layout read here), or images one folder too deep,
+  """train/ beside valid/ (not a split name read here), or images one folder too deep,
   are said to be folders, not "no images"; a folder named like an image is skipped."""
   root = _folder(tmp_path / "imgs", layout="split")
-  os.rename(os.path.join(root, "test"), os.path.join(root, "validation"))
+  os.rename(os.path.join(root, "test"), os.path.join(root, "valid"))
   with pytest.raises(ip.DatasetError, match="train holds folders \\(class_0, class_1, "
                      "class_2\\), not images; the layouts are") as e:
     ip.resolve(_config(f"folder:{root}"))
@@ -353,6 +409,12 @@ def test_tfds_by_name_reads_the_builder_info(tmp_path, monkeypatch):
     data = ip.resolve(c)
     assert (c.dataset.image_size, c.dataset.channels, c.dataset.num_classes) == (28, 1, 10)
     assert len(data.test_labels) == 100  # the builder's own test split
+    assert len(data.train_labels) + len(data.val_labels) == 100  # validation carved
+    # A data set with a validation split: it is the validation set, train stays whole.
+    monkeypatch.setattr(ip, "tfds_splits", lambda *a: ["train", "validation", "test"])
+    given = ip.load(_config("tfds:fashion_mnist", data_dir=str(tmp_path)))
+    assert (len(given.train_labels), len(given.val_labels), len(given.test_labels)) == (
+        100, 100, 100)
     # A data set without a test split: test is carved out of train.
     monkeypatch.setattr(ip, "tfds_splits", lambda *a: ["train"])
     carved = ip.load(_config("tfds:fashion_mnist", data_dir=str(tmp_path)))
@@ -439,6 +501,20 @@ def test_main_command_with_a_wrong_path_is_one_line(tmp_path):
   assert out.stderr.strip().splitlines() == [
       f"error: folder:{tmp_path}/nothing: no such directory."]
   assert not os.path.exists(tmp_path / "w")
+
+
+def test_space_command_reads_the_shape_of_custom_data(tmp_path):
+  """`metaqnn.space` on configs/custom.py: the image side and classes come from the data."""
+  path = _npz(tmp_path / "d.npz", side=8)
+  run = lambda name: subprocess.run(
+      [sys.executable, "-m", "metaqnn.space", "stats", "--config=configs/custom.py",
+       f"--config.dataset.name={name}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  out = run(f"npz:{path}")
+  assert out.returncode == 0, out.stderr
+  assert (json.loads(out.stdout)["config"]["image_size"],
+          json.loads(out.stdout)["config"]["num_classes"]) == (8, 3)
+  bad = run(f"npz:{tmp_path}/none.npz")
+  assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
 
 
 def _relative_npz_search(tmp_path, monkeypatch):
