@@ -161,9 +161,9 @@ class Store:
     if meta.get("format") != FORMAT:
       raise WorkdirError(f"{self.path} is not a {FORMAT} record")
     stored = json.loads(meta["fingerprint"])
-    if stored != json.loads(json.dumps(fingerprint, sort_keys=True)):
-      diff = sorted(k for k in set(stored) | set(fingerprint)
-                    if stored.get(k) != fingerprint.get(k))
+    given = json.loads(json.dumps(fingerprint, sort_keys=True))
+    if stored != given:
+      diff = _differences(stored, given)
       raise WorkdirError(
           f"the work directory {os.path.dirname(self.path)} was made for another search "
           f"(differs in: {', '.join(diff)}{_recorded(stored, fingerprint)}); it was left "
@@ -391,12 +391,33 @@ def _lock(workdir: str):
   raise WorkdirError(f"cannot lock {workdir}: its lock file keeps changing")
 
 
+def _differences(stored: dict, given: dict, prefix: str = "") -> list[str]:
+  """The settings (dotted paths, e.g. training.train.epochs) in which two fingerprints
+  differ; a section whose fields differ too (another early stopping rule) by its name.
+  The training settings' copy of the data set's name is left out: "dataset" says it."""
+  out = []
+  for k in sorted(set(stored) | set(given)):
+    a, b = stored.get(k), given.get(k)
+    if a == b or prefix + k == "training.dataset.name":
+      continue
+    same_keys = isinstance(a, dict) and isinstance(b, dict) and set(a) == set(b)
+    out += _differences(a, b, f"{prefix}{k}.") if same_keys else [prefix + k]
+  return out
+
+
 def _recorded(stored: dict, given: dict) -> str:
-  """What the record was made with, where the data set (a path given another way) or
-  the early stopping rule (its flags left off on resume) differs."""
+  """What the record was made with, where the data set (a path given another way), the
+  budget or the early stopping rule (their flags left off on resume) differs."""
   out = ""
   if stored.get("dataset") != given.get("dataset"):
     out += f"; it was made on {stored.get('dataset')}, not {given.get('dataset')}"
+  if stored.get("budget") != given.get("budget"):
+    from metaqnn import budget as budget_lib
+    default = budget_lib.Budget().to_json()
+    limits = {k: v for k, v in (stored.get("budget") or {}).items() if v != default.get(k)}
+    out += ("; it was made without a budget" if not stored.get("budget") else
+            "; it was made with budget " + ", ".join(f"{k}={v}" for k, v in sorted(
+                limits.items())) + ": give those --config.budget flags")
   if "early_stop" in stored and stored["early_stop"] != given.get("early_stop"):
     rule = ", ".join(f"{k}={v}" for k, v in sorted(stored["early_stop"].items()))
     out += f"; it was made with early_stop {rule}: give those --config.early_stop flags"

@@ -583,3 +583,23 @@ def test_a_workdir_under_a_file_is_named_in_one_line(tmp_path):
   assert out.returncode == 2 and "Traceback" not in out.stderr
   assert out.stderr.strip().splitlines()[-1] == f"error: {work}: Not a directory"
   assert (tmp_path / "a.txt").read_text() == "mine"
+
+
+def test_a_refused_resume_names_the_settings_that_differ(tmp_path):
+  """Only what changed, by its dotted path; a budget left off is named with its values."""
+  from metaqnn import store as store_lib
+  work = str(tmp_path / "w")
+  config = small_config("1.0:12")
+  config.budget.max_params = 50_000
+  store_lib.Store(work, search.fingerprint(config, "train", 20)).close()
+  other = small_config("1.0:12", dataset="cifar10")
+  other.dataset.image_size, other.dataset.channels = 28, 1  # as mnist, to differ in one thing
+  other.budget.max_params = 50_000
+  with pytest.raises(WorkdirError, match=r"differs in: dataset; it was made on mnist, not "
+                     r"cifar10\)"):
+    store_lib.Store(work, search.fingerprint(other, "train", 20))
+  longer = small_config("1.0:12")
+  longer.train.epochs += 1
+  with pytest.raises(WorkdirError, match=r"differs in: budget, training.train.epochs; it was "
+                     r"made with budget max_params=50000: give those --config.budget flags"):
+    store_lib.Store(work, search.fingerprint(longer, "train", 20))
