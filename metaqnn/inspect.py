@@ -71,8 +71,11 @@ def summarize(workdir: str, top: int = 10) -> dict:
       "mean_accuracy_by_epsilon": {f"{e:g}": {"mean": sum(v) / len(v), "samples": len(v),
                                               "unique": unique_by_eps[e]}
                                    for e, v in sorted(by_eps.items(), reverse=True)},
-      "top": [{"arch": r.arch, "accuracy": r.accuracy, "iteration": r.iteration,
-               "params": r.params, "flops": r.flops} for r in ranked[:top]],
+      # "accuracy" is the reward (under budget.objective: accuracy x a cost factor);
+      # "val_accuracy" the validation accuracy it came from.
+      "top": [{"arch": r.arch, "accuracy": r.accuracy, "val_accuracy": r.best_val_accuracy,
+               "iteration": r.iteration, "params": r.params, "flops": r.flops}
+              for r in ranked[:top]],
       "failures": [{"arch": r.arch, "status": r.status, "message": r.message,
                     "iteration": r.iteration} for r in unique
                    if r.status not in ("ok", "stopped")],
@@ -137,7 +140,9 @@ def render(s: dict) -> str:
     lines.append(f"time in candidates: {t['seconds'] / 3600:.2f} h ({t['models']} models), "
                  f"{100 * t['compile_wait_seconds'] / t['seconds']:.0f}% of it waiting for "
                  "compiles (on GPUs: README, \"On GPUs\")")
-  lines.append("\nmean accuracy per epsilon (over all samples, re-samples included):")
+  soft = bool((s.get("budget") or {}).get("objective"))  # rewards are not accuracies
+  lines.append(f"\nmean {'reward' if soft else 'accuracy'} per epsilon (over all samples, "
+               "re-samples included):")
   for eps, v in s["mean_accuracy_by_epsilon"].items():
     lines.append(f"  eps {eps:>4}  {v['mean']:.4f}  ({v['samples']} samples, "
                  f"{v['unique']} unique models)")
@@ -147,10 +152,13 @@ def render(s: dict) -> str:
           if s.get(k)]
   stopped = f" (not ranked: {'; '.join(left)})" if left else ""
   lines.append(f"\ntop {len(s['top'])} fully trained models{stopped}:")
-  lines.append(f"      {'accuracy':>8}  {'params':>10}  {'FLOPs':>12}  iteration  architecture")
+  val = lambda m: "?" if m.get("val_accuracy") is None else f"{m['val_accuracy']:.4f}"
+  lines.append(f"      {'accuracy':>8}  " + (f"{'reward':>8}  " if soft else "")
+               + f"{'params':>10}  {'FLOPs':>12}  iteration  architecture")
   size = lambda v: "?" if v is None else f"{v:,}"
   for i, m in enumerate(s["top"], 1):
-    lines.append(f"  {i:2d}. {m['accuracy']:.4f}  {size(m['params']):>10}  "
+    score = f"{val(m):>8}  {m['accuracy']:.4f}" if soft else f"{m['accuracy']:.4f}"
+    lines.append(f"  {i:2d}. {score}  {size(m['params']):>10}  "
                  f"{size(m.get('flops')):>12}  #{m['iteration']:<8d} {m['arch']}")
   if s.get("final"):
     lines.append("\nfinal models (retrained, test accuracy):")

@@ -262,8 +262,18 @@ def test_soft_objective_in_a_search(tmp_path):
   b = budget_lib.Budget.from_config(config)
   for r in _records(tmp_path / "w"):
     assert r.accuracy == pytest.approx(b.reward(r.best_val_accuracy, r.params, r.flops))
-  shown = inspect_lib.summarize(str(tmp_path / "w"))["budget"]
-  assert shown == {"objective": "flops", "target": 5000, "weight": -0.3}
+  summary = inspect_lib.summarize(str(tmp_path / "w"))
+  assert summary["budget"] == {"objective": "flops", "target": 5000, "weight": -0.3}
+  # Shown beside the reward, the validation accuracy it came from, in inspect and the log.
+  text = inspect_lib.render(summary)
+  assert "mean reward per epsilon" in text and "accuracy    reward" in text
+  top = summary["top"][0]
+  assert top["val_accuracy"] != pytest.approx(top["accuracy"])  # scaled by the cost
+  assert f"{top['val_accuracy']:.4f}  {top['accuracy']:.4f}" in text
+  from metaqnn import agent as agent_lib, progress
+  rec = next(r for r in _records(tmp_path / "w") if r.iteration == top["iteration"])
+  line = progress.Progress(agent_lib.Schedule.parse("1.0:10")).line(rec, 10)
+  assert f"reward {top['accuracy']:.4f} (val acc {top['val_accuracy']:.4f})" in line
 
 
 def test_soft_objective_scales_every_reward_training_earned(tmp_path):
