@@ -63,6 +63,7 @@ def summarize(workdir: str, top: int = 10) -> dict:
       "over_budget": len(over),
       "over_budget_unique": sum(not r.resampled for r in over),
       "budget": _budget(config.get("budget", {})),
+      "early_stop": _early_stop(config),
       "stopped": sum(not r.resampled and r.status == "stopped" for r in records),
       "timeout": sum(not r.resampled and r.status == "timeout" for r in records),
       "schedule": schedule,
@@ -122,6 +123,19 @@ def _budget(b: dict) -> dict:
   return out
 
 
+def _early_stop(config: dict) -> Optional[dict]:
+  """The early stopping rule the search ran with (None: none, the paper's method)."""
+  rule = dict(config.get("early_stop") or {})
+  if rule.get("kind", "none") == "none":
+    return None
+  from metaqnn import early_stop
+  epochs = int(config.get("train", {}).get("epochs", 0))
+  if epochs:
+    rule["stop_epoch"] = early_stop.stop_epoch(epochs, float(rule["tau"]))
+    rule["epochs"] = epochs
+  return rule
+
+
 def render(s: dict) -> str:
   """The readable form of `summarize`'s result."""
   lines = [f"work directory: {s['workdir']}   data set: {s['dataset']}"]
@@ -135,6 +149,13 @@ def render(s: dict) -> str:
                        for k, v in s.get("budget", {}).items())
     lines.append(f"budget: {limits or 'none'}; {s['over_budget']} over-budget samples, "
                  f"{s['over_budget_unique']} distinct (status over_budget, never trained)")
+  rule = s.get("early_stop")
+  if rule:
+    when = (f"after epoch {rule['stop_epoch']} of {rule['epochs']}" if "epochs" in rule
+            else f"at tau {rule['tau']}")
+    how = "" if rule["kind"] == "median" else f", delta {rule['delta']}, reward {rule['reward']}"
+    lines.append(f"early stopping: {rule['kind']}, deciding {when}{how}, once "
+                 f"{rule['min_completed']} models are fully trained; {s['stopped']} stopped")
   t = s.get("time") or {}
   if t.get("seconds"):
     lines.append(f"time in candidates: {t['seconds'] / 3600:.2f} h ({t['models']} models), "

@@ -233,6 +233,12 @@ def test_live_search_stops_candidates_and_resumes_exactly(tmp_path):
   stopped = [m for m in whole if m[1] == "stopped"]
   assert stopped, whole
   assert all(m[3] == 1 for m in stopped)  # decided after tau * 4 = 1 epoch
+  from metaqnn import inspect as inspect_lib
+  s = inspect_lib.summarize(str(tmp_path / "whole"))
+  assert s["early_stop"]["kind"] == "predictor" and s["early_stop"]["stop_epoch"] == 1
+  assert (f"early stopping: predictor, deciding after epoch 1 of 4, delta 0.5, reward "
+          f"predicted, once 5 models are fully trained; {len(stopped)} stopped"
+          ) in inspect_lib.render(s)
   _live(str(tmp_path / "parts"), max_models=6)
   # Resumed with the rule's flags left off: refused, not run under another rule.
   plain = config("1.0:10")
