@@ -256,9 +256,10 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
     raise UserError(f"{workdir} was searched with early stopping: its stopped models have "
                      "no full curves to replay against")
   if len(full) < rule.min_completed + 5:
+    lower = ", which --min_completed lowers to 5" if rule.min_completed > 5 else ""
     raise UserError(f"{workdir} holds {len(full)} fully trained models with learning "
                      f"curves; the evaluation needs at least {rule.min_completed + 5} "
-                     f"(min_completed {rule.min_completed}, which --min_completed lowers)")
+                     f"(min_completed {rule.min_completed}{lower}); search longer")
   x = np.array([rule.features(r.arch, r.curves[-1]["val_accuracy"]) for r in full])
   seen = np.array([rule.seen(r.curves[-1]["val_accuracy"]) for r in full])
   y = np.array([r.best_val_accuracy for r in full])

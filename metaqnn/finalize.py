@@ -126,8 +126,15 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
           if not os.path.exists(os.path.join(model_dir(root, rec.arch), "meta.json"))]
   lock = threading.Lock()  # one model's files written at a time
 
+  def say(line: str) -> None:  # one write: lines of models trained at once stay whole
+    print(line + "\n", end="", flush=True)
+
+  if ensemble > len(best):
+    say(f"the ensemble takes the top {len(best)}: --ensemble={ensemble} is more than the "
+        f"{len(best)} final models (--top={top}, or fewer fully trained models)")
+
   def train_one(rank: int, rec, after: Optional[str] = None) -> None:
-    print(f"final {rank}/{len(best)}: training {rec.arch}...", flush=True)
+    say(f"final {rank}/{len(best)}: training {rec.arch}...")
     if after is not None:  # compiles while this one trains
       trainer.prepare(after)
     start = time.perf_counter()
@@ -151,7 +158,7 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
           "dataset": config.dataset.name,
           "input_shape": list(dataset.test_images.shape[1:]),
           "config": json.loads(config.to_json())})  # written last: marks it finished
-    print(f"final {rank}/{len(best)}: test accuracy {accuracy:.4f} {rec.arch}", flush=True)
+    say(f"final {rank}/{len(best)}: test accuracy {accuracy:.4f} {rec.arch}")
 
   workers = min(num_workers(config), len(todo))
   if workers <= 1:

@@ -172,12 +172,18 @@ def plot_curves(records, path: str, title: str, top: int = 10) -> bool:
   if full:
     ax_top.legend(fontsize=7)
   cmap = plt.get_cmap("viridis")
+  stops = []
   for r in trained:
     acc = r.curves[-1]["val_accuracy"]
-    stopped = r.status == "stopped"  # an x where it stopped: a one-epoch curve is a point
+    stopped = r.status == "stopped"
     ax_all.plot(range(1, len(acc) + 1), acc, "--" if stopped else "-", color=cmap(r.epsilon),
-                alpha=0.35, lw=0.8, marker="x" if stopped else None, markevery=[-1])
-  ax_all.set(title="all trained models (dashed, x: stopped early)", xlabel="epoch")
+                alpha=0.35, lw=0.8)
+    if stopped:  # a black x where it stopped, over any colour: a one-epoch curve is a point
+      stops.append((len(acc), acc[-1]))
+  if stops:
+    ax_all.scatter(*zip(*stops), marker="x", color="k", s=18, lw=0.8, zorder=3)
+  ax_all.set(title="all trained models" + (" (stopped early: dashed, ending in x)"
+                                           if stops else ""), xlabel="epoch")
   fig.colorbar(plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 1)), ax=ax_all,
                label="ε")
   fig.suptitle(title)
@@ -276,6 +282,8 @@ def write_all(workdirs: Sequence[str], out: str | None = None) -> list[str]:
     if not records:
       raise store_lib.WorkdirError(f"{workdir} holds no models yet")
     loaded.append((workdir, config, records, agent))
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise cli.UserError(f"{out} is a file, not a folder for the figures")
   os.makedirs(out, exist_ok=True)
   written, runs = [], []
   for workdir, config, records, agent in loaded:

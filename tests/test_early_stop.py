@@ -105,6 +105,8 @@ def test_offline_command_json_and_errors(curved_search, tmp_path):
                "--delta=0", "--min_completed=4"):
     bad = run(f"--workdir={curved_search}", flag)
     assert bad.returncode == 2 and bad.stderr.startswith("error:"), (flag, bad.stderr)
+  few = run(f"--workdir={curved_search}", "--min_completed=1000")
+  assert few.returncode == 2 and "which --min_completed lowers to 5" in few.stderr, few.stderr
   bad = run(f"--workdir={tmp_path / 'nope'}")
   assert bad.returncode != 0 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
   assert not (tmp_path / "nope").exists()

@@ -181,3 +181,13 @@ def test_with_a_soft_objective_the_final_stage_reports_validation_accuracy(tmp_p
     rec = recs[m["arch"]]
     assert rec["accuracy"] != pytest.approx(rec["best_val_accuracy"])  # a scaled reward
     assert m["val_accuracy"] == pytest.approx(rec["best_val_accuracy"])
+
+
+def test_an_ensemble_larger_than_the_final_models_is_said(finished, capsys):
+  """Nothing is trained again (all three are finished); the ensemble is capped, and said."""
+  workdir, results = finished
+  again = finalize.finalize(workdir, top=3, ensemble=5)
+  out = capsys.readouterr().out
+  assert "the ensemble takes the top 3: --ensemble=5 is more than the 3 final models" in out
+  assert "training" not in out and again["ensemble"]["size"] == 3
+  finalize.finalize(workdir, top=3, ensemble=2)  # as the other tests expect it

@@ -54,6 +54,14 @@ def test_missing_workdir_is_a_clear_error_and_creates_nothing(tmp_path):
   assert not (tmp_path / "nothing").exists()
 
 
+def test_an_out_that_is_a_file_is_a_clear_error(tmp_path):
+  one = run(tmp_path, 0)
+  (tmp_path / "afile").write_text("mine")
+  with pytest.raises(ValueError, match="afile is a file, not a folder"):
+    plots.write_all([one], str(tmp_path / "afile"))
+  assert (tmp_path / "afile").read_text() == "mine"
+
+
 def test_pareto_front():
   costs = [5, 1, 3, 3, 8, 2]
   accs = [0.9, 0.5, 0.7, 0.8, 0.85, 0.4]
