@@ -498,8 +498,9 @@ class Trainer:
         result.last_val_accuracy, result.epochs = accuracy, 1
         return
     status = "nan" if not finite else "no_learning"
+    first = max(c["val_accuracy"][0] for c in result.curves)  # the best first epoch
     why = "loss not finite" if not finite else (
-        f"validation accuracy {accuracy:.4f} <= {self.threshold:.4f}")
+        f"validation accuracy <= {self.threshold:.4f} (at best {first:.4f})")
     self._fail(result, status, f"{why} after the first epoch of each of "
                f"{int(t.max_restarts) + 1} attempts")
     result.last_val_accuracy, result.epochs = accuracy, 1

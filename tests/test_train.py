@@ -68,6 +68,9 @@ def test_restart_rule_gives_chance_when_it_never_learns(dataset):
   assert [len(c["val_accuracy"]) for c in result.curves] == [1, 1, 1]  # every attempt
   assert result.best_val_accuracy == pytest.approx(0.1)
   assert compiles == 2  # Restarts reuse the executables.
+  best = max(c["val_accuracy"][0] for c in result.curves)
+  assert result.message == (f"validation accuracy <= 0.9990 (at best {best:.4f}) after the "
+                            "first epoch of each of 3 attempts")
 
 
 def test_a_constant_guess_counts_as_not_learning(dataset):
