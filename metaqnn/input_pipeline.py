@@ -364,7 +364,8 @@ def _conform(name: str, ds, tr_x, tr_y, te_x, te_y, k, val: _Val = None):
   side = int(ds.get("image_size", 0))
   va_x, va_y = val if val is not None else (te_x[:0], te_y[:0])
   for what, x in (("training", tr_x), ("validation", va_x), ("test", te_x)):
-    if x.ndim == 4 and x.shape[1] in (1, 3, 4) and x.shape[3] not in (1, 3, 4):
+    if (x.ndim == 4 and x.shape[1] in (1, 3, 4) and x.shape[2] == x.shape[3]
+        and x.shape[1] != x.shape[2]):  # [N, C, S, S]
       raise DatasetError(
           f"{name}: {what} images are {'x'.join(map(str, x.shape[1:]))}: channels first; "
           "store them channels last, [N, H, W, C] (x.transpose(0, 2, 3, 1)).")
