@@ -497,7 +497,7 @@ def _npz(path: str) -> _Arrays:
                        ("test", "a test split carved out of x_train")):
     if f"x_{name}" in arrays:
       x = images(f"x_{name}")
-      if not len(x):  # the final stage would test on nothing, after the whole search
+      if not len(x):  # the search would validate, or the final stage test, on nothing
         raise DatasetError(f"{label}: x_{name} is empty; add examples, or leave x_{name} "
                            f"and y_{name} out to have {carved}.")
       split[name] = x, labels(f"y_{name}", len(x))
@@ -541,7 +541,7 @@ def _folder(path: str, ds) -> _Arrays:
     if extra:
       raise DatasetError(f"{label}: {name}/ has classes {', '.join(extra)} that train/ lacks.")
     x, y = _read_folder(label, os.path.join(path, name), classes, ds, required=False)
-    if not len(y):  # the final stage would test on nothing, after the whole search
+    if not len(y):  # the search would validate, or the final stage test, on nothing
       raise DatasetError(f"{label}: {name}/ holds no images; add some, or remove {name}/ to "
                          f"have a {_SPLIT_FOLDERS[name]} split carved out of train/.")
     split[_SPLIT_FOLDERS[name]] = x, y

@@ -129,10 +129,8 @@ def _early_stop(config: dict) -> Optional[dict]:
   if rule.get("kind", "none") == "none":
     return None
   from metaqnn import early_stop
-  epochs = int(config.get("train", {}).get("epochs", 0))
-  if epochs:
-    rule["stop_epoch"] = early_stop.stop_epoch(epochs, float(rule["tau"]))
-    rule["epochs"] = epochs
+  rule["epochs"] = int(config["train"]["epochs"])  # a rule needs the train evaluator
+  rule["stop_epoch"] = early_stop.stop_epoch(rule["epochs"], float(rule["tau"]))
   return rule
 
 
@@ -151,10 +149,9 @@ def render(s: dict) -> str:
                  f"{s['over_budget_unique']} distinct (status over_budget, never trained)")
   rule = s.get("early_stop")
   if rule:
-    when = (f"after epoch {rule['stop_epoch']} of {rule['epochs']}" if "epochs" in rule
-            else f"at tau {rule['tau']}")
     how = "" if rule["kind"] == "median" else f", delta {rule['delta']}, reward {rule['reward']}"
-    lines.append(f"early stopping: {rule['kind']}, deciding {when}{how}, once "
+    lines.append(f"early stopping: {rule['kind']}, deciding after epoch {rule['stop_epoch']} "
+                 f"of {rule['epochs']}{how}, once "
                  f"{rule['min_completed']} models are fully trained; {s['stopped']} stopped")
   t = s.get("time") or {}
   if t.get("seconds"):

@@ -73,10 +73,12 @@ class Progress:
     remaining = self.schedule.total - unique_models
     eta = _duration(remaining / rate) if rate > 0 else "?"
     what = "re-sample" if rec.resampled else rec.status
+    # The reward, and the validation accuracy beside it where they differ (the budget's
+    # soft objective; an early-stopped model's prediction).
     score = f"acc {rec.accuracy:.4f}"
     val = rec.best_val_accuracy
-    if rec.status == "ok" and val is not None and abs(val - rec.accuracy) > 1e-9:
-      score = f"reward {rec.accuracy:.4f} (val acc {val:.4f})"  # budget.objective
+    if val is not None and abs(val - rec.accuracy) > 1e-9:
+      score = f"reward {rec.accuracy:.4f} (val acc {val:.4f})"
     return (f"[eps {rec.epsilon:g}, stage {rec.stage + 1}/{len(stages)}: {in_stage}/"
             f"{stages[rec.stage][1]} models | unique {unique_models}/{self.schedule.total}"
             f" | sample {rec.iteration + 1}] {score} ({what}) best "
