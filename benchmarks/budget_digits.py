@@ -102,7 +102,7 @@ def pool_ceiling(workdirs, cap: int, epochs: int) -> None:
     seed["searches"] += 1
     for r in recs:
       if r.status == "ok" and not r.resampled and r.best_val_accuracy is not None:
-        best = seed["models"].get(r.arch, (0.0, r.params))[0]  # the reward may be scaled
+        best = seed["models"].get(r.arch, (0.0, r.params))[0]  # accuracy, not a scaled reward
         seed["models"][r.arch] = (max(best, r.best_val_accuracy), r.params)
   if not by_seed:
     sys.exit(f"--pool: none of the {len(workdirs)} work directories is a digits search of "
