@@ -23,10 +23,6 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory: the record, the agent, logs.")
 
 
-def _terminate(signum, frame):
-  raise KeyboardInterrupt  # SIGTERM (preemption, `kill`) stops as cleanly as Ctrl-C
-
-
 def _stop(message: str) -> None:
   """Exits at once after an interrupt: everything worth keeping is already on disk, and
   candidates still training in worker threads must not hold the exit up."""
@@ -51,7 +47,8 @@ def main(argv: list[str]) -> None:
   if _CONFIG.value is None or not _WORKDIR.value:
     raise cli.UserError("usage: python -m metaqnn.main --config=configs/<name>.py "
                         "--workdir=DIR [--config.x.y=value ...]")
-  signal.signal(signal.SIGTERM, _terminate)
+  # SIGTERM (preemption, `kill`) stops as cleanly as Ctrl-C, the final stage included.
+  signal.signal(signal.SIGTERM, search.interrupt)
   config, workdir = _CONFIG.value, _WORKDIR.value
   _announce(config, workdir)
   try:

@@ -95,23 +95,43 @@ class SearchStalled(RuntimeError):
   """A stage keeps re-sampling known architectures: the space has nothing new to give."""
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-  """SIGTERM stops the search as cleanly as Ctrl-C (in-flight attempts are marked as
-  interrupted, not crashed), unless the program handles SIGTERM itself."""
-  main = threading.current_thread() is threading.main_thread()
-  if not main or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-    yield
-    return
+_interrupted = threading.Event()
 
-  def interrupt(num, frame):
+
+def interrupt(signum, frame):
+  """The handler of Ctrl-C and SIGTERM (preemption, `kill`): raises KeyboardInterrupt, and
+  remembers it. Python drops an exception raised while a garbage-collection callback runs
+  (JAX registers one), so the loop also stops at its next step when the flag is set."""
+  _interrupted.set()
+  raise KeyboardInterrupt
+
+
+def check_interrupted() -> None:
+  """KeyboardInterrupt if an interrupt came that nothing has raised yet (see `interrupt`)."""
+  if _interrupted.is_set():
     raise KeyboardInterrupt
 
-  signal.signal(signal.SIGTERM, interrupt)
+
+@contextlib.contextmanager
+def interrupts():
+  """Ctrl-C, and SIGTERM too, stop the search cleanly (in-flight attempts are marked as
+  interrupted, not crashed), through `interrupt`. A handler the program installed
+  itself is left alone. (Main thread only: elsewhere signals cannot be handled.)"""
+  _interrupted.clear()
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  ours = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+  previous = {sig: signal.getsignal(sig) for sig in ours}
+  for sig, default in ours.items():
+    if previous[sig] is default:
+      signal.signal(sig, interrupt)
   try:
     yield
   finally:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for sig, default in ours.items():
+      if previous[sig] is default:
+        signal.signal(sig, default)
 
 
 @dataclasses.dataclass
@@ -445,6 +465,7 @@ class _Search:
     self.resume_pending()  # in flight when the search last stopped
     start = self.store.count()
     while True:
+      check_interrupted()
       budget = max_models is None or self.store.count() - start < max_models
       while (budget and self.busy < self.executor.capacity
              and (stage := self.next_stage()) is not None):
@@ -573,7 +594,7 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
                    int(config.search.get("max_crashes", 2)), budget, (side, side, channels),
                    objective_ok_only=legacy)
     try:
-      with _sigterm_as_interrupt():
+      with interrupts():
         loop.run(max_models)
     finally:
       loop.interrupted()  # a clean stop: what was running did not crash the process

@@ -348,6 +348,36 @@ def test_ctrl_c_anywhere_in_the_loop_resumes_exactly(tmp_path, monkeypatch, wher
   assert got["replay"] == ref["replay"] and got["unique_models"] == ref["unique_models"]
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the drop
+def test_an_interrupt_that_a_gc_callback_swallowed_still_stops_the_search(tmp_path):
+  """A signal handler's KeyboardInterrupt raised while a garbage-collection callback runs
+  (JAX registers one) is dropped by Python; the search must stop anyway, and resume."""
+  import gc
+  import signal
+  config = small_config("1.0:6,0.1:4")
+  plain = evaluators.synthetic_accuracy
+  search.run_search(config, str(tmp_path / "ref"), evaluate=plain, log_interval=100)
+  calls = []
+
+  def swallowing_callback(phase, info):
+    gc.callbacks.remove(swallowing_callback)
+    signal.raise_signal(signal.SIGTERM)  # the handler raises here, inside the callback
+
+  def evaluate(arch):
+    calls.append(arch)
+    if len(calls) == 3:
+      gc.callbacks.append(swallowing_callback)
+      gc.collect()
+    return evaluators.synthetic_accuracy(arch)
+
+  with pytest.raises(KeyboardInterrupt):
+    search.run_search(config, str(tmp_path / "w"), evaluate=evaluate, log_interval=100)
+  assert len(calls) == 3  # stopped after the model that was training
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed
+  search.run_search(config, str(tmp_path / "w"), evaluate=plain, log_interval=100)
+  assert records(tmp_path / "w") == records(tmp_path / "ref")
+
+
 def test_duplicates_of_an_in_flight_model_do_not_spin(tmp_path):
   def slow(arch):
     time.sleep(0.05)
