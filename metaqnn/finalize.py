@@ -116,9 +116,11 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
   if not best:
     raise store_lib.WorkdirError(f"{workdir} holds no successfully trained model yet")
   root = os.path.join(workdir, FINAL_DIR)
-  print(f"final stage: the top {len(best)} models of {workdir}, "
-        f"{len(train.final_learning_rates(config))} epochs each; loading the data...",
-        flush=True)
+  epochs = len(train.final_learning_rates(config))
+  epochs = f"{epochs} epoch{'s' * (epochs != 1)}"
+  models = (f"the top model of {workdir}, {epochs}" if len(best) == 1
+            else f"the top {len(best)} models of {workdir}, {epochs} each")
+  print(f"final stage: {models}; loading the data...", flush=True)
   dataset = input_pipeline.load(config, final=True)
   os.makedirs(root, exist_ok=True)
   trainer = train.FinalTrainer(config, dataset)
@@ -204,6 +206,11 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
   return results
 
 
+def _count(n: int) -> str:
+  """A parameter count as the paper's tables give it (1.23M), or in full below a million."""
+  return f"{n / 1e6:.2f}M" if n >= 1_000_000 else f"{n:,}"
+
+
 def results_table(results: dict) -> str:
   """A Markdown table in the spirit of the paper's Table 3 (test error, %)."""
   lines = [f"# Final models: {results['dataset']}", "",
@@ -211,7 +218,7 @@ def results_table(results: dict) -> str:
            "|---|---|---|---|---|"]
   for m in results["models"]:
     test = "diverged" if m["diverged"] else f"{100 * (1 - m['test_accuracy']):.2f}"
-    lines.append(f"| {m['rank']} | `{m['arch']}` | {m['params'] / 1e6:.2f}M | "
+    lines.append(f"| {m['rank']} | `{m['arch']}` | {_count(m['params'])} | "
                  f"{100 * (1 - m['val_accuracy']):.2f} | {test} |")
   e = results["ensemble"]
   if e:

@@ -410,9 +410,10 @@ def _conform(name: str, ds, tr_x, tr_y, te_x, te_y, k, val: _Val = None):
   if len(present) < k:
     missing = _first_missing(present, k)
     more = ", ..." if k - len(present) > len(missing) else ""
-    raise DatasetError(f"{name}: classes {', '.join(map(str, missing))}{more} of 0..{k - 1} "
-                       "have no training examples; labels must be 0..k-1 with every class "
-                       "present.")
+    which = (f"class {missing[0]} of 0..{k - 1} has" if len(missing) == 1 and not more
+             else f"classes {', '.join(map(str, missing))}{more} of 0..{k - 1} have")
+    raise DatasetError(f"{name}: {which} no training examples; labels must be 0..k-1 with "
+                       "every class present.")
   if val is not None:
     val = va_x, va_y.astype(np.int32)
   return tr_x, tr_y.astype(np.int32), te_x, te_y.astype(np.int32), k, val
@@ -526,7 +527,8 @@ def _folder(path: str, ds) -> _Arrays:
   """
   label = f"folder:{path}"
   if not os.path.isdir(path):
-    raise DatasetError(f"{label}: no such directory.")
+    what = "is a file, not a folder" if os.path.exists(path) else "no such directory"
+    raise DatasetError(f"{label}: {what}.")
   subdirs = _subdirs(path)
   if not (subdirs and set(subdirs) <= set(_SPLIT_FOLDERS) and "train" in subdirs):
     tr_x, tr_y = _read_folder(label, path, subdirs, ds)
@@ -570,6 +572,9 @@ def _read_folder(label: str, root: str, classes: list[str], ds, required: bool =
     raise DatasetError(f"{label}: {root} has {len(classes)} class folder(s); one subfolder "
                        "per class is needed, at least two.")
   channels = int(ds.get("channels", 0))
+  if channels not in (0, 1, 3):
+    raise DatasetError(f"{label}: config.dataset.channels={channels}, but image files are "
+                       "read as grey (1) or RGB (3); set 1, 3, or 0 to take it from the data.")
   resize = bool(ds.get("resize", False))
   side = int(ds.get("image_size", 0))
   images, labels, first = [], [], {}

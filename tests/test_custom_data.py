@@ -106,7 +106,7 @@ def test_npz_with_a_test_split_and_colour(tmp_path):
 @pytest.mark.parametrize("override,dataset,match", [
     (dict(y_train=np.arange(60) % 3 - 1), {}, "labels run from -1"),
     (dict(y_train=np.arange(60) % 4), dict(num_classes=3), "labels run from 0 to 3; .* 0..2"),
-    (dict(y_train=(np.arange(60) % 2) * 2), {}, "classes 1 of 0..2 have no training"),
+    (dict(y_train=(np.arange(60) % 2) * 2), {}, "class 1 of 0..2 has no training"),
     (dict(y_train=np.zeros(60, int)), {}, "single class"),
     (dict(x_train=np.zeros((60, 8, 8), np.float32)), {}, "must be uint8"),
     (dict(x_train=np.zeros((60, 8, 6), np.uint8)), {}, "not square"),
@@ -385,18 +385,24 @@ def test_folder_layout_mistakes_are_named(tmp_path):
 
 
 @pytest.mark.parametrize("case,match", [
-    ("missing", "no such directory"), ("one_class", "at least two"),
-    ("empty_class", "holds no images"), ("broken", "cannot read the image")])
+    ("missing", "no such directory"), ("file", "is a file, not a folder"),
+    ("one_class", "at least two"), ("empty_class", "holds no images"),
+    ("broken", "cannot read the image"), ("two_channels", "grey \\(1\\) or RGB \\(3\\)")])
 def test_folder_errors(tmp_path, case, match):
   root = tmp_path / "imgs"
-  if case != "missing":
+  if case == "file":
+    root.write_bytes(b"not a folder")
+  elif case != "missing":
     _folder(root, sizes=((8, 8),) * (1 if case == "one_class" else 2))
   if case == "empty_class":
     os.makedirs(root / "class_9")
   if case == "broken":
     (root / "class_0" / "x.png").write_bytes(b"no png")
+  config = _config(f"folder:{root}")
+  if case == "two_channels":
+    config.dataset.channels = 2
   with pytest.raises(ip.DatasetError, match=match) as e:
-    ip.load(_config(f"folder:{root}"))
+    ip.load(config)
   assert "\n" not in str(e.value)
 
 
