@@ -61,19 +61,19 @@ def check_config(config: Any) -> None:
     return
   if e.kind not in KINDS:
     raise UserError(f"unknown early_stop.kind {e.kind!r}; use {', '.join(KINDS)}")
-  if e.kind == "none":
-    return
+  # The values are checked with kind "none" too: a mistyped one is a mistake either way.
   if not 0 < float(e.tau) < 1:
     raise UserError(f"early_stop.tau={e.tau} must be a fraction of the epochs in (0, 1)")
-  if stop_epoch(int(config.train.epochs), float(e.tau)) >= int(config.train.epochs):
-    raise UserError(f"early_stop.tau={e.tau} of train.epochs={config.train.epochs} leaves "
-                     "no epoch to save; train more epochs or lower tau")
   if not 0 < float(e.delta) < 1:
     raise UserError(f"early_stop.delta={e.delta} must be a probability in (0, 1)")
   if int(e.min_completed) < 5 or int(e.refit_every) < 1:
     raise UserError("early_stop.min_completed must be >= 5 and refit_every >= 1")
   if e.reward not in REWARDS:
     raise UserError(f"unknown early_stop.reward {e.reward!r}; use {', '.join(REWARDS)}")
+  if e.kind != "none" and (stop_epoch(int(config.train.epochs), float(e.tau))
+                           >= int(config.train.epochs)):
+    raise UserError(f"early_stop.tau={e.tau} of train.epochs={config.train.epochs} leaves "
+                     "no epoch to save; train more epochs or lower tau")
 
 
 def arch_features(arch: Architecture, input_shape: Sequence[int]) -> list[float]:

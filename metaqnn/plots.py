@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import os
+import sys
 from typing import Sequence
 
 import numpy as np
@@ -171,7 +172,9 @@ def plot_curves(records, path: str, title: str, top: int = 10) -> bool:
              ylabel="validation accuracy")
   if full:
     ax_top.legend(fontsize=7)
-  cmap = plt.get_cmap("viridis")
+  # Viridis without its palest yellow: the curves of epsilon 1 are the most numerous.
+  from matplotlib.colors import ListedColormap
+  cmap = ListedColormap(plt.get_cmap("viridis")(np.linspace(0, 0.85, 256)))
   stops = []
   for r in trained:
     acc = r.curves[-1]["val_accuracy"]
@@ -240,7 +243,7 @@ def plot_cost(config, records, path: str, title: str) -> None:
     if cost and min(cost) > 0:
       ax.set_xscale("log")
     ax.set(xlabel=what, title=f"accuracy vs {short}")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best", framealpha=0.6)  # where it hides the fewest points
   axes[0].set_ylabel("validation accuracy (reward)")
   fig.suptitle(title)
   fig.tight_layout()
@@ -304,7 +307,11 @@ def write_all(workdirs: Sequence[str], out: str | None = None) -> list[str]:
     path = os.path.join(out, tag + "learning_curves.png")
     if plot_curves(records, path, f"{name}: learning curves"):
       written.append(path)
-  if len(runs) > 1:
+  names = sorted({config.dataset.name for _, config, _, _ in loaded})
+  if len(names) > 1:  # accuracies on different data do not average into anything
+    print(f"stability.png not written: the runs are on different data sets "
+          f"({', '.join(names)})", file=sys.stderr)
+  elif len(runs) > 1:
     path = os.path.join(out, "stability.png")
     plot_stability(runs, path)
     written.append(path)

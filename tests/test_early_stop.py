@@ -179,11 +179,22 @@ def test_a_new_leader_is_not_stopped_and_a_laggard_is():
     ("kind", "sometimes", "unknown early_stop.kind"), ("tau", 1.0, "tau"),
     ("delta", 0.0, "delta"), ("reward", "best", "early_stop.reward"),
     ("min_completed", 2, "min_completed")])
-def test_bad_settings_are_one_line(field, value, match):
+@pytest.mark.parametrize("kind", ["predictor", "none"])
+def test_bad_settings_are_one_line(field, value, match, kind):
+  """With kind "none" too: a value set wrong is a mistake even before it is used."""
   c = config()
-  c.early_stop.kind = "predictor"
+  c.early_stop.kind = kind
   c.early_stop[field] = value
   with pytest.raises(ValueError, match=match):
+    early_stop.check_config(c)
+
+
+def test_tau_is_checked_against_the_epochs_only_when_a_rule_runs():
+  c = config()
+  c.train.epochs = 1
+  early_stop.check_config(c)  # kind "none": one epoch is fine
+  c.early_stop.kind = "median"
+  with pytest.raises(ValueError, match="leaves no epoch to save"):
     early_stop.check_config(c)
 
 

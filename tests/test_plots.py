@@ -10,13 +10,13 @@ from metaqnn import search_space
 from metaqnn.store import WorkdirError
 
 
-def run(tmp_path, seed):
-  config = config_lib.base_config("mnist")
+def run(tmp_path, seed, dataset="mnist"):
+  config = config_lib.base_config(dataset)
   config.seed = seed
   config.evaluator = "synthetic"
   config.search.schedule = "1.0:40,0.5:20,0.1:20"
   config.search.replay_samples = 20
-  workdir = str(tmp_path / f"seed{seed}")
+  workdir = str(tmp_path / f"{dataset}{seed}")
   search.run_search(config, workdir, log_interval=1e9, tensorboard=False)
   return workdir
 
@@ -32,6 +32,14 @@ def test_write_all_single_and_stability(tmp_path):
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   many = plots.write_all([one, run(tmp_path, 1)], str(tmp_path / "out"))
   assert any(p.endswith("stability.png") for p in many) and len(many) == 9
+
+
+def test_no_stability_figure_across_data_sets(tmp_path, capsys):
+  """Accuracies on different data sets do not average into a stability curve."""
+  paths = plots.write_all([run(tmp_path, 0), run(tmp_path, 1, "cifar10")],
+                          str(tmp_path / "out"))
+  assert len(paths) == 8 and not any(p.endswith("stability.png") for p in paths)
+  assert "different data sets (cifar10, mnist)" in capsys.readouterr().err
 
 
 def test_q_by_depth_averages_the_right_pairs():
