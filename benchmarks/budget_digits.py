@@ -5,7 +5,9 @@
   python benchmarks/budget_digits.py --q=40 --train --schedule=1.0:30,0.5:10,0.1:10
 
 1. max_params = the q-th percentile (default 20) of the params of 2,000 uniform samples of
-   the digits space (configs/digits.py), and how many architectures fit it (exact).
+   the digits space (configs/digits.py), and how many architectures fit it (exact). The
+   samples are the agent's epsilon-1 walks, or with --sampling=space architectures drawn
+   uniformly from the whole space (the walks favour short networks: a much lower cap).
 2. Share of over-budget samples per epsilon, without pruning (the agent must learn the
    wall from the over-budget reward 0) and with it; synthetic evaluator, the digits
    schedule. Any over-budget model trained is counted (it must be 0). Beside it, the
@@ -44,11 +46,18 @@ from metaqnn import search_space  # noqa: E402
 from metaqnn import store as store_lib  # noqa: E402
 
 
-def percentile_cap(config, q=20, n=2000, seed=0) -> int:
+def percentile_cap(config, q=20, n=2000, seed=0, sampling="walks") -> int:
+  """The q-th percentile of the params of n samples: the agent's epsilon-1 walks, or
+  architectures drawn uniformly from the whole space."""
   space = search_space.from_config(config)
-  agent = agent_lib.Agent(space, seed=seed)
+  if sampling == "walks":
+    agent = agent_lib.Agent(space, seed=seed)
+    draw = lambda: agent.sample(1.0)
+  else:
+    rng = np.random.default_rng(seed)
+    draw = lambda: space.uniform_path(rng)
   shape = (config.dataset.image_size,) * 2 + (config.dataset.channels,)
-  params = [budget_lib.cost(agent.sample(1.0).architecture, shape)[0] for _ in range(n)]
+  params = [budget_lib.cost(draw().architecture, shape)[0] for _ in range(n)]
   return int(np.percentile(params, q))
 
 
@@ -132,6 +141,9 @@ def main():
   parser.add_argument("--train", action="store_true", help="also the real-training runs")
   parser.add_argument("--schedule", default=None, help="schedule (default: digits')")
   parser.add_argument("--q", type=float, default=20, help="percentile of max_params")
+  parser.add_argument("--sampling", choices=("walks", "space"), default="walks",
+                      help="the samples of the percentile: the agent's epsilon-1 walks, or "
+                           "architectures drawn uniformly from the space")
   parser.add_argument("--epochs", type=int, default=None)
   parser.add_argument("--seeds", default="0,1,2", help="seeds of the share measurement")
   parser.add_argument("--train-seed", type=int, default=0, help="seed of the --train runs")
@@ -144,11 +156,13 @@ def main():
   base = digits.get_config()
   if args.schedule:
     base.search.schedule = args.schedule
-  cap = percentile_cap(base, args.q)
-  fits = budget_lib.Pruner(search_space.from_config(base), 1,
-                           budget_lib.Budget(max_params=cap)).count_within(10**7)
-  print(f"digits space: max_params = {cap:,} ({args.q:g}th percentile of 2,000 uniform "
-        f"samples); {fits:,} architectures fit it")
+  cap = percentile_cap(base, args.q, sampling=args.sampling)
+  space = search_space.from_config(base)
+  fits = budget_lib.Pruner(space, 1, budget_lib.Budget(max_params=cap)).count_within(10**8)
+  what = ("uniform random walks" if args.sampling == "walks"
+          else "architectures drawn uniformly from the space")
+  print(f"digits space: max_params = {cap:,} ({args.q:g}th percentile of 2,000 {what}); "
+        f"{fits:,} of its {space.count_architectures():,} architectures fit it")
   if args.pool is not None:
     workdirs = args.pool.split(",")
     if not all(workdirs):

@@ -153,6 +153,7 @@ class SearchSpace:
     actions += ([GAP(k)] if cfg.allow_gap else []) + [Softmax(k)]
     self.actions = actions
     self.action_index = {a: i for i, a in enumerate(actions)}
+    self._completion_counts: Optional[dict] = None
     self._enumerate()
 
   # -- rules -------------------------------------------------------------------------
@@ -298,18 +299,43 @@ class SearchSpace:
       states.append(nxt)
     raise ArchitectureError(f"{arch} does not terminate")  # pragma: no cover
 
+  def _completions(self) -> dict:
+    """(state id, true side) -> how many architectures finish from that node (exact)."""
+    if self._completion_counts is None:
+      memo: dict = {}
+      order = sorted(self._nodes, key=lambda n: -self.states[n[0]].depth)
+      for s, side in order:  # deepest first: successors are already counted
+        memo[(s, side)] = sum(1 if self.terminal[a] else memo[self._edges[(s, side, a)]]
+                              for a in self.allowed_ids[s])
+      self._completion_counts = memo
+    return self._completion_counts
+
+  def uniform_path(self, rng: np.random.Generator) -> Path:
+    """An architecture drawn uniformly from all of the space's architectures.
+
+    Not the agent's epsilon-1 walk, which picks each allowed action uniformly and so
+    favours short networks (a termination is one of a handful of choices at every step);
+    here each action is weighted by the number of architectures through it. For random
+    search baselines and for percentiles over the space.
+    """
+    counts = self._completions()
+    states, actions, side = [0], [], self.cfg.image_size
+    while True:
+      s, ids = states[-1], self.allowed_ids[states[-1]]
+      weights = np.array([1 if self.terminal[a] else counts[self._edges[(s, side, a)]]
+                          for a in ids], float)
+      a = int(rng.choice(ids, p=weights / weights.sum()))
+      actions.append(a)
+      nxt, side = self.step(s, side, a)
+      if nxt is None:
+        return Path(tuple(states), tuple(actions), self.architecture(actions))
+      states.append(nxt)
+
   # -- statistics ----------------------------------------------------------------------
 
   def count_architectures(self) -> int:
     """Exact number of distinct architectures (paths) for this input size."""
-    memo: dict = {}
-    order = sorted(self._nodes, key=lambda n: -self.states[n[0]].depth)
-    for s, side in order:  # deepest first: successors are already counted
-      total = 0
-      for a in self.allowed_ids[s]:
-        total += 1 if self.terminal[a] else memo[self._edges[(s, side, a)]]
-      memo[(s, side)] = total
-    return memo[(0, self.cfg.image_size)]
+    return self._completions()[(0, self.cfg.image_size)]
 
   def stats(self) -> dict:
     """A summary of the space for a researcher (the `space stats` command)."""

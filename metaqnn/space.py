@@ -2,11 +2,14 @@
 
   python -m metaqnn.space stats --config=configs/cifar10.py
   python -m metaqnn.space sample --config=configs/cifar10.py --num=2000 --seed=0
+  python -m metaqnn.space sample --config=configs/cifar10.py --num=2000 --uniform
 
 `stats` prints one JSON object (state and state-action counts, counts per layer type and
 depth, the exact number of distinct architectures). `sample` prints architectures in the
 paper's notation, one per line, from uniform random walks (epsilon 1) with true sizes
-tracked; the same seed gives the same output. With a custom data set (`configs/custom.py`)
+tracked; the same seed gives the same output. With `--uniform`, every architecture of the
+space is equally likely instead (the walks favour short networks, since a termination is
+one of a handful of choices at every step). With a custom data set (`configs/custom.py`)
 the data is read first, for its image side, channels and classes.
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import sys
 
+import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
@@ -27,6 +31,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/
 _NUM = flags.DEFINE_integer("num", 10, "sample: number of architectures.")
 _SEED = flags.DEFINE_integer("seed", None, "sample: random seed (default: config.seed).")
 _EPSILON = flags.DEFINE_float("epsilon", 1.0, "sample: epsilon (1 = uniform random walks).")
+_UNIFORM = flags.DEFINE_bool("uniform", False,
+                             "sample: draw uniformly from all architectures, not by walks.")
 
 COMMANDS = ("stats", "sample")
 
@@ -47,10 +53,17 @@ def main(argv: list[str]) -> None:
   if _NUM.value < 0:
     raise cli.UserError("--num must be >= 0")
   seed = _CONFIG.value.seed if _SEED.value is None else _SEED.value
-  agent = agent_lib.Agent(space, seed=seed)
+  if _UNIFORM.value:
+    if _EPSILON.value != 1.0:
+      raise cli.UserError("--uniform draws from the whole space; it takes no --epsilon")
+    rng = np.random.default_rng(seed)
+    draw = lambda: space.uniform_path(rng)
+  else:
+    agent = agent_lib.Agent(space, seed=seed)
+    draw = lambda: agent.sample(_EPSILON.value)
   out = sys.stdout
   for _ in range(_NUM.value):
-    out.write(str(agent.sample(_EPSILON.value).architecture) + "\n")
+    out.write(str(draw().architecture) + "\n")
 
 
 if __name__ == "__main__":

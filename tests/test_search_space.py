@@ -1,11 +1,13 @@
 """The state space of SPEC section 2: every transition rule, enumeration, round trips."""
 
+import collections
 import importlib.util
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from metaqnn import agent as agent_lib
@@ -199,11 +201,15 @@ def test_every_state_is_reachable_and_can_terminate(name):
   assert ends == seen
 
 
-def test_count_architectures_matches_brute_force():
-  cfg = S.SpaceConfig(image_size=8, num_classes=3, max_depth=3, conv_filters=(4, 8),
-                      conv_kernels=(1, 3), pools=((2, 2),), fc_units=(16, 8),
-                      size_bins=(4, 2, 1), fc_max_side=3)
-  space = S.SearchSpace(cfg)
+def tiny_space():
+  return S.SearchSpace(S.SpaceConfig(image_size=8, num_classes=3, max_depth=3,
+                                     conv_filters=(4, 8), conv_kernels=(1, 3),
+                                     pools=((2, 2),), fc_units=(16, 8), size_bins=(4, 2, 1),
+                                     fc_max_side=3))
+
+
+def all_architectures(space):
+  """Every architecture of `space`, by brute-force recursion over its steps."""
   archs = set()
 
   def extend(state, side, actions):
@@ -214,10 +220,38 @@ def test_count_architectures_matches_brute_force():
       else:
         extend(nxt, nside, actions + [int(a)])
 
-  extend(0, 8, [])
+  extend(0, space.cfg.image_size, [])
+  return archs
+
+
+def test_count_architectures_matches_brute_force():
+  space = tiny_space()
+  archs = all_architectures(space)
   assert space.count_architectures() == len(archs) > 50
   for text in archs:
-    check_legal(parse(text), cfg)
+    check_legal(parse(text), space.cfg)
+
+
+def test_uniform_path_draws_every_architecture_equally_often():
+  space = tiny_space()
+  archs = sorted(all_architectures(space))
+  n = 200 * len(archs)
+  rng = np.random.default_rng(0)
+  uniform = collections.Counter(str(space.uniform_path(rng).architecture) for _ in range(n))
+  agent = agent_lib.Agent(space, seed=0)
+  walks = collections.Counter(str(agent.sample(1.0).architecture) for _ in range(n))
+
+  def chi2(counts):
+    observed = np.array([counts[a] for a in archs], float)
+    return float(((observed - 200) ** 2 / 200).sum())
+
+  assert set(uniform) == set(archs)
+  dof = len(archs) - 1
+  bound = dof + 6 * np.sqrt(2 * dof)  # chi-square: mean dof, sd sqrt(2 dof)
+  assert chi2(uniform) < bound  # uniform over architectures
+  assert chi2(walks) > 10 * bound  # the epsilon-1 walk is not
+  path = space.uniform_path(rng)
+  assert space.path(path.architecture) == path
 
 
 def test_stats_and_sample_commands():
@@ -238,6 +272,17 @@ def test_stats_and_sample_commands():
   assert len(lines) == 50 and first.stdout == second.stdout != other.stdout
   for line in lines:
     check_legal(parse(line), space.cfg)
+  uniform = run("sample", "--config=configs/mnist.py", "--num=50", "--seed=3", "--uniform")
+  assert uniform.returncode == 0, uniform.stderr
+  drawn = [parse(line) for line in uniform.stdout.splitlines()]
+  assert len(drawn) == 50 and uniform.stdout != first.stdout
+  for arch in drawn:
+    check_legal(arch, space.cfg)
+  both = run("sample", "--config=configs/mnist.py", "--uniform", "--epsilon=0.5")
+  assert both.returncode != 0 and "Traceback" not in both.stderr and "--epsilon" in both.stderr
+  # Uniform over the space means mostly deep networks; the walks stop early.
+  assert (np.mean([len(a.layers) for a in drawn]) >
+          np.mean([len(parse(line).layers) for line in lines]) + 2)
   bad = run("stats", "--config=configs/mnist.py", "--config.space.size_bins=3,2")
   assert bad.returncode != 0 and "Traceback" not in bad.stderr
   assert "size_bins" in bad.stderr
