@@ -18,6 +18,7 @@ from ml_collections import config_flags
 
 from metaqnn import cli
 from metaqnn import search
+from metaqnn import signals
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory: the record, the agent, logs.")
@@ -47,8 +48,10 @@ def main(argv: list[str]) -> None:
   if _CONFIG.value is None or not _WORKDIR.value:
     raise cli.UserError("usage: python -m metaqnn.main --config=configs/<name>.py "
                         "--workdir=DIR [--config.x.y=value ...]")
-  # SIGTERM (preemption, `kill`) stops as cleanly as Ctrl-C, the final stage included.
-  signal.signal(signal.SIGTERM, search.interrupt)
+  # SIGTERM (preemption, `kill`) stops as cleanly as Ctrl-C, the final stage included,
+  # even when Python drops the KeyboardInterrupt (`signals`).
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, signals.handler)
   config, workdir = _CONFIG.value, _WORKDIR.value
   _announce(config, workdir)
   try:

@@ -43,6 +43,7 @@ from metaqnn import evaluators
 from metaqnn import executors
 from metaqnn import progress as progress_lib
 from metaqnn import search_space
+from metaqnn import signals
 from metaqnn import store as store_lib
 from metaqnn.results import Result, earned
 from metaqnn.store import ModelRecord, Sample, WorkdirError
@@ -93,45 +94,6 @@ class WorkersLost(RuntimeError):
 
 class SearchStalled(RuntimeError):
   """A stage keeps re-sampling known architectures: the space has nothing new to give."""
-
-
-_interrupted = threading.Event()
-
-
-def interrupt(signum, frame):
-  """The handler of Ctrl-C and SIGTERM (preemption, `kill`): raises KeyboardInterrupt, and
-  remembers it. Python drops an exception raised while a garbage-collection callback runs
-  (JAX registers one), so the loop also stops at its next step when the flag is set."""
-  _interrupted.set()
-  raise KeyboardInterrupt
-
-
-def check_interrupted() -> None:
-  """KeyboardInterrupt if an interrupt came that nothing has raised yet (see `interrupt`)."""
-  if _interrupted.is_set():
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def interrupts():
-  """Ctrl-C, and SIGTERM too, stop the search cleanly (in-flight attempts are marked as
-  interrupted, not crashed), through `interrupt`. A handler the program installed
-  itself is left alone. (Main thread only: elsewhere signals cannot be handled.)"""
-  _interrupted.clear()
-  if threading.current_thread() is not threading.main_thread():
-    yield
-    return
-  ours = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
-  previous = {sig: signal.getsignal(sig) for sig in ours}
-  for sig, default in ours.items():
-    if previous[sig] is default:
-      signal.signal(sig, interrupt)
-  try:
-    yield
-  finally:
-    for sig, default in ours.items():
-      if previous[sig] is default:
-        signal.signal(sig, default)
 
 
 @dataclasses.dataclass
@@ -465,7 +427,7 @@ class _Search:
     self.resume_pending()  # in flight when the search last stopped
     start = self.store.count()
     while True:
-      check_interrupted()
+      signals.check()  # a stop that Python dropped (see `signals`)
       budget = max_models is None or self.store.count() - start < max_models
       while (budget and self.busy < self.executor.capacity
              and (stage := self.next_stage()) is not None):
@@ -594,7 +556,7 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
                    int(config.search.get("max_crashes", 2)), budget, (side, side, channels),
                    objective_ok_only=legacy)
     try:
-      with interrupts():
+      with signals.as_interrupts():
         loop.run(max_models)
     finally:
       loop.interrupted()  # a clean stop: what was running did not crash the process
@@ -648,8 +610,9 @@ def _enable_compile_cache(path: str) -> None:
 
 def check_config(config, schedule: agent_lib.Schedule, space) -> None:
   """Refuses, before anything is written, a search that cannot run or could never end."""
-  from metaqnn import finalize
+  from metaqnn import early_stop, finalize
   finalize.check_config(config)  # not only when the search has ended
+  early_stop.check_config(config)  # with kind "none" too: a value set wrong is a mistake
   if schedule.total < 1:
     raise UserError(f"the schedule {config.search.schedule!r} asks for 0 models; give at "
                      "least one, e.g. 1.0:20")

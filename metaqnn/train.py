@@ -38,7 +38,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from metaqnn import input_pipeline, models
+from metaqnn import input_pipeline, models, signals
 from metaqnn.architecture import Architecture, ArchitectureError, parse
 from metaqnn.results import Result
 from metaqnn.errors import UserError
@@ -463,6 +463,7 @@ class Trainer:
       for epoch in range(epochs):
         lr = base_lr * float(t.lr_decay) ** (epoch // int(t.lr_decay_every))
         state, loss = self.core.train_epoch(programs, state, seed, attempt, epoch, lr)
+        signals.check()  # a Ctrl-C or SIGTERM that Python dropped (see `signals`)
         accuracy = self.core.accuracy(programs, state[0])
         curve["val_accuracy"].append(accuracy)
         curve["train_loss"].append(loss)
@@ -588,6 +589,7 @@ class FinalTrainer:
     history = []
     for epoch, lr in enumerate(self.lrs):
       state, loss = self.core.train_epoch(programs, state, seed, 0, epoch, lr)
+      signals.check()
       history.append({"epoch": epoch + 1, "lr": lr, "loss": loss})
       if not np.isfinite(loss):
         break

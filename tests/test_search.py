@@ -16,6 +16,7 @@ from metaqnn import evaluators
 from metaqnn import inspect as inspect_lib
 from metaqnn import search
 from metaqnn.architecture import FC, Conv, Pool, parse
+from metaqnn.errors import UserError
 from metaqnn.store import WorkdirError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -353,7 +354,6 @@ def test_an_interrupt_that_a_gc_callback_swallowed_still_stops_the_search(tmp_pa
   """A signal handler's KeyboardInterrupt raised while a garbage-collection callback runs
   (JAX registers one) is dropped by Python; the search must stop anyway, and resume."""
   import gc
-  import signal
   config = small_config("1.0:6,0.1:4")
   plain = evaluators.synthetic_accuracy
   search.run_search(config, str(tmp_path / "ref"), evaluate=plain, log_interval=100)
@@ -374,6 +374,7 @@ def test_an_interrupt_that_a_gc_callback_swallowed_still_stops_the_search(tmp_pa
     search.run_search(config, str(tmp_path / "w"), evaluate=evaluate, log_interval=100)
   assert len(calls) == 3  # stopped after the model that was training
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
   search.run_search(config, str(tmp_path / "w"), evaluate=plain, log_interval=100)
   assert records(tmp_path / "w") == records(tmp_path / "ref")
 
@@ -414,6 +415,14 @@ def test_refused_workdir_is_byte_for_byte_untouched_after_a_kill(tmp_path):
   import gc
   gc.collect()
   assert snapshot() == before
+
+
+def test_early_stopping_values_are_checked_without_a_rule(tmp_path):
+  config = small_config("1.0:12")
+  config.early_stop.delta = 2.0  # kind "none": unused, but surely a mistake
+  with pytest.raises(UserError, match="early_stop.delta=2.0"):
+    search.run_search(config, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w")
 
 
 def test_the_early_stopping_rule_is_part_of_the_search(tmp_path):

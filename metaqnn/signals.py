@@ -1,0 +1,57 @@
+"""Ctrl-C and SIGTERM (preemption, `kill`) stop a search cleanly, even when Python drops
+the KeyboardInterrupt.
+
+A signal handler's exception is raised wherever the main thread is, and when that is a
+garbage-collection callback (JAX registers one), Python prints "Exception ignored" and
+goes on: the stop is lost. So the handler here also sets a flag, and the search (at each
+step) and the trainer (between epochs) call `check`, which raises what was dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+_requested = threading.Event()  # a stop was asked for and has not reached the caller
+
+
+def handler(signum, frame):
+  """Raises KeyboardInterrupt, and remembers that a stop was asked for."""
+  _requested.set()
+  raise KeyboardInterrupt
+
+
+def check() -> None:
+  """KeyboardInterrupt if a stop was asked for and dropped. Main thread only: elsewhere
+  it would end a worker's evaluation, not the search."""
+  if _requested.is_set() and threading.current_thread() is threading.main_thread():
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def as_interrupts():
+  """Within the block, Ctrl-C and SIGTERM go through `handler` (unless the program
+  installed handlers of its own), and a stop that was dropped is raised at the latest on
+  leaving it. A KeyboardInterrupt leaving the block has reached the caller: the flag is
+  cleared. (Main thread only: elsewhere signals cannot be handled.)"""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+  installed = []
+  try:
+    for sig, default in defaults.items():
+      if signal.getsignal(sig) is default:
+        installed.append((sig, default))
+        signal.signal(sig, handler)
+    check()  # dropped before the block
+    yield
+    check()  # dropped after the block's last check
+  except KeyboardInterrupt:
+    _requested.clear()
+    raise
+  finally:
+    for sig, default in installed:
+      if signal.getsignal(sig) is handler:  # not one the block installed itself
+        signal.signal(sig, default)
