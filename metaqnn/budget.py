@@ -286,8 +286,9 @@ def check_space(space: SearchSpace, config, needed: int = 1) -> None:
   pruner.check_feasible()
   found = pruner.count_within(needed)
   if found < needed:
-    fit = f"only {found} architecture{'s' * (found != 1)} of this search space fit"
-    raise BudgetError(f"{fit}{'s' * (found == 1)} the budget "
+    fit = ("only 1 architecture of this search space fits" if found == 1 else
+           f"only {found} architectures of this search space fit")
+    raise BudgetError(f"{fit} the budget "
                       f"(max_params={b.max_params:,}, max_flops={b.max_flops:,}) but the "
                       f"schedule asks for {needed} unique models; raise the budget or "
                       "shorten config.search.schedule")

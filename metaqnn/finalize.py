@@ -116,8 +116,8 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
   if not best:
     raise store_lib.WorkdirError(f"{workdir} holds no successfully trained model yet")
   root = os.path.join(workdir, FINAL_DIR)
-  epochs = len(train.final_learning_rates(config))
-  epochs = f"{epochs} epoch{'s' * (epochs != 1)}"
+  n = len(train.final_learning_rates(config))
+  epochs = f"{n} epoch{'s' * (n != 1)}"
   models = (f"the top model of {workdir}, {epochs}" if len(best) == 1
             else f"the top {len(best)} models of {workdir}, {epochs} each")
   print(f"final stage: {models}; loading the data...", flush=True)

@@ -154,6 +154,7 @@ class SearchSpace:
     self.actions = actions
     self.action_index = {a: i for i, a in enumerate(actions)}
     self._completion_counts: Optional[dict] = None
+    self._uniform_p: dict = {}  # (state id, true side) -> uniform_path's probabilities
     self._enumerate()
 
   # -- rules -------------------------------------------------------------------------
@@ -253,10 +254,14 @@ class SearchSpace:
 
   def walk(self, choose: Callable[[int], int]) -> Path:
     """Walks from the start; `choose(state_id)` returns an allowed action id."""
+    return self._walk(lambda state, side: choose(state))
+
+  def _walk(self, choose: Callable[[int, int], int]) -> Path:
+    """Walks from the start; `choose(state_id, true side)` returns an allowed action id."""
     states, actions = [0], []
     side = self.cfg.image_size
     while True:
-      a = choose(states[-1])
+      a = choose(states[-1], side)
       actions.append(a)
       nxt, side = self.step(states[-1], side, a)
       if nxt is None:
@@ -318,18 +323,17 @@ class SearchSpace:
     here each action is weighted by the number of architectures through it. For random
     search baselines and for percentiles over the space.
     """
-    counts = self._completions()
-    states, actions, side = [0], [], self.cfg.image_size
-    while True:
-      s, ids = states[-1], self.allowed_ids[states[-1]]
-      weights = np.array([1 if self.terminal[a] else counts[self._edges[(s, side, a)]]
-                          for a in ids], float)
-      a = int(rng.choice(ids, p=weights / weights.sum()))
-      actions.append(a)
-      nxt, side = self.step(s, side, a)
-      if nxt is None:
-        return Path(tuple(states), tuple(actions), self.architecture(actions))
-      states.append(nxt)
+    counts, cache = self._completions(), self._uniform_p
+
+    def choose(state: int, side: int) -> int:
+      if (state, side) not in cache:
+        ids = self.allowed_ids[state]
+        weights = np.array([1 if self.terminal[a] else counts[self._edges[(state, side, a)]]
+                            for a in ids], float)
+        cache[(state, side)] = weights / weights.sum()
+      return int(rng.choice(self.allowed_ids[state], p=cache[(state, side)]))
+
+    return self._walk(choose)
 
   # -- statistics ----------------------------------------------------------------------
 

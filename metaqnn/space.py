@@ -54,7 +54,7 @@ def main(argv: list[str]) -> None:
     raise cli.UserError("--num must be >= 0")
   seed = _CONFIG.value.seed if _SEED.value is None else _SEED.value
   if _UNIFORM.value:
-    if _EPSILON.value != 1.0:
+    if flags.FLAGS["epsilon"].present:
       raise cli.UserError("--uniform draws from the whole space; it takes no --epsilon")
     rng = np.random.default_rng(seed)
     draw = lambda: space.uniform_path(rng)

@@ -1,6 +1,5 @@
 """The state space of SPEC section 2: every transition rule, enumeration, round trips."""
 
-import collections
 import importlib.util
 import json
 import os
@@ -232,25 +231,33 @@ def test_count_architectures_matches_brute_force():
     check_legal(parse(text), space.cfg)
 
 
-def test_uniform_path_draws_every_architecture_equally_often():
-  space = tiny_space()
-  archs = sorted(all_architectures(space))
-  n = 200 * len(archs)
-  rng = np.random.default_rng(0)
-  uniform = collections.Counter(str(space.uniform_path(rng).architecture) for _ in range(n))
-  agent = agent_lib.Agent(space, seed=0)
-  walks = collections.Counter(str(agent.sample(1.0).architecture) for _ in range(n))
+class Scripted:
+  """A stand-in for the generator: takes the given actions, multiplies their probabilities."""
 
-  def chi2(counts):
-    observed = np.array([counts[a] for a in archs], float)
-    return float(((observed - 200) ** 2 / 200).sum())
+  def __init__(self, actions):
+    self.actions, self.probability = iter(actions), 1.0
 
-  assert set(uniform) == set(archs)
-  dof = len(archs) - 1
-  bound = dof + 6 * np.sqrt(2 * dof)  # chi-square: mean dof, sd sqrt(2 dof)
-  assert chi2(uniform) < bound  # uniform over architectures
-  assert chi2(walks) > 10 * bound  # the epsilon-1 walk is not
-  path = space.uniform_path(rng)
+  def choice(self, ids, p):
+    a = next(self.actions)
+    self.probability *= p[list(ids).index(a)]
+    return a
+
+
+def test_uniform_path_gives_every_architecture_the_same_probability():
+  """Exactly, on a space where pooling lands in either of two bins (the true side, not
+  the state, decides what follows)."""
+  space = S.SearchSpace(S.SpaceConfig(image_size=8, num_classes=3, max_depth=4,
+                                      conv_filters=(4,), conv_kernels=(1, 3),
+                                      pools=((2, 2), (3, 2)), fc_units=(8,),
+                                      size_bins=(3, 1), fc_max_side=3))
+  assert space.stats()["stochastic_state_actions"] > 0
+  archs = all_architectures(space)
+  assert space.count_architectures() == len(archs) > 100
+  for text in archs:
+    rng = Scripted(space.path(parse(text)).actions)
+    assert str(space.uniform_path(rng).architecture) == text
+    assert rng.probability == pytest.approx(1 / len(archs), rel=1e-9)
+  path = space.uniform_path(np.random.default_rng(0))
   assert space.path(path.architecture) == path
 
 
