@@ -160,13 +160,13 @@ class Store:
     meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
     if meta.get("format") != FORMAT:
       raise WorkdirError(f"{self.path} is not a {FORMAT} record")
-    stored = json.loads(meta["fingerprint"])
-    given = json.loads(json.dumps(fingerprint, sort_keys=True))
+    stored = _comparable(json.loads(meta["fingerprint"]))
+    given = _comparable(json.loads(json.dumps(fingerprint, sort_keys=True)))
     if stored != given:
       diff = _differences(stored, given)
       raise WorkdirError(
           f"the work directory {os.path.dirname(self.path)} was made for another search "
-          f"(differs in: {', '.join(diff)}{_recorded(stored, fingerprint)}); it was left "
+          f"(differs in: {', '.join(diff)}{_recorded(stored, given)}); it was left "
           "untouched. Use a new --workdir")
     return self._check_data(meta, fingerprint, data)
 
@@ -389,6 +389,15 @@ def _lock(workdir: str):
       pass
     f.close()
   raise WorkdirError(f"cannot lock {workdir}: its lock file keeps changing")
+
+
+def _comparable(fp: dict) -> dict:
+  """A fingerprint without what changes nothing: the soft objective's target and weight
+  when there is no objective (applied to both sides, so records that stored them match)."""
+  b = fp.get("budget")
+  if b and not b.get("objective"):
+    fp = dict(fp, budget={k: v for k, v in b.items() if k not in ("target", "weight")})
+  return fp
 
 
 def _differences(stored: dict, given: dict, prefix: str = "") -> list[str]:

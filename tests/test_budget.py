@@ -212,6 +212,12 @@ def test_budget_is_in_the_fingerprint_only_when_set(tmp_path):
   with pytest.raises(WorkdirError, match="budget"):
     search.run_search(small_config(schedule="1.0:5", max_flops=10**5), str(tmp_path / "b"))
   assert search.run_search(with_budget, str(tmp_path / "b")).finished
+  # Without an objective its target and weight change nothing: a resume may differ in them.
+  unused = small_config(schedule="1.0:5", max_flops=10**6, target=1000, weight=-0.5)
+  assert search.run_search(unused, str(tmp_path / "b")).already_finished
+  with pytest.raises(WorkdirError, match="differs in: budget"):  # with one, they count
+    search.run_search(small_config(schedule="1.0:5", max_flops=10**6, objective="params",
+                                   target=1000), str(tmp_path / "b"))
 
 
 def test_a_record_without_the_flops_column_still_opens_and_resumes(tmp_path):
