@@ -349,7 +349,19 @@ def test_ctrl_c_anywhere_in_the_loop_resumes_exactly(tmp_path, monkeypatch, wher
   assert got["replay"] == ref["replay"] and got["unique_models"] == ref["unique_models"]
 
 
+@pytest.fixture
+def default_signal_handlers():
+  """Python's own Ctrl-C and SIGTERM handlers, as in a fresh process (ray.init, in an
+  earlier test, installs one for SIGTERM, which a search then leaves alone)."""
+  defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
+  previous = {sig: signal.signal(sig, handler) for sig, handler in defaults.items()}
+  yield
+  for sig, handler in previous.items():
+    signal.signal(sig, handler)
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the drop
+@pytest.mark.usefixtures("default_signal_handlers")
 def test_an_interrupt_that_a_gc_callback_swallowed_still_stops_the_search(tmp_path):
   """A signal handler's KeyboardInterrupt raised while a garbage-collection callback runs
   (JAX registers one) is dropped by Python; the search must stop anyway, and resume."""
