@@ -10,6 +10,8 @@ otherwise hold its worker for ever. Ray is optional: `pip install "ray>=2.40"` (
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from typing import Callable, Optional
 
@@ -43,8 +45,13 @@ class RayExecutor(WorkerPool):
     super().__init__(workers)
     r = config.ray
     if not ray.is_initialized():
+      before = signal.getsignal(signal.SIGTERM)
       ray.init(address=r.address or None, include_dashboard=False, log_to_driver=False,
                num_cpus=None if r.address else max(self.capacity * r.cpus_per_worker, 1))
+      if before is not None and threading.current_thread() is threading.main_thread():
+        # ray.init makes SIGTERM exit the driver (sys.exit); the search's clean stop,
+        # which also survives being dropped (`metaqnn.signals`), is kept instead.
+        signal.signal(signal.SIGTERM, before)
     self._remote = ray.remote(num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker)(_Worker)
     self._timeout = float(r.get("worker_timeout", 0.0))
     if self._timeout < 0:
