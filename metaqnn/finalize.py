@@ -27,6 +27,7 @@ from typing import Optional
 import ml_collections
 import numpy as np
 
+from metaqnn import signals
 from metaqnn import store as store_lib
 from metaqnn.errors import UserError
 
@@ -171,6 +172,7 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
     pool = concurrent.futures.ThreadPoolExecutor(workers)
     try:  # a model starts only when one has finished well: a failure or Ctrl-C starts none
       while True:
+        signals.check()  # a dropped Ctrl-C or SIGTERM (the workers do not check)
         running |= {pool.submit(train_one, *job)
                     for job in itertools.islice(queue, workers - len(running))}
         if not running:
