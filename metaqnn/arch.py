@@ -1,6 +1,6 @@
 """Inspect an architecture: parameters, shapes and FLOPs of its network, as one JSON object.
 
-  python -m metaqnn.arch params "[C(64,3,1), P(2,2), FC(128), SM(10)]" \
+  python -m metaqnn.arch params "[C(64,3,1), P(2,2), FC(128), SM(10)]" \\
       --input_shape=32,32,3 --num_classes=10
 
 Bad input gives one line on stderr and exit status 2.

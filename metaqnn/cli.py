@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import sys
 from typing import Callable
 
@@ -11,6 +12,14 @@ from absl import flags
 from absl import logging
 
 from metaqnn.errors import UserError  # the commands' user-error type (a ValueError)
+
+
+def python() -> str:
+  """This interpreter as a user would type it (`.venv/bin/python` from the repository),
+  for the commands that messages suggest: a bare `python` may lack the dependencies."""
+  exe = sys.executable or "python"
+  relative = os.path.relpath(exe)
+  return relative if not relative.startswith("..") else exe
 
 
 def run(main: Callable[[list[str]], int | None]) -> None:

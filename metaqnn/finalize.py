@@ -132,6 +132,12 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
   def say(line: str) -> None:  # one write: lines of models trained at once stay whole
     print(line + "\n", end="", flush=True)
 
+  if not todo:
+    which = "the final model was" if len(best) == 1 else f"all {len(best)} final models were"
+    say(f"{which} trained by an earlier run; nothing to train")
+  elif len(todo) < len(best):
+    say(f"{len(best) - len(todo)} of the {len(best)} final models were trained by an earlier "
+        f"run and are kept; training the other {len(todo)}")
   if ensemble > len(best):
     say(f"the ensemble takes the top {len(best)}: --ensemble={ensemble} is more than the "
         f"{len(best)} final models (--top={top}, or fewer fully trained models)")

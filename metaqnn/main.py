@@ -30,7 +30,7 @@ def _stop(message: str) -> None:
   print(message, file=sys.stderr)
   sys.stdout.flush()
   sys.stderr.flush()
-  os._exit(130)
+  os._exit(signals.exit_status())
 
 
 def _announce(config, workdir: str) -> None:
@@ -76,9 +76,9 @@ def main(argv: list[str]) -> None:
       results = finalize.finalize(workdir)
     except KeyboardInterrupt:
       _stop("interrupted; finished final models are kept. Run the same command (or "
-            "python -m metaqnn.finalize) to resume.")
+            f"{cli.python()} -m metaqnn.finalize --workdir={workdir}) to resume.")
     print(finalize.results_table(results))
-  print(f"inspect it with: python -m metaqnn.inspect --workdir={workdir}")
+  print(f"inspect it with: {cli.python()} -m metaqnn.inspect --workdir={workdir}")
 
 
 if __name__ == "__main__":

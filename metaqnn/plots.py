@@ -264,7 +264,7 @@ def plot_stability(runs: Sequence[tuple[str, list]], path: str) -> None:
   ax.set(title=f"mean and std over {len(per_run)} runs", xlabel="ε",
          ylabel="mean validation accuracy")
   for (name, _), row in zip(per_run, table):
-    ax2.plot(x, row, marker=".", label=os.path.basename(os.path.normpath(name)))
+    ax2.plot(x, row, marker=".", label=name)
   ax2.set(title="each run", xlabel="ε")
   ax2.legend(fontsize=7)
   for a in (ax, ax2):
@@ -276,6 +276,19 @@ def plot_stability(runs: Sequence[tuple[str, list]], path: str) -> None:
   plt.close(fig)
 
 
+def _run_names(workdirs: Sequence[str]) -> list[str]:
+  """Short, distinct names of runs for file names and legends: each folder's name, or,
+  where two share one (a/run, b/run), its path below their common parent (a_run, b_run)."""
+  paths = [os.path.abspath(w) for w in workdirs]
+  if len(set(paths)) < len(paths):
+    raise cli.UserError("a work directory is given twice: " + ",".join(workdirs))
+  base = [os.path.basename(p) for p in paths]
+  if len(set(base)) == len(base):
+    return base
+  parent = os.path.commonpath(paths)
+  return [os.path.relpath(p, parent).replace(os.sep, "_") for p in paths]
+
+
 def write_all(workdirs: Sequence[str], out: str | None = None) -> list[str]:
   """Writes every figure that the given work directories support; returns the paths."""
   out = out or os.path.join(workdirs[0], "plots")
@@ -285,13 +298,14 @@ def write_all(workdirs: Sequence[str], out: str | None = None) -> list[str]:
     if not records:
       raise store_lib.WorkdirError(f"{workdir} holds no models yet")
     loaded.append((workdir, config, records, agent))
+  names = _run_names(workdirs)
   if os.path.exists(out) and not os.path.isdir(out):
     raise cli.UserError(f"{out} is a file, not a folder for the figures")
   os.makedirs(out, exist_ok=True)
   written, runs = [], []
-  for workdir, config, records, agent in loaded:
-    runs.append((workdir, records))
-    tag = "" if len(workdirs) == 1 else os.path.basename(os.path.normpath(workdir)) + "_"
+  for (workdir, config, records, agent), run_name in zip(loaded, names):
+    runs.append((run_name, records))
+    tag = "" if len(workdirs) == 1 else run_name + "_"
     name = _short(config.dataset.name)
     for fname, fn in (("rolling_accuracy.png", lambda p: plot_rolling(
         records, p, f"{name}: accuracy over the search (Figure 3)")),

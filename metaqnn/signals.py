@@ -14,12 +14,20 @@ import signal
 import threading
 
 _requested = threading.Event()  # a stop was asked for and has not reached the caller
+_last = [signal.SIGINT]  # the signal that asked for the last stop
 
 
 def handler(signum, frame):
-  """Raises KeyboardInterrupt, and remembers that a stop was asked for."""
+  """Raises KeyboardInterrupt, and remembers that a stop was asked for, and by which signal."""
+  _last[0] = signal.Signals(signum) if signum is not None else signal.SIGINT
   _requested.set()
   raise KeyboardInterrupt
+
+
+def exit_status() -> int:
+  """The shell's status for a process ended by the last stop's signal: 130 after Ctrl-C,
+  143 after SIGTERM."""
+  return 128 + int(_last[0])
 
 
 def check() -> None:

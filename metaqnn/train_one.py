@@ -1,6 +1,6 @@
 """Train one architecture with a config's settings; the last line printed is its JSON result.
 
-  python -m metaqnn.train_one --config=configs/digits.py \
+  python -m metaqnn.train_one --config=configs/digits.py \\
       --arch="[C(32,3,1), P(2,2), C(64,3,1), FC(128), SM(10)]" --config.train.epochs=3
 
 Epochs are shown on stderr as they finish. A bad architecture or config gives one line

@@ -66,13 +66,16 @@ def test_results_json_and_table(finished):
   assert summary["final"]["ensemble"]["size"] == 2
 
 
-def test_resume_trains_only_unfinished_models(finished):
+def test_resume_trains_only_unfinished_models(finished, capsys):
   workdir, results = finished
   metas = [os.path.join(os.path.dirname(m["checkpoint"]), "meta.json")
            for m in results["models"]]
   stamps = [os.path.getmtime(m) for m in metas]
   os.remove(metas[1])  # as if killed while the second model trained
+  capsys.readouterr()
   again = finalize.finalize(workdir, top=3, ensemble=2)
+  assert ("2 of the 3 final models were trained by an earlier run and are kept; training "
+          "the other 1") in capsys.readouterr().out
   assert os.path.getmtime(metas[0]) == stamps[0] and os.path.getmtime(metas[2]) == stamps[2]
   assert os.path.exists(metas[1])
   assert [m["arch"] for m in again["models"]] == [m["arch"] for m in results["models"]]

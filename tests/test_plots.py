@@ -1,5 +1,7 @@
 """The analysis figures: written as PNGs from work directories; Q-value summaries."""
 
+import os
+
 import pytest
 
 from metaqnn import agent as agent_lib
@@ -32,6 +34,21 @@ def test_write_all_single_and_stability(tmp_path):
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   many = plots.write_all([one, run(tmp_path, 1)], str(tmp_path / "out"))
   assert any(p.endswith("stability.png") for p in many) and len(many) == 9
+
+
+def test_runs_in_folders_of_the_same_name_keep_their_own_figures(tmp_path):
+  (tmp_path / "a").mkdir()
+  (tmp_path / "b").mkdir()
+  runs = [run(tmp_path / "a", 0), run(tmp_path / "b", 1)]  # both named mnist<seed>
+  os.rename(runs[1], str(tmp_path / "b" / "mnist0"))
+  runs[1] = str(tmp_path / "b" / "mnist0")
+  paths = plots.write_all(runs, str(tmp_path / "out"))
+  assert len(set(paths)) == len(paths) == 9
+  assert any(os.path.basename(p).startswith("a_mnist0_") for p in paths)
+  assert any(os.path.basename(p).startswith("b_mnist0_") for p in paths)
+  with pytest.raises(plots.cli.UserError, match="given twice"):
+    plots.write_all([runs[0], runs[0] + "/"], str(tmp_path / "again"))
+  assert not os.path.exists(tmp_path / "again")
 
 
 def test_no_stability_figure_across_data_sets(tmp_path, capsys):

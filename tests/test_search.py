@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -219,6 +220,11 @@ def test_main_and_inspect_commands(tmp_path):
   assert out.stdout.startswith("starting a digits search in ")
   assert "search finished: 40 unique models" in out.stdout
   assert "[eps 0.1, stage 3/3: 10/10 models | unique 40/40 | sample " in out.stdout
+  hint = out.stdout.strip().splitlines()[-1]  # a command that runs as printed
+  assert hint.startswith("inspect it with: ")
+  ran = subprocess.run(shlex.split(hint.split(": ", 1)[1]), cwd=ROOT, env=env,
+                       capture_output=True, text=True)
+  assert ran.returncode == 0 and "top 10 fully trained models" in ran.stdout, ran.stderr
   again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
   assert again.returncode == 0 and "already finished" in again.stdout
   assert sorted(os.listdir(work)) == ["agent", "metaqnn.db", "plots", "tensorboard"]
@@ -239,6 +245,26 @@ def test_main_and_inspect_commands(tmp_path):
                             f"--workdir={tmp_path / 'none'}"], cwd=ROOT, env=env,
                            capture_output=True, text=True)
   assert missing.returncode == 2 and "no metaqnn search" in missing.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_main_stops_cleanly_with_the_shells_status(tmp_path, sig, status):
+  """128 + the signal's number, as a shell reports a process that the signal ended."""
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  work = str(tmp_path / "w")
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "metaqnn.main", "--config=configs/mnist.py", f"--workdir={work}",
+       "--config.evaluator=synthetic", "--config.search.schedule=1.0:100000"],
+      cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  while proc.poll() is None and (not os.path.exists(work + "/metaqnn.db")
+                                 or len(records(work)) < 20):
+    time.sleep(0.05)
+  proc.send_signal(sig)
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == status, err
+  assert err.strip().splitlines()[-1] == ("interrupted; the record is saved. Run the same "
+                                          "command to resume.")
 
 
 @pytest.mark.slow
