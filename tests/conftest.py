@@ -26,3 +26,16 @@ def _temporary_files_stay_in_pytests_folder(tmp_path_factory):
   tempfile.tempdir = str(tmp_path_factory.mktemp("tempfile"))
   yield
   tempfile.tempdir = old
+
+
+@pytest.fixture
+def dropped_stop():
+  """A Ctrl-C or SIGTERM whose KeyboardInterrupt Python dropped (as it does inside a
+  garbage-collection callback): pending in `metaqnn.signals` until the test ends."""
+  from metaqnn import signals
+  try:
+    signals.handler(None, None)
+  except KeyboardInterrupt:
+    pass
+  yield
+  signals._requested.clear()  # pylint: disable=protected-access

@@ -170,25 +170,18 @@ def test_an_interrupt_starts_no_more_final_models(finished, tmp_path, monkeypatc
   assert 1 <= len(calls) <= 2  # the third model never started
 
 
-def test_a_dropped_interrupt_starts_no_final_model(finished, tmp_path, monkeypatch):
+def test_a_dropped_interrupt_starts_no_final_model(finished, tmp_path, monkeypatch,
+                                                   dropped_stop):
   """With several final models at once the workers do not check for a dropped Ctrl-C or
   SIGTERM (`signals`); the stage's own loop does, before it starts any."""
-  from metaqnn import signals
   from metaqnn import train
   workdir, _ = finished
   copy = str(tmp_path / "w")
   shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("final"))
   calls = []
   monkeypatch.setattr(train.FinalTrainer, "fit", lambda self, arch, *a, **k: calls.append(arch))
-  try:
-    try:
-      signals.handler(None, None)
-    except KeyboardInterrupt:
-      pass  # dropped, as inside a garbage-collection callback
-    with pytest.raises(KeyboardInterrupt):
-      finalize.finalize(copy, top=3, ensemble=2, config_overrides={"final.num_workers": 2})
-  finally:
-    signals._requested.clear()  # pylint: disable=protected-access
+  with pytest.raises(KeyboardInterrupt):
+    finalize.finalize(copy, top=3, ensemble=2, config_overrides={"final.num_workers": 2})
   assert calls == []
 
 
