@@ -184,9 +184,10 @@ def _split(config, name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: 
     tr_x, tr_y, va_x, va_y = train_x, train_y, empty_x, empty_y
   else:
     if val is not None:  # the data's own validation split
-      val_idx, rest = None, np.arange(n)
+      (va_x, va_y), rest = val, np.arange(n)
     else:
       val_idx, rest = _carve_val(ds, name, train_y, seed)
+      va_x, va_y = train_x[val_idx], train_y[val_idx]
     tf_ = float(ds.get("train_fraction", 1.0))
     if tf_ < 1.0:
       n_keep = max(1, int(round(tf_ * len(rest))))
@@ -194,7 +195,6 @@ def _split(config, name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: 
                                  np.random.default_rng([seed, _SUBSET_TAG]))
       rest = rest[keep]
     tr_x, tr_y = train_x[rest], train_y[rest]
-    va_x, va_y = val if val is not None else (train_x[val_idx], train_y[val_idx])
   mean = (tr_x.reshape(-1, tr_x.shape[-1]).mean(axis=0, dtype=np.float64) / 255.0)
   return Dataset(
       name=name,
@@ -529,6 +529,9 @@ def _folder(path: str, ds) -> _Arrays:
   if not os.path.isdir(path):
     what = "is a file, not a folder" if os.path.exists(path) else "no such directory"
     raise DatasetError(f"{label}: {what}.")
+  if int(ds.get("channels", 0)) not in (0, 1, 3):
+    raise DatasetError(f"{label}: config.dataset.channels={ds.channels}, but image files are "
+                       "read as grey (1) or RGB (3); set 1, 3, or 0 to take it from the data.")
   subdirs = _subdirs(path)
   if not (subdirs and set(subdirs) <= set(_SPLIT_FOLDERS) and "train" in subdirs):
     tr_x, tr_y = _read_folder(label, path, subdirs, ds)
@@ -572,9 +575,6 @@ def _read_folder(label: str, root: str, classes: list[str], ds, required: bool =
     raise DatasetError(f"{label}: {root} has {len(classes)} class folder(s); one subfolder "
                        "per class is needed, at least two.")
   channels = int(ds.get("channels", 0))
-  if channels not in (0, 1, 3):
-    raise DatasetError(f"{label}: config.dataset.channels={channels}, but image files are "
-                       "read as grey (1) or RGB (3); set 1, 3, or 0 to take it from the data.")
   resize = bool(ds.get("resize", False))
   side = int(ds.get("image_size", 0))
   images, labels, first = [], [], {}

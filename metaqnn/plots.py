@@ -321,10 +321,10 @@ def write_all(workdirs: Sequence[str], out: str | None = None) -> list[str]:
     path = os.path.join(out, tag + "learning_curves.png")
     if plot_curves(records, path, f"{name}: learning curves"):
       written.append(path)
-  names = sorted({config.dataset.name for _, config, _, _ in loaded})
-  if len(names) > 1:  # accuracies on different data do not average into anything
+  datasets = sorted({config.dataset.name for _, config, _, _ in loaded})
+  if len(datasets) > 1:  # accuracies on different data do not average into anything
     print(f"stability.png not written: the runs are on different data sets "
-          f"({', '.join(names)})", file=sys.stderr)
+          f"({', '.join(datasets)})", file=sys.stderr)
   elif len(runs) > 1:
     path = os.path.join(out, "stability.png")
     plot_stability(runs, path)

@@ -326,12 +326,12 @@ class SearchSpace:
     counts, cache = self._completions(), self._uniform_p
 
     def choose(state: int, side: int) -> int:
+      ids = self.allowed_ids[state]
       if (state, side) not in cache:
-        ids = self.allowed_ids[state]
         weights = np.array([1 if self.terminal[a] else counts[self._edges[(state, side, a)]]
                             for a in ids], float)
         cache[(state, side)] = weights / weights.sum()
-      return int(rng.choice(self.allowed_ids[state], p=cache[(state, side)]))
+      return int(rng.choice(ids, p=cache[(state, side)]))
 
     return self._walk(choose)
 

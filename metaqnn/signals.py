@@ -19,7 +19,7 @@ _last = [signal.SIGINT]  # the signal that asked for the last stop
 
 def handler(signum, frame):
   """Raises KeyboardInterrupt, and remembers that a stop was asked for, and by which signal."""
-  _last[0] = signal.Signals(signum) if signum is not None else signal.SIGINT
+  _last[0] = signal.Signals(signum)
   _requested.set()
   raise KeyboardInterrupt
 

@@ -2,6 +2,7 @@
 temporary files inside pytest's folder."""
 
 import os
+import signal
 import sys
 import tempfile
 
@@ -34,7 +35,7 @@ def dropped_stop():
   garbage-collection callback): pending in `metaqnn.signals` until the test ends."""
   from metaqnn import signals
   try:
-    signals.handler(None, None)
+    signals.handler(signal.SIGTERM, None)
   except KeyboardInterrupt:
     pass
   yield
