@@ -172,12 +172,12 @@ def render(s: dict) -> str:
   lines.append(f"\ntop {len(s['top'])} fully trained models{stopped}:")
   val = lambda m: "?" if m.get("val_accuracy") is None else f"{m['val_accuracy']:.4f}"
   lines.append(f"      {'accuracy':>8}  " + (f"{'reward':>8}  " if soft else "")
-               + f"{'params':>10}  {'FLOPs':>12}  iteration  architecture")
+               + f"{'params':>10}  {'FLOPs':>12}  sample     architecture")
   size = lambda v: "?" if v is None else f"{v:,}"
   for i, m in enumerate(s["top"], 1):
     score = f"{val(m):>8}  {m['accuracy']:.4f}" if soft else f"{m['accuracy']:.4f}"
     lines.append(f"  {i:2d}. {score}  {size(m['params']):>10}  "
-                 f"{size(m.get('flops')):>12}  #{m['iteration']:<8d} {m['arch']}")
+                 f"{size(m.get('flops')):>12}  #{m['iteration'] + 1:<8d} {m['arch']}")
   if s.get("final"):
     lines.append("\nfinal models (retrained, test accuracy):")
     for m in s["final"]["models"]:
@@ -191,12 +191,12 @@ def render(s: dict) -> str:
     for c in s["crashes"]:
       ends = collections.Counter(a["ended"] for a in c["attempts"])
       tried = ", ".join(f"{n} {e}" for e, n in sorted(ends.items())) or "no attempts journaled"
-      where = f"#{c['iteration']}" if c["iteration"] is not None else "in flight"
+      where = f"sample {c['iteration'] + 1}" if c["iteration"] is not None else "in flight"
       lines.append(f"  {where} {c['status']} ({len(c['attempts'])} attempts: {tried}): "
                    f"{c['message'][:120]}  {c['arch']}")
   lines.append(f"\nfailures: {len(s['failures'])}")
   for f in s["failures"][:20]:
-    lines.append(f"  #{f['iteration']} {f['status']}: {f['message'][:120]}  {f['arch']}")
+    lines.append(f"  sample {f['iteration'] + 1} {f['status']}: {f['message'][:120]}  {f['arch']}")
   return "\n".join(lines)
 
 

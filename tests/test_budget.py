@@ -280,6 +280,9 @@ def test_soft_objective_in_a_search(tmp_path):
   rec = next(r for r in _records(tmp_path / "w") if r.iteration == top["iteration"])
   line = progress.Progress(agent_lib.Schedule.parse("1.0:10")).line(rec, 10)
   assert f"reward {top['accuracy']:.4f} (val acc {top['val_accuracy']:.4f})" in line
+  # The log and inspect's table give the model the same sample number.
+  assert f"| sample {rec.iteration + 1}]" in line
+  assert f"#{rec.iteration + 1:<8d} {top['arch']}" in text
 
 
 def test_soft_objective_scales_every_reward_training_earned(tmp_path):
