@@ -23,8 +23,9 @@ class Progress:
   lines and logs scalars."""
 
   def __init__(self, schedule: Schedule, *, best: float = 0.0, log_interval: float = 1.0,
-               tensorboard_dir: Optional[str] = None, out: TextIO = sys.stdout):
-    self.schedule, self.best, self.out = schedule, best, out
+               tensorboard_dir: Optional[str] = None, out: Optional[TextIO] = None):
+    # sys.stdout as it is now (a notebook or a test may have redirected it)
+    self.schedule, self.best, self.out = schedule, best, out or sys.stdout
     self.log_interval = log_interval
     self.start = time.perf_counter()
     self.trained_here = 0
@@ -66,8 +67,12 @@ class Progress:
     sampled under) and its unique models, all unique models, and samples (re-samples
     included)."""
     stages = self.schedule.stages
-    done_before = sum(n for _, n in stages[:rec.stage])
-    in_stage = min(max(unique_models - done_before, 0), stages[rec.stage][1])
+    if rec.stage < len(stages):
+      done_before = sum(n for _, n in stages[:rec.stage])
+      in_stage = min(max(unique_models - done_before, 0), stages[rec.stage][1])
+      where = f"stage {rec.stage + 1}/{len(stages)}: {in_stage}/{stages[rec.stage][1]} models"
+    else:  # sampled before a resume with a shorter schedule
+      where = f"stage {rec.stage + 1} of an earlier schedule"
     elapsed = time.perf_counter() - self.start
     rate = self.trained_here / elapsed if elapsed > 0 else 0.0
     remaining = self.schedule.total - unique_models
@@ -79,8 +84,7 @@ class Progress:
     val = rec.best_val_accuracy
     if val is not None and abs(val - rec.accuracy) > 1e-9:
       score = f"reward {rec.accuracy:.4f} (val acc {val:.4f})"
-    return (f"[eps {rec.epsilon:g}, stage {rec.stage + 1}/{len(stages)}: {in_stage}/"
-            f"{stages[rec.stage][1]} models | unique {unique_models}/{self.schedule.total}"
+    return (f"[eps {rec.epsilon:g}, {where} | unique {unique_models}/{self.schedule.total}"
             f" | sample {rec.iteration + 1}] {score} ({what}) best "
             f"{self.best:.4f} | {rate * 60:.1f} models/min ETA {eta} | {rec.arch}")
 

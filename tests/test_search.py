@@ -680,3 +680,26 @@ def test_a_refused_resume_names_the_settings_that_differ(tmp_path):
   with pytest.raises(WorkdirError, match=r"differs in: budget, training.train.epochs; it was "
                      r"made with budget max_params=50000: give those --config.budget flags"):
     store_lib.Store(work, search.fingerprint(longer, "train", 20))
+
+
+def test_a_resume_with_fewer_stages_finishes_what_a_later_stage_left_pending(tmp_path,
+                                                                            capsys):
+  """A sample journaled under stage 2 and still pending is evaluated on a resume whose
+  schedule has one stage; its progress line says which stage it came from."""
+  config = small_config("1.0:4,0.5:4")
+  calls = []
+
+  def evaluate(arch):
+    calls.append(arch)
+    if len(calls) == 6:
+      raise KeyboardInterrupt
+    return evaluators.synthetic_accuracy(arch)
+
+  with pytest.raises(KeyboardInterrupt):
+    search.run_search(config, str(tmp_path / "w"), evaluate=evaluate, log_interval=0)
+  config.search.schedule = "1.0:4"
+  capsys.readouterr()
+  search.run_search(config, str(tmp_path / "w"), evaluate=evaluators.synthetic_accuracy,
+                    log_interval=0)
+  assert "stage 2 of an earlier schedule" in capsys.readouterr().out
+  assert len([r for r in records(tmp_path / "w") if not r[4]]) == 6
