@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import threading
 from typing import Callable, Optional
 
+from metaqnn import signals
 from metaqnn.architecture import Architecture
 from metaqnn.evaluators import Evaluator
 from metaqnn.results import Result
@@ -101,22 +103,30 @@ class ThreadExecutor(WorkerPool):
     super().__init__(workers)
     self._pool = concurrent.futures.ThreadPoolExecutor(workers, "metaqnn-worker")
     self._evaluators = [make_evaluator(i) for i in range(workers)]
+    self._closed = threading.Event()
 
   def _launch(self, worker: int, arch: Architecture) -> concurrent.futures.Future:
-    return self._pool.submit(self._evaluators[worker], arch)
+    return self._pool.submit(self._evaluate, worker, arch)
+
+  def _evaluate(self, worker: int, arch: Architecture) -> Result:
+    with signals.cancelled_when(self._closed):
+      return self._evaluators[worker](arch)
 
   def wait(self) -> list[tuple[int, Result | Lost]]:
+    """One finished result; others that finished stay for the next call. The search
+    commits each result before it takes the next, so a stop between two loses neither."""
     done, _ = concurrent.futures.wait(self._running,
                                       return_when=concurrent.futures.FIRST_COMPLETED)
-    out = []
-    for future in done:
-      key, worker = self._running.pop(future)
-      out.append((key, future.result()))  # evaluators never raise for a candidate
-      self._finished(worker)
-    return out
+    future = min(done, key=lambda f: self._running[f][0])  # the earliest sample first
+    key, worker = self._running.pop(future)
+    self._finished(worker)
+    return [(key, future.result())]  # evaluators never raise for a candidate
 
   def close(self) -> None:
-    """Returns at once: queued work is cancelled; running candidates finish unrecorded."""
+    """Returns at once: queued work is cancelled, and running candidates stop unrecorded
+    after their epoch in progress (`signals.Cancelled`); else the process's exit would
+    wait for them to finish training."""
+    self._closed.set()
     self._pool.shutdown(wait=False, cancel_futures=True)
 
 

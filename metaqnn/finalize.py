@@ -22,7 +22,7 @@ import os
 import sys
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import ml_collections
 import numpy as np
@@ -170,25 +170,12 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
     say(f"final {rank}/{len(best)}: test accuracy {accuracy:.4f} {rec.arch}")
 
   workers = min(num_workers(config), len(todo))
-  if workers <= 1:
-    for i, (rank, rec) in enumerate(todo):
-      train_one(rank, rec, todo[i + 1][1].arch if i + 1 < len(todo) else None)
-  else:  # models train independently: the same results as one after another
-    queue, running = iter(todo), set()
-    pool = concurrent.futures.ThreadPoolExecutor(workers)
-    try:  # a model starts only when one has finished well: a failure or Ctrl-C starts none
-      while True:
-        signals.check()  # a dropped Ctrl-C or SIGTERM (the workers do not check)
-        running |= {pool.submit(train_one, *job)
-                    for job in itertools.islice(queue, workers - len(running))}
-        if not running:
-          break
-        done, running = concurrent.futures.wait(
-            running, return_when=concurrent.futures.FIRST_COMPLETED)
-        for future in done:
-          future.result()
-    finally:
-      pool.shutdown(wait=False)  # on an interrupt the caller exits without waiting
+  with signals.as_interrupts():  # a dropped Ctrl-C or SIGTERM still stops it
+    if workers <= 1:
+      for i, (rank, rec) in enumerate(todo):
+        train_one(rank, rec, todo[i + 1][1].arch if i + 1 < len(todo) else None)
+    else:  # models train independently: the same results as one after another
+      _in_threads(train_one, todo, workers)
   models, probs = [], []
   for rank, rec in enumerate(best, 1):
     path = model_dir(root, rec.arch)
@@ -212,6 +199,33 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
   with open(os.path.join(root, "results.md"), "w") as f:
     f.write(results_table(results))
   return results
+
+
+def _in_threads(train_one: Callable, todo: list, workers: int) -> None:
+  """`train_one(*job)` for every job, `workers` at a time. A model starts only when one
+  has finished well: after a failure or a stop none starts, and those running stop after
+  their epoch in progress (`signals.Cancelled`), so that the exit does not wait for them."""
+  queue, running = iter(todo), set()
+  pool, cancel = concurrent.futures.ThreadPoolExecutor(workers), threading.Event()
+
+  def job(*args) -> None:
+    with signals.cancelled_when(cancel):
+      train_one(*args)
+
+  try:
+    while True:
+      signals.check()  # a dropped Ctrl-C or SIGTERM (the workers do not check)
+      running |= {pool.submit(job, *args)
+                  for args in itertools.islice(queue, workers - len(running))}
+      if not running:
+        break
+      done, running = concurrent.futures.wait(
+          running, return_when=concurrent.futures.FIRST_COMPLETED)
+      for future in done:
+        future.result()
+  finally:
+    cancel.set()
+    pool.shutdown(wait=False)
 
 
 def _count(n: int) -> str:
@@ -250,7 +264,7 @@ def main(argv):
   except KeyboardInterrupt:  # a model still training in a thread must not hold the exit
     print("interrupted; finished final models are kept. Run the same command to resume.",
           file=sys.stderr, flush=True)
-    os._exit(130)
+    os._exit(signals.exit_status())
   print(results_table(results))
   print(f"results: {os.path.join(f.workdir, FINAL_DIR, 'results.json')}")
 

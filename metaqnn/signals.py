@@ -1,10 +1,14 @@
 """Ctrl-C and SIGTERM (preemption, `kill`) stop a search cleanly, even when Python drops
-the KeyboardInterrupt.
+the KeyboardInterrupt; and a worker thread's candidate stops when its pool is closed.
 
 A signal handler's exception is raised wherever the main thread is, and when that is a
 garbage-collection callback (JAX registers one), Python prints "Exception ignored" and
 goes on: the stop is lost. So the handler here also sets a flag, and the search (at each
 step) and the trainer (between epochs) call `check`, which raises what was dropped.
+
+Python's exit waits for every worker thread, so a search that ends with an error while
+candidates train in threads would hang until they finish. In a worker thread, `check`
+raises `Cancelled` once the pool that runs it was closed (`cancelled_when`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,12 @@ import threading
 
 _requested = threading.Event()  # a stop was asked for and has not reached the caller
 _last = [signal.SIGINT]  # the signal that asked for the last stop
+_worker = threading.local()  # in a worker thread: `cancel`, the event that ends its work
+
+
+class Cancelled(BaseException):
+  """Ends a worker thread's evaluation whose result nobody waits for any more. Not an
+  Exception, so that evaluators, which record every failure of a candidate, let it pass."""
 
 
 def handler(signum, frame):
@@ -31,10 +41,23 @@ def exit_status() -> int:
 
 
 def check() -> None:
-  """KeyboardInterrupt if a stop was asked for and dropped. Main thread only: elsewhere
-  it would end a worker's evaluation, not the search."""
-  if _requested.is_set() and threading.current_thread() is threading.main_thread():
-    raise KeyboardInterrupt
+  """In the main thread, KeyboardInterrupt if a stop was asked for and dropped; in a
+  worker thread, `Cancelled` if its pool was closed."""
+  if threading.current_thread() is threading.main_thread():
+    if _requested.is_set():
+      raise KeyboardInterrupt
+  elif getattr(_worker, "cancel", None) is not None and _worker.cancel.is_set():
+    raise Cancelled
+
+
+@contextlib.contextmanager
+def cancelled_when(event: threading.Event):
+  """Within the block (in a worker thread), `check` raises `Cancelled` once `event` is set."""
+  _worker.cancel = event
+  try:
+    yield
+  finally:
+    _worker.cancel = None
 
 
 @contextlib.contextmanager

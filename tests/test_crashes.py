@@ -288,3 +288,71 @@ def test_every_attempt_is_journaled_and_ended(tmp_path):
   assert result.finished and len(calls) == 4
   ended = [e for (e,) in query(tmp_path / "w", "SELECT ended FROM attempts")]
   assert ended == ["done"] * 4
+
+
+def _until_cancelled(started, cancelled):
+  """A worker's evaluation that trains for 10 s, checking between 'epochs'; `cancelled`
+  is set if its pool's closing stopped it."""
+  from metaqnn import signals
+
+  def evaluate(arch):
+    started.set()
+    try:
+      for _ in range(2000):
+        signals.check()
+        time.sleep(0.005)
+    except signals.Cancelled:
+      cancelled.set()
+      raise
+    return evaluators.Result(accuracy=0.5, arch=str(arch))
+  return evaluate
+
+
+def test_a_closed_thread_pool_stops_its_running_candidates():
+  """After an error the search closes its executor; Python's exit waits for worker
+  threads, so the running candidates must stop, not train on unrecorded."""
+  import threading
+  from metaqnn import executors
+  from metaqnn.architecture import parse
+  started, cancelled = threading.Event(), threading.Event()
+  pool = executors.ThreadExecutor(lambda i: _until_cancelled(started, cancelled), 1)
+  pool.submit(0, parse("[C(8,3,1), SM(10)]"))
+  assert started.wait(5)
+  pool.close()
+  assert cancelled.wait(1)  # at its next check, not after its 10 s
+
+
+def _done(arch):
+  return evaluators.Result(accuracy=0.5, arch=str(arch))
+
+
+def test_a_thread_pool_hands_over_one_finished_result_at_a_time():
+  """Two results that finished together come one per wait(): the search commits each
+  before it takes the next, so a stop between them loses neither."""
+  from metaqnn import executors
+  from metaqnn.architecture import parse
+  pool = executors.ThreadExecutor(lambda i: _done, 2)
+  pool.submit(0, parse("[C(8,3,1), SM(10)]"))
+  pool.submit(1, parse("[C(16,3,1), SM(10)]"))
+  while not all(f.done() for f in pool._running):
+    time.sleep(0.01)
+  assert [key for key, _ in pool.wait()] == [0]
+  assert [key for key, _ in pool.wait()] == [1]
+  pool.close()
+
+
+def test_the_final_stage_in_threads_stops_the_others_when_one_fails():
+  import threading
+  from metaqnn import finalize
+  started, cancelled = threading.Event(), threading.Event()
+  slow = _until_cancelled(started, cancelled)
+
+  def train_one(rank):
+    if rank == 1:
+      started.wait(5)
+      raise RuntimeError("model 1 failed")
+    slow("[SM(10)]")
+
+  with pytest.raises(RuntimeError, match="model 1 failed"):
+    finalize._in_threads(train_one, [(1,), (2,)], 2)
+  assert cancelled.wait(1)  # at its next check, not after its 10 s
