@@ -77,6 +77,8 @@ def check_config(config) -> None:
       raise UserError(f"final.top must be >= 1 and final.ensemble >= 0, got {top} and "
                        f"{ensemble}; to skip the final stage, set "
                        "final.run_after_search=False")
+    from metaqnn import train  # pylint: disable=import-outside-toplevel
+    train.check_settings(config, final=True)
 
 
 def num_workers(config) -> int:

@@ -501,6 +501,9 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   budget = budget_lib.Budget.from_config(config)
   kind = evaluators.kind_of(config, evaluate)
   check_config(config, schedule, space)
+  if kind == "train":
+    from metaqnn import train as train_lib  # pylint: disable=import-outside-toplevel
+    train_lib.check_settings(config, final=False)
   budget_lib.check_space(space, config, schedule.total)  # said at the start, not spun on
   agent = agent_lib.Agent.from_config(space, config)  # refuses a bad agent config
   rule = None

@@ -549,6 +549,28 @@ def build_predict(model: models.CNN, mesh: Mesh, batch_size: int, num_examples: 
   return jax.jit(predict_fn)
 
 
+def final_train_config(config: Any) -> Any:
+  """`config.train` with the final stage's optimizer, momentum, augmentation, weight decay
+  and precision laid over it."""
+  import ml_collections
+  f = config.final
+  t = ml_collections.ConfigDict(config.train.to_dict())
+  t.update(optimizer=str(f.optimizer), momentum=float(f.momentum), augment=bool(f.augment),
+           weight_decay=float(f.weight_decay))
+  t["dtype"] = str(f.get("dtype", "auto"))
+  return t
+
+
+def check_settings(config: Any, final: bool) -> None:
+  """Refuses, in one line, an optimizer, precision or (`final`) final schedule that
+  training would refuse only when it starts: before a search spends hours."""
+  t = final_train_config(config) if final else config.train
+  make_optimizer(t, 0.0)
+  compute_dtype(str(t.get("dtype", "auto")), "cpu")
+  if final:
+    final_learning_rates(config)
+
+
 class FinalTrainer:
   """Trains one architecture with the final stage's settings on all the training data.
 
@@ -558,13 +580,8 @@ class FinalTrainer:
 
   def __init__(self, config: Any, dataset: input_pipeline.Dataset,
                devices: Sequence[jax.Device] | None = None):
-    import ml_collections
-    f = config.final
     self.config, self.dataset = config, dataset
-    self.train_config = ml_collections.ConfigDict(config.train.to_dict())
-    self.train_config.update(optimizer=str(f.optimizer), momentum=float(f.momentum),
-                             augment=bool(f.augment), weight_decay=float(f.weight_decay))
-    self.train_config["dtype"] = str(f.get("dtype", "auto"))
+    self.train_config = final_train_config(config)
     self.lrs = final_learning_rates(config)
     self.core = Core(self.train_config, dataset, devices)
     self.input_shape = self.core.input_shape

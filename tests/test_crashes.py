@@ -259,6 +259,12 @@ def run_main(tmp_path, *overrides):
     (["--config.train.max_seconds=-1"], "max_seconds"),
     (["--config.final.num_workers=-1"], "final.num_workers"),
     (["--config.evaluator=train", "--config.final.top=0"], "final.top must be >= 1"),
+    # The final stage's settings too: training would refuse them only after the search.
+    (["--config.evaluator=train", "--config.final.schedule=0.1:10;0.2:5"],
+     "bad final.schedule"),
+    (["--config.evaluator=train", "--config.final.optimizer=rmsprop"],
+     "unknown optimizer 'rmsprop'"),
+    (["--config.evaluator=train", "--config.final.dtype=float8"], "unknown precision"),
 ])
 def test_a_search_that_cannot_run_is_one_line_and_leaves_nothing(tmp_path, overrides, says):
   out, work = run_main(tmp_path, *overrides)
@@ -356,3 +362,16 @@ def test_the_final_stage_in_threads_stops_the_others_when_one_fails():
   with pytest.raises(RuntimeError, match="model 1 failed"):
     finalize._in_threads(train_one, [(1,), (2,)], 2)
   assert cancelled.wait(1)  # at its next check, not after its 10 s
+
+
+def test_an_unknown_train_optimizer_is_refused_before_the_search(tmp_path):
+  """Set through the Python API (the config files have no train.optimizer): refused at
+  the start, not recorded as an error for every candidate."""
+  from metaqnn import errors
+  config = config_lib.base_config("digits")
+  config.search.schedule = "1.0:3"
+  with config.unlocked():
+    config.train.optimizer = "rmsprop"
+  with pytest.raises(errors.UserError, match="unknown optimizer 'rmsprop'"):
+    search.run_search(config, str(tmp_path / "w"), tensorboard=False)
+  assert not (tmp_path / "w").exists()
