@@ -12,7 +12,7 @@ import time
 import traceback
 from typing import Callable, Optional
 
-from metaqnn.results import Result
+from metaqnn.results import STATUSES, Result
 
 from metaqnn.architecture import FC, GAP, Architecture, Conv, Pool
 from metaqnn.errors import UserError
@@ -70,17 +70,23 @@ class Evaluator:
     return out
 
   def _to_result(self, out) -> Result:
-    if isinstance(out, Result):
-      return out
+    """`out` (a number or a Result) as a Result that the record and the agent can take:
+    anything else becomes a failed candidate with the chance reward."""
+    value = out.accuracy if isinstance(out, Result) else out
     try:
-      value = float(out)
+      value = float(value)
     except (TypeError, ValueError):
       return Result(accuracy=self.chance, status="error",
-                    message=f"the evaluator returned {out!r}, not a number")
+                    message=f"the evaluator returned {value!r}, not a number")
     if not (math.isfinite(value) and 0.0 <= value <= 1.0):
       return Result(accuracy=self.chance, status="invalid",
                     message=f"the evaluator returned {value}, not an accuracy in [0, 1]")
-    return Result(accuracy=value, best_val_accuracy=value)
+    if not isinstance(out, Result):
+      return Result(accuracy=value, best_val_accuracy=value)
+    if out.status not in STATUSES:
+      return Result(accuracy=self.chance, status="invalid", message=(
+          f"the evaluator returned status {out.status!r}; known: {', '.join(STATUSES)}"))
+    return out
 
 
 def _train_evaluator(config, *, devices=None, dataset=None, shared=None, early_stop=None):

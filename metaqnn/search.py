@@ -493,6 +493,10 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   if dataset is None:
     _keep_recorded_channels(config, recorded)
     dataset = input_pipeline.resolve(config)
+  elif str(config.get("executor", "local")) == "ray":
+    raise UserError("data in memory (dataset=...) stays in this process, and Ray workers "
+                    "load config.dataset; use the local executor, or save the arrays as "
+                    ".npz and set dataset.name=npz:PATH")
   else:  # data in memory: the config's data fields follow it
     config.dataset.image_size = int(dataset.train_images.shape[1])
     config.dataset.channels = int(dataset.train_images.shape[3])

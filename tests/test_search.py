@@ -181,6 +181,25 @@ def test_failures_get_chance_and_the_search_goes_on(tmp_path):
   assert any("out of luck" in f["message"] for f in s["failures"])
 
 
+def test_a_result_an_evaluator_returns_is_checked_like_a_number(tmp_path):
+  """A NaN accuracy or an unknown status in a returned Result would be committed, then
+  break the agent and every resume; it is a failed candidate instead."""
+  from metaqnn.results import Result
+  calls = []
+
+  def evaluate(arch):
+    calls.append(arch)
+    return [Result(accuracy=float("nan")), Result(accuracy=0.6, status="great"),
+            Result(accuracy=0.7)][len(calls) % 3]
+
+  config = small_config("1.0:9")
+  search.run_search(config, str(tmp_path / "w"), evaluate=evaluate, log_interval=100)
+  statuses = [m["status"] for m in inspect_lib.summarize(str(tmp_path / "w"))["models"]
+              if not m["resampled"]]
+  assert sorted(statuses) == ["invalid"] * 6 + ["ok"] * 3
+  search.run_search(config, str(tmp_path / "w"), evaluate=evaluate, log_interval=100)
+
+
 def hidden_reward(arch):
   """A reward the agent cannot see: 5x5 convolutions early, one pooling, an FC head."""
   score, convs = 0.0, 0
@@ -703,3 +722,14 @@ def test_a_resume_with_fewer_stages_finishes_what_a_later_stage_left_pending(tmp
                     log_interval=0)
   assert "stage 2 of an earlier schedule" in capsys.readouterr().out
   assert len([r for r in records(tmp_path / "w") if not r[4]]) == 6
+
+
+def test_data_in_memory_with_the_ray_executor_is_refused(tmp_path):
+  """Ray workers would load config.dataset, not the arrays given: refused, not mixed."""
+  from metaqnn import input_pipeline
+  config = config_lib.base_config("digits")
+  config.executor = "ray"
+  dataset = input_pipeline.load(config)
+  with pytest.raises(UserError, match="Ray workers load config.dataset"):
+    search.run_search(config, str(tmp_path / "w"), dataset=dataset)
+  assert not (tmp_path / "w").exists()
