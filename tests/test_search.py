@@ -728,7 +728,7 @@ def test_data_in_memory_with_the_ray_executor_is_refused(tmp_path):
   """Ray workers would load config.dataset, not the arrays given: refused, not mixed."""
   from metaqnn import input_pipeline
   config = config_lib.base_config("digits")
-  config.executor = "ray"
+  config.executor, config.dataset.val_fraction = "ray", 0.2
   dataset = input_pipeline.load(config)
   with pytest.raises(UserError, match="Ray workers load config.dataset"):
     search.run_search(config, str(tmp_path / "w"), dataset=dataset)
