@@ -13,6 +13,7 @@ class count changes). Writes `OUT/checkpoint`, `OUT/meta.json` and prints one JS
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -41,6 +42,8 @@ def best_of(workdir: str) -> str:
 def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = None) -> dict:
   """Trains `arch` on `config`'s data set with its final schedule; returns the metrics."""
   from metaqnn import checkpoints, input_pipeline, train
+  config = copy.deepcopy(config)
+  input_pipeline.resolve(config)  # your own data: its classes and image side, read from it
   target = with_classes(arch_lib.parse(arch), int(config.dataset.num_classes))
   request = {"arch": str(target), "dataset": config.dataset.name,
              "init_checkpoint": init_checkpoint}

@@ -488,6 +488,15 @@ def test_search_end_to_end_on_your_data(tmp_path, kind):
   assert search.run_search(config, str(tmp_path / "w"), log_interval=100).finished
 
 
+def test_transfer_onto_your_data_takes_its_classes(tmp_path):
+  """configs/custom.py leaves num_classes to the data: transfer reads it there too."""
+  from metaqnn import transfer
+  config = _search_config(f"npz:{_npz(tmp_path / 'd.npz', n=48)}")
+  config.final.epochs = 1
+  meta = transfer.transfer(config, "[C(4,3,1), SM(10)]", str(tmp_path / "t"))
+  assert meta["arch"] == "[C(4,3,1), SM(3)]" and meta["input_shape"] == [8, 8, 1]
+
+
 @pytest.mark.parametrize("name", ["npz:{d}/none.npz", "folder:{d}/none", "npz:{d}/one.npz"])
 def test_bad_data_leaves_no_workdir(tmp_path, name):
   np.savez(tmp_path / "one.npz", x_train=np.zeros((40, 4, 4), np.uint8),
