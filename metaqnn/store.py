@@ -130,18 +130,23 @@ class Store:
       finally:
         check.close()
       self._lock = _lock(workdir)
-      self.db = sqlite3.connect(self.path, isolation_level=None)
-      self.db.execute("PRAGMA journal_mode=WAL")
-      self.db.execute("PRAGMA synchronous=NORMAL")
-      self.db.executescript(_ATTEMPTS)  # records made before the attempts journal
-      self._add_missing_columns()
-      if data is not None and not recorded_data:
-        # A record made before digests were kept, or one whose digest is still in the
-        # write-ahead log of a run killed just after writing it (the view above reads
-        # the database file only): checked again, now with the log, before it is written.
-        self._check_data(dict(self.db.execute("SELECT key, value FROM meta").fetchall()),
-                         fingerprint, data, opened=True)
-        self.set_meta("data", data)
+      try:
+        self.db = sqlite3.connect(self.path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_ATTEMPTS)  # records made before the attempts journal
+        self._add_missing_columns()
+        if data is not None and not recorded_data:
+          # A record made before digests were kept, or one whose digest is still in the
+          # write-ahead log of a run killed just after writing it (the view above reads
+          # the database file only): checked again, now with the log, before it is
+          # written.
+          self._check_data(dict(self.db.execute("SELECT key, value FROM meta").fetchall()),
+                           fingerprint, data, opened=True)
+          self.set_meta("data", data)
+      except BaseException:  # refused or failed: nothing stays open or locked
+        self.close()
+        raise
     except sqlite3.DatabaseError as e:
       raise WorkdirError(f"{self.path} is not a readable metaqnn record ({e})") from None
 
@@ -173,7 +178,8 @@ class Store:
   def _check_data(self, meta: dict, fingerprint: dict, data: Optional[dict],
                   opened: bool = False) -> bool:
     """Raises WorkdirError if `meta` holds a digest of other data than `data`; returns
-    whether it holds one. `opened`: the record is open for writing (closed on refusal)."""
+    whether it holds one. `opened`: the record is already open for writing (the message
+    then says it was left as it was, not untouched)."""
     if data is None or "data" not in meta:
       return "data" in meta
     try:
@@ -182,8 +188,6 @@ class Store:
       was = None
     if was == data:
       return True
-    if opened:
-      self.close()
     where = os.path.dirname(self.path)
     if not isinstance(was, dict):
       raise WorkdirError(f"the data digest recorded in {where} is unreadable; the work "
@@ -352,12 +356,14 @@ class Store:
   def close(self) -> None:
     """Closes the record. The writer leaves one file behind: its WAL is folded into the
     database (rollback mode until the next search opens it) and its lock is removed."""
-    if getattr(self, "_lock", None) is not None:
+    db = getattr(self, "db", None)  # None if opening failed before it connected
+    if db is not None and getattr(self, "_lock", None) is not None:
       try:
-        self.db.execute("PRAGMA journal_mode=DELETE")
+        db.execute("PRAGMA journal_mode=DELETE")
       except sqlite3.OperationalError:  # another connection still reads: keep the WAL
         pass
-    self.db.close()
+    if db is not None:
+      db.close()
     if getattr(self, "_lock", None) is not None:
       os.remove(self._lock.name)  # still ours: removed before the flock is released
       self._lock.close()
@@ -461,8 +467,12 @@ def open_existing(workdir: str) -> Store:
   store._check_sqlite_header()
   try:
     store.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-    if store.meta().get("format") != FORMAT:
-      raise WorkdirError(f"{path} is not a {FORMAT} record")
+    try:
+      if store.meta().get("format") != FORMAT:
+        raise WorkdirError(f"{path} is not a {FORMAT} record")
+    except BaseException:
+      store.db.close()
+      raise
   except sqlite3.DatabaseError as e:
     raise WorkdirError(f"{path} is not a readable metaqnn record ({e})") from None
   return store

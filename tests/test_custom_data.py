@@ -650,6 +650,7 @@ def test_a_digest_left_in_the_log_of_a_killed_run_is_still_checked(tmp_path):
   other = {"train": 11, "val": 2, "test": 2, "hash": "b"}
   with pytest.raises(store_lib.WorkdirError, match=r"10 train, 2 val, 2 test examples then"):
     store_lib.Store(work, {"seed": 0}, other)
+  assert not os.path.exists(os.path.join(work, store_lib.LOCK_FILE))  # released at once
   same = store_lib.Store(work, {"seed": 0}, {"train": 10, "val": 2, "test": 2, "hash": "a"})
   same.close()
 

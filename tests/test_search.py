@@ -733,3 +733,22 @@ def test_data_in_memory_with_the_ray_executor_is_refused(tmp_path):
   with pytest.raises(UserError, match="Ray workers load config.dataset"):
     search.run_search(config, str(tmp_path / "w"), dataset=dataset)
   assert not (tmp_path / "w").exists()
+
+
+def test_a_record_that_fails_to_open_is_not_left_locked(tmp_path, monkeypatch):
+  """A failure after the lock is taken (here: adding a column) releases it at once: a
+  notebook's next try in the same process must not find its own stale lock."""
+  import sqlite3
+  from metaqnn import store as store_lib
+  search.run_search(small_config("1.0:3"), str(tmp_path / "w"), log_interval=100)
+
+  def failing(self):
+    raise sqlite3.OperationalError("disk I/O error")
+
+  monkeypatch.setattr(store_lib.Store, "_add_missing_columns", failing)
+  with pytest.raises(WorkdirError, match="disk I/O error"):
+    search.run_search(small_config("1.0:4"), str(tmp_path / "w"), log_interval=100)
+  assert not (tmp_path / "w" / store_lib.LOCK_FILE).exists()
+  monkeypatch.undo()
+  assert search.run_search(small_config("1.0:4"), str(tmp_path / "w"),
+                           log_interval=100).finished
