@@ -36,7 +36,8 @@ def _stop(message: str) -> None:
 def _announce(config, workdir: str) -> None:
   """A first line at once: what runs where (loading data and compiling come next)."""
   from metaqnn import agent
-  resumed = os.path.exists(os.path.join(workdir, "metaqnn.db"))
+  from metaqnn import store
+  resumed = os.path.exists(os.path.join(workdir, store.DB_FILE))
   print(f"{'resuming' if resumed else 'starting'} a {config.dataset.name} search in "
         f"{workdir}: {agent.Schedule.parse(config.search.schedule).total} unique models; "
         "loading the data and building the search space...", flush=True)
@@ -69,7 +70,12 @@ def main(argv: list[str]) -> None:
           f"iterations (re-samples included); best {best} {result.best_arch}")
   if result.finished and config.final.plots:
     from metaqnn import plots
-    print("plots: " + ", ".join(plots.write_all([workdir])))
+    try:
+      print("plots: " + ", ".join(plots.write_all([workdir])))
+    except KeyboardInterrupt:
+      _stop("interrupted while drawing the plots; the search is finished and saved. Run "
+            "the same command to draw them" + (" and run the final stage" if (
+                config.final.run_after_search and config.evaluator == "train") else ""))
   if result.finished and config.final.run_after_search and config.evaluator == "train":
     from metaqnn import finalize  # the final stage: top models retrained, tested, ensembled
     try:

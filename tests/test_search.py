@@ -286,6 +286,31 @@ def test_main_stops_cleanly_with_the_shells_status(tmp_path, sig, status):
                                           "command to resume.")
 
 
+PLOTS_STOPPED = """
+import signal, sys
+sys.path.insert(0, {root!r})
+from metaqnn import cli, main, plots
+def stopped(workdirs):
+    signal.raise_signal(signal.SIGTERM)  # as if it came while the plots were drawn
+plots.write_all = stopped
+sys.argv[0] = "metaqnn.main"
+cli.run(main.main)
+"""
+
+
+@pytest.mark.slow
+def test_a_stop_while_the_plots_are_drawn_is_clean(tmp_path):
+  script = tmp_path / "run.py"
+  script.write_text(PLOTS_STOPPED.format(root=ROOT))
+  out = subprocess.run([sys.executable, str(script), "--config=configs/digits.py",
+                        f"--workdir={tmp_path / 'w'}", "--config.evaluator=synthetic",
+                        "--config.search.schedule=1.0:5"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 143 and "Traceback" not in out.stderr, out.stderr
+  assert out.stderr.strip().splitlines()[-1].startswith(
+      "interrupted while drawing the plots; the search is finished and saved")
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
   script = tmp_path / "run.py"
