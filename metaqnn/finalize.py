@@ -104,9 +104,24 @@ def _write_json(path: str, obj) -> None:
   os.replace(tmp, path)
 
 
+def _check_data(workdir: str, config) -> None:
+  """The final stage trains on the data the search ranked its models on: refused, as a
+  resume is, when the files changed since (a record of the train evaluator keeps a
+  digest of its data)."""
+  from metaqnn import input_pipeline
+  store = store_lib.open_existing(workdir)
+  try:
+    if "data" in store.meta():
+      store.check_data(input_pipeline.digest(input_pipeline.load(config)),
+                       config.dataset.name)
+  finally:
+    store.close()
+
+
 def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = None,
-             config_overrides: Optional[dict] = None) -> dict:
-  """Runs (or resumes) the final stage of a finished search; returns results.json's content."""
+             config_overrides: Optional[dict] = None, data_checked: bool = False) -> dict:
+  """Runs (or resumes) the final stage of a finished search; returns results.json's
+  content. `data_checked`: the caller (the search just run) has checked the data."""
   from metaqnn import checkpoints, input_pipeline, train  # JAX only when needed
   config, _ = top_models(workdir, 0)
   if config_overrides:
@@ -124,6 +139,8 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
   models = (f"the top model of {workdir}, {epochs}" if len(best) == 1
             else f"the top {len(best)} models of {workdir}, {epochs} each")
   print(f"final stage: {models}; loading the data...", flush=True)
+  if not data_checked:
+    _check_data(workdir, config)
   dataset = input_pipeline.load(config, final=True)
   os.makedirs(root, exist_ok=True)
   trainer = train.FinalTrainer(config, dataset)

@@ -79,7 +79,7 @@ def main(argv: list[str]) -> None:
   if result.finished and config.final.run_after_search and config.evaluator == "train":
     from metaqnn import finalize  # the final stage: top models retrained, tested, ensembled
     try:
-      results = finalize.finalize(workdir)
+      results = finalize.finalize(workdir, data_checked=True)  # by the search just run
     except KeyboardInterrupt:
       _stop("interrupted; finished final models are kept. Run the same command (or "
             f"{cli.python()} -m metaqnn.finalize --workdir={workdir}) to resume.")

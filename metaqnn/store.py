@@ -279,6 +279,11 @@ class Store:
   def meta(self) -> dict:
     return dict(self.db.execute("SELECT key, value FROM meta").fetchall())
 
+  def check_data(self, data: dict, dataset: str) -> None:
+    """Raises WorkdirError if the record holds a digest (`input_pipeline.digest`) of
+    other data than `data`, the digest of `dataset` as it reads now."""
+    self._check_data(self.meta(), {"dataset": dataset}, data)
+
   def config(self):
     """The run config stored with the record (an `ml_collections.ConfigDict`)."""
     import ml_collections

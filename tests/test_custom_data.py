@@ -488,6 +488,25 @@ def test_search_end_to_end_on_your_data(tmp_path, kind):
   assert search.run_search(config, str(tmp_path / "w"), log_interval=100).finished
 
 
+def test_the_final_stage_refuses_data_that_changed_since_the_search(tmp_path):
+  from metaqnn import finalize
+  from metaqnn import store as store_lib
+  path = _npz(tmp_path / "d.npz", n=48)
+  config = _search_config(f"npz:{path}")
+  config.final.epochs, config.final.top, config.final.ensemble = 1, 1, 1
+  search.run_search(config, str(tmp_path / "w"), log_interval=100, tensorboard=False)
+  with np.load(path) as z:
+    arrays = dict(z)
+  changed = dict(arrays, x_train=arrays["x_train"].copy())
+  changed["x_train"][0, 0, 0] ^= 1  # one pixel
+  np.savez(path, **changed)
+  with pytest.raises(store_lib.WorkdirError, match="differs from what this search began on"):
+    finalize.finalize(str(tmp_path / "w"))
+  assert not (tmp_path / "w" / "final").exists()
+  np.savez(path, **arrays)  # restored: the final stage runs
+  assert len(finalize.finalize(str(tmp_path / "w"))["models"]) == 1
+
+
 def test_transfer_onto_your_data_takes_its_classes(tmp_path):
   """configs/custom.py leaves num_classes to the data: transfer reads it there too."""
   from metaqnn import transfer
