@@ -29,7 +29,8 @@ from metaqnn import search_space
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
 _NUM = flags.DEFINE_integer("num", 10, "sample: number of architectures.")
-_SEED = flags.DEFINE_integer("seed", None, "sample: random seed (default: config.seed).")
+_SEED = flags.DEFINE_integer("seed", None, "sample: random seed (default: config.seed).",
+                             lower_bound=0)
 _EPSILON = flags.DEFINE_float("epsilon", 1.0, "sample: epsilon (1 = uniform random walks).")
 _UNIFORM = flags.DEFINE_bool("uniform", False,
                              "sample: draw uniformly from all architectures, not by walks.")

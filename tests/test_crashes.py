@@ -256,6 +256,7 @@ def run_main(tmp_path, *overrides):
     (["--config.search.schedule=1.0:0"], "asks for 0 models"),
     (["--config.agent.alpha=2"], "alpha"),
     (["--config.search.max_crashes=0"], "max_crashes"),
+    (["--config.seed=-1"], "seed must be >= 0"),
     (["--config.train.max_seconds=-1"], "max_seconds"),
     (["--config.final.num_workers=-1"], "final.num_workers"),
     (["--config.evaluator=train", "--config.final.top=0"], "final.top must be >= 1"),
