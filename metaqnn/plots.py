@@ -167,7 +167,7 @@ def plot_curves(records, path: str, title: str, top: int = 10) -> bool:
   full = [r for r in trained if r.status == "ok"]  # not stopped: a predicted or partial accuracy
   for r in sorted(full, key=lambda r: -r.accuracy)[:top]:
     acc = r.curves[-1]["val_accuracy"]
-    ax_top.plot(range(1, len(acc) + 1), acc, marker=".", label=f"#{r.iteration} {r.accuracy:.3f}")
+    ax_top.plot(range(1, len(acc) + 1), acc, marker=".", label=f"#{r.iteration + 1} {r.accuracy:.3f}")  # sample number, as in the log
   ax_top.set(title=f"top {min(top, len(full))} fully trained models", xlabel="epoch",
              ylabel="validation accuracy")
   if full:
@@ -206,8 +206,9 @@ def pareto_front(costs: Sequence[float], accuracies: Sequence[float]) -> list[in
 
 
 def _costs(config, records):
-  """(records, params, flops) of the distinct trained models; costs computed for records
-  made before they were stored."""
+  """(record, params, flops, validation accuracy) of the distinct trained models; costs
+  computed for records made before they were stored. The accuracy, not the reward: a
+  soft objective's reward already counts the cost, and its front would count it twice."""
   from metaqnn import budget
   side, channels = int(config.dataset.image_size), int(config.dataset.get("channels", 0))
   out = []
@@ -218,7 +219,7 @@ def _costs(config, records):
     if (p is None or f is None) and channels:
       p, f = budget.cost(r.arch, (side, side, channels))
     if p is not None and f is not None:
-      out.append((r, p, f))
+      out.append((r, p, f, r.accuracy if r.best_val_accuracy is None else r.best_val_accuracy))
   return out
 
 
@@ -229,7 +230,7 @@ def plot_cost(config, records, path: str, title: str) -> None:
   rows = _costs(config, records)
   limits = budget.Budget.from_config(config)
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
-  acc = [r.accuracy for r, _, _ in rows]
+  acc = [row[3] for row in rows]
   for ax, col, what, short, limit in (
       (axes[0], 1, "parameters", "params", limits.max_params),
       (axes[1], 2, "forward FLOPs per example", "FLOPs", limits.max_flops)):
@@ -244,7 +245,7 @@ def plot_cost(config, records, path: str, title: str) -> None:
       ax.set_xscale("log")
     ax.set(xlabel=what, title=f"accuracy vs {short}")
     ax.legend(fontsize=8, loc="best", framealpha=0.6)  # where it hides the fewest points
-  axes[0].set_ylabel("validation accuracy (reward)")
+  axes[0].set_ylabel("validation accuracy")
   fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=120)

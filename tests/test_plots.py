@@ -106,9 +106,22 @@ def test_cost_plot_with_a_budget(tmp_path):
   search.run_search(config, workdir, log_interval=1e9, tensorboard=False)
   _, records, _ = plots.load_run(workdir)
   rows = plots._costs(config, records)
-  assert len(rows) == 30 and all(p <= 200_000 for _, p, _ in rows)
+  assert len(rows) == 30 and all(p <= 200_000 for _, p, _, _ in rows)
   paths = plots.write_all([workdir])
   assert any(p.endswith("accuracy_vs_cost.png") for p in paths)
+
+
+def test_the_cost_plot_of_a_soft_objective_shows_accuracy_not_reward(tmp_path):
+  """The reward already counts the cost: the front is drawn over validation accuracy."""
+  config = config_lib.base_config("mnist")
+  config.evaluator, config.search.schedule = "synthetic", "1.0:10"
+  config.budget.objective, config.budget.target, config.budget.weight = "params", 5000, -0.5
+  workdir = str(tmp_path / "w")
+  search.run_search(config, workdir, log_interval=1e9, tensorboard=False)
+  _, records, _ = plots.load_run(workdir)
+  rows = plots._costs(config, records)
+  assert [acc for r, _, _, acc in rows] == [r.best_val_accuracy for r, _, _, _ in rows]
+  assert any(abs(r.accuracy - acc) > 1e-6 for r, _, _, acc in rows)  # rewards differ
 
 
 def test_titles_name_your_data_by_its_file_not_its_recorded_path():
