@@ -255,8 +255,14 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
   if any(r.status == "stopped" for r in records):
     raise UserError(f"{workdir} was searched with early stopping: its stopped models have "
                      "no full curves to replay against")
+  if records and not any(r.curves for r in records):
+    why = (f"its rewards did not come from metaqnn's trainer (evaluator "
+           f"{config.get('evaluator')!r})" if config.get("evaluator") != "train" else
+           "it was recorded before learning curves were kept")
+    raise UserError(f"{workdir} holds no learning curves: {why}; replay a search trained "
+                    "with the train evaluator")
   if len(full) < rule.min_completed + 5:
-    lower = ", which --min_completed lowers to 5" if rule.min_completed > 5 else ""
+    lower = "; --min_completed can lower it to 5" if rule.min_completed > 5 else ""
     raise UserError(f"{workdir} holds {len(full)} fully trained models with learning "
                      f"curves; the evaluation needs at least {rule.min_completed + 5} "
                      f"(min_completed {rule.min_completed}{lower}); search longer")
@@ -284,7 +290,9 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
   top10 = [r.iteration for r in ranked[:10]]
   return {"workdir": workdir, "kind": kind, "tau": float(config.early_stop.tau),
           "stop_epoch": rule.epoch, "epochs": rule.epochs,
-          "delta": float(config.early_stop.delta), "models": len(full),
+          # The median rule has no delta.
+          "delta": None if kind == "median" else float(config.early_stop.delta),
+          "models": len(full),
           "min_completed": rule.min_completed,
           # None where R^2 is undefined (every model ends at the same accuracy): JSON has
           # no NaN.

@@ -106,7 +106,14 @@ def test_offline_command_json_and_errors(curved_search, tmp_path):
     bad = run(f"--workdir={curved_search}", flag)
     assert bad.returncode == 2 and bad.stderr.startswith("error:"), (flag, bad.stderr)
   few = run(f"--workdir={curved_search}", "--min_completed=1000")
-  assert few.returncode == 2 and "which --min_completed lowers to 5" in few.stderr, few.stderr
+  assert few.returncode == 2 and "--min_completed can lower it to 5" in few.stderr, few.stderr
+  synthetic = config("1.0:10")
+  synthetic.evaluator = "synthetic"
+  search.run_search(synthetic, str(tmp_path / "syn"), tensorboard=False)
+  no_curves = run(f"--workdir={tmp_path / 'syn'}")
+  assert no_curves.returncode == 2 and no_curves.stderr.startswith(
+      "error: ") and "did not come from metaqnn's trainer (evaluator 'synthetic')" in (
+          no_curves.stderr), no_curves.stderr
   bad = run(f"--workdir={tmp_path / 'nope'}")
   assert bad.returncode != 0 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
   assert not (tmp_path / "nope").exists()
