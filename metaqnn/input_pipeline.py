@@ -157,6 +157,10 @@ def _check_config(ds) -> None:
     raise DatasetError(
         f"config.dataset.val_size={ds.get('val_size')} must be >= 1 "
         "(or set config.dataset.val_fraction > 0).")
+  for field in ("image_size", "channels", "num_classes"):
+    if int(ds.get(field, 0)) < 0:
+      raise DatasetError(f"config.dataset.{field}={ds.get(field)} must be >= 0 (0 takes it "
+                         "from the data).")
   if bool(ds.get("resize", False)) and int(ds.get("image_size", 0)) < 1:
     # Before any source is read: a folder of mixed sizes would otherwise be refused for
     # want of the resize that is set.
@@ -452,6 +456,9 @@ def _npz(path: str) -> _Arrays:
   """Arrays of a .npz file: x_train, y_train; optionally x_val, y_val and x_test, y_test."""
   import zipfile
   label = f"npz:{path}"
+  if os.path.isdir(path):
+    raise DatasetError(f"{label} is a folder, not an .npz file (a folder of images is "
+                       f"folder:{path}).")
   if not os.path.isfile(path):
     raise DatasetError(f"{label}: no such file.")
   try:

@@ -118,13 +118,19 @@ def test_npz_with_a_test_split_and_colour(tmp_path):
      "channels first"),
     (dict(x_train=np.zeros((60, 8, 8, 2), np.uint8)), dict(resize=True, image_size=6),
      "have 2 channels; resizing"),
+    ({}, dict(image_size=-4), "image_size=-4 must be >= 0"),
 ], ids=["negative", "above_k", "gap", "single", "float", "non_square", "length", "side",
-        "channels", "chw", "chw_resize", "resize_2_channels"])
+        "channels", "chw", "chw_resize", "resize_2_channels", "negative_side"])
 def test_npz_bad_data_is_one_line(tmp_path, override, dataset, match):
   c = _config("npz:" + _npz(tmp_path / "d.npz", **override), **dataset)
   with pytest.raises(ip.DatasetError, match=match) as e:
     ip.resolve(c)
   assert "\n" not in str(e.value)
+
+
+def test_npz_given_a_folder_says_so(tmp_path):
+  with pytest.raises(ip.DatasetError, match="is a folder, not an .npz file"):
+    ip.resolve(_config(f"npz:{tmp_path}"))
 
 
 def test_npz_labels_of_any_integer_type_or_shaped_n_by_1(tmp_path):
