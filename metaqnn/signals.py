@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 
 _requested = threading.Event()  # a stop was asked for and has not reached the caller
@@ -64,13 +65,21 @@ def cancelled_when(event: threading.Event):
 def as_interrupts():
   """Within the block, Ctrl-C and SIGTERM go through `handler` (unless the program
   installed handlers of its own), and a stop that was dropped is raised at the latest on
-  leaving it. A KeyboardInterrupt leaving the block has reached the caller: the flag is
-  cleared. (Main thread only: elsewhere signals cannot be handled.)"""
+  leaving it, without Python's "Exception ignored" report of the drop. A KeyboardInterrupt
+  leaving the block has reached the caller: the flag is cleared. (Main thread only:
+  elsewhere signals cannot be handled.)"""
   if threading.current_thread() is not threading.main_thread():
     yield
     return
   defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
   installed = []
+  previous_hook = sys.unraisablehook
+
+  def hook(unraisable):  # a dropped stop is not news: `check` raises it again
+    if not (issubclass(unraisable.exc_type, KeyboardInterrupt) and _requested.is_set()):
+      previous_hook(unraisable)
+
+  sys.unraisablehook = hook
   try:
     for sig, default in defaults.items():
       if signal.getsignal(sig) is default:
@@ -86,3 +95,5 @@ def as_interrupts():
     for sig, default in installed:
       if signal.getsignal(sig) is handler:  # not one the block installed itself
         signal.signal(sig, default)
+    if sys.unraisablehook is hook:
+      sys.unraisablehook = previous_hook
