@@ -150,6 +150,16 @@ _DAMAGED = (ValueError, KeyError, TypeError, IndexError, AttributeError, OSError
             zipfile.BadZipFile)
 
 
+def _not_ahead(agent_dir: str, store: store_lib.Store) -> None:
+  """ValueError if the snapshot has seen events the record lacks: the record's last
+  commits can be lost in a power cut (SQLite syncs its log lazily, the snapshot at once).
+  The record is the truth, so such a snapshot is treated as damaged."""
+  with open(os.path.join(agent_dir, agent_lib.STATE_FILE)) as f:
+    seen = json.load(f).get("meta", {}).get("event", -1)
+  if seen > store.last_event():
+    raise ValueError(f"it has seen event {seen}, the record ends at {store.last_event()}")
+
+
 def restore_agent(agent: agent_lib.Agent, store: store_lib.Store, agent_dir: str,
                   replay_samples: int, set_aside: bool = False) -> None:
   """Brings the agent to the journal's last event: snapshot, then replay the rest.
@@ -160,6 +170,7 @@ def restore_agent(agent: agent_lib.Agent, store: store_lib.Store, agent_dir: str
   """
   if os.path.exists(os.path.join(agent_dir, agent_lib.STATE_FILE)):
     try:
+      _not_ahead(agent_dir, store)
       agent.load(agent_dir)  # all or nothing: a failed load leaves the agent fresh
     except _DAMAGED as e:
       why = " ".join(f"{type(e).__name__}: {e}".split())[:160]
@@ -170,12 +181,9 @@ def restore_agent(agent: agent_lib.Agent, store: store_lib.Store, agent_dir: str
           aside += "+"
         os.rename(agent_dir, aside)
         kept = f"; the damaged files are kept in {aside}"
-      print(f"the agent snapshot in {agent_dir} cannot be read ({why}); rebuilding the "
+      print(f"the agent snapshot in {agent_dir} cannot be used ({why}); rebuilding the "
             f"agent from the record ({store.last_event() + 1} events){kept}", file=sys.stderr)
   seen = agent.meta.get("event", -1)
-  if seen > store.last_event():
-    raise WorkdirError(f"the agent snapshot in {agent_dir} is ahead of the record; the "
-                       "work directory is inconsistent")
   for event, item in store.events(after=seen):
     if isinstance(item, Sample):
       path = agent.sample(item.epsilon)

@@ -161,7 +161,7 @@ def test_clean_stops_never_count_as_a_crash_and_kill_9_counts_once(tmp_path, sig
 
 
 @pytest.mark.parametrize("damage", ["truncated json", "garbage npz", "truncated npz",
-                                    "missing npz"])
+                                    "missing npz", "ahead of the record"])
 def test_a_damaged_agent_snapshot_is_rebuilt_from_the_record(tmp_path, capsys, damage):
   config = small_config()
   work, intact = tmp_path / "w", tmp_path / "intact"
@@ -176,8 +176,17 @@ def test_a_damaged_agent_snapshot_is_rebuilt_from_the_record(tmp_path, capsys, d
     npz.write_bytes(b"\x00garbage" * 50)
   elif damage == "truncated npz":
     npz.write_bytes(npz.read_bytes()[:200])
-  else:
+  elif damage == "missing npz":
     npz.unlink()
+  else:  # the record's last commits lost (a power cut), the snapshot synced before
+    db = sqlite3.connect(work / "metaqnn.db")
+    (last,) = db.execute("SELECT MAX(event) FROM samples").fetchone()
+    with db:
+      db.execute("DELETE FROM attempts WHERE sample IN (SELECT id FROM samples WHERE "
+                 "event > ?)", (last - 6,))
+      db.execute("DELETE FROM models WHERE event > ?", (last - 6,))
+      db.execute("DELETE FROM samples WHERE event > ?", (last - 6,))
+    db.close()
   damaged = {p.name: p.read_bytes() for p in agent_dir.iterdir()}
   capsys.readouterr()
   search.run_search(config, str(work), log_interval=100, tensorboard=False)
