@@ -16,6 +16,7 @@ from typing import Optional
 
 import numpy as np
 
+from metaqnn import files
 from metaqnn.architecture import Architecture
 from metaqnn.search_space import Path, SearchSpace
 from metaqnn.errors import UserError
@@ -56,10 +57,6 @@ class Schedule:
         return i
       unique_models -= n
     return None
-
-  def epsilon(self, unique_models: int) -> Optional[float]:
-    i = self.stage(unique_models)
-    return None if i is None else self.stages[i][0]
 
   def __str__(self) -> str:
     return ",".join(f"{e:g}:{n}" for e, n in self.stages)
@@ -194,7 +191,7 @@ class Agent:
     np.savez(tmp, q=self.q, allowed=self.space.allowed, states=states, actions=actions)
     os.replace(tmp, os.path.join(directory, q_name))
     meta = dict(self.state_dict(), q_file=q_name)
-    _write_json_atomic(os.path.join(directory, STATE_FILE), meta)
+    files.write_json(os.path.join(directory, STATE_FILE), meta)
     for name in os.listdir(directory):  # older Q-tables are no longer referenced
       if name.startswith("q-") and name.endswith(".npz") and name != q_name:
         os.remove(os.path.join(directory, name))
@@ -224,11 +221,3 @@ class Agent:
     self.meta = meta.get("meta", {})
     self._paths.update(paths)
 
-
-def _write_json_atomic(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)

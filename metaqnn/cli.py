@@ -11,6 +11,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from metaqnn import signals
 from metaqnn.errors import UserError  # the commands' user-error type (a ValueError)
 
 
@@ -20,6 +21,16 @@ def python() -> str:
   exe = sys.executable or "python"
   relative = os.path.relpath(exe)
   return relative if not relative.startswith("..") else exe
+
+
+def stop(message: str) -> None:
+  """Exits at once after an interrupt, with the shell's status (130 after Ctrl-C, 143
+  after SIGTERM): everything worth keeping is on disk, and work still running in worker
+  threads must not hold the exit up."""
+  print(message, file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(signals.exit_status())
 
 
 def run(main: Callable[[list[str]], int | None]) -> None:

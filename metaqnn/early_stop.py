@@ -143,8 +143,9 @@ class Predictor:
 class Rule:
   """The live rule: observes every result in record order, decides after `epoch` epochs.
 
-  Called as `rule(arch, accuracies)` by the trainer (possibly from worker threads): the
-  predicted final accuracy of a candidate to stop, or None to let it train on.
+  Called as `rule(arch, accuracies)` by the trainer (possibly from worker threads):
+  (reward, predicted final accuracy or None) for a candidate to stop, or None to let it
+  train on.
   """
 
   def __init__(self, config: Any):

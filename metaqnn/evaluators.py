@@ -42,10 +42,10 @@ def synthetic_accuracy(arch: Architecture) -> float:
 
 
 class Evaluator:
-  """Wraps a reward source; `kind` names it in the record's fingerprint."""
+  """Wraps a reward source: whatever it returns or raises becomes a Result."""
 
-  def __init__(self, fn: Callable, kind: str, num_classes: int):
-    self.fn, self.kind, self.chance = fn, kind, 1.0 / num_classes
+  def __init__(self, fn: Callable, num_classes: int):
+    self.fn, self.chance = fn, 1.0 / num_classes
     self.prepares = callable(getattr(fn, "prepare", None))  # worth a guess at the next
 
   def prepare(self, arch: Architecture) -> None:
@@ -125,4 +125,4 @@ def from_config(config, evaluate: Optional[Callable] = None, *, devices=None,
   kind = kind_of(config, evaluate)
   fn = evaluate if evaluate is not None else KINDS[kind](
       config, devices=devices, dataset=dataset, shared=shared, early_stop=early_stop)
-  return Evaluator(fn, kind, int(config.dataset.num_classes))
+  return Evaluator(fn, int(config.dataset.num_classes))

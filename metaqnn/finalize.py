@@ -19,7 +19,6 @@ import hashlib
 import itertools
 import json
 import os
-import sys
 import threading
 import time
 from typing import Callable, Optional
@@ -27,6 +26,7 @@ from typing import Callable, Optional
 import ml_collections
 import numpy as np
 
+from metaqnn import files
 from metaqnn import signals
 from metaqnn import store as store_lib
 from metaqnn.errors import UserError
@@ -95,13 +95,6 @@ def model_dir(root: str, arch: str) -> str:
   """A final model's folder, named by its architecture alone: a model keeps it when a
   longer search changes the ranking, so it is never retrained."""
   return os.path.join(root, hashlib.sha256(arch.encode()).hexdigest()[:12])
-
-
-def _write_json(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
 
 
 def _check_data(workdir: str, config) -> None:
@@ -174,7 +167,7 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
       os.makedirs(path, exist_ok=True)
       checkpoints.save(os.path.join(path, "checkpoint"), params)
       np.save(os.path.join(path, "test_probs.npy"), p.astype(np.float32))
-      _write_json(os.path.join(path, "meta.json"), {
+      files.write_json(os.path.join(path, "meta.json"), {
           "arch": rec.arch, "params": trainer.count_params(rec.arch),
           "diverged": train.diverged(history),
           # The validation accuracy, not an objective's reward (a user's evaluate may
@@ -185,7 +178,7 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
           "history": history, "seconds": time.perf_counter() - start,
           "dataset": config.dataset.name,
           "input_shape": list(dataset.test_images.shape[1:]),
-          "config": json.loads(config.to_json())})  # written last: marks it finished
+          "config": json.loads(config.to_json())}, indent=1)  # written last: marks it done
     say(f"final {rank}/{len(best)}: test accuracy {accuracy:.4f} {rec.arch}")
 
   workers = min(num_workers(config), len(todo))
@@ -214,7 +207,7 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
            "test_accuracy": float(np.mean(avg.argmax(-1) == dataset.test_labels))}
   results = {"dataset": config.dataset.name, "models": models, "ensemble": ens,
              "test_examples": int(len(dataset.test_labels))}
-  _write_json(os.path.join(root, "results.json"), results)
+  files.write_json(os.path.join(root, "results.json"), results, indent=1)
   with open(os.path.join(root, "results.md"), "w") as f:
     f.write(results_table(results))
   return results
@@ -280,10 +273,8 @@ def main(argv):
     results = finalize(f.workdir, f.top, f.ensemble)
   except store_lib.WorkdirError as e:
     raise cli.UserError(str(e)) from None
-  except KeyboardInterrupt:  # a model still training in a thread must not hold the exit
-    print("interrupted; finished final models are kept. Run the same command to resume.",
-          file=sys.stderr, flush=True)
-    os._exit(signals.exit_status())
+  except KeyboardInterrupt:
+    cli.stop("interrupted; finished final models are kept. Run the same command to resume.")
   print(results_table(results))
   print(f"results: {os.path.join(f.workdir, FINAL_DIR, 'results.json')}")
 

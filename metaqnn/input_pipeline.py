@@ -2,7 +2,9 @@
 
 Every data set fits in host memory (the largest, SVHN's train split, is ~225 MB as uint8), so
 `load` reads each split once into arrays and the trainer batches from them. The validation
-split is carved from the training split, stratified and seeded (SPEC section 4).
+split is carved from the training split, stratified and seeded (SPEC section 4), unless
+the data brings its own (npz x_val/y_val, a folder's validation/ or val/, a tfds
+validation split).
 
   digits   scikit-learn's 8x8 digits (offline; the embedded default).
   mnist, cifar10, cifar100, svhn (`svhn_cropped`): tensorflow-datasets, read through
@@ -10,9 +12,11 @@ split is carved from the training split, stratified and seeded (SPEC section 4).
            "Preparing data sets"); TensorFlow is not needed to read them.
   tfds:NAME    any tensorflow-datasets image classification set (image size, channels,
                classes and splits from the builder's info).
-  npz:PATH     arrays x_train, y_train and optionally x_test, y_test (uint8 HWC or grey HW).
+  npz:PATH     arrays x_train, y_train and optionally x_val, y_val, x_test, y_test (uint8
+               HWC or grey HW).
   folder:PATH  image files, one subfolder per class (PATH/<class>/*), or tfds' ImageFolder
-               layout (PATH/train/<class>/*, PATH/test/<class>/*); read with PIL.
+               layout (PATH/train/<class>/*, PATH/test/<class>/*, optionally
+               PATH/validation/ or PATH/val/); read with PIL.
 
 A missing test split is carved out of train (stratified, fixed seed). The image side,
 channels and classes of `config.dataset` are checked against the data (0 = take them from

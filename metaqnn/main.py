@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 
 from absl import flags
 from ml_collections import config_flags
@@ -22,15 +21,6 @@ from metaqnn import signals
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory: the record, the agent, logs.")
-
-
-def _stop(message: str) -> None:
-  """Exits at once after an interrupt: everything worth keeping is already on disk, and
-  candidates still training in worker threads must not hold the exit up."""
-  print(message, file=sys.stderr)
-  sys.stdout.flush()
-  sys.stderr.flush()
-  os._exit(signals.exit_status())
 
 
 def _announce(config, workdir: str) -> None:
@@ -58,7 +48,7 @@ def main(argv: list[str]) -> None:
   try:
     result = search.run_search(config, workdir)
   except KeyboardInterrupt:
-    _stop("interrupted; the record is saved. Run the same command to resume.")
+    cli.stop("interrupted; the record is saved. Run the same command to resume.")
   best = "-" if result.best_accuracy is None else f"{result.best_accuracy:.4f}"
   if result.already_finished:
     print(f"this search was already finished: {result.unique_models} unique models, "
@@ -73,7 +63,7 @@ def main(argv: list[str]) -> None:
     try:
       print("plots: " + ", ".join(plots.write_all([workdir])))
     except KeyboardInterrupt:
-      _stop("interrupted while drawing the plots; the search is finished and saved. Run "
+      cli.stop("interrupted while drawing the plots; the search is finished and saved. Run "
             "the same command to draw them" + (" and run the final stage" if (
                 config.final.run_after_search and config.evaluator == "train") else ""))
   if result.finished and config.final.run_after_search and config.evaluator == "train":
@@ -81,7 +71,7 @@ def main(argv: list[str]) -> None:
     try:
       results = finalize.finalize(workdir, data_checked=True)  # by the search just run
     except KeyboardInterrupt:
-      _stop("interrupted; finished final models are kept. Run the same command (or "
+      cli.stop("interrupted; finished final models are kept. Run the same command (or "
             f"{cli.python()} -m metaqnn.finalize --workdir={workdir}) to resume.")
     print(finalize.results_table(results))
   print(f"inspect it with: {cli.python()} -m metaqnn.inspect --workdir={workdir}")

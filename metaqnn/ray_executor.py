@@ -17,7 +17,6 @@ from typing import Callable, Optional
 
 from metaqnn import evaluators
 from metaqnn.executors import Lost, WorkerPool
-from metaqnn.errors import UserError
 
 
 class _Worker:
@@ -53,9 +52,7 @@ class RayExecutor(WorkerPool):
         # which also survives being dropped (`metaqnn.signals`), is kept instead.
         signal.signal(signal.SIGTERM, before)
     self._remote = ray.remote(num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker)(_Worker)
-    self._timeout = float(r.get("worker_timeout", 0.0))
-    if self._timeout < 0:
-      raise UserError(f"ray.worker_timeout must be >= 0 (0 = no limit), got {self._timeout}")
+    self._timeout = float(r.get("worker_timeout", 0.0))  # >= 0: search.check_config
     self._args = (config, evaluate)
     self._actors = [self._remote.remote(*self._args) for _ in range(workers)]
     self._deadlines: dict = {}  # handle -> monotonic time after which its worker is killed

@@ -208,8 +208,8 @@ class _Search:
   """The loop's state: agent, record, executor, and what is in flight."""
 
   def __init__(self, agent, store, schedule, executor, prog, agent_dir, replay_samples,
-               early_stop=None, max_crashes: int = 2, budget=budget_lib.Budget(),
-               input_shape=None, objective_ok_only: bool = False):
+               early_stop, max_crashes: int, budget: budget_lib.Budget,
+               input_shape: tuple[int, int, int], objective_ok_only: bool = False):
     self.agent, self.store, self.schedule = agent, store, schedule
     self.early_stop = early_stop
     self.budget, self.input_shape = budget, input_shape
@@ -261,7 +261,7 @@ class _Search:
     """What lets a sample be learned from without training: (the architecture's earlier
     record, why it is over the hard budget); both None when it must be trained."""
     prior = self.store.trained(arch)
-    if prior is not None or not (self.budget.hard and self.input_shape):
+    if prior is not None or not self.budget.hard:
       return prior, None
     return None, self.budget.over(*self.cost(arch))
 
@@ -269,7 +269,7 @@ class _Search:
     """Re-sample of a finished model: learn now; in flight: wait on it; over budget:
     record it untrained; else submit."""
     prior, over = self.untrained(sample.arch)
-    params, flops = self.cost(sample.arch) if self.input_shape else (None, None)
+    params, flops = self.cost(sample.arch)
     if prior is not None:
       rec = _record(prior.result(), sample, resampled=True)
       rec.flops = rec.flops if rec.flops is not None else flops
@@ -323,8 +323,8 @@ class _Search:
     """
     later = []
     for sample in self.store.pending():
-      fresh = sample.arch not in self.in_flight and self.store.trained(sample.arch) is None
-      crashes = self.store.crashes(sample.arch) if fresh else 0
+      # (Nothing is in flight here: a candidate that crashed before finishes below.)
+      crashes = self.store.crashes(sample.arch) if self.store.trained(sample.arch) is None else 0
       if crashes >= self.max_crashes:
         print(f"{sample.arch} crashed the search {crashes} times "
               f"(search.max_crashes={self.max_crashes}): recorded as crashed, not evaluated "
@@ -370,7 +370,7 @@ class _Search:
       else:
         self.lost_streak = 0
       waiting = self.in_flight.pop(arch)
-      params, flops = self.cost(arch) if self.input_shape else (out.params, None)
+      params, flops = self.cost(arch)
       chance = 1.0 / self.agent.space.cfg.num_classes
       scaled = out.status == "ok" if self.objective_ok_only else earned(out, chance)
       if self.budget.objective and scaled:  # the soft, MnasNet-style reward

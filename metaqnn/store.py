@@ -57,6 +57,8 @@ class Sample:
   time: float = dataclasses.field(default_factory=time.time)
 
 
+# A samples row in the order of Sample's fields: Sample(*row).
+_SAMPLE_COLUMNS = ", ".join(f.name for f in dataclasses.fields(Sample))
 _COLUMNS = {f.name: f for f in dataclasses.fields(ModelRecord)}
 _KEYS = ("iteration", "sample")  # declared in the schema below with their constraints
 # Every evaluation attempt, journaled before it starts. `ended` stays NULL while it runs,
@@ -302,26 +304,26 @@ class Store:
                            "AND status != 'over_budget'").fetchone()[0]
 
   def trained(self, arch: str) -> Optional[ModelRecord]:
-    """The first (non re-sampled) record of `arch`, if it was trained or failed before."""
+    """The first (non re-sampled) record of `arch`, if it was evaluated before (trained
+    or failed) or recorded over budget: either way it is not evaluated again."""
     cur = self.db.execute(f"SELECT {', '.join(self._columns)} FROM models "
                           "WHERE arch = ? AND resampled = 0 LIMIT 1", (arch,))
     row = cur.fetchone()
     return self._record(row) if row else None
 
-  def models(self, after: int = -1) -> Iterator[ModelRecord]:
-    """Records in iteration order, those with iteration > `after`."""
-    cur = self.db.execute(f"SELECT {', '.join(self._columns)} FROM models WHERE iteration > ? "
-                          "ORDER BY iteration", (after,))
+  def models(self) -> Iterator[ModelRecord]:
+    """Records in iteration order."""
+    cur = self.db.execute(f"SELECT {', '.join(self._columns)} FROM models "
+                          "ORDER BY iteration")
     return (self._record(r) for r in cur.fetchall())
 
   def events(self, after: int = -1) -> list[tuple[int, object]]:
     """(event, Sample or ModelRecord) after event `after`, in the order the agent used them."""
-    samples = self.db.execute("SELECT id, event, arch, epsilon, stage, time FROM samples "
-                              "WHERE event > ?", (after,)).fetchall()
+    samples = self.db.execute(f"SELECT {_SAMPLE_COLUMNS} FROM samples WHERE event > ?",
+                              (after,)).fetchall()
     models = self.db.execute(f"SELECT event, {', '.join(self._columns)} FROM models "
                              "WHERE event > ?", (after,)).fetchall()
-    out = [(r[1], Sample(id=r[0], event=r[1], arch=r[2], epsilon=r[3], stage=r[4], time=r[5]))
-           for r in samples]
+    out = [(s.event, s) for s in (Sample(*r) for r in samples)]
     out += [(r[0], self._record(r[1:])) for r in models]
     return sorted(out, key=lambda e: e[0])
 
@@ -330,10 +332,9 @@ class Store:
 
   def pending(self) -> list[Sample]:
     """Samples journaled but without a result: in flight when the search stopped."""
-    rows = self.db.execute("SELECT id, event, arch, epsilon, stage, time FROM samples "
+    rows = self.db.execute(f"SELECT {_SAMPLE_COLUMNS} FROM samples "
                            "WHERE id NOT IN (SELECT sample FROM models) ORDER BY id").fetchall()
-    return [Sample(id=r[0], event=r[1], arch=r[2], epsilon=r[3], stage=r[4], time=r[5])
-            for r in rows]
+    return [Sample(*r) for r in rows]
 
   def crashes(self, arch: str) -> int:
     """Attempts at `arch`, still without a result, that died: their process (never
@@ -343,14 +344,13 @@ class Store:
         "WHERE s.arch = ? AND (a.ended IS NULL OR a.ended = 'lost') "
         "AND s.id NOT IN (SELECT sample FROM models)", (arch,)).fetchone()[0]
 
-  def attempts(self, arch: Optional[str] = None) -> list[dict]:
-    """Evaluation attempts (of `arch`, or all) in order: sample, arch, started, ended."""
+  def attempts(self) -> list[dict]:
+    """Every evaluation attempt in order: sample, arch, started, ended."""
     if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'attempts'").fetchone():
       return []  # a record made before attempts were journaled
     rows = self.db.execute(
         "SELECT a.sample, s.arch, a.started, a.ended FROM attempts a JOIN samples s "
-        "ON a.sample = s.id WHERE ? IS NULL OR s.arch = ? ORDER BY a.id",
-        (arch, arch)).fetchall()
+        "ON a.sample = s.id ORDER BY a.id").fetchall()
     return [dict(sample=r[0], arch=r[1], started=r[2], ended=r[3]) for r in rows]
 
   def _record(self, row) -> ModelRecord:

@@ -352,8 +352,9 @@ class Core:
         *self.data.split("train"))
     return (params, opt_state), float(loss)
 
-  def accuracy(self, programs: Programs, params: Any, split: str = "val") -> float:
-    images, labels = self.data.split(split)
+  def accuracy(self, programs: Programs, params: Any) -> float:
+    """Validation accuracy (the evaluation program is compiled for that split's size)."""
+    images, labels = self.data.split("val")
     return int(programs.evaluate(params, images, labels)) / len(labels)
 
 

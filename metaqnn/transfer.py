@@ -20,6 +20,7 @@ import time
 from typing import Optional
 
 from metaqnn import architecture as arch_lib
+from metaqnn import files
 from metaqnn.architecture import GAP, Architecture, Softmax
 from metaqnn.errors import UserError
 
@@ -72,10 +73,7 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
               history=history, seconds=time.perf_counter() - start,
               input_shape=list(dataset.test_images.shape[1:]),
               config=json.loads(config.to_json()))
-  tmp = os.path.join(workdir, "meta.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump(meta, f, indent=1)
-  os.replace(tmp, os.path.join(workdir, "meta.json"))
+  files.write_json(meta_path, meta, indent=1)
   return meta
 
 

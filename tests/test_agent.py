@@ -68,7 +68,7 @@ def test_greedy_breaks_ties_uniformly_and_follows_q():
 def test_schedule():
   sched = agent_lib.Schedule.parse("1.0:3, 0.5:2,0.1:1")
   assert sched.total == 6
-  assert [sched.epsilon(i) for i in range(7)] == [1.0, 1.0, 1.0, 0.5, 0.5, 0.1, None]
+  assert [sched.stage(i) for i in range(7)] == [0, 0, 0, 1, 1, 2, None]
   assert str(sched) == "1:3,0.5:2,0.1:1"
   for bad in ("1.0", "1.0:x", "2.0:3", "0.5:-1", "", "1.0:3,0.0:2"):
     with pytest.raises(ValueError, match="schedule"):
