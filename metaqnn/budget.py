@@ -122,35 +122,39 @@ class Budget:
 
 
 # ---------------------------------------------------------------------------------------------
-# Costs, layer by layer (square representations; the counts of models.layer_summary).
+# Costs, layer by layer: the one place their formulas are written (models.layer_summary,
+# which the Flax models are checked against, uses it too).
 
 
-def layer_cost(layer, side: int, width: int, flat: bool) -> tuple[int, int, int, int, bool]:
-  """(params, flops, side, width, flat) after `layer` on a side x side x width input (or
-  `width` units when `flat`). GAP(k) includes its softmax; a softmax after GAP costs 0."""
+def layer_cost(layer, h: int, w: int, width: int, flat: bool) -> tuple[int, int, int, int,
+                                                                         int, bool]:
+  """(params, flops, h, w, width, flat) after `layer` on an h x w x width input (or
+  `width` units when `flat`). GAP(k) includes its softmax; a softmax after GAP is left
+  to the caller (it costs 0)."""
   if isinstance(layer, Conv):
-    out = -(-side // layer.stride)
+    oh, ow = -(-h // layer.stride), -(-w // layer.stride)
     macs = layer.kernel ** 2 * width * layer.filters
-    return macs + layer.filters, 2 * out * out * macs, out, layer.filters, False
+    return macs + layer.filters, 2 * oh * ow * macs, oh, ow, layer.filters, False
   if isinstance(layer, Pool):
-    return 0, 0, (side - layer.kernel) // layer.stride + 1, width, False
+    out = lambda n: (n - layer.kernel) // layer.stride + 1
+    return 0, 0, out(h), out(w), width, False
   if isinstance(layer, GAP):
     k = layer.classes
-    return width * k + k, 2 * side * side * width * k, 1, k, True
+    return width * k + k, 2 * h * w * width * k, 1, 1, k, True
   units = layer.units if isinstance(layer, FC) else layer.classes
-  fan_in = width if flat else side * side * width
-  return fan_in * units + units, 2 * fan_in * units, side, units, True
+  fan_in = width if flat else h * w * width
+  return fan_in * units + units, 2 * fan_in * units, h, w, units, True
 
 
 def cost(arch: Architecture | str, input_shape: Sequence[int]) -> tuple[int, int]:
-  """(params, forward FLOPs per example) of `arch` on (H, H, C) inputs."""
+  """(params, forward FLOPs per example) of `arch` on (H, W, C) inputs."""
   arch = parse(arch) if isinstance(arch, str) else arch
-  side, width, flat = int(input_shape[0]), int(input_shape[2]), False
+  h, w, width, flat = int(input_shape[0]), int(input_shape[1]), int(input_shape[2]), False
   params = flops = 0
   for i, layer in enumerate(arch.layers):
     if isinstance(layer, Softmax) and i and isinstance(arch.layers[i - 1], GAP):
       break
-    p, f, side, width, flat = layer_cost(layer, side, width, flat)
+    p, f, h, w, width, flat = layer_cost(layer, h, w, width, flat)
     params, flops = params + p, flops + f
   return params, flops
 
@@ -184,7 +188,7 @@ class Pruner:
     if key not in self._layer_cost:
       s, side, width = node
       flat = self.space.states[s].kind == "fc"
-      p, f, _, nwidth, _ = layer_cost(self.space.actions[a], side, width, flat)
+      p, f, _, _, nwidth, _ = layer_cost(self.space.actions[a], side, side, width, flat)
       nxt, nside = self.space.step(s, side, a)
       self._layer_cost[key] = (p, f, None if nxt is None else (nxt, nside, nwidth))
     return self._layer_cost[key]

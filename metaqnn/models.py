@@ -44,7 +44,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metaqnn.architecture import FC, GAP, Architecture, ArchitectureError, Conv, Layer, Pool
+from metaqnn import budget
+from metaqnn.architecture import (FC, GAP, Architecture, ArchitectureError, Conv, Layer, Pool,
+                                  Softmax)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +90,7 @@ def layer_summary(arch: Architecture, input_shape: Sequence[int]) -> list[LayerI
   if len(input_shape) != 3 or min(input_shape) < 1:
     raise ArchitectureError(f"input shape must be (height, width, channels), got {input_shape}")
   h, w, c = (int(v) for v in input_shape)
-  units = None  # Set once the representation is flat.
+  flat = False  # True once the representation is flat (c then counts its units)
   rates = dropout_rates(arch)
   infos = []
   for i, layer in enumerate(arch.layers):
@@ -96,28 +98,11 @@ def layer_summary(arch: Architecture, input_shape: Sequence[int]) -> list[LayerI
     if isinstance(layer, (Conv, Pool)) and layer.kernel > min(h, w):
       raise ArchitectureError(
           f"{where}: window {layer.kernel}x{layer.kernel} is larger than its {h}x{w} input")
-    if isinstance(layer, Conv):
-      params = layer.kernel ** 2 * c * layer.filters + layer.filters
-      h, w = -(-h // layer.stride), -(-w // layer.stride)
-      flops = 2 * h * w * layer.kernel ** 2 * c * layer.filters
-      c = layer.filters
-      shape = (h, w, c)
-    elif isinstance(layer, Pool):
-      h, w = (h - layer.kernel) // layer.stride + 1, (w - layer.kernel) // layer.stride + 1
-      params, flops, shape = 0, 0, (h, w, c)
-    elif isinstance(layer, GAP):
-      params = c * layer.classes + layer.classes
-      flops = 2 * h * w * c * layer.classes
-      units = layer.classes
-      shape = (units,)
-    elif isinstance(arch.terminal, GAP):  # SM after GAP: only names the softmax.
-      params, flops, shape = 0, 0, (units,)
-    else:  # FC(d) or SM(k): a dense layer on the flattened representation.
-      fan_in = units if units is not None else h * w * c
-      units = layer.units if isinstance(layer, FC) else layer.classes
-      params = fan_in * units + units
-      flops = 2 * fan_in * units
-      shape = (units,)
+    if isinstance(layer, Softmax) and isinstance(arch.terminal, GAP):
+      params, flops = 0, 0  # SM after GAP only names the softmax
+    else:
+      params, flops, h, w, c, flat = budget.layer_cost(layer, h, w, c, flat)
+    shape = (c,) if flat else (h, w, c)
     infos.append(LayerInfo(layer_name(i, layer), layer, shape, params, flops, rates[i]))
   return infos
 
