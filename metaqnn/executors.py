@@ -54,6 +54,9 @@ class SerialExecutor:
       self.on_start(key)
     return [(key, self._evaluate(arch))]
 
+  def finished(self) -> list[tuple[int, Result | Lost]]:
+    return []  # nothing runs unless `wait` runs it
+
   def close(self) -> None:
     pass
 
@@ -84,6 +87,11 @@ class WorkerPool:
         self.on_start(key)
       self._running[self._launch(worker, arch)] = (key, worker)
 
+  def finished(self) -> list[tuple[int, Result | Lost]]:
+    """Results that have finished and were not taken yet, without waiting (none here:
+    a subclass that can tell says so)."""
+    return []
+
   def _finished(self, worker: int) -> None:
     self._free.append(worker)
     self._start()
@@ -113,14 +121,21 @@ class ThreadExecutor(WorkerPool):
       return self._evaluators[worker](arch)
 
   def wait(self) -> list[tuple[int, Result | Lost]]:
-    """One finished result; others that finished stay for the next call. The search
-    commits each result before it takes the next, so a stop between two loses neither."""
+    """One finished result; others that finished stay for the next call (or `finished`).
+    The search commits each before it takes the next, so a stop between two loses
+    neither."""
     done, _ = concurrent.futures.wait(self._running,
                                       return_when=concurrent.futures.FIRST_COMPLETED)
-    future = min(done, key=lambda f: self._running[f][0])  # the earliest sample first
+    return [self._take(min(done, key=lambda f: self._running[f][0]))]  # earliest first
+
+  def finished(self) -> list[tuple[int, Result | Lost]]:
+    return [self._take(f) for f in sorted((f for f in self._running if f.done()),
+                                          key=lambda f: self._running[f][0])]
+
+  def _take(self, future: concurrent.futures.Future) -> tuple[int, Result | Lost]:
     key, worker = self._running.pop(future)
     self._finished(worker)
-    return [(key, future.result())]  # evaluators never raise for a candidate
+    return key, future.result()  # evaluators never raise for a candidate
 
   def close(self) -> None:
     """Returns at once: queued work is cancelled, and running candidates stop unrecorded

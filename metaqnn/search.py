@@ -348,40 +348,53 @@ class _Search:
       self.dispatch(sample, search_space.arch_lib.parse(sample.arch))
 
   def collect(self) -> None:
-    """Waits for at least one result and learns from everything that finished."""
+    """Waits for at least one result and learns from what the executor hands over."""
     for key, out in self.executor.wait():
-      arch = next(a for a, s in self.in_flight.items() if s[0].id == key)
-      first = self.in_flight[arch][0]
-      attempt = self.attempts.pop(key, None)
-      if isinstance(out, executors.Lost):
-        if attempt is not None:
-          self.store.end_attempts([attempt], "lost")
-        self.lost_streak += 1
-        if self.lost_streak > max(10, 3 * self.executor.capacity):
-          raise WorkersLost(f"{self.lost_streak} evaluations in a row lost their worker "
-                            f"(last: {out.message}); check the workers, then resume")
-        crashes = self.store.crashes(arch)
-        if crashes < self.max_crashes:
-          self.executor.submit(key, search_space.arch_lib.parse(arch))
-          continue
-        out = Result(accuracy=1.0 / self.agent.space.cfg.num_classes, status="lost",
-                     arch=arch, message=f"its evaluation crashed {crashes} times "
-                     f"(search.max_crashes={self.max_crashes}); last: {out.message}")
-      else:
-        self.lost_streak = 0
-      waiting = self.in_flight.pop(arch)
-      params, flops = self.cost(arch)
-      chance = 1.0 / self.agent.space.cfg.num_classes
-      scaled = out.status == "ok" if self.objective_ok_only else earned(out, chance)
-      if self.budget.objective and scaled:  # the soft, MnasNet-style reward
-        out.accuracy = self.budget.reward(out.accuracy, params, flops)
-      out.params = out.params if out.params is not None else params
-      out.flops = out.flops if out.flops is not None else flops
-      self._learn(_record(out, first), attempt)
-      for later in waiting[1:]:  # sampled again while it was in flight
-        self.dispatch(later, None)
+      self._take(key, out)
     if time.perf_counter() - self.last_snapshot > 10.0:
       self.snapshot()
+
+  def keep_finished(self) -> None:
+    """On a stop: learns from results that finished but were not taken yet, so that a
+    stop between two finished candidates loses neither (a lost worker's candidate stays
+    pending, as every unfinished one does)."""
+    for key, out in self.executor.finished():
+      if not isinstance(out, executors.Lost):
+        self._take(key, out)
+
+  def _take(self, key: int, out) -> None:
+    """Commits one executor result and lets the agent learn from it (a lost worker's
+    candidate is evaluated again, up to `max_crashes`)."""
+    arch = next(a for a, s in self.in_flight.items() if s[0].id == key)
+    first = self.in_flight[arch][0]
+    attempt = self.attempts.pop(key, None)
+    if isinstance(out, executors.Lost):
+      if attempt is not None:
+        self.store.end_attempts([attempt], "lost")
+      self.lost_streak += 1
+      if self.lost_streak > max(10, 3 * self.executor.capacity):
+        raise WorkersLost(f"{self.lost_streak} evaluations in a row lost their worker "
+                          f"(last: {out.message}); check the workers, then resume")
+      crashes = self.store.crashes(arch)
+      if crashes < self.max_crashes:
+        self.executor.submit(key, search_space.arch_lib.parse(arch))
+        return
+      out = Result(accuracy=1.0 / self.agent.space.cfg.num_classes, status="lost",
+                   arch=arch, message=f"its evaluation crashed {crashes} times "
+                   f"(search.max_crashes={self.max_crashes}); last: {out.message}")
+    else:
+      self.lost_streak = 0
+    waiting = self.in_flight.pop(arch)
+    params, flops = self.cost(arch)
+    chance = 1.0 / self.agent.space.cfg.num_classes
+    scaled = out.status == "ok" if self.objective_ok_only else earned(out, chance)
+    if self.budget.objective and scaled:  # the soft, MnasNet-style reward
+      out.accuracy = self.budget.reward(out.accuracy, params, flops)
+    out.params = out.params if out.params is not None else params
+    out.flops = out.flops if out.flops is not None else flops
+    self._learn(_record(out, first), attempt)
+    for later in waiting[1:]:  # sampled again while it was in flight
+      self.dispatch(later, None)
 
   def guess_next(self, running: str) -> Optional[search_space.arch_lib.Architecture]:
     """The architecture this loop will submit after `running`, had `running` earned the
@@ -575,6 +588,9 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     try:
       with signals.as_interrupts():
         loop.run(max_models)
+    except KeyboardInterrupt:
+      loop.keep_finished()  # what finished beside the last result taken
+      raise
     finally:
       loop.interrupted()  # a clean stop: what was running did not crash the process
       loop.snapshot()  # before the executor closes: never wait for running candidates

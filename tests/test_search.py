@@ -781,3 +781,41 @@ def test_a_record_that_fails_to_open_is_not_left_locked(tmp_path, monkeypatch):
   monkeypatch.undo()
   assert search.run_search(small_config("1.0:4"), str(tmp_path / "w"),
                            log_interval=100).finished
+
+
+def test_a_stop_between_two_finished_candidates_keeps_both(tmp_path, monkeypatch):
+  """Two workers finish together; a stop that Python dropped is raised after the first
+  result is committed: the other, finished too, is committed on the way out, not trained
+  again on resume."""
+  import concurrent.futures
+  import threading
+  from metaqnn import executors, signals
+  config = small_config("1.0:10")
+  config.num_workers = 2
+  calls, lock = [], threading.Lock()
+  original = executors.ThreadExecutor.wait
+
+  def wait_for_both(self):  # both finish before the first is taken
+    concurrent.futures.wait(list(self._running))
+    return original(self)
+
+  monkeypatch.setattr(executors.ThreadExecutor, "wait", wait_for_both)
+
+  def evaluate(arch):
+    with lock:
+      calls.append(str(arch))
+      if len(calls) == 2:
+        signals._requested.set()  # a stop that Python dropped: only the flag is left
+    return evaluators.synthetic_accuracy(arch)
+
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      search.run_search(config, str(tmp_path / "w"), evaluate=evaluate, log_interval=100,
+                        tensorboard=False)
+  finally:
+    signals._requested.clear()
+  assert len(calls) == 2 and len(records(tmp_path / "w")) == 2
+  search.run_search(config, str(tmp_path / "w"), evaluate=evaluate, log_interval=100,
+                    tensorboard=False)
+  trained = [r for r in records(tmp_path / "w") if not r[4]]
+  assert len(calls) == len(trained) == 10  # nothing trained twice
