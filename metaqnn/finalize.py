@@ -97,18 +97,21 @@ def model_dir(root: str, arch: str) -> str:
   return os.path.join(root, hashlib.sha256(arch.encode()).hexdigest()[:12])
 
 
-def _check_data(workdir: str, config) -> None:
-  """The final stage trains on the data the search ranked its models on: refused, as a
-  resume is, when the files changed since (a record of the train evaluator keeps a
-  digest of its data)."""
+def _load_checked(workdir: str, config):
+  """The final split of the data the search ranked its models on: refused, as a resume
+  is, when the data changed since (a record of the train evaluator keeps a digest of its
+  search split, read here from the same load)."""
   from metaqnn import input_pipeline
+  search_split, final = input_pipeline.load_both(config)
   store = store_lib.open_existing(workdir)
   try:
     if "data" in store.meta():
-      store.check_data(input_pipeline.digest(input_pipeline.load(config)),
-                       config.dataset.name)
+      store.check_data(input_pipeline.digest(search_split), config.dataset.name, harm=(
+          "The final stage would retrain the top models on other data than they were "
+          "ranked on", "Restore the data, or start a new search on the new data"))
   finally:
     store.close()
+  return final
 
 
 def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = None,
@@ -132,9 +135,8 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
   models = (f"the top model of {workdir}, {epochs}" if len(best) == 1
             else f"the top {len(best)} models of {workdir}, {epochs} each")
   print(f"final stage: {models}; loading the data...", flush=True)
-  if not data_checked:
-    _check_data(workdir, config)
-  dataset = input_pipeline.load(config, final=True)
+  dataset = (input_pipeline.load(config, final=True) if data_checked
+             else _load_checked(workdir, config))
   os.makedirs(root, exist_ok=True)
   trainer = train.FinalTrainer(config, dataset)
   todo = [(rank, rec) for rank, rec in enumerate(best, 1)

@@ -177,7 +177,8 @@ def _check_config(ds) -> None:
 
 
 def _split(config, name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
-           test_y: np.ndarray, num_classes: int, final: bool, val: _Val = None) -> Dataset:
+           test_y: np.ndarray, num_classes: int, val: _Val = None, *,
+           final: bool) -> Dataset:
   """Carve validation (unless the data has its own, `val`) and the train_fraction subset
   out of the training split."""
   ds = config.dataset
@@ -304,10 +305,27 @@ def load(config, final: bool = False) -> Dataset:
   Raises DatasetError (one line) for unknown names, bad split settings, missing data, or
   data that does not match `config.dataset` (see `_conform`).
   """
+  _check_config(config.dataset)
+  return _split(config, config.dataset.name, *_read(config, final), final=final)
+
+
+def load_both(config) -> tuple[Dataset, Dataset]:
+  """The search's split and the final one (`load`'s final=False and True) from one read
+  of the data (two with SVHN's `final_extra`)."""
+  _check_config(config.dataset)
+  raw = _read(config, final=False)
+  extra = bool(config.dataset.get("final_extra", False))
+  return (_split(config, config.dataset.name, *raw, final=False),
+          _split(config, config.dataset.name, *(_read(config, True) if extra else raw),
+                 final=True))
+
+
+def _read(config, final: bool) -> tuple:
+  """The data's arrays, checked against `config.dataset`: train images and labels, test
+  images and labels, the class count, and the data's own validation split (or None)."""
   ds = config.dataset
   name = ds.name
   kind, arg = source_of(name)
-  _check_config(ds)
   if kind == "digits":
     tr_x, tr_y, te_x, te_y, k, val = _digits()
   elif kind == "tfds":
@@ -318,8 +336,7 @@ def load(config, final: bool = False) -> Dataset:
     tr_x, tr_y, te_x, te_y, k, val = _npz(os.path.expanduser(arg))
   else:
     tr_x, tr_y, te_x, te_y, k, val = _folder(os.path.expanduser(arg), ds)
-  tr_x, tr_y, te_x, te_y, k, val = _conform(name, ds, tr_x, tr_y, te_x, te_y, k, val)
-  return _split(config, name, tr_x, tr_y, te_x, te_y, k, final, val)
+  return _conform(name, ds, tr_x, tr_y, te_x, te_y, k, val)
 
 
 def resolve(config) -> Dataset | None:

@@ -178,10 +178,11 @@ class Store:
     return self._check_data(meta, fingerprint, data)
 
   def _check_data(self, meta: dict, fingerprint: dict, data: Optional[dict],
-                  opened: bool = False) -> bool:
+                  opened: bool = False, harm: Optional[tuple[str, str]] = None) -> bool:
     """Raises WorkdirError if `meta` holds a digest of other data than `data`; returns
     whether it holds one. `opened`: the record is already open for writing (the message
-    then says it was left as it was, not untouched)."""
+    then says it was left as it was, not untouched). `harm`: what going on would do and
+    what to do instead (default: a resume's)."""
     if data is None or "data" not in meta:
       return "data" in meta
     try:
@@ -198,12 +199,13 @@ class Store:
     sizes = lambda d: ", ".join(f"{count(d.get(k))} {k}" for k in ("train", "val", "test"))
     what = (f"{sizes(was)} examples then, {sizes(data)} now" if sizes(was) != sizes(data)
             else f"the same sizes ({sizes(data)}), other contents")
+    harm, way_out = harm or ("Resuming would mix rewards measured on two data sets",
+                             "Restore the data, or use a new --workdir")
     raise WorkdirError(
         f"the data of {fingerprint.get('dataset')} differs from what this search began "
-        f"on ({what}): the files changed, or are read differently after a Pillow, NumPy "
-        "or tfds upgrade. Resuming would mix rewards measured on two data sets; the work "
-        f"directory was left {'as it was' if opened else 'untouched'}. Restore the data, "
-        "or use a new --workdir")
+        f"on ({what}): files changed or added, other arrays given, or the same files read "
+        f"differently after a Pillow, NumPy or tfds upgrade. {harm}; the work directory "
+        f"was left {'as it was' if opened else 'untouched'}. {way_out}")
 
   def _add_missing_columns(self) -> None:
     """Records made before a field existed get its column (empty for their old rows)."""
@@ -281,10 +283,11 @@ class Store:
   def meta(self) -> dict:
     return dict(self.db.execute("SELECT key, value FROM meta").fetchall())
 
-  def check_data(self, data: dict, dataset: str) -> None:
+  def check_data(self, data: dict, dataset: str, harm: tuple[str, str]) -> None:
     """Raises WorkdirError if the record holds a digest (`input_pipeline.digest`) of
-    other data than `data`, the digest of `dataset` as it reads now."""
-    self._check_data(self.meta(), {"dataset": dataset}, data)
+    other data than `data`, the digest of `dataset` as it reads now; `harm`: what going
+    on would do, and what to do instead."""
+    self._check_data(self.meta(), {"dataset": dataset}, data, harm=harm)
 
   def config(self):
     """The run config stored with the record (an `ml_collections.ConfigDict`)."""

@@ -13,7 +13,6 @@ class count changes). Writes `OUT/checkpoint`, `OUT/meta.json` and prints one JS
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import time
@@ -32,6 +31,14 @@ def with_classes(arch: Architecture, k: int) -> Architecture:
   return Architecture(tuple(layers))
 
 
+def _normal(arch: Optional[str]) -> Optional[str]:
+  """`arch` as the paper's notation prints it (runs recorded it as given), if it parses."""
+  try:
+    return str(arch_lib.parse(arch))
+  except (arch_lib.ArchitectureError, TypeError):
+    return arch
+
+
 def best_of(workdir: str) -> str:
   from metaqnn import finalize
   _, best = finalize.top_models(workdir, 1)
@@ -43,16 +50,14 @@ def best_of(workdir: str) -> str:
 def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = None) -> dict:
   """Trains `arch` on `config`'s data set with its final schedule; returns the metrics."""
   from metaqnn import checkpoints, input_pipeline, train
-  config = copy.deepcopy(config)
-  input_pipeline.resolve(config)  # your own data: its classes and image side, read from it
-  target = with_classes(arch_lib.parse(arch), int(config.dataset.num_classes))
-  request = {"arch": str(target), "dataset": config.dataset.name,
+  request = {"source_arch": str(arch_lib.parse(arch)), "dataset": config.dataset.name,
              "init_checkpoint": init_checkpoint}
   meta_path = os.path.join(workdir, "meta.json")
   if os.path.exists(meta_path):
     with open(meta_path) as f:
       meta = json.load(f)
-    if {k: meta.get(k) for k in request} != request:
+    if {k: meta.get(k) for k in request} | {"source_arch": _normal(
+        meta.get("source_arch"))} != request:
       raise UserError(f"{workdir} holds another transfer run ({meta.get('arch')} on "
                        f"{meta.get('dataset')}); use a new --workdir")
     return meta  # done before: nothing is trained twice
@@ -60,14 +65,16 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
     raise UserError(f"{workdir} is not empty; use a new directory for a transfer run")
   init = checkpoints.restore(init_checkpoint) if init_checkpoint else None
   dataset = input_pipeline.load(config, final=True)
+  # The data's own classes (configs/custom.py leaves num_classes to it).
+  target = with_classes(arch_lib.parse(arch), dataset.num_classes)
   trainer = train.FinalTrainer(config, dataset)
   start = time.perf_counter()
   params, history = trainer.fit(target, init_params=init)
   probs = trainer.predict(target, params, dataset.test_images)
   os.makedirs(workdir, exist_ok=True)
   checkpoints.save(os.path.join(workdir, "checkpoint"), params)
-  meta = dict(request)
-  meta.update(source_arch=arch, params=trainer.count_params(target),
+  meta = dict(request, arch=str(target))
+  meta.update(params=trainer.count_params(target),
               diverged=train.diverged(history),
               test_accuracy=float((probs.argmax(-1) == dataset.test_labels).mean()),
               history=history, seconds=time.perf_counter() - start,

@@ -112,6 +112,18 @@ def test_final_split(digits):
   np.testing.assert_array_equal(f.test_images, digits.test_images)
 
 
+def test_both_splits_from_one_read_are_the_two_loads():
+  import dataclasses
+  config = _config(train_fraction=0.5)
+  for got, want in zip(ip.load_both(config), (ip.load(config), ip.load(config, final=True))):
+    for field in dataclasses.fields(want):
+      a, b = getattr(got, field.name), getattr(want, field.name)
+      if isinstance(b, np.ndarray):
+        np.testing.assert_array_equal(a, b)
+      else:
+        assert a == b, field.name
+
+
 def test_val_size_used_when_no_fraction():
   d = ip.load(_config(val_fraction=0.0, val_size=300))
   assert len(d.val_labels) == 300
