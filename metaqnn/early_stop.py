@@ -238,6 +238,8 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
   try:
     config = store.config()
     records = [r for r in store.models() if not r.resampled]
+    # "train", "synthetic", or "function" (a user's evaluate), as the search recorded it
+    evaluator = json.loads(store.meta().get("fingerprint", "{}")).get("evaluator")
   finally:
     store.close()
   if "early_stop" not in config:
@@ -257,9 +259,8 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
     raise UserError(f"{workdir} was searched with early stopping: its stopped models have "
                      "no full curves to replay against")
   if records and not any(r.curves for r in records):
-    why = (f"its rewards did not come from metaqnn's trainer (evaluator "
-           f"{config.get('evaluator')!r})" if config.get("evaluator") != "train" else
-           "it was recorded before learning curves were kept")
+    why = (f"its rewards did not come from metaqnn's trainer (evaluator {evaluator!r})"
+           if evaluator != "train" else "it was recorded before learning curves were kept")
     raise UserError(f"{workdir} holds no learning curves: {why}; replay a search trained "
                     "with the train evaluator")
   if len(full) < rule.min_completed + 5:

@@ -86,6 +86,7 @@ class Evaluator:
     if out.status not in STATUSES:
       return Result(accuracy=self.chance, status="invalid", message=(
           f"the evaluator returned status {out.status!r}; known: {', '.join(STATUSES)}"))
+    out.accuracy = value  # a number, whatever numeric type it came as
     return out
 
 

@@ -61,7 +61,8 @@ def main(argv: list[str]) -> None:
   if result.finished and config.final.plots:
     from metaqnn import plots
     try:
-      print("plots: " + ", ".join(plots.write_all([workdir])))
+      with signals.as_interrupts():  # a stop that Python drops is raised after them
+        print("plots: " + ", ".join(plots.write_all([workdir])))
     except KeyboardInterrupt:
       cli.stop("interrupted while drawing the plots; the search is finished and saved. Run "
             "the same command to draw them" + (" and run the final stage" if (

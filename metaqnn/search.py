@@ -516,7 +516,8 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   if dataset is None:
     _keep_recorded_channels(config, recorded)
     dataset = input_pipeline.resolve(config)
-  elif str(config.get("executor", "local")) == "ray":
+  elif (str(config.get("executor", "local")) == "ray"
+        and evaluators.kind_of(config, evaluate) == "train"):
     raise UserError("data in memory (dataset=...) stays in this process, and Ray workers "
                     "load config.dataset; use the local executor, or save the arrays as "
                     ".npz and set dataset.name=npz:PATH")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import digits
-from metaqnn import early_stop, search
+from metaqnn import early_stop, evaluators, search
 from metaqnn import store as store_lib
 from metaqnn.architecture import parse
 from metaqnn.results import Result
@@ -114,6 +114,10 @@ def test_offline_command_json_and_errors(curved_search, tmp_path):
   assert no_curves.returncode == 2 and no_curves.stderr.startswith(
       "error: ") and "did not come from metaqnn's trainer (evaluator 'synthetic')" in (
           no_curves.stderr), no_curves.stderr
+  search.run_search(config("1.0:10"), str(tmp_path / "fn"), tensorboard=False,
+                    evaluate=evaluators.synthetic_accuracy)  # a user's function
+  no_curves = run(f"--workdir={tmp_path / 'fn'}")
+  assert "(evaluator 'function')" in no_curves.stderr, no_curves.stderr
   bad = run(f"--workdir={tmp_path / 'nope'}")
   assert bad.returncode != 0 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
   assert not (tmp_path / "nope").exists()
