@@ -12,7 +12,7 @@ import time
 import traceback
 from typing import Callable, Optional
 
-from metaqnn.results import STATUSES, Result
+from metaqnn.results import STATUSES, Result, plain_numbers
 
 from metaqnn.architecture import FC, GAP, Architecture, Conv, Pool
 from metaqnn.errors import UserError
@@ -72,6 +72,12 @@ class Evaluator:
   def _to_result(self, out) -> Result:
     """`out` (a number or a Result) as a Result that the record and the agent can take:
     anything else becomes a failed candidate with the chance reward."""
+    if isinstance(out, Result):
+      try:
+        out = plain_numbers(out)
+      except (TypeError, ValueError) as e:
+        return Result(accuracy=self.chance, status="error", message=(
+            f"the evaluator returned a Result with a field that is not a number ({e})"))
     value = out.accuracy if isinstance(out, Result) else out
     try:
       value = float(value)
@@ -86,7 +92,6 @@ class Evaluator:
     if out.status not in STATUSES:
       return Result(accuracy=self.chance, status="invalid", message=(
           f"the evaluator returned status {out.status!r}; known: {', '.join(STATUSES)}"))
-    out.accuracy = value  # a number, whatever numeric type it came as
     return out
 
 

@@ -129,12 +129,18 @@ class ThreadExecutor(WorkerPool):
     return [self._take(min(done, key=lambda f: self._running[f][0]))]  # earliest first
 
   def finished(self) -> list[tuple[int, Result | Lost]]:
-    return [self._take(f) for f in sorted((f for f in self._running if f.done()),
-                                          key=lambda f: self._running[f][0])]
+    """(On a stop: nothing queued is started in their place.)"""
+    return [self._take(f, refill=False)
+            for f in sorted((f for f in self._running if f.done()),
+                            key=lambda f: self._running[f][0])]
 
-  def _take(self, future: concurrent.futures.Future) -> tuple[int, Result | Lost]:
+  def _take(self, future: concurrent.futures.Future,
+            refill: bool = True) -> tuple[int, Result | Lost]:
     key, worker = self._running.pop(future)
-    self._finished(worker)
+    if refill:
+      self._finished(worker)  # the next queued candidate starts on this worker
+    else:
+      self._free.append(worker)
     return key, future.result()  # evaluators never raise for a candidate
 
   def close(self) -> None:

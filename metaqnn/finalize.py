@@ -102,16 +102,17 @@ def _load_checked(workdir: str, config):
   is, when the data changed since (a record of the train evaluator keeps a digest of its
   search split, read here from the same load)."""
   from metaqnn import input_pipeline
-  search_split, final = input_pipeline.load_both(config)
   store = store_lib.open_existing(workdir)
   try:
-    if "data" in store.meta():
-      store.check_data(input_pipeline.digest(search_split), config.dataset.name, harm=(
-          "The final stage would retrain the top models on other data than they were "
-          "ranked on", "Restore the data, or start a new search on the new data"))
+    if "data" not in store.meta():  # the synthetic evaluator, or an older record
+      return input_pipeline.load(config, final=True)
+    search_split, final = input_pipeline.load_both(config)
+    store.check_data(input_pipeline.digest(search_split), config.dataset.name, harm=(
+        "The final stage would retrain the top models on other data than they were "
+        "ranked on", "Restore the data, or start a new search on the new data"))
+    return final
   finally:
     store.close()
-  return final
 
 
 def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = None,

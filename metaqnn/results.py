@@ -70,6 +70,16 @@ def sql_type(field: dataclasses.Field) -> str:
   return "TEXT"
 
 
+def plain_numbers(result: Result) -> Result:
+  """`result` with its numeric fields as Python ints and floats (SQLite would store a
+  NumPy scalar as bytes); TypeError or ValueError for one that is not a number."""
+  for f in dataclasses.fields(Result):
+    value, kind = getattr(result, f.name), sql_type(f)
+    if value is not None and kind in ("INTEGER", "REAL"):
+      setattr(result, f.name, int(value) if kind == "INTEGER" else float(value))
+  return result
+
+
 def to_sql(field: dataclasses.Field, value: Any) -> Any:
   if field.name == "curves":
     return json.dumps(_json_curves(value))

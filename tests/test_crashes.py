@@ -385,3 +385,19 @@ def test_an_unknown_train_optimizer_is_refused_before_the_search(tmp_path):
   with pytest.raises(errors.UserError, match="unknown optimizer 'rmsprop'"):
     search.run_search(config, str(tmp_path / "w"), tensorboard=False)
   assert not (tmp_path / "w").exists()
+
+
+def test_results_kept_on_a_stop_start_nothing_queued():
+  """On a stop, finished results are taken without starting a queued candidate (it
+  would journal an attempt and train after the stop)."""
+  from metaqnn import executors
+  from metaqnn.architecture import parse
+  started = []
+  pool = executors.ThreadExecutor(lambda i: _done, 1)
+  pool.on_start = started.append
+  pool.submit(0, parse("[C(8,3,1), SM(10)]"))
+  pool.submit(1, parse("[C(16,3,1), SM(10)]"))  # queued: one worker
+  while not all(f.done() for f in pool._running):
+    time.sleep(0.01)
+  assert [key for key, _ in pool.finished()] == [0] and started == [0]
+  pool.close()

@@ -514,13 +514,20 @@ def test_the_final_stage_refuses_data_that_changed_since_the_search(tmp_path):
   assert len(finalize.finalize(str(tmp_path / "w"))["models"]) == 1
 
 
-def test_transfer_onto_your_data_takes_its_classes(tmp_path):
+def test_transfer_onto_your_data_takes_its_classes(tmp_path, monkeypatch):
   """configs/custom.py leaves num_classes to the data: transfer reads it there too."""
   from metaqnn import transfer
   config = _search_config(f"npz:{_npz(tmp_path / 'd.npz', n=48)}")
   config.final.epochs = 1
   meta = transfer.transfer(config, "[C(4,3,1), SM(10)]", str(tmp_path / "t"))
   assert meta["arch"] == "[C(4,3,1), SM(3)]" and meta["input_shape"] == [8, 8, 1]
+  # Run again, a finished transfer reads no data and trains nothing.
+  def no_reading(*args, **kwargs):
+    raise AssertionError("the data was read again")
+
+  for name in ("load", "resolve"):
+    monkeypatch.setattr(ip, name, no_reading)
+  assert transfer.transfer(config, "[C(4,3,1),SM(10)]", str(tmp_path / "t")) == meta
 
 
 @pytest.mark.parametrize("name", ["npz:{d}/none.npz", "folder:{d}/none", "npz:{d}/one.npz"])

@@ -190,14 +190,19 @@ def test_a_result_an_evaluator_returns_is_checked_like_a_number(tmp_path):
   def evaluate(arch):
     calls.append(arch)
     return [Result(accuracy=float("nan")), Result(accuracy=0.6, status="great"),
-            Result(accuracy=np.float32(0.7))][len(calls) % 3]
+            Result(accuracy=np.float32(0.7), best_val_accuracy=np.float32(0.7),
+                   params=np.int64(10), seconds=np.float32(2))][len(calls) % 3]
 
   config = small_config("1.0:9")
   search.run_search(config, str(tmp_path / "w"), evaluate=evaluate, log_interval=100)
   statuses = [m["status"] for m in inspect_lib.summarize(str(tmp_path / "w"))["models"]
               if not m["resampled"]]
   assert sorted(statuses) == ["invalid"] * 6 + ["ok"] * 3
-  assert all(type(r[2]) is float for r in records(tmp_path / "w"))  # stored as numbers
+  stored = [m for m in inspect_lib.summarize(str(tmp_path / "w"))["models"]
+            if m["status"] == "ok"]
+  for m in stored:  # NumPy scalars stored as numbers, not as bytes
+    assert [type(m[k]) for k in ("accuracy", "best_val_accuracy", "params", "seconds")
+            ] == [float, float, int, float], m
   search.run_search(config, str(tmp_path / "w"), evaluate=evaluate, log_interval=100)
 
 
