@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import signal
 import sys
 from typing import Callable
 
@@ -21,6 +22,14 @@ def python() -> str:
   exe = sys.executable or "python"
   relative = os.path.relpath(exe)
   return relative if not relative.startswith("..") else exe
+
+
+def handle_stops() -> None:
+  """For a long command, from its first line: Ctrl-C and SIGTERM (preemption, `kill`)
+  raise KeyboardInterrupt, which `stop` turns into one line and the shell's status, and
+  one that Python drops (`metaqnn.signals`) is raised at the next check."""
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, signals.handler)
 
 
 def stop(message: str) -> None:

@@ -151,8 +151,10 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
     which = "the final model was" if len(best) == 1 else f"all {len(best)} final models were"
     say(f"{which} trained by an earlier run; nothing to train")
   elif len(todo) < len(best):
-    say(f"{len(best) - len(todo)} of the {len(best)} final models were trained by an earlier "
-        f"run and are kept; training the other {len(todo)}")
+    kept = len(best) - len(todo)
+    say(f"{kept} of the {len(best)} final models {'was' if kept == 1 else 'were'} trained by "
+        f"an earlier run and {'is' if kept == 1 else 'are'} kept; training the other "
+        f"{len(todo)}")
   if ensemble > len(best):
     say(f"the ensemble takes the top {len(best)}: --ensemble={ensemble} is more than the "
         f"{len(best)} final models (--top={top}, or fewer fully trained models)")
@@ -272,6 +274,7 @@ def main(argv):
   if len(argv) > 1 or not f.workdir:
     raise cli.UserError("usage: python -m metaqnn.finalize --workdir=DIR [--top=10] "
                         "[--ensemble=5]")
+  cli.handle_stops()
   try:
     results = finalize(f.workdir, f.top, f.ensemble)
   except store_lib.WorkdirError as e:

@@ -10,7 +10,6 @@ Any config field can be overridden, e.g. `--config.seed=1`,
 from __future__ import annotations
 
 import os
-import signal
 
 from absl import flags
 from ml_collections import config_flags
@@ -39,10 +38,7 @@ def main(argv: list[str]) -> None:
   if _CONFIG.value is None or not _WORKDIR.value:
     raise cli.UserError("usage: python -m metaqnn.main --config=configs/<name>.py "
                         "--workdir=DIR [--config.x.y=value ...]")
-  # SIGTERM (preemption, `kill`) stops as cleanly as Ctrl-C, the final stage included,
-  # even when Python drops the KeyboardInterrupt (`signals`).
-  for sig in (signal.SIGINT, signal.SIGTERM):
-    signal.signal(sig, signals.handler)
+  cli.handle_stops()  # SIGTERM stops as cleanly as Ctrl-C, the final stage included
   config, workdir = _CONFIG.value, _WORKDIR.value
   _announce(config, workdir)
   try:

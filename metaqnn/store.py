@@ -170,7 +170,7 @@ class Store:
     stored = _comparable(json.loads(meta["fingerprint"]))
     given = _comparable(json.loads(json.dumps(fingerprint, sort_keys=True)))
     if stored != given:
-      diff = _differences(stored, given)
+      diff = differences(stored, given)
       raise WorkdirError(
           f"the work directory {os.path.dirname(self.path)} was made for another search "
           f"(differs in: {', '.join(diff)}{_recorded(stored, given)}); it was left "
@@ -414,7 +414,7 @@ def _comparable(fp: dict) -> dict:
   return fp
 
 
-def _differences(stored: dict, given: dict, prefix: str = "") -> list[str]:
+def differences(stored: dict, given: dict, prefix: str = "") -> list[str]:
   """The settings (dotted paths, e.g. training.train.epochs) in which two fingerprints
   differ; a section whose fields differ too (another early stopping rule) by its name.
   The training settings' copy of the data set's name is left out: "dataset" says it."""
@@ -424,7 +424,7 @@ def _differences(stored: dict, given: dict, prefix: str = "") -> list[str]:
     if a == b or prefix + k == "training.dataset.name":
       continue
     same_keys = isinstance(a, dict) and isinstance(b, dict) and set(a) == set(b)
-    out += _differences(a, b, f"{prefix}{k}.") if same_keys else [prefix + k]
+    out += differences(a, b, f"{prefix}{k}.") if same_keys else [prefix + k]
   return out
 
 

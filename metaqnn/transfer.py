@@ -13,6 +13,7 @@ class count changes). Writes `OUT/checkpoint`, `OUT/meta.json` and prints one JS
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -47,31 +48,57 @@ def best_of(workdir: str) -> str:
   return best[0].arch
 
 
+def _settings(config: dict) -> dict:
+  """What a transfer run's result depends on, of a config (as JSON): the data, the
+  training settings the final schedule lays its own over, the final schedule, the seed."""
+  return {k: config.get(k) for k in ("dataset", "train", "final", "seed")}
+
+
 def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = None) -> dict:
   """Trains `arch` on `config`'s data set with its final schedule; returns the metrics."""
-  from metaqnn import checkpoints, input_pipeline, train
+  from metaqnn import checkpoints, input_pipeline, store, train
+  config = copy.deepcopy(config)
+  input_pipeline.absolute(config)  # paths recorded absolute, as a search records them
+  init_checkpoint = os.path.abspath(init_checkpoint) if init_checkpoint else None
   request = {"source_arch": str(arch_lib.parse(arch)), "dataset": config.dataset.name,
              "init_checkpoint": init_checkpoint}
+  settings = _settings(json.loads(config.to_json()))
   meta_path = os.path.join(workdir, "meta.json")
   if os.path.exists(meta_path):
     with open(meta_path) as f:
       meta = json.load(f)
-    if {k: meta.get(k) for k in request} | {"source_arch": _normal(
-        meta.get("source_arch"))} != request:
+    recorded = {k: meta.get(k) for k in request} | {
+        "source_arch": _normal(meta.get("source_arch"))}
+    differs = ([k for k in request if recorded[k] != request[k]]
+               + store.differences(_settings(meta.get("config") or {}), settings))
+    if differs:
       raise UserError(f"{workdir} holds another transfer run ({meta.get('arch')} on "
-                       f"{meta.get('dataset')}); use a new --workdir")
+                       f"{meta.get('dataset')}; differs in: {', '.join(differs)}); use a "
+                       "new --workdir")
     return meta  # done before: nothing is trained twice
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f"{workdir} is a file, not a directory")
   if os.path.isdir(workdir) and set(os.listdir(workdir)) - {"checkpoint"}:
     raise UserError(f"{workdir} is not empty; use a new directory for a transfer run")
   init = checkpoints.restore(init_checkpoint) if init_checkpoint else None
-  dataset = input_pipeline.load(config, final=True)
+  n = len(train.final_learning_rates(config))
+  print(f"transfer: {request['source_arch']} onto {config.dataset.name}, {n} epochs"
+        f"{' from ' + init_checkpoint if init_checkpoint else ''}; loading the data...",
+        flush=True)
+  created = not os.path.isdir(workdir)
+  os.makedirs(workdir, exist_ok=True)  # a path that cannot be made fails before training
+  try:
+    dataset = input_pipeline.load(config, final=True)
+  except BaseException:
+    if created and not os.listdir(workdir):
+      os.rmdir(workdir)  # nothing left behind
+    raise
   # The data's own classes (configs/custom.py leaves num_classes to it).
   target = with_classes(arch_lib.parse(arch), dataset.num_classes)
   trainer = train.FinalTrainer(config, dataset)
   start = time.perf_counter()
   params, history = trainer.fit(target, init_params=init)
   probs = trainer.predict(target, params, dataset.test_images)
-  os.makedirs(workdir, exist_ok=True)
   checkpoints.save(os.path.join(workdir, "checkpoint"), params)
   meta = dict(request, arch=str(target))
   meta.update(params=trainer.count_params(target),
@@ -80,7 +107,7 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
               history=history, seconds=time.perf_counter() - start,
               input_shape=list(dataset.test_images.shape[1:]),
               config=json.loads(config.to_json()))
-  files.write_json(meta_path, meta, indent=1)
+  files.write_json(meta_path, meta, indent=1)  # written last: marks the run done
   return meta
 
 
@@ -92,8 +119,13 @@ def main(argv):
     raise cli.UserError("usage: python -m metaqnn.transfer --config=configs/<target>.py "
                         "(--arch=ARCH | --from_workdir=DIR) --workdir=OUT "
                         "[--init_checkpoint=PATH]")
+  cli.handle_stops()
   arch = f.arch or best_of(f.from_workdir)
-  meta = transfer(f.config, arch, f.workdir, f.init_checkpoint)
+  try:
+    meta = transfer(f.config, arch, f.workdir, f.init_checkpoint)
+  except KeyboardInterrupt:
+    cli.stop("interrupted; the transfer run did not finish and keeps nothing. Run the "
+             "same command to start it again.")
   print(json.dumps({k: meta[k] for k in ("arch", "dataset", "params", "test_accuracy",
                                          "init_checkpoint")}))
 

@@ -137,13 +137,38 @@ def test_a_diverged_final_model_stays_out_of_the_ensemble(finished, tmp_path):
   assert "diverged" in open(os.path.join(copy, "final", "results.md")).read()
 
 
-def test_transfer_refuses_a_different_run_in_the_same_directory(finished, tmp_path):
+def test_transfer_refuses_a_different_run_in_the_same_directory(finished, tmp_path,
+                                                                monkeypatch):
   workdir, results = finished
   config = digits_config()
   config.final.epochs = 1
-  transfer.transfer(config, results["models"][0]["arch"], str(tmp_path / "t"))
-  with pytest.raises(ValueError, match="another transfer run"):
+  arch = results["models"][0]["arch"]
+  transfer.transfer(config, arch, str(tmp_path / "t"))
+  with pytest.raises(ValueError, match="another transfer run .*differs in: source_arch"):
     transfer.transfer(config, results["models"][1]["arch"], str(tmp_path / "t"))
+  longer = digits_config()
+  longer.final.epochs = 2  # another final schedule is another run, not the same one
+  with pytest.raises(ValueError, match="another transfer run .*differs in: final.epochs"):
+    transfer.transfer(longer, arch, str(tmp_path / "t"))
+  # The same run, given from another directory with a relative path: done already.
+  monkeypatch.chdir(tmp_path)
+  assert transfer.transfer(config, arch, "t")["arch"] == parse(arch).__str__()
+
+
+def test_transfer_into_a_path_it_cannot_use_fails_before_training(finished, tmp_path,
+                                                                  monkeypatch):
+  from metaqnn import train
+
+  def fit(*args, **kwargs):
+    raise AssertionError("it trained first")
+
+  monkeypatch.setattr(train.FinalTrainer, "fit", fit)
+  workdir, results = finished
+  (tmp_path / "afile").write_text("mine")
+  for bad, says in (("afile", "is a file, not a directory"), ("afile/sub", "Not a directory")):
+    with pytest.raises((ValueError, OSError), match=says):
+      transfer.transfer(digits_config(), results["models"][0]["arch"], str(tmp_path / bad))
+  assert (tmp_path / "afile").read_text() == "mine"
 
 
 def test_an_interrupt_starts_no_more_final_models(finished, tmp_path, monkeypatch):
@@ -209,3 +234,27 @@ def test_an_ensemble_larger_than_the_final_models_is_said(finished, capsys):
   assert "the ensemble takes the top 3: --ensemble=5 is more than the 3 final models" in out
   assert "training" not in out and again["ensemble"]["size"] == 3
   finalize.finalize(workdir, top=3, ensemble=2)  # as the other tests expect it
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["finalize", "transfer"])
+def test_a_sigterm_before_training_is_a_clean_stop(finished, tmp_path, command):
+  """The handlers are installed first: a SIGTERM while the data loads or JAX starts
+  (where Python may drop the interrupt) is one line and status 143, not a silent kill."""
+  import signal
+  workdir, results = finished
+  copy = str(tmp_path / "w")
+  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("final", ".lock"))
+  args = {"finalize": ["-m", "metaqnn.finalize", f"--workdir={copy}"],
+          "transfer": ["-m", "metaqnn.transfer", "--config=configs/digits.py",
+                       f"--arch={results['models'][0]['arch']}",
+                       f"--workdir={tmp_path / 't'}"]}[command]
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  first = proc.stdout.readline()
+  assert "loading the data" in first, first
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 143, err
+  assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted;")
