@@ -48,3 +48,24 @@ def test_dry_runs_show_the_commands(tmp_path):
   assert "train_fraction=0.1" in out.stdout and "1.0:1000" in out.stdout
   out = launch("all_datasets.sh", str(tmp_path), dry=True)
   assert all(f"configs/{n}.py" in out.stdout for n in ("mnist", "svhn", "cifar10", "cifar100"))
+
+
+@pytest.mark.parametrize("script, args", [
+    ("sweep_seeds.sh", ["configs/mnist.py", "runs/x", "ten"]),
+    ("sweep_seeds.sh", ["configs/mnist.py", "runs/x", "0"]),
+    ("stability_study.sh", ["runs/x", "-2"]),
+    ("ray_cluster.sh", ["search", "configs/cifar10.py", "runs/x", "ten"])])
+def test_a_bad_count_is_one_line(script, args):
+  out = launch(script, *args, dry=True)
+  assert out.returncode == 2 and out.stdout == "", out
+  assert out.stderr.startswith("error: ") and len(out.stderr.splitlines()) == 1, out.stderr
+
+
+def test_one_machine_leaves_the_worker_count_to_auto():
+  """Auto keeps two candidates per device group on GPUs (one compiles while the other
+  trains); an explicit count still passes through."""
+  out = launch("one_machine.sh", "configs/cifar10.py", "runs/c10", dry=True)
+  assert "--config.parallel=data" in out.stdout and "num_workers" not in out.stdout
+  out = launch("one_machine.sh", "configs/cifar10.py", "runs/c10", "candidate",
+               "--config.num_workers=3", dry=True)
+  assert "--config.num_workers=3" in out.stdout
