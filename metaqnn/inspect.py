@@ -232,7 +232,9 @@ def checkpoint_summary(path: str, split: Optional[str] = None) -> dict:
                       "train": (data.train_images, data.train_labels)}[split]
     probs = train.FinalTrainer(config, data).predict(arch, params, images)
     out["evaluated"] = {"split": split, "examples": int(len(labels)),
-                        "accuracy": float((probs.argmax(-1) == labels).mean())}
+                        "accuracy": float((probs.argmax(-1) == labels).mean()),
+                        # a final model trained on train and val: not a held-out figure
+                        "held_out": split == "test"}
   return out
 
 
@@ -248,7 +250,8 @@ def render_checkpoint(s: dict) -> str:
   if "evaluated" in s:
     e = s["evaluated"]
     lines.append(f"evaluated now on {e['split']} ({e['examples']} examples): "
-                 f"accuracy {e['accuracy']:.4f}")
+                 f"accuracy {e['accuracy']:.4f}" + ("" if e.get("held_out", True) else
+                                                    " (trained on it: not held out)"))
   return "\n".join(lines)
 
 

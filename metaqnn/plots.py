@@ -335,7 +335,7 @@ def write_all(workdirs: Sequence[str], out: str | None = None) -> list[str]:
 
 def main(argv):
   f = flags.FLAGS
-  if len(argv) > 1 or not f.workdir:
+  if len(argv) > 1 or not f.workdir or not all(w.strip() for w in f.workdir):
     raise cli.UserError("usage: python -m metaqnn.plots --workdir=DIR[,DIR2,...] [--out=DIR]")
   try:
     for path in write_all(f.workdir, f.out):

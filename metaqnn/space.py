@@ -41,7 +41,7 @@ COMMANDS = ("stats", "sample")
 def main(argv: list[str]) -> None:
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise cli.UserError(f"usage: python -m metaqnn.space {{{'|'.join(COMMANDS)}}} "
-                        "--config=configs/<name>.py [--num=N --seed=S]")
+                        "--config=configs/<name>.py [--num=N --seed=S --uniform]")
   if _CONFIG.value is None:
     raise cli.UserError("--config is required, e.g. --config=configs/cifar10.py")
   # The size bins follow the image side: a custom data set (npz:, folder:, tfds:) is read

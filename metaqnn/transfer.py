@@ -48,6 +48,23 @@ def best_of(workdir: str) -> str:
   return best[0].arch
 
 
+def _fitting(arch: Architecture, input_shape, init: dict) -> tuple[int, int]:
+  """How many of `arch`'s weight tensors a pretrained tree gives (same place, same
+  shape), and how many it has."""
+  from metaqnn import models
+
+  def leaves(tree, path=()):
+    if isinstance(tree, dict):
+      for k, v in tree.items():
+        yield from leaves(v, path + (k,))
+    else:
+      yield path, tuple(getattr(tree, "shape", ()))
+
+  pretrained = dict(leaves(init))
+  wanted = list(leaves(models.param_shapes(models.CNN(arch), tuple(input_shape))))
+  return sum(pretrained.get(p) == shape for p, shape in wanted), len(wanted)
+
+
 def _settings(config: dict) -> dict:
   """What a transfer run's result depends on, of a config (as JSON): the data, the
   training settings the final schedule lays its own over, the final schedule, the seed."""
@@ -89,12 +106,20 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
   os.makedirs(workdir, exist_ok=True)  # a path that cannot be made fails before training
   try:
     dataset = input_pipeline.load(config, final=True)
+    # The data's own classes (configs/custom.py leaves num_classes to it).
+    target = with_classes(arch_lib.parse(arch), dataset.num_classes)
+    if init is not None:
+      fit, total = _fitting(target, dataset.test_images.shape[1:], init)
+      if not fit:
+        raise UserError(f"none of the {init_checkpoint} tensors fits {target} on these "
+                        "images; give a checkpoint of this architecture, or train from "
+                        "scratch without --init_checkpoint")
+      print(f"fine-tuning: {fit} of {total} weight tensors start from the checkpoint, "
+            "the others fresh", flush=True)
   except BaseException:
     if created and not os.listdir(workdir):
-      os.rmdir(workdir)  # nothing left behind
+      os.rmdir(workdir)  # a refused run leaves nothing behind
     raise
-  # The data's own classes (configs/custom.py leaves num_classes to it).
-  target = with_classes(arch_lib.parse(arch), dataset.num_classes)
   trainer = train.FinalTrainer(config, dataset)
   start = time.perf_counter()
   params, history = trainer.fit(target, init_params=init)

@@ -99,6 +99,8 @@ def test_checkpoint_inspection(finished):
   s = inspect_lib.checkpoint_summary(path, split="test")
   folder = inspect_lib.checkpoint_summary(os.path.dirname(path), split="val")  # as listed
   assert folder["arch"] == s["arch"] and folder["evaluated"]["split"] == "val"
+  assert s["evaluated"]["held_out"] and not folder["evaluated"]["held_out"]
+  assert "(trained on it: not held out)" in inspect_lib.render_checkpoint(folder)
   assert s["arch"] == results["models"][0]["arch"]
   assert s["params"] == results["models"][0]["params"]
   assert s["evaluated"]["accuracy"] == pytest.approx(results["models"][0]["test_accuracy"])
@@ -123,6 +125,11 @@ def test_transfer_from_scratch_and_fine_tuned(finished, tmp_path):
   assert transfer.with_classes(parse("[C(8,3,1), GAP(10), SM(10)]"), 100) == parse(
       "[C(8,3,1), GAP(100), SM(100)]")
   assert transfer.best_of(workdir) == inspect_lib.summarize(workdir)["top"][0]["arch"]
+  # A checkpoint of which nothing fits is refused, not silently trained from scratch.
+  with pytest.raises(ValueError, match="none of the .* tensors fits"):
+    transfer.transfer(config, "[FC(7), SM(10)]", str(tmp_path / "nothing"),
+                      init_checkpoint=source["checkpoint"])
+  assert not (tmp_path / "nothing").exists()
 
 
 def test_a_diverged_final_model_stays_out_of_the_ensemble(finished, tmp_path):

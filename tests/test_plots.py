@@ -145,3 +145,12 @@ def test_curves_of_a_search_where_only_stopped_models_have_curves(tmp_path):
     assert plots.plot_curves(records, str(tmp_path / "c.png"), "stopped only")
   with open(tmp_path / "c.png", "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_empty_work_directory_in_the_list_is_the_usage_line():
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, "-m", "metaqnn.plots", "--workdir=,"], cwd=root,
+                       env=dict(os.environ, PYTHONPATH=root), capture_output=True, text=True)
+  assert out.returncode == 2 and out.stderr.startswith("error: usage:"), out.stderr
