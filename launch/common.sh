@@ -7,7 +7,7 @@ run() {
   if [ "${DRY_RUN:-0}" = 1 ]; then printf '%q ' "$@"; echo; else (cd "$ROOT" && "$@"); fi
 }
 count() {  # $2 as a count >= 1, or one error line naming $1 and exit 2
-  [[ "$2" =~ ^[1-9][0-9]*$ ]] || { echo "error: $1 must be a whole number >= 1, not '$2'" >&2; exit 2; }
+  [[ "${2-}" =~ ^[1-9][0-9]*$ ]] || { echo "error: $1 must be a whole number >= 1, not '${2-}'" >&2; exit 2; }
 }
 usage() {  # the comment block at the top of the calling script
   awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0" >&2

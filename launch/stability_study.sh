@@ -11,6 +11,7 @@ source "$(dirname "$0")/common.sh"
 out=$1; shift
 runs=10
 if [ $# -gt 0 ] && [[ "$1" != --* ]]; then runs=$1; shift; fi
+count RUNS "$runs"
 exec "$(dirname "$0")/sweep_seeds.sh" configs/svhn.py "$out" "$runs" \
   --config.dataset.train_fraction=0.1 \
   --config.search.schedule=1.0:1000,0.9:100,0.8:100,0.7:100,0.6:150,0.5:150,0.4:150,0.3:150,0.2:150,0.1:150 \

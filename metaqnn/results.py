@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from typing import Any, Optional
 
 # Statuses of a result. "ok", "stopped" (early stopping) and "timeout" (train.max_seconds)
@@ -72,11 +73,19 @@ def sql_type(field: dataclasses.Field) -> str:
 
 def plain_numbers(result: Result) -> Result:
   """`result` with its numeric fields as Python ints and floats (SQLite would store a
-  NumPy scalar as bytes); TypeError or ValueError for one that is not a number."""
+  NumPy scalar as bytes); ValueError (or TypeError) for one that is not a number, or a
+  count that is not a whole one."""
   for f in dataclasses.fields(Result):
     value, kind = getattr(result, f.name), sql_type(f)
-    if value is not None and kind in ("INTEGER", "REAL"):
-      setattr(result, f.name, int(value) if kind == "INTEGER" else float(value))
+    if value is None or kind not in ("INTEGER", "REAL"):
+      continue
+    if kind == "REAL":
+      value = float(value)
+    elif not isinstance(value, numbers.Integral):
+      if not float(value).is_integer():  # inf and NaN too
+        raise ValueError(f"{f.name}={value} is not a whole number")
+      value = int(float(value))
+    setattr(result, f.name, int(value) if kind == "INTEGER" else value)
   return result
 
 

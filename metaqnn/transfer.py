@@ -19,6 +19,8 @@ import os
 import time
 from typing import Optional
 
+import numpy as np
+
 from metaqnn import architecture as arch_lib
 from metaqnn import files
 from metaqnn.architecture import GAP, Architecture, Softmax
@@ -58,36 +60,62 @@ def _fitting(arch: Architecture, input_shape, init: dict) -> tuple[int, int]:
       for k, v in tree.items():
         yield from leaves(v, path + (k,))
     else:
-      yield path, tuple(getattr(tree, "shape", ()))
+      yield path, np.shape(tree)  # as training compares them (`train.Core.init_state`)
 
   pretrained = dict(leaves(init))
   wanted = list(leaves(models.param_shapes(models.CNN(arch), tuple(input_shape))))
   return sum(pretrained.get(p) == shape for p, shape in wanted), len(wanted)
 
 
+# Config fields that do not change a transfer run's result: where the data is found, the
+# search's own split and training settings, and how the final stage of a search runs.
+_IRRELEVANT = {"dataset": {"name", "data_dir", "download", "val_size", "val_fraction",
+                           "train_fraction"},
+               "train": {"epochs", "learning_rate", "max_seconds", "eval_batch_size",
+                         "max_restarts", "restart_lr_factor", "restart_threshold"},
+               "final": {"top", "ensemble", "num_workers", "run_after_search", "plots"}}
+
+
 def _settings(config: dict) -> dict:
   """What a transfer run's result depends on, of a config (as JSON): the data, the
-  training settings the final schedule lays its own over, the final schedule, the seed."""
-  return {k: config.get(k) for k in ("dataset", "train", "final", "seed")}
+  training settings the final schedule lays its own over, the final schedule, the seed.
+  (The data set's name is compared with the paths, as given or absolute.)"""
+  out = {"seed": config.get("seed")}
+  for section, irrelevant in _IRRELEVANT.items():
+    out[section] = {k: v for k, v in (config.get(section) or {}).items()
+                    if k not in irrelevant}
+  return out
+
+
+def _shared(a: dict, b: dict) -> tuple[dict, dict]:
+  """`a` and `b` with only the keys both have, at every depth: a run recorded before a
+  setting existed is not another run for lacking it."""
+  keys = set(a) & set(b)
+  pairs = {k: _shared(a[k], b[k]) if isinstance(a[k], dict) and isinstance(b[k], dict)
+           else (a[k], b[k]) for k in keys}
+  return {k: v[0] for k, v in pairs.items()}, {k: v[1] for k, v in pairs.items()}
 
 
 def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = None) -> dict:
   """Trains `arch` on `config`'s data set with its final schedule; returns the metrics."""
   from metaqnn import checkpoints, input_pipeline, store, train
+  # Paths are recorded absolute, as a search records them; runs recorded before that
+  # hold them as they were typed, which matches too.
+  typed = {"dataset": config.dataset.name, "init_checkpoint": init_checkpoint}
   config = copy.deepcopy(config)
-  input_pipeline.absolute(config)  # paths recorded absolute, as a search records them
+  input_pipeline.absolute(config)
   init_checkpoint = os.path.abspath(init_checkpoint) if init_checkpoint else None
   request = {"source_arch": str(arch_lib.parse(arch)), "dataset": config.dataset.name,
              "init_checkpoint": init_checkpoint}
-  settings = _settings(json.loads(config.to_json()))
   meta_path = os.path.join(workdir, "meta.json")
   if os.path.exists(meta_path):
     with open(meta_path) as f:
       meta = json.load(f)
     recorded = {k: meta.get(k) for k in request} | {
         "source_arch": _normal(meta.get("source_arch"))}
-    differs = ([k for k in request if recorded[k] != request[k]]
-               + store.differences(_settings(meta.get("config") or {}), settings))
+    differs = [k for k in request if recorded[k] not in (request[k], typed.get(k, ""))]
+    differs += store.differences(*_shared(_settings(meta.get("config") or {}),
+                                          _settings(json.loads(config.to_json()))))
     if differs:
       raise UserError(f"{workdir} holds another transfer run ({meta.get('arch')} on "
                        f"{meta.get('dataset')}; differs in: {', '.join(differs)}); use a "
@@ -102,7 +130,10 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
   print(f"transfer: {request['source_arch']} onto {config.dataset.name}, {n} epochs"
         f"{' from ' + init_checkpoint if init_checkpoint else ''}; loading the data...",
         flush=True)
-  created = not os.path.isdir(workdir)
+  created, path = [], os.path.abspath(workdir)  # the folders made here, deepest first
+  while not os.path.exists(path):
+    created.append(path)
+    path = os.path.dirname(path)
   os.makedirs(workdir, exist_ok=True)  # a path that cannot be made fails before training
   try:
     dataset = input_pipeline.load(config, final=True)
@@ -117,8 +148,9 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
       print(f"fine-tuning: {fit} of {total} weight tensors start from the checkpoint, "
             "the others fresh", flush=True)
   except BaseException:
-    if created and not os.listdir(workdir):
-      os.rmdir(workdir)  # a refused run leaves nothing behind
+    for folder in created:  # a refused run leaves nothing behind
+      if not os.listdir(folder):
+        os.rmdir(folder)
     raise
   trainer = train.FinalTrainer(config, dataset)
   start = time.perf_counter()

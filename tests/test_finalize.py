@@ -160,6 +160,19 @@ def test_transfer_refuses_a_different_run_in_the_same_directory(finished, tmp_pa
   # The same run, given from another directory with a relative path: done already.
   monkeypatch.chdir(tmp_path)
   assert transfer.transfer(config, arch, "t")["arch"] == parse(arch).__str__()
+  # Settings that change nothing of the result are not another run: where the data is,
+  # the search's own split and time limit.
+  moved = digits_config()
+  moved.final.epochs = 1
+  moved.dataset.data_dir, moved.dataset.val_fraction = "/elsewhere", 0.3
+  moved.train.max_seconds = 5.0
+  assert transfer.transfer(moved, arch, "t")["arch"] == parse(arch).__str__()
+  # A run recorded before a setting existed (and with paths as typed) is the same run.
+  meta_path = tmp_path / "t" / "meta.json"
+  meta = json.loads(meta_path.read_text())
+  del meta["config"]["train"]["dtype"]
+  meta_path.write_text(json.dumps(meta))
+  assert transfer.transfer(config, arch, "t")["arch"] == parse(arch).__str__()
 
 
 def test_transfer_into_a_path_it_cannot_use_fails_before_training(finished, tmp_path,
@@ -176,6 +189,11 @@ def test_transfer_into_a_path_it_cannot_use_fails_before_training(finished, tmp_
     with pytest.raises((ValueError, OSError), match=says):
       transfer.transfer(digits_config(), results["models"][0]["arch"], str(tmp_path / bad))
   assert (tmp_path / "afile").read_text() == "mine"
+  # Refused after its folders were made (no tensor of the checkpoint fits): none is left.
+  with pytest.raises(ValueError, match="none of the"):
+    transfer.transfer(digits_config(), "[FC(7), SM(10)]", str(tmp_path / "new" / "a" / "b"),
+                      init_checkpoint=results["models"][0]["checkpoint"])
+  assert not (tmp_path / "new").exists()
 
 
 def test_an_interrupt_starts_no_more_final_models(finished, tmp_path, monkeypatch):

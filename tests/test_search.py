@@ -206,6 +206,17 @@ def test_a_result_an_evaluator_returns_is_checked_like_a_number(tmp_path):
   search.run_search(config, str(tmp_path / "w"), evaluate=evaluate, log_interval=100)
 
 
+@pytest.mark.parametrize("field", [dict(flops=float("inf")), dict(epochs=2.7),
+                                   dict(params="many")])
+def test_a_result_with_a_count_that_is_not_a_whole_number_is_an_error(field):
+  """Evaluators never raise for a candidate: a bad field is a failed candidate."""
+  from metaqnn.results import Result
+  out = evaluators.Evaluator(lambda arch: Result(accuracy=0.7, **field), 10)(
+      parse("[C(8,3,1), SM(10)]"))
+  assert out.status == "error" and out.accuracy == pytest.approx(0.1), out
+  assert "not a number" in out.message
+
+
 def hidden_reward(arch):
   """A reward the agent cannot see: 5x5 convolutions early, one pooling, an FC head."""
   score, convs = 0.0, 0
