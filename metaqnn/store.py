@@ -132,25 +132,23 @@ class Store:
       finally:
         check.close()
       self._lock = _lock(workdir)
-      try:
-        self.db = sqlite3.connect(self.path, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_ATTEMPTS)  # records made before the attempts journal
-        self._add_missing_columns()
-        if data is not None and not recorded_data:
-          # A record made before digests were kept, or one whose digest is still in the
-          # write-ahead log of a run killed just after writing it (the view above reads
-          # the database file only): checked again, now with the log, before it is
-          # written.
-          self._check_data(dict(self.db.execute("SELECT key, value FROM meta").fetchall()),
-                           fingerprint, data, opened=True)
-          self.set_meta("data", data)
-      except BaseException:  # refused or failed: nothing stays open or locked
-        self.close()
-        raise
-    except sqlite3.DatabaseError as e:
-      raise WorkdirError(f"{self.path} is not a readable metaqnn record ({e})") from None
+      self.db = sqlite3.connect(self.path, isolation_level=None)
+      self.db.execute("PRAGMA journal_mode=WAL")
+      self.db.execute("PRAGMA synchronous=NORMAL")
+      self.db.executescript(_ATTEMPTS)  # records made before the attempts journal
+      self._add_missing_columns()
+      if data is not None and not recorded_data:
+        # A record made before digests were kept, or one whose digest is still in the
+        # write-ahead log of a run killed just after writing it (the view above reads
+        # the database file only): checked again, now with the log, before it is written.
+        self._check_data(dict(self.db.execute("SELECT key, value FROM meta").fetchall()),
+                         fingerprint, data, opened=True)
+        self.set_meta("data", data)
+    except BaseException as e:  # refused or failed: nothing stays open or locked
+      self.close()
+      if isinstance(e, sqlite3.DatabaseError):
+        raise WorkdirError(f"{self.path} is not a readable metaqnn record ({e})") from None
+      raise
 
   def _check_sqlite_header(self) -> None:
     if not os.path.isfile(self.path):
@@ -475,12 +473,11 @@ def open_existing(workdir: str) -> Store:
   store._check_sqlite_header()
   try:
     store.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-    try:
-      if store.meta().get("format") != FORMAT:
-        raise WorkdirError(f"{path} is not a {FORMAT} record")
-    except BaseException:
-      store.db.close()
-      raise
-  except sqlite3.DatabaseError as e:
-    raise WorkdirError(f"{path} is not a readable metaqnn record ({e})") from None
+    if store.meta().get("format") != FORMAT:
+      raise WorkdirError(f"{path} is not a {FORMAT} record")
+  except BaseException as e:
+    store.close()
+    if isinstance(e, sqlite3.DatabaseError):
+      raise WorkdirError(f"{path} is not a readable metaqnn record ({e})") from None
+    raise
   return store
