@@ -338,8 +338,7 @@ class Core:
     params = models.init_params(programs.shapes, list(seed))
     if init_params is not None:  # keep every pretrained tensor whose shape still fits
       params = jax.tree.map(
-          lambda new, old: np.asarray(old, new.dtype)
-          if old is not None and np.shape(old) == np.shape(new) else new,
+          lambda new, old: np.asarray(old, new.dtype) if _fits(new, old) else new,
           params, _match(params, init_params), is_leaf=lambda x: x is None)
     opt_state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), programs.opt_shapes)
     return jax.device_put((params, opt_state), self.data.replicated)
@@ -629,6 +628,19 @@ class FinalTrainer:
 def diverged(history: list[dict]) -> bool:
   """Whether a `FinalTrainer.fit` history ended in a non-finite loss."""
   return bool(history) and not np.isfinite(history[-1]["loss"])
+
+
+def pretrained_fit(shapes: Any, init_params: Any) -> tuple[int, int]:
+  """How many tensors of a parameter tree (`shapes`) `init_params` gives, by the rule
+  fine-tuning uses (`Core.init_state`), and how many it has."""
+  fits = jax.tree.leaves(jax.tree.map(_fits, shapes, _match(shapes, init_params),
+                                      is_leaf=lambda x: x is None))
+  return sum(fits), len(fits)
+
+
+def _fits(new: Any, old: Any) -> bool:
+  """Whether a pretrained tensor `old` takes the place of `new`: same place, same shape."""
+  return old is not None and np.shape(old) == np.shape(new)
 
 
 def _match(template: Any, tree: Any) -> Any:

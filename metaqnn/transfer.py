@@ -19,8 +19,6 @@ import os
 import time
 from typing import Optional
 
-import numpy as np
-
 from metaqnn import architecture as arch_lib
 from metaqnn import files
 from metaqnn.architecture import GAP, Architecture, Softmax
@@ -50,23 +48,6 @@ def best_of(workdir: str) -> str:
   return best[0].arch
 
 
-def _fitting(arch: Architecture, input_shape, init: dict) -> tuple[int, int]:
-  """How many of `arch`'s weight tensors a pretrained tree gives (same place, same
-  shape), and how many it has."""
-  from metaqnn import models
-
-  def leaves(tree, path=()):
-    if isinstance(tree, dict):
-      for k, v in tree.items():
-        yield from leaves(v, path + (k,))
-    else:
-      yield path, np.shape(tree)  # as training compares them (`train.Core.init_state`)
-
-  pretrained = dict(leaves(init))
-  wanted = list(leaves(models.param_shapes(models.CNN(arch), tuple(input_shape))))
-  return sum(pretrained.get(p) == shape for p, shape in wanted), len(wanted)
-
-
 # Config fields that do not change a transfer run's result: where the data is found, the
 # search's own split and training settings, and how the final stage of a search runs.
 _IRRELEVANT = {"dataset": {"name", "data_dir", "download", "val_size", "val_fraction",
@@ -90,15 +71,16 @@ def _settings(config: dict) -> dict:
 def _shared(a: dict, b: dict) -> tuple[dict, dict]:
   """`a` and `b` with only the keys both have, at every depth: a run recorded before a
   setting existed is not another run for lacking it."""
-  keys = set(a) & set(b)
-  pairs = {k: _shared(a[k], b[k]) if isinstance(a[k], dict) and isinstance(b[k], dict)
-           else (a[k], b[k]) for k in keys}
-  return {k: v[0] for k, v in pairs.items()}, {k: v[1] for k, v in pairs.items()}
+  out_a, out_b = {}, {}
+  for k in set(a) & set(b):
+    both_dicts = isinstance(a[k], dict) and isinstance(b[k], dict)
+    out_a[k], out_b[k] = _shared(a[k], b[k]) if both_dicts else (a[k], b[k])
+  return out_a, out_b
 
 
 def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = None) -> dict:
   """Trains `arch` on `config`'s data set with its final schedule; returns the metrics."""
-  from metaqnn import checkpoints, input_pipeline, store, train
+  from metaqnn import checkpoints, input_pipeline, models, store, train
   # Paths are recorded absolute, as a search records them; runs recorded before that
   # hold them as they were typed, which matches too.
   typed = {"dataset": config.dataset.name, "init_checkpoint": init_checkpoint}
@@ -140,7 +122,8 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
     # The data's own classes (configs/custom.py leaves num_classes to it).
     target = with_classes(arch_lib.parse(arch), dataset.num_classes)
     if init is not None:
-      fit, total = _fitting(target, dataset.test_images.shape[1:], init)
+      shapes = models.param_shapes(models.CNN(target), dataset.test_images.shape[1:])
+      fit, total = train.pretrained_fit(shapes, init)
       if not fit:
         raise UserError(f"none of the {init_checkpoint} tensors fits {target} on these "
                         "images; give a checkpoint of this architecture, or train from "
