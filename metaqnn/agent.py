@@ -70,8 +70,6 @@ class Agent:
     if not 0.0 < alpha <= 1.0 or not 0.0 <= gamma <= 1.0:
       raise UserError(f"agent alpha must be in (0, 1] and gamma in [0, 1]; "
                        f"got alpha={alpha}, gamma={gamma}")
-    if int(seed) < 0:  # NumPy's generators take non-negative seeds only
-      raise UserError(f"seed must be >= 0, got {seed}")
     self.space = space
     self.alpha, self.gamma, self.q_init = float(alpha), float(gamma), float(q_init)
     self.rng = np.random.default_rng(seed)

@@ -505,7 +505,7 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   replay_samples = int(config.search.replay_samples)
   if replay_samples < 0:
     raise UserError("search.replay_samples must be >= 0")
-  if int(config.seed) < 0:  # checked by the agent too, but the data is split first
+  if int(config.seed) < 0:  # NumPy's generators take non-negative seeds only
     raise UserError(f"seed must be >= 0, got {config.seed}")
   from metaqnn import input_pipeline  # pylint: disable=import-outside-toplevel
   config = copy.deepcopy(config)

@@ -54,6 +54,8 @@ def main(argv: list[str]) -> None:
   if _NUM.value < 0:
     raise cli.UserError("--num must be >= 0")
   seed = _CONFIG.value.seed if _SEED.value is None else _SEED.value
+  if int(seed) < 0:  # NumPy's generators take non-negative seeds only
+    raise cli.UserError(f"seed must be >= 0, got {seed}")
   if _UNIFORM.value:
     if flags.FLAGS["epsilon"].present:
       raise cli.UserError("--uniform draws from the whole space; it takes no --epsilon")

@@ -287,6 +287,10 @@ def test_stats_and_sample_commands():
     check_legal(arch, space.cfg)
   both = run("sample", "--config=configs/mnist.py", "--uniform", "--epsilon=0.5")
   assert both.returncode != 0 and "Traceback" not in both.stderr and "--epsilon" in both.stderr
+  for how in ([], ["--uniform"]):  # the config's seed, checked like --seed
+    negative = run("sample", "--config=configs/mnist.py", "--config.seed=-1", *how)
+    assert negative.returncode == 2 and negative.stderr.strip() == (
+        "error: seed must be >= 0, got -1"), negative.stderr
   # Uniform over the space means mostly deep networks; the walks stop early.
   assert (np.mean([len(a.layers) for a in drawn]) >
           np.mean([len(parse(line).layers) for line in lines]) + 2)
