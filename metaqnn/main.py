@@ -54,6 +54,7 @@ def main(argv: list[str]) -> None:
     status = "finished" if result.finished else "stopped"
     print(f"search {status}: {result.unique_models} unique models, {result.iterations} "
           f"iterations (re-samples included); best {best} {result.best_arch}")
+  final_stage = config.final.run_after_search and config.evaluator == "train"
   if result.finished and config.final.plots:
     from metaqnn import plots
     try:
@@ -61,9 +62,9 @@ def main(argv: list[str]) -> None:
         print("plots: " + ", ".join(plots.write_all([workdir])))
     except KeyboardInterrupt:
       cli.stop("interrupted while drawing the plots; the search is finished and saved. Run "
-            "the same command to draw them" + (" and run the final stage" if (
-                config.final.run_after_search and config.evaluator == "train") else ""))
-  if result.finished and config.final.run_after_search and config.evaluator == "train":
+               "the same command to draw them"
+               + (" and run the final stage" if final_stage else ""))
+  if result.finished and final_stage:
     from metaqnn import finalize  # the final stage: top models retrained, tested, ensembled
     try:
       results = finalize.finalize(workdir, data_checked=True)  # by the search just run

@@ -167,7 +167,8 @@ def plot_curves(records, path: str, title: str, top: int = 10) -> bool:
   full = [r for r in trained if r.status == "ok"]  # not stopped: a predicted or partial accuracy
   for r in sorted(full, key=lambda r: -r.accuracy)[:top]:
     acc = r.curves[-1]["val_accuracy"]
-    ax_top.plot(range(1, len(acc) + 1), acc, marker=".", label=f"#{r.iteration + 1} {r.accuracy:.3f}")  # sample number, as in the log
+    label = f"#{r.iteration + 1} {r.accuracy:.3f}"  # the sample number, as in the log
+    ax_top.plot(range(1, len(acc) + 1), acc, marker=".", label=label)
   ax_top.set(title=f"top {min(top, len(full))} fully trained models", xlabel="epoch",
              ylabel="validation accuracy")
   if full:

@@ -507,6 +507,7 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     raise UserError("search.replay_samples must be >= 0")
   if int(config.seed) < 0:  # NumPy's generators take non-negative seeds only
     raise UserError(f"seed must be >= 0, got {config.seed}")
+  kind = evaluators.kind_of(config, evaluate)
   from metaqnn import input_pipeline  # pylint: disable=import-outside-toplevel
   config = copy.deepcopy(config)
   # The data's image side, channels and classes (custom data is read here, before the
@@ -516,8 +517,7 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   if dataset is None:
     _keep_recorded_channels(config, recorded)
     dataset = input_pipeline.resolve(config)
-  elif (str(config.get("executor", "local")) == "ray"
-        and evaluators.kind_of(config, evaluate) == "train"):
+  elif str(config.get("executor", "local")) == "ray" and kind == "train":
     raise UserError("data in memory (dataset=...) stays in this process, and Ray workers "
                     "load config.dataset; use the local executor, or save the arrays as "
                     ".npz and set dataset.name=npz:PATH")
@@ -527,7 +527,6 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     config.dataset.num_classes = int(dataset.num_classes)
   space = search_space.from_config(config)
   budget = budget_lib.Budget.from_config(config)
-  kind = evaluators.kind_of(config, evaluate)
   check_config(config, schedule, space)
   if kind == "train":
     from metaqnn import train as train_lib  # pylint: disable=import-outside-toplevel
