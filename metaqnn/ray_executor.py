@@ -75,16 +75,7 @@ class RayExecutor(WorkerPool):
       if self._deadlines:
         timeout = max(0.0, min(self._deadlines.values()) - time.monotonic())
       ready, _ = ray.wait(list(self._running), num_returns=1, timeout=timeout)
-      for ref in ready:
-        key, i = self._running.pop(ref)
-        self._deadlines.pop(ref, None)
-        try:
-          out.append((key, ray.get(ref)))
-        except ray.exceptions.RayError as e:  # the worker died or its result was lost
-          first = (str(e).strip().splitlines() or [""])[0]
-          out.append((key, Lost(f"{type(e).__name__}: {first}")))
-          self._replace(i)
-        self._finished(i)
+      out += [self._take(ref) for ref in ready]
       now = time.monotonic()
       for ref in [r for r, t in self._deadlines.items() if t <= now]:
         key, i = self._running.pop(ref)
@@ -94,6 +85,31 @@ class RayExecutor(WorkerPool):
         self._replace(i)
         self._finished(i)
     return out
+
+  def finished(self):
+    """(On a stop: nothing queued is started in their place, and no worker replaced.)"""
+    if not self._running:
+      return []
+    ready, _ = self._ray.wait(list(self._running), num_returns=len(self._running),
+                              timeout=0)
+    return sorted((self._take(ref, refill=False) for ref in ready), key=lambda r: r[0])
+
+  def _take(self, ref, refill: bool = True):
+    """The result of a finished handle; its worker is replaced if it died, and given the
+    next queued candidate if `refill`."""
+    ray = self._ray
+    key, i = self._running.pop(ref)
+    self._deadlines.pop(ref, None)
+    try:
+      out = ray.get(ref)
+    except ray.exceptions.RayError as e:  # the worker died or its result was lost
+      first = (str(e).strip().splitlines() or [""])[0]
+      out = Lost(f"{type(e).__name__}: {first}")
+      if refill:
+        self._replace(i)
+    if refill:
+      self._finished(i)
+    return key, out
 
   def close(self) -> None:
     for actor in self._actors:

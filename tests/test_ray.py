@@ -52,6 +52,24 @@ def test_two_workers_complete_with_exact_counts(tmp_path):
   assert [sum(r[1] == s for r in trained) for s in range(3)] == [16, 8, 8]
 
 
+def test_results_kept_on_a_stop_are_all_taken_and_start_nothing_queued():
+  """On a stop the search commits every result that finished beside the last one taken
+  (`finished`), and no queued candidate starts in their place."""
+  from metaqnn.architecture import parse
+  from metaqnn.ray_executor import RayExecutor
+  pool = RayExecutor(config())
+  started = []
+  pool.on_start = started.append
+  for key, arch in enumerate(["[C(8,3,1), SM(10)]", "[C(16,3,1), SM(10)]", "[SM(10)]"]):
+    pool.submit(key, parse(arch))  # the third waits for a worker
+  ray.wait(list(pool._running), num_returns=2, timeout=60)
+  try:
+    assert [key for key, _ in pool.finished()] == [0, 1] and started == [0, 1]
+    assert pool.finished() == []
+  finally:
+    pool.close()
+
+
 def test_a_dying_worker_loses_nothing(tmp_path):
   marker = tmp_path / "died"
 
