@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 
 from metaqnn import files
+from metaqnn import progress
 from metaqnn import signals
 from metaqnn import store as store_lib
 from metaqnn.errors import UserError
@@ -164,7 +165,8 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
     if after is not None:  # compiles while this one trains
       trainer.prepare(after)
     start = time.perf_counter()
-    params, history = trainer.fit(rec.arch)
+    params, history = trainer.fit(rec.arch, on_epoch=progress.epoch_lines(
+        say, f"final {rank}/{len(best)}", len(trainer.lrs)))
     p = trainer.predict(rec.arch, params, dataset.test_images)
     accuracy = float(np.mean(p.argmax(-1) == dataset.test_labels))
     path = model_dir(root, rec.arch)

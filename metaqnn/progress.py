@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import sys
 import time
-from typing import Optional, TextIO
+from typing import Callable, Optional, TextIO
 
 from metaqnn.agent import Schedule
 from metaqnn.store import ModelRecord
@@ -91,3 +91,29 @@ class Progress:
   def close(self) -> None:
     if self.writer:
       self.writer.close()
+
+
+def epoch_lines(say: Callable[[str], None], prefix: str, epochs: int,
+                every: float = 30.0) -> Callable[[dict], None]:
+  """A `FinalTrainer.fit` `on_epoch` that says `prefix: epoch 37/300, loss 0.41 (5m12s
+  left)` after the first epoch and then at most every `every` seconds, since a final
+  model can train for hours. The time left is timed on the epochs after the first, which
+  waits for the compile."""
+  start = time.perf_counter()
+  first, last = [0.0], [0.0]
+
+  def on_epoch(entry: dict) -> None:
+    now = time.perf_counter()
+    done = int(entry["epoch"])
+    if done == 1:
+      first[0] = last[0] = now
+      if done < epochs:
+        say(f"{prefix}: epoch 1/{epochs}, loss {entry['loss']:.4f} ({_duration(now - start)}"
+            " with the compile)")
+    elif done < epochs and now - last[0] >= every:
+      last[0] = now
+      left = (now - first[0]) / (done - 1) * (epochs - done)
+      say(f"{prefix}: epoch {done}/{epochs}, loss {entry['loss']:.4f} "
+          f"({_duration(left)} left)")
+
+  return on_epoch

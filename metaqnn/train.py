@@ -595,10 +595,12 @@ class FinalTrainer:
     self.core.prepare(parse(arch) if isinstance(arch, str) else arch, eval_split=None)
 
   def fit(self, arch: Architecture | str, init_params: Any = None,
-          seed: int | None = None) -> tuple[Any, list[dict]]:
+          seed: int | None = None,
+          on_epoch: Optional[Callable[[dict], None]] = None) -> tuple[Any, list[dict]]:
     """Trains `arch` (from `init_params` where shapes match, e.g. fine-tuning) and
-    returns (host parameters, per-epoch history). Stops early if the loss diverges: the
-    last history entry then has a non-finite loss (see `diverged`)."""
+    returns (host parameters, per-epoch history); `on_epoch` gets each history entry.
+    Stops early if the loss diverges: the last history entry then has a non-finite loss
+    (see `diverged`)."""
     arch = parse(arch) if isinstance(arch, str) else arch
     seed = int(self.config.seed if seed is None else seed)
     programs = self.core.programs(arch, eval_split=None)
@@ -608,6 +610,8 @@ class FinalTrainer:
       state, loss = self.core.train_epoch(programs, state, seed, 0, epoch, lr)
       signals.check()
       history.append({"epoch": epoch + 1, "lr": lr, "loss": loss})
+      if on_epoch is not None:
+        on_epoch(history[-1])
       if not np.isfinite(loss):
         break
     return jax.device_get(state[0]), history

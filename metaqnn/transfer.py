@@ -80,7 +80,7 @@ def _shared(a: dict, b: dict) -> tuple[dict, dict]:
 
 def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = None) -> dict:
   """Trains `arch` on `config`'s data set with its final schedule; returns the metrics."""
-  from metaqnn import checkpoints, input_pipeline, models, store, train
+  from metaqnn import checkpoints, input_pipeline, models, progress, store, train
   # Paths are recorded absolute, as a search records them; runs recorded before that
   # hold them as they were typed, which matches too.
   typed = {"dataset": config.dataset.name, "init_checkpoint": init_checkpoint}
@@ -137,7 +137,8 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
     raise
   trainer = train.FinalTrainer(config, dataset)
   start = time.perf_counter()
-  params, history = trainer.fit(target, init_params=init)
+  params, history = trainer.fit(target, init_params=init, on_epoch=progress.epoch_lines(
+      lambda line: print(line, flush=True), "transfer", n))
   probs = trainer.predict(target, params, dataset.test_images)
   checkpoints.save(os.path.join(workdir, "checkpoint"), params)
   meta = dict(request, arch=str(target))

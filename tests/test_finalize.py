@@ -74,8 +74,10 @@ def test_resume_trains_only_unfinished_models(finished, capsys):
   os.remove(metas[1])  # as if killed while the second model trained
   capsys.readouterr()
   again = finalize.finalize(workdir, top=3, ensemble=2)
+  out = capsys.readouterr().out
   assert ("2 of the 3 final models were trained by an earlier run and are kept; training "
-          "the other 1") in capsys.readouterr().out
+          "the other 1") in out
+  assert "final 2/3: epoch 1/3, loss " in out  # a line of progress per model at least
   assert os.path.getmtime(metas[0]) == stamps[0] and os.path.getmtime(metas[2]) == stamps[2]
   assert os.path.exists(metas[1])
   assert [m["arch"] for m in again["models"]] == [m["arch"] for m in results["models"]]

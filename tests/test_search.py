@@ -652,6 +652,20 @@ def test_progress_shows_a_model_under_the_stage_it_was_sampled_in():
   assert line.startswith("[eps 1, stage 1/3: 20/20 models | unique 20/40 | sample 25]"), line
 
 
+def test_final_training_says_its_epochs_at_most_every_interval(monkeypatch):
+  """A final model can train for hours: the first epoch is said, then at most one line
+  per interval, with the time left timed on the epochs after the compile."""
+  from metaqnn import progress
+  clock = iter([0.0, 20.0, 21.0, 22.0, 51.0, 52.0, 53.0])  # start, then epochs 1-6
+  monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+  lines = []
+  on_epoch = progress.epoch_lines(lines.append, "final 1/2", 6, every=30.0)
+  for epoch in range(1, 7):
+    on_epoch({"epoch": epoch, "loss": 1.0 / epoch})
+  assert lines == ["final 1/2: epoch 1/6, loss 1.0000 (0m20s with the compile)",
+                   "final 1/2: epoch 4/6, loss 0.2500 (0m20s left)"]
+
+
 def test_a_float32_record_resumes_in_float32_when_precision_is_auto(tmp_path, monkeypatch):
   """On a GPU "auto" means bfloat16; a search recorded in float32 keeps float32."""
   from configs import digits
