@@ -102,6 +102,11 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
       raise UserError(f"{workdir} holds another transfer run ({meta.get('arch')} on "
                        f"{meta.get('dataset')}; differs in: {', '.join(differs)}); use a "
                        "new --workdir")
+    if "data" in meta and input_pipeline.digest(
+        input_pipeline.load(config, final=True)) != meta["data"]:
+      raise UserError(f"{workdir} holds this transfer run on other data: "
+                      f"{config.dataset.name} changed since; restore it, or use a new "
+                      "--workdir")
     return meta  # done before: nothing is trained twice
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f"{workdir} is a file, not a directory")
@@ -147,6 +152,7 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
               test_accuracy=float((probs.argmax(-1) == dataset.test_labels).mean()),
               history=history, seconds=time.perf_counter() - start,
               input_shape=list(dataset.test_images.shape[1:]),
+              data=input_pipeline.digest(dataset),
               config=json.loads(config.to_json()))
   files.write_json(meta_path, meta, indent=1)  # written last: marks the run done
   return meta

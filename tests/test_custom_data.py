@@ -521,13 +521,21 @@ def test_transfer_onto_your_data_takes_its_classes(tmp_path, monkeypatch):
   config.final.epochs = 1
   meta = transfer.transfer(config, "[C(4,3,1), SM(10)]", str(tmp_path / "t"))
   assert meta["arch"] == "[C(4,3,1), SM(3)]" and meta["input_shape"] == [8, 8, 1]
-  # Run again, a finished transfer reads no data and trains nothing.
-  def no_reading(*args, **kwargs):
-    raise AssertionError("the data was read again")
+  # Run again, a finished transfer trains nothing; on changed data it is refused.
+  from metaqnn import train
 
-  for name in ("load", "resolve"):
-    monkeypatch.setattr(ip, name, no_reading)
+  def no_training(*args, **kwargs):
+    raise AssertionError("it trained again")
+
+  monkeypatch.setattr(train.FinalTrainer, "fit", no_training)
   assert transfer.transfer(config, "[C(4,3,1),SM(10)]", str(tmp_path / "t")) == meta
+  before = (tmp_path / "t" / "meta.json").read_text()
+  x, y = _images(48, 8)
+  y[0] = (y[0] + 1) % 3  # one label corrected at the same path
+  np.savez(tmp_path / "d.npz", x_train=x, y_train=y)
+  with pytest.raises(ValueError, match="this transfer run on other data: npz:.* changed"):
+    transfer.transfer(config, "[C(4,3,1), SM(10)]", str(tmp_path / "t"))
+  assert (tmp_path / "t" / "meta.json").read_text() == before
 
 
 @pytest.mark.parametrize("name", ["npz:{d}/none.npz", "folder:{d}/none", "npz:{d}/one.npz"])
