@@ -109,6 +109,8 @@ class RayExecutor(WorkerPool):
         self._replace(i)
     if refill:
       self._finished(i)
+    else:
+      self._free.append(i)
     return key, out
 
   def close(self) -> None:
