@@ -192,3 +192,18 @@ def test_a_crashing_or_hanging_candidate_costs_only_itself(tmp_path, how):
   db.close()
   assert f"crashed {c.search.max_crashes} times" in message
   assert ("worker_timeout" in message) == (how == "hang"), message
+
+
+def test_data_in_memory_goes_with_a_function_that_needs_none(tmp_path):
+  """Data in memory is refused with Ray only when workers train on it: a user's function
+  gets architectures, and the data only shapes the search space (8x8 digits here)."""
+  from metaqnn import input_pipeline
+  c = config_lib.base_config("digits")
+  c.dataset.val_fraction, c.executor, c.num_workers = 0.2, "ray", 2
+  c.search.schedule, c.search.replay_samples = "1.0:6", 5
+  dataset = input_pipeline.load(c)
+  c.dataset.name = "mnist"  # not what the space is built for: the data in memory decides
+  result = search.run_search(c, str(tmp_path / "w"), evaluate=evaluators.synthetic_accuracy,
+                             dataset=dataset, log_interval=100)
+  assert result.finished and result.unique_models == 6
+  assert search.store_lib.stored_fingerprint(str(tmp_path / "w"))["space"]["image_size"] == 8
