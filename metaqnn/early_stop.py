@@ -67,7 +67,8 @@ def check_config(config: Any) -> None:
   if not 0 < float(e.delta) < 1:
     raise UserError(f"early_stop.delta={e.delta} must be a probability in (0, 1)")
   if int(e.min_completed) < 5 or int(e.refit_every) < 1:
-    raise UserError("early_stop.min_completed must be >= 5 and refit_every >= 1")
+    raise UserError(f"early_stop.min_completed must be >= 5 and refit_every >= 1, got "
+                    f"{e.min_completed} and {e.refit_every}")
   if e.reward not in REWARDS:
     raise UserError(f"unknown early_stop.reward {e.reward!r}; use {', '.join(REWARDS)}")
   if e.kind != "none" and (stop_epoch(int(config.train.epochs), float(e.tau))
@@ -252,6 +253,10 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
     config.early_stop.delta = delta
   if min_completed is not None:
     config.early_stop.min_completed = min_completed
+  epochs = int(config.train.epochs)
+  if stop_epoch(epochs, float(config.early_stop.tau)) >= epochs:
+    raise UserError(f"tau={config.early_stop.tau:g} decides after the last of the record's "
+                    f"{epochs} epochs, which leaves nothing to save; give a lower --tau")
   rule = Rule(config)
   full = [r for r in records if r.status == "ok" and r.curves
           and len(r.curves[-1]["val_accuracy"]) >= rule.epochs]
@@ -367,7 +372,11 @@ def main(argv):
     raise cli.UserError("usage: python -m metaqnn.early_stop --workdir=DIR [--json] "
                         "[--tau=0.25[,0.5...]] [--delta=0.05[,0.1...]] "
                         "[--kind=predictor|median] [--min_completed=20]")
-  taus, deltas = _fractions("tau", f.tau), _fractions("delta", f.delta)
+  if f.kind == "median" and f.delta is not None:
+    raise cli.UserError("--delta is the predictor's; the median rule has none")
+  # Each value once: a value given twice is one row.
+  taus, deltas = (list(dict.fromkeys(_fractions(name, values)))
+                  for name, values in (("tau", f.tau), ("delta", f.delta)))
   if f.min_completed is not None and f.min_completed < 5:
     raise cli.UserError(f"--min_completed must be >= 5, got {f.min_completed}")
   try:

@@ -101,10 +101,16 @@ def test_offline_command_json_and_errors(curved_search, tmp_path):
   assert later["min_completed"] == 30 and s["min_completed"] == 20
   # The oracle acts on a subset of the models: the first 30 are never stopped.
   assert later["oracle_epochs_saved"] < s["oracle_epochs_saved"]
-  for flag in ("--tau=x", "--tau=1.5", "--tau=0.25,1.5", "--tau=", "--delta=0.05,",
-               "--delta=0", "--min_completed=4"):
-    bad = run(f"--workdir={curved_search}", flag)
-    assert bad.returncode == 2 and bad.stderr.startswith("error:"), (flag, bad.stderr)
+  twice = run(f"--workdir={curved_search}", "--json", "--tau=0.25,0.25")
+  assert [json.loads(line) for line in twice.stdout.splitlines()] == [s]  # one row
+  for flags, says in ((["--tau=x"], ""), (["--tau=1.5"], ""), (["--tau=0.25,1.5"], ""),
+                      (["--tau="], ""), (["--delta=0.05,"], ""), (["--delta=0"], ""),
+                      (["--min_completed=4"], ""),
+                      (["--tau=0.95"], "leaves nothing to save; give a lower --tau"),
+                      (["--kind=median", "--delta=0.1"], "the median rule has none")):
+    bad = run(f"--workdir={curved_search}", *flags)
+    assert bad.returncode == 2 and bad.stderr.startswith("error:"), (flags, bad.stderr)
+    assert says in bad.stderr and len(bad.stderr.splitlines()) == 1, bad.stderr
   few = run(f"--workdir={curved_search}", "--min_completed=1000")
   assert few.returncode == 2 and "--min_completed can lower it to 5" in few.stderr, few.stderr
   synthetic = config("1.0:10")
@@ -189,7 +195,7 @@ def test_a_new_leader_is_not_stopped_and_a_laggard_is():
 @pytest.mark.parametrize("field,value,match", [
     ("kind", "sometimes", "unknown early_stop.kind"), ("tau", 1.0, "tau"),
     ("delta", 0.0, "delta"), ("reward", "best", "early_stop.reward"),
-    ("min_completed", 2, "min_completed")])
+    ("min_completed", 2, "min_completed must be >= 5 and refit_every >= 1, got 2 and")])
 @pytest.mark.parametrize("kind", ["predictor", "none"])
 def test_bad_settings_are_one_line(field, value, match, kind):
   """With kind "none" too: a value set wrong is a mistake even before it is used."""
