@@ -30,6 +30,7 @@ def handle_stops() -> None:
   one that Python drops (`metaqnn.signals`) is raised at the next check."""
   for sig in (signal.SIGINT, signal.SIGTERM):
     signal.signal(sig, signals.handler)
+  sys.unraisablehook = signals.quiet_drops(sys.unraisablehook)
 
 
 def stop(message: str) -> None:
@@ -43,13 +44,16 @@ def stop(message: str) -> None:
 
 
 def run(main: Callable[[list[str]], int | None]) -> None:
-  """`absl.app.run(main)`, reporting user errors as `error: ...` on stderr, exit 2."""
+  """`absl.app.run(main)`, reporting user errors as `error: ...` on stderr, exit 2, and a
+  stop as one line, with the shell's status."""
 
   def wrapped(argv):
     if not flags.FLAGS["verbosity"].present:  # libraries' logs only when asked for
       logging.set_verbosity(logging.ERROR)    # (--verbosity=0 shows them)
     try:
       return main(argv)
+    except KeyboardInterrupt:  # a command's own message is more precise: it catches first
+      stop("interrupted")
     except BrokenPipeError:  # output piped into `head`: not an error
       sys.stderr.close()
       sys.exit(0)

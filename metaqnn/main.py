@@ -17,6 +17,7 @@ from ml_collections import config_flags
 from metaqnn import cli
 from metaqnn import search
 from metaqnn import signals
+from metaqnn import store
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory: the record, the agent, logs.")
@@ -25,7 +26,6 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory: the record, the
 def _announce(config, workdir: str) -> None:
   """A first line at once: what runs where (loading data and compiling come next)."""
   from metaqnn import agent
-  from metaqnn import store
   resumed = os.path.exists(os.path.join(workdir, store.DB_FILE))
   print(f"{'resuming' if resumed else 'starting'} a {config.dataset.name} search in "
         f"{workdir}: {agent.Schedule.parse(config.search.schedule).total} unique models; "
@@ -40,10 +40,12 @@ def main(argv: list[str]) -> None:
                         "--workdir=DIR [--config.x.y=value ...]")
   cli.handle_stops()  # SIGTERM stops as cleanly as Ctrl-C, the final stage included
   config, workdir = _CONFIG.value, _WORKDIR.value
-  _announce(config, workdir)
   try:
+    _announce(config, workdir)
     result = search.run_search(config, workdir)
   except KeyboardInterrupt:
+    if not os.path.exists(os.path.join(workdir, store.DB_FILE)):  # still loading the data
+      cli.stop("interrupted before the search began. Run the same command to start it.")
     cli.stop("interrupted; the record is saved. Run the same command to resume.")
   best = "-" if result.best_accuracy is None else f"{result.best_accuracy:.4f}"
   if result.already_finished:

@@ -557,6 +557,7 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     del fp["early_stop"]
   executor = make_executor(config, evaluate, rule, dataset) if new else None
   try:
+    signals.check()  # a stop dropped while the data loaded: nothing is written yet
     data = (input_pipeline.digest(dataset)  # only then do the rewards depend on the data
             if dataset is not None and kind == "train" else None)
     store = store_lib.Store(workdir, fp, data)

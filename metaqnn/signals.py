@@ -17,6 +17,7 @@ import contextlib
 import signal
 import sys
 import threading
+from typing import Callable
 
 _requested = threading.Event()  # a stop was asked for and has not reached the caller
 _last = [signal.SIGINT]  # the signal that asked for the last stop
@@ -61,6 +62,16 @@ def cancelled_when(event: threading.Event):
     _worker.cancel = None
 
 
+def quiet_drops(hook: Callable) -> Callable:
+  """`hook` (a `sys.unraisablehook`) without Python's "Exception ignored" report of a
+  dropped stop, which is not news: `check` raises it again."""
+  def quiet(unraisable):
+    if not (issubclass(unraisable.exc_type, KeyboardInterrupt) and _requested.is_set()):
+      hook(unraisable)
+
+  return quiet
+
+
 @contextlib.contextmanager
 def as_interrupts():
   """Within the block, Ctrl-C and SIGTERM go through `handler` (unless the program
@@ -74,12 +85,7 @@ def as_interrupts():
   defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
   installed = []
   previous_hook = sys.unraisablehook
-
-  def hook(unraisable):  # a dropped stop is not news: `check` raises it again
-    if not (issubclass(unraisable.exc_type, KeyboardInterrupt) and _requested.is_set()):
-      previous_hook(unraisable)
-
-  sys.unraisablehook = hook
+  hook = sys.unraisablehook = quiet_drops(previous_hook)
   try:
     for sig, default in defaults.items():
       if signal.getsignal(sig) is default:
