@@ -7,6 +7,7 @@ import sys
 import time
 from typing import Callable, Optional, TextIO
 
+from metaqnn import signals
 from metaqnn.agent import Schedule
 from metaqnn.store import ModelRecord
 
@@ -42,18 +43,10 @@ class Progress:
     if not rec.resampled:
       self.trained_here += 1
     if self.writer:
-      step = rec.iteration
-      self.writer.add_scalar("search/accuracy", rec.accuracy, step)
-      self.writer.add_scalar("search/best_accuracy", self.best, step)
-      self.writer.add_scalar("search/epsilon", rec.epsilon, step)
-      self.writer.add_scalar("search/unique_models", unique_models, step)
-      self.writer.add_scalar("search/rolling_mean_accuracy",
-                             sum(self.recent) / len(self.recent), step)
-      for attempt, curve in enumerate(rec.curves):  # one run per model and attempt
-        tag = f"curves/model_{rec.iteration:05d}" + (f"_attempt{attempt}" if attempt else "")
-        for name, values in curve.items():
-          for epoch, value in enumerate(values, 1):
-            self.writer.add_scalar(f"{tag}/{name}", value, epoch)
+      # tensorboardX hands each scalar to its writer thread through a queue: a stop in
+      # the middle of that could leave the thread asleep, and `close` waiting for it.
+      with signals.deferred():
+        self._scalars(rec, unique_models)
     now = time.perf_counter()
     finished = self.schedule.stage(unique_models) is None
     if now - self.last_log < self.log_interval and not finished:
@@ -61,6 +54,20 @@ class Progress:
     self.last_log = now
     self.out.write(self.line(rec, unique_models) + "\n")
     self.out.flush()
+
+  def _scalars(self, rec: ModelRecord, unique_models: int) -> None:
+    step = rec.iteration
+    self.writer.add_scalar("search/accuracy", rec.accuracy, step)
+    self.writer.add_scalar("search/best_accuracy", self.best, step)
+    self.writer.add_scalar("search/epsilon", rec.epsilon, step)
+    self.writer.add_scalar("search/unique_models", unique_models, step)
+    self.writer.add_scalar("search/rolling_mean_accuracy",
+                           sum(self.recent) / len(self.recent), step)
+    for attempt, curve in enumerate(rec.curves):  # one run per model and attempt
+      tag = f"curves/model_{rec.iteration:05d}" + (f"_attempt{attempt}" if attempt else "")
+      for name, values in curve.items():
+        for epoch, value in enumerate(values, 1):
+          self.writer.add_scalar(f"{tag}/{name}", value, epoch)
 
   def line(self, rec: ModelRecord, unique_models: int) -> str:
     """One model's line. Counters say what they count: the model's stage (the one it was

@@ -22,6 +22,7 @@ from typing import Callable
 _requested = threading.Event()  # a stop was asked for and has not reached the caller
 _last = [signal.SIGINT]  # the signal that asked for the last stop
 _worker = threading.local()  # in a worker thread: `cancel`, the event that ends its work
+_deferring = [0]  # depth of `deferred` blocks in the main thread
 
 
 class Cancelled(BaseException):
@@ -33,7 +34,8 @@ def handler(signum, frame):
   """Raises KeyboardInterrupt, and remembers that a stop was asked for, and by which signal."""
   _last[0] = signal.Signals(signum)
   _requested.set()
-  raise KeyboardInterrupt
+  if not _deferring[0]:
+    raise KeyboardInterrupt
 
 
 def exit_status() -> int:
@@ -50,6 +52,24 @@ def check() -> None:
       raise KeyboardInterrupt
   elif getattr(_worker, "cancel", None) is not None and _worker.cancel.is_set():
     raise Cancelled
+
+
+@contextlib.contextmanager
+def deferred():
+  """Within the block (main thread), a stop through `handler` is raised only on leaving
+  it: for code that must not stop halfway, such as a put into a queue that another thread
+  sleeps on (stopped between its append and its wake-up, the queue can lose the next
+  wake-up, and a later join waits for ever)."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  _deferring[0] += 1
+  try:
+    yield
+  finally:
+    _deferring[0] -= 1
+  if not _deferring[0]:
+    check()
 
 
 @contextlib.contextmanager

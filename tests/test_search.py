@@ -352,6 +352,32 @@ def test_commands_do_not_report_a_dropped_stop(monkeypatch, capsys):
       signal.signal(sig, handler)
 
 
+def test_a_stop_during_a_tensorboard_write_waits_for_its_end(tmp_path):
+  """A stop in the middle of tensorboardX's queue put could leave its writer thread
+  asleep, and the search's close then waited for it for ever: the scalars of a model are
+  written whole, and the stop is raised after them."""
+  from metaqnn import agent as agent_lib, progress, signals
+  from metaqnn.store import ModelRecord
+  prog = progress.Progress(agent_lib.Schedule.parse("1.0:20"), out=open(os.devnull, "w"))
+  written = []
+
+  class Writer:
+    def add_scalar(self, tag, value, step):
+      if not written:
+        signals.handler(signal.SIGTERM, None)  # a SIGTERM during the first write
+      written.append(tag)
+
+  prog.writer = Writer()
+  rec = ModelRecord(arch="[SM(10)]", accuracy=0.5, iteration=0, sample=1, epsilon=1.0,
+                    stage=0, curves=[{"val_accuracy": [0.4, 0.5]}])
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      prog.update(rec, unique_models=1)
+  finally:
+    signals._requested.clear()  # pylint: disable=protected-access
+  assert len(written) == 7  # five search scalars and the curve's two epochs
+
+
 PLOTS_STOPPED = """
 import signal, sys
 sys.path.insert(0, {root!r})
