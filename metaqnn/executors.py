@@ -65,7 +65,10 @@ class WorkerPool:
   """A fixed set of workers and a queue: candidates start as workers come free.
 
   Subclasses `_launch(worker, arch)` to start one evaluation and return its handle;
-  `wait()` pops finished handles from `_running` and calls `_finished(worker)`.
+  `wait()` starts what is queued on free workers, then pops finished handles from
+  `_running` and frees their workers. A freed worker takes the next queued candidate at
+  the next `submit` or `wait`, after the search has committed the result: a stop raised
+  while a candidate starts never loses a result already taken.
   """
   on_start: Optional[Callable[[int], None]] = None
 
@@ -91,10 +94,6 @@ class WorkerPool:
     """Results that have finished and were not taken yet, without waiting (none here:
     a subclass that can tell says so)."""
     return []
-
-  def _finished(self, worker: int) -> None:
-    self._free.append(worker)
-    self._start()
 
   def _launch(self, worker: int, arch: Architecture):
     raise NotImplementedError
@@ -124,23 +123,19 @@ class ThreadExecutor(WorkerPool):
     """One finished result; others that finished stay for the next call (or `finished`).
     The search commits each before it takes the next, so a stop between two loses
     neither."""
+    self._start()
     done, _ = concurrent.futures.wait(self._running,
                                       return_when=concurrent.futures.FIRST_COMPLETED)
     return [self._take(min(done, key=lambda f: self._running[f][0]))]  # earliest first
 
   def finished(self) -> list[tuple[int, Result | Lost]]:
     """(On a stop: nothing queued is started in their place.)"""
-    return [self._take(f, refill=False)
-            for f in sorted((f for f in self._running if f.done()),
-                            key=lambda f: self._running[f][0])]
+    return [self._take(f) for f in sorted((f for f in self._running if f.done()),
+                                          key=lambda f: self._running[f][0])]
 
-  def _take(self, future: concurrent.futures.Future,
-            refill: bool = True) -> tuple[int, Result | Lost]:
+  def _take(self, future: concurrent.futures.Future) -> tuple[int, Result | Lost]:
     key, worker = self._running.pop(future)
-    if refill:
-      self._finished(worker)  # the next queued candidate starts on this worker
-    else:
-      self._free.append(worker)
+    self._free.append(worker)
     return key, future.result()  # evaluators never raise for a candidate
 
   def close(self) -> None:

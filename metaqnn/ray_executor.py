@@ -70,6 +70,7 @@ class RayExecutor(WorkerPool):
   def wait(self):
     ray = self._ray
     out = []
+    self._start()
     while not out:
       timeout = None
       if self._deadlines:
@@ -83,7 +84,7 @@ class RayExecutor(WorkerPool):
         out.append((key, Lost(f"no answer within ray.worker_timeout={self._timeout:g} s; "
                               "its worker was killed")))
         self._replace(i)
-        self._finished(i)
+        self._free.append(i)
     return out
 
   def finished(self):
@@ -92,25 +93,23 @@ class RayExecutor(WorkerPool):
       return []
     ready, _ = self._ray.wait(list(self._running), num_returns=len(self._running),
                               timeout=0)
-    return sorted((self._take(ref, refill=False) for ref in ready), key=lambda r: r[0])
+    return sorted((self._take(ref, replace=False) for ref in ready), key=lambda r: r[0])
 
-  def _take(self, ref, refill: bool = True):
-    """The result of a finished handle; its worker is replaced if it died, and given the
-    next queued candidate if `refill`."""
+  def _take(self, ref, replace: bool = True):
+    """The result of a finished handle, its worker freed (and replaced if it died and
+    `replace`). The handle is dropped only once its result is in hand."""
     ray = self._ray
-    key, i = self._running.pop(ref)
-    self._deadlines.pop(ref, None)
+    key, i = self._running[ref]
     try:
       out = ray.get(ref)
     except ray.exceptions.RayError as e:  # the worker died or its result was lost
       first = (str(e).strip().splitlines() or [""])[0]
       out = Lost(f"{type(e).__name__}: {first}")
-      if refill:
+      if replace:
         self._replace(i)
-    if refill:
-      self._finished(i)
-    else:
-      self._free.append(i)
+    del self._running[ref]
+    self._deadlines.pop(ref, None)
+    self._free.append(i)
     return key, out
 
   def close(self) -> None:

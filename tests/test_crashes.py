@@ -401,3 +401,30 @@ def test_results_kept_on_a_stop_start_nothing_queued():
     time.sleep(0.01)
   assert [key for key, _ in pool.finished()] == [0] and started == [0]
   pool.close()
+
+
+def test_a_stop_while_the_next_candidate_starts_loses_no_result_taken():
+  """Starting a queued candidate journals its attempt, where a held-back stop is raised:
+  it happens at the next submit or wait, after the search has committed the result taken,
+  never between taking it and handing it over."""
+  from metaqnn import executors
+  from metaqnn.architecture import parse
+
+  def on_start(key):
+    if key == 1:
+      raise KeyboardInterrupt  # the stop, raised as the queued candidate starts
+
+  pool = executors.ThreadExecutor(lambda i: _done, 1)
+  pool.on_start = on_start
+  pool.submit(0, parse("[C(8,3,1), SM(10)]"))
+  pool.submit(1, parse("[C(16,3,1), SM(10)]"))  # queued: one worker
+  while not all(f.done() for f in pool._running):
+    time.sleep(0.01)
+  try:
+    taken = pool.wait()
+  except KeyboardInterrupt:
+    pytest.fail("the stop came between taking result 0 and handing it over: it is lost")
+  assert [key for key, _ in taken] == [0]  # handed over: the search commits it
+  with pytest.raises(KeyboardInterrupt):
+    pool.wait()
+  pool.close()
