@@ -42,32 +42,31 @@ class Progress:
     self.recent.append(rec.accuracy)
     if not rec.resampled:
       self.trained_here += 1
-    if self.writer:
-      # tensorboardX hands each scalar to its writer thread through a queue: a stop in
-      # the middle of that could leave the thread asleep, and `close` waiting for it.
-      with signals.deferred():
-        self._scalars(rec, unique_models)
     now = time.perf_counter()
     finished = self.schedule.stage(unique_models) is None
-    if now - self.last_log < self.log_interval and not finished:
-      return
-    self.last_log = now
-    self.out.write(self.line(rec, unique_models) + "\n")
-    self.out.flush()
+    if now - self.last_log >= self.log_interval or finished:
+      self.last_log = now
+      self.out.write(self.line(rec, unique_models) + "\n")
+      self.out.flush()
+    if self.writer:
+      self._scalars(rec, unique_models)
 
   def _scalars(self, rec: ModelRecord, unique_models: int) -> None:
     step = rec.iteration
-    self.writer.add_scalar("search/accuracy", rec.accuracy, step)
-    self.writer.add_scalar("search/best_accuracy", self.best, step)
-    self.writer.add_scalar("search/epsilon", rec.epsilon, step)
-    self.writer.add_scalar("search/unique_models", unique_models, step)
-    self.writer.add_scalar("search/rolling_mean_accuracy",
-                           sum(self.recent) / len(self.recent), step)
+    scalars = [("search/accuracy", rec.accuracy, step),
+               ("search/best_accuracy", self.best, step),
+               ("search/epsilon", rec.epsilon, step),
+               ("search/unique_models", unique_models, step),
+               ("search/rolling_mean_accuracy", sum(self.recent) / len(self.recent), step)]
     for attempt, curve in enumerate(rec.curves):  # one run per model and attempt
       tag = f"curves/model_{rec.iteration:05d}" + (f"_attempt{attempt}" if attempt else "")
       for name, values in curve.items():
-        for epoch, value in enumerate(values, 1):
-          self.writer.add_scalar(f"{tag}/{name}", value, epoch)
+        scalars += [(f"{tag}/{name}", value, epoch) for epoch, value in enumerate(values, 1)]
+    for scalar in scalars:
+      # tensorboardX hands each scalar to its writer thread through a queue: a stop in
+      # the middle of that could leave the thread asleep, and `close` waiting for it.
+      with signals.deferred():
+        self.writer.add_scalar(*scalar)
 
   def line(self, rec: ModelRecord, unique_models: int) -> str:
     """One model's line. Counters say what they count: the model's stage (the one it was

@@ -23,14 +23,11 @@ earlier process died with it (a crash or a kill -9); a candidate that has died
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
 import os
-import signal
 import sys
-import threading
 import time
 import zipfile
 from typing import Callable, Optional
@@ -53,30 +50,6 @@ AGENT_DIR = "agent"
 # Samples in a row that found no new architecture before a stage is declared stuck: the
 # space (as budgets constrain it) holds no architecture the agent can still find.
 MAX_STALL = 10_000
-
-
-@contextlib.contextmanager
-def _atomic():
-  """Holds Ctrl-C and SIGTERM back until the block is done, so that journal, record and
-  agent move together; the signal then acts as usual. (Main thread only: elsewhere
-  signals cannot be handled, and the block runs as it is.)"""
-  if threading.current_thread() is not threading.main_thread():
-    yield
-    return
-  caught = []
-  previous = {sig: signal.signal(sig, lambda num, frame: caught.append((num, frame)))
-              for sig in (signal.SIGINT, signal.SIGTERM)}
-  try:
-    yield
-  finally:
-    for sig, handler in previous.items():
-      signal.signal(sig, handler)
-    for num, frame in caught[:1]:
-      handler = previous[num]
-      if callable(handler):
-        handler(num, frame)  # Python's SIGINT handler raises KeyboardInterrupt
-      elif handler == signal.SIG_DFL:
-        signal.raise_signal(num)
 
 
 def _record(result: Result, sample: Sample, resampled: bool = False) -> ModelRecord:
@@ -238,7 +211,7 @@ class _Search:
     return self.schedule.stage(self.store.unique_count() + len(self.in_flight))
 
   def _learn(self, rec: ModelRecord, attempt: Optional[int] = None) -> None:
-    with _atomic():
+    with signals.deferred():
       rec = self.store.add(rec)  # durable before the agent learns from it
       if attempt is not None:
         self.store.end_attempts([attempt], "done")
@@ -286,18 +259,18 @@ class _Search:
 
   def started(self, key: int) -> None:
     """Journals an attempt just before the executor starts it, so a crash leaves a trace."""
-    with _atomic():
+    with signals.deferred():
       self.attempts[key] = self.store.start_attempt(key)
 
   def interrupted(self) -> None:
     """A clean stop: the running attempts did not crash anything, so they do not count."""
-    with _atomic():
+    with signals.deferred():
       self.store.end_attempts(list(self.attempts.values()), "interrupted")
       self.attempts.clear()
 
   def sample(self, stage: int) -> None:
     epsilon = self.schedule.stages[stage][0]
-    with _atomic():
+    with signals.deferred():
       self.consistent = False
       path = self.agent.sample(epsilon)
       sample = self.store.add_sample(Sample(str(path.architecture), epsilon, stage))

@@ -22,7 +22,6 @@ from typing import Callable
 _requested = threading.Event()  # a stop was asked for and has not reached the caller
 _last = [signal.SIGINT]  # the signal that asked for the last stop
 _worker = threading.local()  # in a worker thread: `cancel`, the event that ends its work
-_deferring = [0]  # depth of `deferred` blocks in the main thread
 
 
 class Cancelled(BaseException):
@@ -34,8 +33,7 @@ def handler(signum, frame):
   """Raises KeyboardInterrupt, and remembers that a stop was asked for, and by which signal."""
   _last[0] = signal.Signals(signum)
   _requested.set()
-  if not _deferring[0]:
-    raise KeyboardInterrupt
+  raise KeyboardInterrupt
 
 
 def exit_status() -> int:
@@ -56,20 +54,29 @@ def check() -> None:
 
 @contextlib.contextmanager
 def deferred():
-  """Within the block (main thread), a stop through `handler` is raised only on leaving
-  it: for code that must not stop halfway, such as a put into a queue that another thread
+  """Holds Ctrl-C and SIGTERM back until the block is done; the first then acts as it
+  would have (whichever handler is installed). For what must not stop halfway: the
+  journal, record and agent moving together, or a put into a queue that another thread
   sleeps on (stopped between its append and its wake-up, the queue can lose the next
-  wake-up, and a later join waits for ever)."""
+  wake-up, and a later join waits for ever). Main thread only: elsewhere signals cannot
+  be handled, and the block runs as it is."""
   if threading.current_thread() is not threading.main_thread():
     yield
     return
-  _deferring[0] += 1
+  caught = []
+  previous = {sig: signal.signal(sig, lambda num, frame: caught.append((num, frame)))
+              for sig in (signal.SIGINT, signal.SIGTERM)}
   try:
     yield
   finally:
-    _deferring[0] -= 1
-  if not _deferring[0]:
-    check()
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+    for num, frame in caught[:1]:
+      handler = previous[num]
+      if callable(handler):
+        handler(num, frame)  # this module's handler, or Python's: KeyboardInterrupt
+      elif handler == signal.SIG_DFL:
+        signal.raise_signal(num)
 
 
 @contextlib.contextmanager
