@@ -102,11 +102,13 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
       raise UserError(f"{workdir} holds another transfer run ({meta.get('arch')} on "
                        f"{meta.get('dataset')}; differs in: {', '.join(differs)}); use a "
                        "new --workdir")
-    if "data" in meta and input_pipeline.digest(
-        input_pipeline.load(config, final=True)) != meta["data"]:
-      raise UserError(f"{workdir} holds this transfer run on other data: "
-                      f"{config.dataset.name} changed since; restore it, or use a new "
-                      "--workdir")
+    if "data" in meta:  # (runs recorded before transfer kept a digest have none)
+      print(f"transfer: {workdir} holds this run, finished; checking that "
+            f"{config.dataset.name} is the data it trained on...", flush=True)
+      if input_pipeline.digest(input_pipeline.load(config, final=True)) != meta["data"]:
+        raise UserError(f"{workdir} holds this transfer run on other data: "
+                        f"{config.dataset.name} changed since; restore it, or use a new "
+                        "--workdir")
     return meta  # done before: nothing is trained twice
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f"{workdir} is a file, not a directory")
@@ -171,6 +173,8 @@ def main(argv):
   try:
     meta = transfer(f.config, arch, f.workdir, f.init_checkpoint)
   except KeyboardInterrupt:
+    if os.path.exists(os.path.join(f.workdir, "meta.json")):  # checking a finished run
+      cli.stop("interrupted; the finished transfer run is kept as it was.")
     cli.stop("interrupted; the transfer run did not finish and keeps nothing. Run the "
              "same command to start it again.")
   print(json.dumps({k: meta[k] for k in ("arch", "dataset", "params", "test_accuracy",
