@@ -253,21 +253,23 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
     config.early_stop.delta = delta
   if min_completed is not None:
     config.early_stop.min_completed = min_completed
+  if any(r.status == "stopped" for r in records):
+    raise UserError(f"{workdir} was searched with early stopping: its stopped models have "
+                    "no full curves to replay against")
+  if records and not any(r.curves for r in records):
+    why = (f"its rewards did not come from metaqnn's trainer (evaluator {evaluator!r})"
+           if evaluator != "train" else "it was recorded before learning curves were kept")
+    raise UserError(f"{workdir} holds no learning curves: {why}; replay a search trained "
+                    "with the train evaluator")
   epochs = int(config.train.epochs)
+  if epochs < 2:
+    raise UserError(f"{workdir}'s models trained 1 epoch: there is no epoch to stop early")
   if stop_epoch(epochs, float(config.early_stop.tau)) >= epochs:
     raise UserError(f"tau={config.early_stop.tau:g} decides after the last of the record's "
                     f"{epochs} epochs, which leaves nothing to save; give a lower --tau")
   rule = Rule(config)
   full = [r for r in records if r.status == "ok" and r.curves
           and len(r.curves[-1]["val_accuracy"]) >= rule.epochs]
-  if any(r.status == "stopped" for r in records):
-    raise UserError(f"{workdir} was searched with early stopping: its stopped models have "
-                     "no full curves to replay against")
-  if records and not any(r.curves for r in records):
-    why = (f"its rewards did not come from metaqnn's trainer (evaluator {evaluator!r})"
-           if evaluator != "train" else "it was recorded before learning curves were kept")
-    raise UserError(f"{workdir} holds no learning curves: {why}; replay a search trained "
-                    "with the train evaluator")
   if len(full) < rule.min_completed + 5:
     lower = "; --min_completed can lower it to 5" if rule.min_completed > 5 else ""
     raise UserError(f"{workdir} holds {len(full)} fully trained models with learning "
