@@ -31,6 +31,7 @@ def main(argv: list[str]) -> None:
     raise cli.UserError(f"unexpected arguments {' '.join(argv[1:])!r}")
   if _CONFIG.value is None or not _ARCH.value:
     raise cli.UserError("give --config=configs/<name>.py and --arch=\"[...]\"")
+  cli.handle_stops()  # Ctrl-C or SIGTERM: one line, even where Python drops the interrupt
   config = _CONFIG.value
   from metaqnn import train  # Imports JAX: only when there is work to do.
   trainer = train.Trainer(config, on_epoch=_print_epoch)

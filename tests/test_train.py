@@ -231,6 +231,19 @@ def test_train_one_cli_end_to_end():
   assert {"best_val_accuracy", "restarts", "seconds"} <= set(result)
 
 
+@pytest.mark.slow
+def test_train_one_stops_in_one_line():
+  import signal
+  proc = subprocess.Popen([sys.executable, "-m", "metaqnn.train_one", "--config=configs/digits.py",
+                           f"--arch={SMALL}", "--config.train.epochs=50"], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  assert "compiling" in proc.stderr.readline()
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 143 and "Traceback" not in err, err
+  assert err.strip().splitlines()[-1] == "interrupted", err
+
+
 @pytest.mark.parametrize("args", [
     ["--config=configs/digits.py", "--arch=[C(8,3,1), P(9,2), SM(10)]"],
     ["--config=configs/digits.py", "--arch=[C(8,3,1)"],
