@@ -93,6 +93,16 @@ class Budget:
                prune=bool(b.get("prune", True)), objective=str(b.get("objective", "")),
                target=float(b.get("target", 0.0)), weight=float(b.get("weight", -0.07)))
 
+  def shaping(self) -> dict:
+    """The settings that shape the rewards: the limits and the over-budget reward when a
+    limit is set, the objective with its target and weight when one is."""
+    out = {k: getattr(self, k) for k in ("max_params", "max_flops") if getattr(self, k)}
+    if out:
+      out["over_budget_reward"] = self.over_budget_reward
+    if self.objective:
+      out.update(objective=self.objective, target=self.target, weight=self.weight)
+    return out
+
   @property
   def hard(self) -> bool:
     return bool(self.max_params or self.max_flops)

@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 from absl import flags
 
+from metaqnn import budget as budget_lib
 from metaqnn import cli
 from metaqnn import store as store_lib
 from metaqnn.agent import Schedule
@@ -62,7 +63,7 @@ def summarize(workdir: str, top: int = 10) -> dict:
       "resampled": sum(r.resampled for r in records),
       "over_budget": len(over),
       "over_budget_unique": sum(not r.resampled for r in over),
-      "budget": _budget(config.get("budget", {})),
+      "budget": budget_lib.Budget.from_config(config).shaping(),
       "early_stop": _early_stop(config),
       "stopped": sum(not r.resampled and r.status == "stopped" for r in records),
       "timeout": sum(not r.resampled and r.status == "timeout" for r in records),
@@ -112,17 +113,6 @@ def _time(unique: list) -> dict:
           "compile_wait_seconds": float(sum(r.compile_seconds for r in timed))}
 
 
-def _budget(b: dict) -> dict:
-  """The budget settings that shape the rewards: the limits and the over-budget reward
-  when a limit is set, the objective with its target and weight when one is."""
-  out = {k: b[k] for k in ("max_params", "max_flops") if b.get(k)}
-  if out:
-    out["over_budget_reward"] = b.get("over_budget_reward", 0.0)
-  if b.get("objective"):
-    out.update({k: b.get(k) for k in ("objective", "target", "weight")})
-  return out
-
-
 def _early_stop(config: dict) -> Optional[dict]:
   """The early stopping rule the search ran with (None: none, the paper's method)."""
   rule = dict(config.get("early_stop") or {})
@@ -159,8 +149,11 @@ def render(s: dict) -> str:
                  f"{100 * t['compile_wait_seconds'] / t['seconds']:.0f}% of it waiting for "
                  "compiles (on GPUs: README, \"On GPUs\")")
   soft = bool((s.get("budget") or {}).get("objective"))  # rewards are not accuracies
-  lines.append(f"\nmean {'reward' if soft else 'accuracy'} per epsilon (over all samples, "
-               "re-samples included):")
+  if soft or s.get("over_budget") or s.get("stopped"):  # rewards that are not accuracies
+    lines.append("\nmean reward per epsilon (what the agent received over all samples: "
+                 "re-samples, over-budget samples and models stopped early included):")
+  else:
+    lines.append("\nmean accuracy per epsilon (over all samples, re-samples included):")
   for eps, v in s["mean_accuracy_by_epsilon"].items():
     lines.append(f"  eps {eps:>4}  {v['mean']:.4f}  ({v['samples']} samples, "
                  f"{v['unique']} unique models)")

@@ -16,6 +16,7 @@ over several runs (seeds), with their spread, and each run's curve.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import sys
 from typing import Sequence
@@ -24,6 +25,7 @@ import numpy as np
 from absl import flags
 
 from metaqnn import agent as agent_lib
+from metaqnn import budget as budget_lib
 from metaqnn import cli
 from metaqnn import search
 from metaqnn import search_space
@@ -61,6 +63,25 @@ def _by_epsilon(records) -> dict[float, list[float]]:
   return out
 
 
+def _what(records) -> str:
+  """What Figures 3, A4 and A3 plot: the agent's rewards. They are the validation
+  accuracies in the paper's setting, but not under a budget's objective, for over-budget
+  samples (never trained) or for models stopped early (a prediction): "reward" then."""
+  same = all(r.status != "over_budget" and (r.best_val_accuracy is None
+                                            or abs(r.accuracy - r.best_val_accuracy) <= 1e-9)
+             for r in records)
+  return "validation accuracy" if same else "reward"
+
+
+def _reward_rule(config) -> dict:
+  """What a run's rewards are besides validation accuracies: its budget's shaping and its
+  early stopping's rule."""
+  stop = config.get("early_stop") or {}
+  return {"budget": budget_lib.Budget.from_config(config).shaping(),
+          "early_stop": ([stop.get("kind"), stop.get("reward")]
+                         if stop.get("kind", "none") != "none" else None)}
+
+
 def _short(name: str) -> str:
   """A data set's name for a title: your own data by its file or folder name, not its
   full recorded path."""
@@ -73,13 +94,14 @@ def plot_rolling(records, path: str, title: str, window: int = 100) -> None:
   """Figure 3: rolling mean of accuracy, and the mean accuracy of each epsilon stage."""
   plt = _pyplot()
   acc = np.array([r.accuracy for r in records])
+  what = _what(records)
   fig, ax = plt.subplots(figsize=(9, 4.5))
   start = 0
   for i, (eps, values) in enumerate(_by_epsilon(records).items()):
     end = start + len(values)
     ax.bar((start + end) / 2, np.mean(values), width=end - start, color="tab:blue",
            alpha=0.15 + 0.1 * (i % 2), edgecolor="none",
-           label="mean accuracy per epsilon stage" if i == 0 else None)
+           label=f"mean {what} per epsilon stage" if i == 0 else None)
     ax.text((start + end) / 2, np.mean(values) + 0.01, f"ε={eps:g}", ha="center",
             fontsize=8)
     start = end
@@ -87,7 +109,7 @@ def plot_rolling(records, path: str, title: str, window: int = 100) -> None:
   rolling = np.convolve(acc, np.ones(w) / w, mode="valid")
   ax.plot(np.arange(w - 1, len(acc)), rolling, color="tab:blue",
           label=f"rolling mean over {w} models")
-  ax.set(xlabel="iteration", ylabel="validation accuracy", title=title,
+  ax.set(xlabel="iteration", ylabel=what, title=title,
          xlim=(0, len(acc)), ylim=(0, 1))
   ax.legend(loc="lower right")
   fig.tight_layout()
@@ -99,6 +121,7 @@ def plot_distribution(records, path: str, title: str) -> None:
   """Figure A4: how accuracy is distributed at each epsilon."""
   plt = _pyplot()
   groups = _by_epsilon(records)
+  what = _what(records)
   fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
   bins = np.linspace(0, 1, 21)
   cmap = plt.get_cmap("viridis")
@@ -106,13 +129,12 @@ def plot_distribution(records, path: str, title: str) -> None:
     hist, _ = np.histogram(values, bins=bins)
     ax.plot((bins[:-1] + bins[1:]) / 2, hist / max(len(values), 1),
             color=cmap(i / max(len(groups) - 1, 1)), label=f"ε={eps:g} ({len(values)})")
-  ax.set(xlabel="validation accuracy", ylabel="fraction of models",
-         title="accuracy distribution per ε")
+  ax.set(xlabel=what, ylabel="fraction of models", title=f"{what} distribution per ε")
   ax.legend(fontsize=8)
   ends = [e for e in (max(groups), min(groups)) if e in groups]
   for eps in dict.fromkeys(ends):
     ax2.hist(groups[eps], bins=bins, alpha=0.6, density=True, label=f"ε={eps:g}")
-  ax2.set(xlabel="validation accuracy", ylabel="density", title="first and last ε")
+  ax2.set(xlabel=what, ylabel="density", title="first and last ε")
   ax2.legend()
   fig.suptitle(title)
   fig.tight_layout()
@@ -210,7 +232,6 @@ def _costs(config, records):
   """(record, params, flops, validation accuracy) of the distinct trained models; costs
   computed for records made before they were stored. The accuracy, not the reward: a
   soft objective's reward already counts the cost, and its front would count it twice."""
-  from metaqnn import budget
   side, channels = int(config.dataset.image_size), int(config.dataset.get("channels", 0))
   out = []
   for r in records:
@@ -218,7 +239,7 @@ def _costs(config, records):
       continue
     p, f = r.params, r.flops
     if (p is None or f is None) and channels:
-      p, f = budget.cost(r.arch, (side, side, channels))
+      p, f = budget_lib.cost(r.arch, (side, side, channels))
     if p is not None and f is not None:
       out.append((r, p, f, r.accuracy if r.best_val_accuracy is None else r.best_val_accuracy))
   return out
@@ -226,10 +247,9 @@ def _costs(config, records):
 
 def plot_cost(config, records, path: str, title: str) -> None:
   """Accuracy against params and against FLOPs, Pareto front marked, limits drawn."""
-  from metaqnn import budget
   plt = _pyplot()
   rows = _costs(config, records)
-  limits = budget.Budget.from_config(config)
+  limits = budget_lib.Budget.from_config(config)
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
   acc = [row[3] for row in rows]
   for ax, col, what, short, limit in (
@@ -263,8 +283,8 @@ def plot_stability(runs: Sequence[tuple[str, list]], path: str) -> None:
                     for _, g in per_run])
   fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
   ax.errorbar(x, np.nanmean(table, 0), yerr=np.nanstd(table, 0), marker="o", capsize=4)
-  ax.set(title=f"mean and std over {len(per_run)} runs", xlabel="ε",
-         ylabel="mean validation accuracy")
+  what = _what([r for _, recs in runs for r in recs])
+  ax.set(title=f"mean and std over {len(per_run)} runs", xlabel="ε", ylabel=f"mean {what}")
   for (name, _), row in zip(per_run, table):
     ax2.plot(x, row, marker=".", label=name)
   ax2.set(title="each run", xlabel="ε")
@@ -308,11 +328,11 @@ def write_all(workdirs: Sequence[str], out: str | None = None) -> list[str]:
   for (workdir, config, records, agent), run_name in zip(loaded, names):
     runs.append((run_name, records))
     tag = "" if len(workdirs) == 1 else run_name + "_"
-    name = _short(config.dataset.name)
+    name, what = _short(config.dataset.name), _what(records)
     for fname, fn in (("rolling_accuracy.png", lambda p: plot_rolling(
-        records, p, f"{name}: accuracy over the search (Figure 3)")),
+        records, p, f"{name}: {what} over the search (Figure 3)")),
                       ("accuracy_by_epsilon.png", lambda p: plot_distribution(
-        records, p, f"{name}: accuracy per ε (Figure A4)")),
+        records, p, f"{name}: {what} per ε (Figure A4)")),
                       ("q_values.png", lambda p: plot_q_values(
         agent, p, f"{name}: Q-values after the search (Figure A5)")),
                       ("accuracy_vs_cost.png", lambda p: plot_cost(
@@ -324,9 +344,13 @@ def write_all(workdirs: Sequence[str], out: str | None = None) -> list[str]:
     if plot_curves(records, path, f"{name}: learning curves"):
       written.append(path)
   datasets = sorted({config.dataset.name for _, config, _, _ in loaded})
+  rewards = {json.dumps(_reward_rule(config), sort_keys=True) for _, config, _, _ in loaded}
   if len(datasets) > 1:  # accuracies on different data do not average into anything
     print(f"stability.png not written: the runs are on different data sets "
           f"({', '.join(datasets)})", file=sys.stderr)
+  elif len(rewards) > 1:  # nor do rewards defined differently
+    print("stability.png not written: the runs' rewards are defined differently (their "
+          "budgets or early stopping differ)", file=sys.stderr)
   elif len(runs) > 1:
     path = os.path.join(out, "stability.png")
     plot_stability(runs, path)

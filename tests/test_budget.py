@@ -380,6 +380,7 @@ def test_inspect_shows_costs_and_the_budget(tmp_path):
   assert "params" in text and "FLOPs" in text
   assert f"budget: max_params {config.budget.max_params:,}" in text
   assert f"{summary['over_budget']} over-budget samples" in text and summary["over_budget"] > 0
+  assert "mean reward per epsilon" in text  # their 0 is a reward, not an accuracy
   top = summary["top"][0]
   assert f"{top['params']:,}" in text and f"{top['flops']:,}" in text
   assert all(m["status"] == "over_budget" for m in summary["models"]

@@ -122,6 +122,21 @@ def test_the_cost_plot_of_a_soft_objective_shows_accuracy_not_reward(tmp_path):
   rows = plots._costs(config, records)
   assert [acc for r, _, _, acc in rows] == [r.best_val_accuracy for r, _, _, _ in rows]
   assert any(abs(r.accuracy - acc) > 1e-6 for r, _, _, acc in rows)  # rewards differ
+  # Figures 3, A4 and A3 plot the agent's rewards: named so, not "validation accuracy".
+  assert plots._what(records) == "reward"
+  assert plots._what(plots.load_run(run(tmp_path, 0))[1]) == "validation accuracy"
+
+
+def test_no_stability_figure_across_rewards_defined_differently(tmp_path, capsys):
+  """A budget's objective changes what a reward is: such runs do not average either."""
+  config = config_lib.base_config("mnist")
+  config.evaluator, config.search.schedule = "synthetic", "1.0:40,0.5:20,0.1:20"
+  config.budget.objective, config.budget.target = "params", 5000
+  shaped = str(tmp_path / "shaped")
+  search.run_search(config, shaped, log_interval=1e9, tensorboard=False)
+  paths = plots.write_all([run(tmp_path, 0), shaped], str(tmp_path / "out"))
+  assert not any(p.endswith("stability.png") for p in paths)
+  assert "rewards are defined differently" in capsys.readouterr().err
 
 
 def test_titles_name_your_data_by_its_file_not_its_recorded_path():
