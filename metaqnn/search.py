@@ -280,11 +280,19 @@ class _Search:
     self.dispatch(sample, path.architecture)
     self.stalled = 0 if len(self.in_flight) > before else self.stalled + 1
     if self.stalled >= MAX_STALL:
+      if self.budget.hard and not self.budget.prune:
+        why = ("the agent keeps drawing architectures it has seen or that are over the "
+               "budget (budget.prune=False lets it); shorten search.schedule and run the same "
+               "command, or start a new work directory with budget.prune=True, the default, "
+               "or a looser budget")
+      else:
+        why = ("the space seems exhausted; shorten search.schedule and run the same "
+               "command, or start a new work directory with a larger config.space"
+               + (" or a looser budget" if self.budget.hard else ""))
       raise SearchStalled(
           f"stage {stage + 1} drew {self.stalled} samples in a row without a new "
           f"architecture ({self.store.unique_count()} unique models so far, the schedule "
-          f"asks for {self.schedule.total}): the space seems exhausted; enlarge config.space "
-          "or shorten search.schedule, then run the same command")
+          f"asks for {self.schedule.total}): {why}")
 
   def resume_pending(self) -> None:
     """Evaluates again what was in flight when the search stopped, except a candidate

@@ -390,3 +390,20 @@ def test_inspect_shows_costs_and_the_budget(tmp_path):
   assert summary["unique_models"] == 10
   assert summary["budget"] == {"max_params": config.budget.max_params,
                                "over_budget_reward": 0.0}
+
+
+@pytest.mark.parametrize("prune", [False, True])
+def test_a_stalled_search_under_a_budget_gives_advice_that_works(tmp_path, monkeypatch,
+                                                                 prune):
+  """config.space and budget.prune are part of the record: the message does not say to
+  change them and run the same command (that resume is refused), but names what does."""
+  config = small_config("1.0:10", max_params=_cap(small_config(), 5), prune=prune)
+  config.space.max_depth = 1
+  monkeypatch.setattr(budget_lib, "check_space", lambda *a: None)  # say the count erred
+  monkeypatch.setattr(search, "MAX_STALL", 200)
+  with pytest.raises(search.SearchStalled) as stalled:
+    search.run_search(config, str(tmp_path / "w"), log_interval=100, tensorboard=False)
+  message = str(stalled.value)
+  assert "shorten search.schedule and run the same command" in message
+  assert ("start a new work directory with budget.prune=True" in message) == (not prune)
+  assert "looser budget" in message and "enlarge config.space or" not in message
