@@ -26,6 +26,7 @@ from typing import Callable, Optional
 import ml_collections
 import numpy as np
 
+from metaqnn import budget as budget_lib
 from metaqnn import files
 from metaqnn import progress
 from metaqnn import signals
@@ -203,7 +204,8 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
       meta = json.load(f)
     models.append({k: meta[k] for k in ("arch", "params", "val_accuracy", "test_accuracy",
                                         "diverged")}
-                  | {"checkpoint": os.path.join(path, "checkpoint"), "rank": rank})
+                  | {"flops": budget_lib.cost(rec.arch, dataset.test_images.shape[1:])[1],
+                     "checkpoint": os.path.join(path, "checkpoint"), "rank": rank})
     probs.append(np.load(os.path.join(path, "test_probs.npy")))
   # The ensemble: the top M models whose final training did not diverge.
   members = [i for i, m in enumerate(models) if not m["diverged"]][:ensemble]
@@ -255,11 +257,12 @@ def _count(n: int) -> str:
 def results_table(results: dict) -> str:
   """A Markdown table in the spirit of the paper's Table 3 (test error, %)."""
   lines = [f"# Final models: {results['dataset']}", "",
-           "| rank | model architecture | params | val. error (%) | test error (%) |",
-           "|---|---|---|---|---|"]
+           "| rank | model architecture | params | FLOPs | val. error (%) | test error (%) |",
+           "|---|---|---|---|---|---|"]
   for m in results["models"]:
     test = "diverged" if m["diverged"] else f"{100 * (1 - m['test_accuracy']):.2f}"
-    lines.append(f"| {m['rank']} | `{m['arch']}` | {_count(m['params'])} | "
+    flops = "-" if m.get("flops") is None else _count(m["flops"])  # (older results: none)
+    lines.append(f"| {m['rank']} | `{m['arch']}` | {_count(m['params'])} | {flops} | "
                  f"{100 * (1 - m['val_accuracy']):.2f} | {test} |")
   e = results["ensemble"]
   if e:

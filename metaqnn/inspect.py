@@ -175,7 +175,8 @@ def render(s: dict) -> str:
     lines.append("\nfinal models (retrained, test accuracy):")
     for m in s["final"]["models"]:
       lines.append(f"  {m['rank']:2d}. test {m['test_accuracy']:.4f}  val {m['val_accuracy']:.4f}"
-                   f"  {m['arch']}  {m['checkpoint']}")
+                   f"  {size(m['params']):>10} params  {size(m.get('flops')):>12} FLOPs  "
+                   f"{m['arch']}  {m['checkpoint']}")
     if s["final"].get("ensemble"):
       e = s["final"]["ensemble"]
       lines.append(f"  ensemble of {e['size']}: test {e['test_accuracy']:.4f}")

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from metaqnn import budget
 from metaqnn import config_lib
 from metaqnn import finalize
 from metaqnn import inspect as inspect_lib
@@ -58,10 +59,12 @@ def test_results_json_and_table(finished):
     assert set(m) >= {"arch", "params", "val_accuracy", "test_accuracy", "checkpoint"}
     assert 0.0 <= m["test_accuracy"] <= 1.0 and os.path.isdir(m["checkpoint"])
     assert m["params"] == models.count_params(parse(m["arch"]), (8, 8, 1))
+    assert m["flops"] == budget.cost(m["arch"], (8, 8, 1))[1] > 0  # a FLOPs budget's check
   assert results["ensemble"]["size"] == 2 and 0.0 < results["ensemble"]["test_accuracy"] <= 1
   assert results["test_examples"] > 300
   table = open(os.path.join(workdir, "final", "results.md")).read()
-  assert "| rank | model architecture |" in table and "Ensemble of the top 2" in table
+  assert "| rank | model architecture | params | FLOPs |" in table
+  assert "Ensemble of the top 2" in table
   summary = inspect_lib.summarize(workdir)
   assert summary["final"]["ensemble"]["size"] == 2
 
