@@ -11,6 +11,11 @@ tracked; the same seed gives the same output. With `--uniform`, every architectu
 space is equally likely instead (the walks favour short networks, since a termination is
 one of a handful of choices at every step). With a custom data set (`configs/custom.py`)
 the data is read first, for its image side, channels and classes.
+
+With a budget (`--config.budget.max_params=N`, `max_flops`), `stats` also counts the
+architectures within it (exactly, up to 100,000), and `sample`'s walks take only actions
+that the search's pruning allows (`budget.prune`); `--uniform` draws from the whole space
+and takes no budget.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from metaqnn import agent as agent_lib
+from metaqnn import budget as budget_lib
 from metaqnn import cli
 from metaqnn import input_pipeline
 from metaqnn import search_space
@@ -36,6 +42,7 @@ _UNIFORM = flags.DEFINE_bool("uniform", False,
                              "sample: draw uniformly from all architectures, not by walks.")
 
 COMMANDS = ("stats", "sample")
+_COUNT_UP_TO = 100_000  # architectures within a budget counted exactly (more: "at least")
 
 
 def main(argv: list[str]) -> None:
@@ -48,8 +55,15 @@ def main(argv: list[str]) -> None:
   # for its shape, as a search does at its start.
   input_pipeline.resolve(_CONFIG.value)
   space = search_space.from_config(_CONFIG.value)
+  budget = budget_lib.Budget.from_config(_CONFIG.value)
   if argv[1] == "stats":
-    print(json.dumps(space.stats()))
+    stats = space.stats()
+    if budget.hard:
+      pruner = budget_lib.Pruner(space, int(_CONFIG.value.dataset.channels), budget)
+      pruner.check_feasible()  # nothing fits: one line that says how small the smallest is
+      stats["within_budget"] = pruner.count_within(_COUNT_UP_TO)
+      stats["within_budget_exact"] = stats["within_budget"] < _COUNT_UP_TO
+    print(json.dumps(stats))
     return
   if _NUM.value < 0:
     raise cli.UserError("--num must be >= 0")
@@ -59,10 +73,16 @@ def main(argv: list[str]) -> None:
   if _UNIFORM.value:
     if flags.FLAGS["epsilon"].present:
       raise cli.UserError("--uniform draws from the whole space; it takes no --epsilon")
+    if budget.hard:
+      raise cli.UserError("--uniform draws from the whole space; it takes no budget (the "
+                          "walks without --uniform do)")
     rng = np.random.default_rng(seed)
     draw = lambda: space.uniform_path(rng)
   else:
     agent = agent_lib.Agent(space, seed=seed)
+    agent.pruner = budget_lib.pruner_for(space, _CONFIG.value)
+    if agent.pruner is not None:
+      agent.pruner.check_feasible()
     draw = lambda: agent.sample(_EPSILON.value)
   out = sys.stdout
   for _ in range(_NUM.value):

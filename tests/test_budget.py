@@ -407,3 +407,29 @@ def test_a_stalled_search_under_a_budget_gives_advice_that_works(tmp_path, monke
   assert "shorten search.schedule and run the same command" in message
   assert ("start a new work directory with budget.prune=True" in message) == (not prune)
   assert "looser budget" in message and "enlarge config.space or" not in message
+
+
+def test_the_space_command_counts_and_walks_within_a_budget():
+  """`metaqnn.space` with a budget: stats counts what fits (the search's exact count),
+  sample's walks stay within it as the search's pruned walks do."""
+  import json
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  run = lambda command, *args: subprocess.run(
+      [sys.executable, "-m", "metaqnn.space", command, "--config=configs/digits.py", *args],
+      cwd=root, capture_output=True, text=True, timeout=120)
+  from configs import digits
+  pruner = budget_lib.Pruner(search_space.from_config(digits.get_config()), 1,
+                             budget_lib.Budget(max_params=1000))
+  stats = run("stats", "--config.budget.max_params=1000")
+  assert stats.returncode == 0, stats.stderr
+  stats = json.loads(stats.stdout)
+  assert stats["within_budget"] == pruner.count_within(10**6) and stats["within_budget_exact"]
+  sample = run("sample", "--num=200", "--config.budget.max_params=1000")
+  costs = [budget_lib.cost(line, (8, 8, 1))[0] for line in sample.stdout.splitlines()]
+  assert len(costs) == 200 and max(costs) <= 1000
+  for args in (["stats", "--config.budget.max_params=10"],
+               ["sample", "--uniform", "--config.budget.max_params=1000"]):
+    refused = run(*args)
+    assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
