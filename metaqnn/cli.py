@@ -74,7 +74,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing with a bad flag, a `--config.x.y=...` override or a config file
   that cannot be loaded reported as one line."""
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS([_whole_number(a) for a in argv])
   except (KeyError, AttributeError) as e:  # ml_collections: no such config field
     _fail("bad --config override: unknown field " + _one_line(e.args[0] if e.args else e))
   except OSError as e:  # ml_collections: the config file (met while applying an override)
@@ -82,6 +82,19 @@ def parse_flags(argv: list[str]) -> list[str]:
     _fail(f"cannot load the config file: {lines[-1] if lines else e}")
   except (flags.Error, TypeError, ValueError) as e:
     _fail(_one_line(e))
+
+
+def _whole_number(arg: str) -> str:
+  """`--config.x.y=1e8` as `--config.x.y=100000000`: a whole number in exponent notation
+  (a FLOPs limit, say) is read by an integer field too, and means the same to a float one."""
+  name, eq, value = arg.partition("=")
+  if not (name.startswith("--config.") and eq and "e" in value.lower()):
+    return arg
+  try:
+    number = float(value)
+  except ValueError:
+    return arg
+  return f"{name}={int(number)}" if number.is_integer() and abs(number) < 1e18 else arg
 
 
 def _one_line(message) -> str:

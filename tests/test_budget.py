@@ -426,7 +426,7 @@ def test_the_space_command_counts_and_walks_within_a_budget():
   assert stats.returncode == 0, stats.stderr
   stats = json.loads(stats.stdout)
   assert stats["within_budget"] == pruner.count_within(10**6) and stats["within_budget_exact"]
-  sample = run("sample", "--num=200", "--config.budget.max_params=1000")
+  sample = run("sample", "--num=200", "--config.budget.max_params=1e3")  # as limits are written
   costs = [budget_lib.cost(line, (8, 8, 1))[0] for line in sample.stdout.splitlines()]
   assert len(costs) == 200 and max(costs) <= 1000
   for args in (["stats", "--config.budget.max_params=10"],
