@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import decimal
 import os
 import signal
 import sys
@@ -91,10 +92,11 @@ def _whole_number(arg: str) -> str:
   if not (name.startswith("--config.") and eq and "e" in value.lower()):
     return arg
   try:
-    number = float(value)
-  except ValueError:
+    number = decimal.Decimal(value)  # exact: no float rounding of large counts
+  except decimal.InvalidOperation:
     return arg
-  return f"{name}={int(number)}" if number.is_integer() and abs(number) < 1e18 else arg
+  whole = number.is_finite() and number == number.to_integral_value()
+  return f"{name}={int(number)}" if whole and abs(number) < 2**63 else arg
 
 
 def _one_line(message) -> str:

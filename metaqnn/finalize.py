@@ -250,7 +250,10 @@ def _in_threads(train_one: Callable, todo: list, workers: int) -> None:
 
 
 def _count(n: int) -> str:
-  """A parameter count as the paper's tables give it (1.23M), or in full below a million."""
+  """A count of parameters or FLOPs as the paper's tables give it (1.23M; 4.56G), or in
+  full below a million."""
+  if n >= 1_000_000_000:
+    return f"{n / 1e9:.2f}G"
   return f"{n / 1e6:.2f}M" if n >= 1_000_000 else f"{n:,}"
 
 

@@ -3,6 +3,9 @@
   python -m metaqnn.plots --workdir=DIR                 # Figures 3, A4, A5 into DIR/plots
   python -m metaqnn.plots --workdir=D1,D2,D3 --out=OUT  # plus the stability plot (A3)
 
+Figures 3, A4 and A3 plot the agent's rewards: the validation accuracies in the paper's
+setting, labelled "reward" under a budget's objective, with over-budget samples or with
+early stopping.
 Figure 3: rolling mean accuracy against iteration, with the mean per epsilon stage.
 Learning curves: the top models' validation accuracy per epoch, and all models' coloured by
 epsilon (where the record holds curves).
@@ -63,14 +66,14 @@ def _by_epsilon(records) -> dict[float, list[float]]:
   return out
 
 
-def _what(records) -> str:
+def _what(config, records) -> str:
   """What Figures 3, A4 and A3 plot: the agent's rewards. They are the validation
   accuracies in the paper's setting, but not under a budget's objective, for over-budget
-  samples (never trained) or for models stopped early (a prediction): "reward" then."""
-  same = all(r.status != "over_budget" and (r.best_val_accuracy is None
-                                            or abs(r.accuracy - r.best_val_accuracy) <= 1e-9)
-             for r in records)
-  return "validation accuracy" if same else "reward"
+  samples (never trained) or for models stopped early (a prediction): "reward" then, as
+  `inspect` says."""
+  shaped = (budget_lib.Budget.from_config(config).objective
+            or any(r.status in ("over_budget", "stopped") for r in records))
+  return "reward" if shaped else "validation accuracy"
 
 
 def _reward_rule(config) -> dict:
@@ -90,11 +93,12 @@ def _short(name: str) -> str:
   return f"{kind}:{base}" if kind in ("npz", "folder") and base else name
 
 
-def plot_rolling(records, path: str, title: str, window: int = 100) -> None:
-  """Figure 3: rolling mean of accuracy, and the mean accuracy of each epsilon stage."""
+def plot_rolling(records, path: str, title: str, what: str = "validation accuracy",
+                 window: int = 100) -> None:
+  """Figure 3: rolling mean of the rewards (`what`: validation accuracies in the paper's
+  setting), and their mean in each epsilon stage."""
   plt = _pyplot()
   acc = np.array([r.accuracy for r in records])
-  what = _what(records)
   fig, ax = plt.subplots(figsize=(9, 4.5))
   start = 0
   for i, (eps, values) in enumerate(_by_epsilon(records).items()):
@@ -110,20 +114,20 @@ def plot_rolling(records, path: str, title: str, window: int = 100) -> None:
   ax.plot(np.arange(w - 1, len(acc)), rolling, color="tab:blue",
           label=f"rolling mean over {w} models")
   ax.set(xlabel="iteration", ylabel=what, title=title,
-         xlim=(0, len(acc)), ylim=(0, 1))
+         xlim=(0, len(acc)), ylim=(min(0.0, acc.min()), 1))  # a penalty can be < 0
   ax.legend(loc="lower right")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
 
 
-def plot_distribution(records, path: str, title: str) -> None:
-  """Figure A4: how accuracy is distributed at each epsilon."""
+def plot_distribution(records, path: str, title: str,
+                      what: str = "validation accuracy") -> None:
+  """Figure A4: how the rewards (`what`) are distributed at each epsilon."""
   plt = _pyplot()
   groups = _by_epsilon(records)
-  what = _what(records)
   fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
-  bins = np.linspace(0, 1, 21)
+  bins = np.linspace(min(0.0, min(min(v) for v in groups.values())), 1, 21)
   cmap = plt.get_cmap("viridis")
   for i, (eps, values) in enumerate(groups.items()):
     hist, _ = np.histogram(values, bins=bins)
@@ -273,8 +277,9 @@ def plot_cost(config, records, path: str, title: str) -> None:
   plt.close(fig)
 
 
-def plot_stability(runs: Sequence[tuple[str, list]], path: str) -> None:
-  """Figure A3: mean accuracy per epsilon over runs (mean and std), and each run's."""
+def plot_stability(runs: Sequence[tuple[str, list]], path: str,
+                   what: str = "validation accuracy") -> None:
+  """Figure A3: mean reward (`what`) per epsilon over runs (mean and std), and each run's."""
   plt = _pyplot()
   per_run = [(name, _by_epsilon(recs)) for name, recs in runs]
   eps_all = sorted({e for _, g in per_run for e in g}, reverse=True)
@@ -283,7 +288,6 @@ def plot_stability(runs: Sequence[tuple[str, list]], path: str) -> None:
                     for _, g in per_run])
   fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
   ax.errorbar(x, np.nanmean(table, 0), yerr=np.nanstd(table, 0), marker="o", capsize=4)
-  what = _what([r for _, recs in runs for r in recs])
   ax.set(title=f"mean and std over {len(per_run)} runs", xlabel="ε", ylabel=f"mean {what}")
   for (name, _), row in zip(per_run, table):
     ax2.plot(x, row, marker=".", label=name)
@@ -292,7 +296,8 @@ def plot_stability(runs: Sequence[tuple[str, list]], path: str) -> None:
   for a in (ax, ax2):
     a.set_xticks(x, [f"{e:g}" for e in eps_all])
   best = [max(r.accuracy for r in recs) for _, recs in runs]
-  fig.suptitle(f"Q-learning stability: best model {np.mean(best):.4f} ± {np.std(best):.4f}")
+  fig.suptitle(f"Q-learning stability: best {'reward' if what == 'reward' else 'model'} "
+               f"{np.mean(best):.4f} ± {np.std(best):.4f}")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -328,11 +333,11 @@ def write_all(workdirs: Sequence[str], out: str | None = None) -> list[str]:
   for (workdir, config, records, agent), run_name in zip(loaded, names):
     runs.append((run_name, records))
     tag = "" if len(workdirs) == 1 else run_name + "_"
-    name, what = _short(config.dataset.name), _what(records)
+    name, what = _short(config.dataset.name), _what(config, records)
     for fname, fn in (("rolling_accuracy.png", lambda p: plot_rolling(
-        records, p, f"{name}: {what} over the search (Figure 3)")),
+        records, p, f"{name}: {what} over the search (Figure 3)", what)),
                       ("accuracy_by_epsilon.png", lambda p: plot_distribution(
-        records, p, f"{name}: {what} per ε (Figure A4)")),
+        records, p, f"{name}: {what} per ε (Figure A4)", what)),
                       ("q_values.png", lambda p: plot_q_values(
         agent, p, f"{name}: Q-values after the search (Figure A5)")),
                       ("accuracy_vs_cost.png", lambda p: plot_cost(
@@ -353,7 +358,7 @@ def write_all(workdirs: Sequence[str], out: str | None = None) -> list[str]:
           "budgets or early stopping differ)", file=sys.stderr)
   elif len(runs) > 1:
     path = os.path.join(out, "stability.png")
-    plot_stability(runs, path)
+    plot_stability(runs, path, _what(loaded[0][1], [r for _, recs in runs for r in recs]))
     written.append(path)
   return written
 

@@ -634,8 +634,8 @@ def check_config(config, schedule: agent_lib.Schedule, space) -> None:
   n = space.count_architectures()
   if n < schedule.total:
     raise UserError(f"the search space holds {n} distinct architectures, but the schedule "
-                     f"asks for {schedule.total} unique models; enlarge config.space or "
-                     "shorten search.schedule")
+                     f"asks for {schedule.total} unique models; shorten search.schedule, or "
+                     "enlarge config.space (in a new work directory: the space is recorded)")
   if int(config.search.get("max_crashes", 2)) < 1:
     raise UserError(f"search.max_crashes must be >= 1, got {config.search.max_crashes}")
   for name, value in (("train.max_seconds", config.train.get("max_seconds", 0.0)),

@@ -14,8 +14,8 @@ the data is read first, for its image side, channels and classes.
 
 With a budget (`--config.budget.max_params=N`, `max_flops`), `stats` also counts the
 architectures within it (exactly, up to 100,000), and `sample`'s walks take only actions
-that the search's pruning allows (`budget.prune`); `--uniform` draws from the whole space
-and takes no budget.
+that the search's pruning allows (with `budget.prune=False`, as the search's, they are
+not pruned); `--uniform` draws from the whole space and takes no budget.
 """
 
 from __future__ import annotations
@@ -61,8 +61,9 @@ def main(argv: list[str]) -> None:
     if budget.hard:
       pruner = budget_lib.Pruner(space, int(_CONFIG.value.dataset.channels), budget)
       pruner.check_feasible()  # nothing fits: one line that says how small the smallest is
-      stats["within_budget"] = pruner.count_within(_COUNT_UP_TO)
-      stats["within_budget_exact"] = stats["within_budget"] < _COUNT_UP_TO
+      found = pruner.count_within(_COUNT_UP_TO + 1)
+      stats["within_budget"] = min(found, _COUNT_UP_TO)
+      stats["within_budget_exact"] = found <= _COUNT_UP_TO
     print(json.dumps(stats))
     return
   if _NUM.value < 0:
@@ -74,15 +75,13 @@ def main(argv: list[str]) -> None:
     if flags.FLAGS["epsilon"].present:
       raise cli.UserError("--uniform draws from the whole space; it takes no --epsilon")
     if budget.hard:
-      raise cli.UserError("--uniform draws from the whole space; it takes no budget (the "
-                          "walks without --uniform do)")
+      raise cli.UserError("--uniform draws from the whole space; it takes no budget")
     rng = np.random.default_rng(seed)
     draw = lambda: space.uniform_path(rng)
   else:
+    budget_lib.check_space(space, _CONFIG.value)  # as the search: something must fit
     agent = agent_lib.Agent(space, seed=seed)
-    agent.pruner = budget_lib.pruner_for(space, _CONFIG.value)
-    if agent.pruner is not None:
-      agent.pruner.check_feasible()
+    agent.pruner = budget_lib.pruner_for(space, _CONFIG.value)  # None with prune off
     draw = lambda: agent.sample(_EPSILON.value)
   out = sys.stdout
   for _ in range(_NUM.value):

@@ -430,6 +430,22 @@ def test_the_space_command_counts_and_walks_within_a_budget():
   costs = [budget_lib.cost(line, (8, 8, 1))[0] for line in sample.stdout.splitlines()]
   assert len(costs) == 200 and max(costs) <= 1000
   for args in (["stats", "--config.budget.max_params=10"],
+               ["sample", "--config.budget.max_params=10", "--config.budget.prune=False"],
                ["sample", "--uniform", "--config.budget.max_params=1000"]):
     refused = run(*args)
     assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
+
+
+@pytest.mark.parametrize("given,read", [
+    ("--config.budget.max_flops=1e8", "--config.budget.max_flops=100000000"),
+    ("--config.budget.max_params=2.5E3", "--config.budget.max_params=2500"),
+    ("--config.budget.max_params=12345678901234567e0",  # exactly, not rounded by a float
+     "--config.budget.max_params=12345678901234567"),
+    ("--config.train.learning_rate=1e-3", "--config.train.learning_rate=1e-3"),
+    ("--config.budget.max_flops=1e400", "--config.budget.max_flops=1e400"),  # refused later
+    ("--config.budget.max_flops=nan", "--config.budget.max_flops=nan"),
+    ("--seed=1e3", "--seed=1e3"),  # not a config field: left to its flag
+])
+def test_limits_may_be_written_in_exponent_notation(given, read):
+  from metaqnn import cli
+  assert cli._whole_number(given) == read  # pylint: disable=protected-access

@@ -123,8 +123,8 @@ def test_the_cost_plot_of_a_soft_objective_shows_accuracy_not_reward(tmp_path):
   assert [acc for r, _, _, acc in rows] == [r.best_val_accuracy for r, _, _, _ in rows]
   assert any(abs(r.accuracy - acc) > 1e-6 for r, _, _, acc in rows)  # rewards differ
   # Figures 3, A4 and A3 plot the agent's rewards: named so, not "validation accuracy".
-  assert plots._what(records) == "reward"
-  assert plots._what(plots.load_run(run(tmp_path, 0))[1]) == "validation accuracy"
+  assert plots._what(config, records) == "reward"
+  assert plots._what(*plots.load_run(run(tmp_path, 0))[:2]) == "validation accuracy"
 
 
 def test_no_stability_figure_across_rewards_defined_differently(tmp_path, capsys):
