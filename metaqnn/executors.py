@@ -64,7 +64,8 @@ class SerialExecutor:
 class WorkerPool:
   """A fixed set of workers and a queue: candidates start as workers come free.
 
-  Subclasses `_launch(worker, arch)` to start one evaluation and return its handle;
+  Subclasses `_launch(worker, arch)` to start one evaluation and return its handle, and
+  `finished()` to hand over, without waiting, what finished and was not taken yet;
   `wait()` starts what is queued on free workers, then pops finished handles from
   `_running` and frees their workers. A freed worker takes the next queued candidate at
   the next `submit` or `wait`, after the search has committed the result: a stop raised
@@ -89,11 +90,6 @@ class WorkerPool:
       if self.on_start:
         self.on_start(key)
       self._running[self._launch(worker, arch)] = (key, worker)
-
-  def finished(self) -> list[tuple[int, Result | Lost]]:
-    """Results that have finished and were not taken yet, without waiting (none here:
-    a subclass that can tell says so)."""
-    return []
 
   def _launch(self, worker: int, arch: Architecture):
     raise NotImplementedError
