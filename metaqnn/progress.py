@@ -105,20 +105,20 @@ def epoch_lines(say: Callable[[str], None], prefix: str, epochs: int,
   left)` after the first epoch and then at most every `every` seconds, since a final
   model can train for hours. The time left is timed on the epochs after the first, which
   waits for the compile."""
-  start = time.perf_counter()
-  first, last = [0.0], [0.0]
+  start = first = last = time.perf_counter()
 
   def on_epoch(entry: dict) -> None:
+    nonlocal first, last
     now = time.perf_counter()
     done = int(entry["epoch"])
     if done == 1:
-      first[0] = last[0] = now
+      first = last = now
       if done < epochs:
         say(f"{prefix}: epoch 1/{epochs}, loss {entry['loss']:.4f} ({_duration(now - start)}"
             " with the compile)")
-    elif done < epochs and now - last[0] >= every:
-      last[0] = now
-      left = (now - first[0]) / (done - 1) * (epochs - done)
+    elif done < epochs and now - last >= every:
+      last = now
+      left = (now - first) / (done - 1) * (epochs - done)
       say(f"{prefix}: epoch {done}/{epochs}, loss {entry['loss']:.4f} "
           f"({_duration(left)} left)")
 
