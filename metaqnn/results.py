@@ -81,11 +81,13 @@ def plain_numbers(result: Result) -> Result:
       continue
     if kind == "REAL":
       value = float(value)
-    elif not isinstance(value, numbers.Integral):
-      if not float(value).is_integer():  # inf and NaN too
-        raise ValueError(f"{f.name}={value} is not a whole number")
+    elif isinstance(value, numbers.Integral):
+      value = int(value)
+    elif float(value).is_integer():  # not inf, not NaN
       value = int(float(value))
-    setattr(result, f.name, int(value) if kind == "INTEGER" else value)
+    else:
+      raise ValueError(f"{f.name}={value} is not a whole number")
+    setattr(result, f.name, value)
   return result
 
 
