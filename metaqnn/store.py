@@ -10,6 +10,7 @@ SQLite's WAL journal keeps the record whole through a `kill -9` at any moment.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -111,7 +112,7 @@ class Store:
     if not exists and os.path.isdir(workdir) and set(os.listdir(workdir)) - {_CREATING}:
       raise WorkdirError(f"{workdir} is not empty and holds no metaqnn search "
                          f"(no {DB_FILE}); use a new or empty work directory")
-    try:
+    with self._closed_on_failure():
       if not exists:  # built aside, then renamed: a kill never leaves half a record
         os.makedirs(workdir, exist_ok=True)
         if os.path.exists(creating):
@@ -144,7 +145,14 @@ class Store:
         self._check_data(dict(self.db.execute("SELECT key, value FROM meta").fetchall()),
                          fingerprint, data, opened=True)
         self.set_meta("data", data)
-    except BaseException as e:  # refused or failed: nothing stays open or locked
+
+  @contextlib.contextmanager
+  def _closed_on_failure(self):
+    """Within the block, a refusal or failure closes what was opened (nothing stays open
+    or locked), and a file that SQLite cannot read is a WorkdirError."""
+    try:
+      yield
+    except BaseException as e:
       self.close()
       if isinstance(e, sqlite3.DatabaseError):
         raise WorkdirError(f"{self.path} is not a readable metaqnn record ({e})") from None
@@ -471,13 +479,8 @@ def open_existing(workdir: str) -> Store:
   store = Store.__new__(Store)
   store.path = path
   store._check_sqlite_header()
-  try:
+  with store._closed_on_failure():  # pylint: disable=protected-access
     store.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
     if store.meta().get("format") != FORMAT:
       raise WorkdirError(f"{path} is not a {FORMAT} record")
-  except BaseException as e:
-    store.close()
-    if isinstance(e, sqlite3.DatabaseError):
-      raise WorkdirError(f"{path} is not a readable metaqnn record ({e})") from None
-    raise
   return store
