@@ -56,11 +56,11 @@ def main(argv: list[str]) -> None:
   input_pipeline.resolve(_CONFIG.value)
   space = search_space.from_config(_CONFIG.value)
   budget = budget_lib.Budget.from_config(_CONFIG.value)
+  budget_lib.check_space(space, _CONFIG.value)  # as the search: something must fit
   if argv[1] == "stats":
     stats = space.stats()
     if budget.hard:
       pruner = budget_lib.Pruner(space, int(_CONFIG.value.dataset.channels), budget)
-      pruner.check_feasible()  # nothing fits: one line that says how small the smallest is
       found = pruner.count_within(_COUNT_UP_TO + 1)
       stats["within_budget"] = min(found, _COUNT_UP_TO)
       stats["within_budget_exact"] = found <= _COUNT_UP_TO
@@ -79,7 +79,6 @@ def main(argv: list[str]) -> None:
     rng = np.random.default_rng(seed)
     draw = lambda: space.uniform_path(rng)
   else:
-    budget_lib.check_space(space, _CONFIG.value)  # as the search: something must fit
     agent = agent_lib.Agent(space, seed=seed)
     agent.pruner = budget_lib.pruner_for(space, _CONFIG.value)  # None with prune off
     draw = lambda: agent.sample(_EPSILON.value)
