@@ -50,15 +50,16 @@ def test_dry_runs_show_the_commands(tmp_path):
   assert all(f"configs/{n}.py" in out.stdout for n in ("mnist", "svhn", "cifar10", "cifar100"))
 
 
-@pytest.mark.parametrize("script, args", [
-    ("sweep_seeds.sh", ["configs/mnist.py", "runs/x", "ten"]),
-    ("sweep_seeds.sh", ["configs/mnist.py", "runs/x", "0"]),
-    ("stability_study.sh", ["runs/x", "-2"]),
-    ("ray_cluster.sh", ["search", "configs/cifar10.py", "runs/x", "ten"])])
-def test_a_bad_count_is_one_line(script, args):
+@pytest.mark.parametrize("script, args, count", [
+    ("sweep_seeds.sh", ["configs/mnist.py", "runs/x", "ten"], "SEEDS"),
+    ("sweep_seeds.sh", ["configs/mnist.py", "runs/x", "0"], "SEEDS"),
+    ("stability_study.sh", ["runs/x", "-2"], "RUNS"),  # its own check, not sweep_seeds'
+    ("ray_cluster.sh", ["search", "configs/cifar10.py", "runs/x", "ten"], "WORKERS")])
+def test_a_bad_count_is_one_line(script, args, count):
   out = launch(script, *args, dry=True)
   assert out.returncode == 2 and out.stdout == "", out
   assert out.stderr.startswith("error: ") and len(out.stderr.splitlines()) == 1, out.stderr
+  assert out.stderr.startswith(f"error: {count} must be"), out.stderr
 
 
 def test_one_machine_leaves_the_worker_count_to_auto():
