@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from metaqnn import budget
 from metaqnn import models
 from metaqnn.architecture import ArchitectureError, parse
 
@@ -80,6 +81,11 @@ def test_flops_convention():
   assert models.flops_per_example(arch, DIGITS) == expected
   gap = parse("[C(4,3,1), GAP(3), SM(3)]")
   assert models.flops_per_example(gap, DIGITS) == 2 * 8 * 8 * 9 * 4 + 2 * 8 * 8 * 4 * 3
+  # Colour, non-square, strided, counted by hand: conv 13x9 -> 7x5, pool -> 3x2, flat 24.
+  odd = parse("[C(4,3,2), P(2,2), FC(5), SM(3)]")
+  expected = 2 * (7 * 5 * 9 * 3 * 4) + 2 * (3 * 2 * 4 * 5) + 2 * (5 * 3)
+  assert models.flops_per_example(odd, (13, 9, 3)) == expected
+  assert budget.cost(odd, (13, 9, 3))[1] == expected
 
 
 @pytest.mark.parametrize("text,rates", [
