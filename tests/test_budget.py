@@ -393,8 +393,8 @@ def test_inspect_shows_costs_and_the_budget(tmp_path):
 
 
 @pytest.mark.parametrize("prune", [False, True])
-def test_a_stalled_search_under_a_budget_gives_advice_that_works(tmp_path, monkeypatch,
-                                                                 prune):
+def test_a_stalled_search_under_a_budget_names_what_works(tmp_path, monkeypatch,
+                                                        prune):
   """config.space and budget.prune are part of the record: the message does not say to
   change them and run the same command (that resume is refused), but names what does."""
   config = small_config("1.0:10", max_params=_cap(small_config(), 5), prune=prune)

@@ -304,7 +304,8 @@ def test_main_stops_cleanly_with_the_shells_status(tmp_path, sig, status):
 
 
 @pytest.mark.slow
-def test_main_stopped_while_loading_says_the_search_had_not_begun(tmp_path):
+def test_main_stopped_while_loading_is_one_line_that_matches_the_state(tmp_path):
+  """(That no record is made is `test_a_stop_dropped_while_the_data_loaded_writes_nothing`.)"""
   env = dict(os.environ, PYTHONPATH=ROOT)
   work = tmp_path / "w"
   proc = subprocess.Popen(
@@ -329,12 +330,12 @@ def test_a_stop_dropped_while_the_data_loaded_writes_nothing(tmp_path, dropped_s
   assert not (tmp_path / "w" / "metaqnn.db").exists()
 
 
+@pytest.mark.usefixtures("default_signal_handlers")
 def test_commands_do_not_report_a_dropped_stop(monkeypatch, capsys):
   """Python prints "Exception ignored ... KeyboardInterrupt" when a stop lands in a
   finaliser or an import's callback; from a command's first line that report is left
   out (the stop itself is raised at the next check)."""
   from metaqnn import cli, signals
-  before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
   monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
 
   class Collected:
@@ -349,10 +350,9 @@ def test_commands_do_not_report_a_dropped_stop(monkeypatch, capsys):
       signals.check()
   finally:
     signals._requested.clear()  # pylint: disable=protected-access
-    for sig, handler in before.items():
-      signal.signal(sig, handler)
 
 
+@pytest.mark.usefixtures("default_signal_handlers")
 def test_a_stop_during_a_tensorboard_write_waits_for_its_end(tmp_path):
   """A stop in the middle of tensorboardX's queue put could leave its writer thread
   asleep, and the search's close then waited for it for ever: the stop is raised after
@@ -372,12 +372,11 @@ def test_a_stop_during_a_tensorboard_write_waits_for_its_end(tmp_path):
   prog.writer = Writer()
   rec = ModelRecord(arch="[SM(10)]", accuracy=0.5, iteration=0, sample=1, epsilon=1.0,
                     stage=0, curves=[{"val_accuracy": [0.4, 0.5]}])
-  before = signal.signal(signal.SIGTERM, signals.handler)
+  signal.signal(signal.SIGTERM, signals.handler)  # the fixture restores the handlers
   try:
     with pytest.raises(KeyboardInterrupt):
       prog.update(rec, unique_models=1)
   finally:
-    signal.signal(signal.SIGTERM, before)
     signals._requested.clear()  # pylint: disable=protected-access
   assert written == ["search/accuracy"] and "sample 1]" in out.read_text()
 
