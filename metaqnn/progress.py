@@ -95,8 +95,11 @@ class Progress:
             f"{self.best:.4f} | {rate * 60:.1f} models/min ETA {eta} | {rec.arch}")
 
   def close(self) -> None:
+    """Flushes and closes TensorBoard; a stop waits for its end (close is one more put
+    into the writer thread's queue, then a join on that thread)."""
     if self.writer:
-      self.writer.close()
+      with signals.deferred():
+        self.writer.close()
 
 
 def epoch_lines(say: Callable[[str], None], prefix: str, epochs: int,

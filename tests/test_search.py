@@ -381,6 +381,29 @@ def test_a_stop_during_a_tensorboard_write_waits_for_its_end(tmp_path):
   assert written == ["search/accuracy"] and "sample 1]" in out.read_text()
 
 
+@pytest.mark.usefixtures("default_signal_handlers")
+def test_a_stop_during_tensorboards_close_waits_for_its_end(tmp_path):
+  """Closing TensorBoard is a put into its writer thread's queue and a join: a stop in
+  the middle is raised once the writer is closed, not halfway."""
+  from metaqnn import agent as agent_lib, progress, signals
+  prog = progress.Progress(agent_lib.Schedule.parse("1.0:20"), out=open(tmp_path / "l", "w"))
+  closed = []
+
+  class Writer:
+    def close(self):
+      os.kill(os.getpid(), signal.SIGTERM)
+      closed.append(True)
+
+  prog.writer = Writer()
+  signal.signal(signal.SIGTERM, signals.handler)  # the fixture restores the handlers
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      prog.close()
+  finally:
+    signals._requested.clear()  # pylint: disable=protected-access
+  assert closed == [True]
+
+
 PLOTS_STOPPED = """
 import signal, sys
 sys.path.insert(0, {root!r})
