@@ -75,7 +75,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing with a bad flag, a `--config.x.y=...` override or a config file
   that cannot be loaded reported as one line."""
   try:
-    return flags.FLAGS([_whole_number(a) for a in argv])
+    return flags.FLAGS(_whole_numbers(argv))
   except (KeyError, AttributeError) as e:  # ml_collections: no such config field
     _fail("bad --config override: unknown field " + _one_line(e.args[0] if e.args else e))
   except OSError as e:  # ml_collections: the config file (met while applying an override)
@@ -85,14 +85,32 @@ def parse_flags(argv: list[str]) -> list[str]:
     _fail(_one_line(e))
 
 
+def _whole_numbers(argv: list[str]) -> list[str]:
+  """`--config.x.y=1e8` (or `--config.x.y 1e8`) as `--config.x.y=100000000`: a whole
+  number in exponent notation (a FLOPs limit, say) is read by an integer field too, and
+  means the same to a float one."""
+  out, i = [], 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith("--config.") and "=" not in arg and i + 1 < len(argv):
+      rewritten = _whole_number(f"{arg}={argv[i + 1]}")  # the two-argument form
+      if rewritten != f"{arg}={argv[i + 1]}":
+        out.append(rewritten)
+        i += 2
+        continue
+    out.append(_whole_number(arg))
+    i += 1
+  return out
+
+
 def _whole_number(arg: str) -> str:
-  """`--config.x.y=1e8` as `--config.x.y=100000000`: a whole number in exponent notation
-  (a FLOPs limit, say) is read by an integer field too, and means the same to a float one."""
+  """One `--config.x.y=VALUE` argument, its value rewritten if it is a whole number in
+  exponent notation (exactly: no float rounding of large counts)."""
   name, eq, value = arg.partition("=")
   if not (name.startswith("--config.") and eq and "e" in value.lower()):
     return arg
   try:
-    number = decimal.Decimal(value)  # exact: no float rounding of large counts
+    number = decimal.Decimal(value)
   except decimal.InvalidOperation:
     return arg
   whole = number.is_finite() and number == number.to_integral_value()

@@ -448,4 +448,8 @@ def test_the_space_command_counts_and_walks_within_a_budget():
 ])
 def test_limits_may_be_written_in_exponent_notation(given, read):
   from metaqnn import cli
-  assert cli._whole_number(given) == read  # pylint: disable=protected-access
+  assert cli._whole_numbers(["prog", given]) == ["prog", read]  # pylint: disable=protected-access
+  name, _, value = given.partition("=")  # the same as two arguments
+  two = cli._whole_numbers(["prog", name, value, "--workdir=w"])  # pylint: disable=protected-access
+  assert two == (["prog", read, "--workdir=w"] if read != given
+                 else ["prog", name, value, "--workdir=w"])
