@@ -74,8 +74,9 @@ def summarize(workdir: str, top: int = 10) -> dict:
                                               "unique": unique_by_eps[e]}
                                    for e, v in sorted(by_eps.items(), reverse=True)},
       # "accuracy" is the reward (under budget.objective: accuracy x a cost factor);
-      # "val_accuracy" the validation accuracy it came from.
-      "top": [{"arch": r.arch, "accuracy": r.accuracy, "val_accuracy": r.best_val_accuracy,
+      # "best_val_accuracy" the validation accuracy it came from (as in "models").
+      "top": [{"arch": r.arch, "accuracy": r.accuracy,
+               "best_val_accuracy": r.best_val_accuracy,
                "iteration": r.iteration, "params": r.params, "flops": r.flops}
               for r in ranked[:top]],
       "failures": [{"arch": r.arch, "status": r.status, "message": r.message,
@@ -163,7 +164,7 @@ def render(s: dict) -> str:
           if s.get(k)]
   stopped = f" (not ranked: {'; '.join(left)})" if left else ""
   lines.append(f"\ntop {len(s['top'])} fully trained models{stopped}:")
-  val = lambda m: "?" if m.get("val_accuracy") is None else f"{m['val_accuracy']:.4f}"
+  val = lambda m: "?" if m["best_val_accuracy"] is None else f"{m['best_val_accuracy']:.4f}"
   lines.append(f"      {'accuracy':>8}  " + (f"{'reward':>8}  " if soft else "")
                + f"{'params':>10}  {'FLOPs':>12}  sample     architecture")
   size = lambda v: "?" if v is None else f"{v:,}"

@@ -278,12 +278,12 @@ def test_soft_objective_in_a_search(tmp_path):
   text = inspect_lib.render(summary)
   assert "mean reward per epsilon" in text and "accuracy    reward" in text
   top = summary["top"][0]
-  assert top["val_accuracy"] != pytest.approx(top["accuracy"])  # scaled by the cost
-  assert f"{top['val_accuracy']:.4f}  {top['accuracy']:.4f}" in text
+  assert top["best_val_accuracy"] != pytest.approx(top["accuracy"])  # scaled by the cost
+  assert f"{top['best_val_accuracy']:.4f}  {top['accuracy']:.4f}" in text
   from metaqnn import agent as agent_lib, progress
   rec = next(r for r in _records(tmp_path / "w") if r.iteration == top["iteration"])
   line = progress.Progress(agent_lib.Schedule.parse("1.0:10")).line(rec, 10)
-  assert f"reward {top['accuracy']:.4f} (val acc {top['val_accuracy']:.4f})" in line
+  assert f"reward {top['accuracy']:.4f} (val acc {top['best_val_accuracy']:.4f})" in line
   # The log and inspect's table give the model the same sample number.
   assert f"| sample {rec.iteration + 1}]" in line
   assert f"#{rec.iteration + 1:<8d} {top['arch']}" in text
