@@ -17,6 +17,7 @@ from absl import flags
 
 from metaqnn import budget as budget_lib
 from metaqnn import cli
+from metaqnn import results
 from metaqnn import store as store_lib
 from metaqnn.agent import Schedule
 
@@ -66,6 +67,9 @@ def summarize(workdir: str, top: int = 10) -> dict:
       "budget": budget_lib.Budget.from_config(config).shaping(),
       "early_stop": _early_stop(config),
       "stopped": sum(not r.resampled and r.status == "stopped" for r in records),
+      # "validation accuracy", or "reward" where some rewards are not (results.reward_kind).
+      "reward_kind": results.reward_kind(budget_lib.Budget.from_config(config).objective,
+                                         (r.status for r in records)),
       "timeout": sum(not r.resampled and r.status == "timeout" for r in records),
       "schedule": schedule,
       "time": _time(unique),
@@ -149,8 +153,8 @@ def render(s: dict) -> str:
     lines.append(f"time in candidates: {t['seconds'] / 3600:.2f} h ({t['models']} models), "
                  f"{100 * t['compile_wait_seconds'] / t['seconds']:.0f}% of it waiting for "
                  "compiles (on GPUs: README, \"On GPUs\")")
-  soft = bool((s.get("budget") or {}).get("objective"))  # rewards are not accuracies
-  if soft or s.get("over_budget") or s.get("stopped"):  # rewards that are not accuracies
+  soft = bool((s.get("budget") or {}).get("objective"))  # a reward column beside accuracy
+  if s["reward_kind"] == "reward":
     lines.append("\nmean reward per epsilon (what the agent received over all samples: "
                  "re-samples, over-budget samples and models stopped early included):")
   else:

@@ -30,6 +30,7 @@ from absl import flags
 from metaqnn import agent as agent_lib
 from metaqnn import budget as budget_lib
 from metaqnn import cli
+from metaqnn import results
 from metaqnn import search
 from metaqnn import search_space
 from metaqnn import store as store_lib
@@ -67,13 +68,9 @@ def _by_epsilon(records) -> dict[float, list[float]]:
 
 
 def _what(config, records) -> str:
-  """What Figures 3, A4 and A3 plot: the agent's rewards. They are the validation
-  accuracies in the paper's setting, but not under a budget's objective, for over-budget
-  samples (never trained) or for models stopped early (a prediction): "reward" then, as
-  `inspect` says."""
-  shaped = (budget_lib.Budget.from_config(config).objective
-            or any(r.status in ("over_budget", "stopped") for r in records))
-  return "reward" if shaped else "validation accuracy"
+  """What Figures 3, A4 and A3 plot: the agent's rewards (`results.reward_kind`)."""
+  return results.reward_kind(budget_lib.Budget.from_config(config).objective,
+                             (r.status for r in records))
 
 
 def _reward_rule(config) -> dict:

@@ -55,6 +55,14 @@ def earned(result: Result, chance: float) -> bool:
                                                 and result.accuracy > chance)
 
 
+def reward_kind(objective: Optional[str], statuses) -> str:
+  """What a search's rewards are: "validation accuracy", as in the paper, or "reward"
+  when some are not (a budget's objective scales them, an over-budget sample gets a set
+  reward, a model stopped early its prediction). Plots and `inspect` label them so."""
+  shaped = bool(objective) or any(s in ("over_budget", "stopped") for s in statuses)
+  return "reward" if shaped else "validation accuracy"
+
+
 def _json_curves(curves: list) -> list:
   """Curves with a diverged (non-finite) value as None: JSON has no NaN."""
   finite = lambda x: float(x) if math.isfinite(float(x)) else None

@@ -277,6 +277,7 @@ def test_soft_objective_in_a_search(tmp_path):
   # Shown beside the reward, the validation accuracy it came from, in inspect and the log.
   text = inspect_lib.render(summary)
   assert "mean reward per epsilon" in text and "accuracy    reward" in text
+  assert summary["reward_kind"] == "reward"
   top = summary["top"][0]
   assert top["best_val_accuracy"] != pytest.approx(top["accuracy"])  # scaled by the cost
   assert f"{top['best_val_accuracy']:.4f}  {top['accuracy']:.4f}" in text
@@ -381,6 +382,7 @@ def test_inspect_shows_costs_and_the_budget(tmp_path):
   assert f"budget: max_params {config.budget.max_params:,}" in text
   assert f"{summary['over_budget']} over-budget samples" in text and summary["over_budget"] > 0
   assert "mean reward per epsilon" in text  # their 0 is a reward, not an accuracy
+  assert summary["reward_kind"] == "reward"
   top = summary["top"][0]
   assert f"{top['params']:,}" in text and f"{top['flops']:,}" in text
   assert all(m["status"] == "over_budget" for m in summary["models"]

@@ -267,7 +267,7 @@ def test_main_and_inspect_commands(tmp_path):
   js = subprocess.run([sys.executable, "-m", "metaqnn.inspect", f"--workdir={work}", "--json"],
                       cwd=ROOT, env=env, capture_output=True, text=True)
   summary = json.loads(js.stdout)
-  assert summary["unique_models"] == 40
+  assert summary["unique_models"] == 40 and summary["reward_kind"] == "validation accuracy"
   text = subprocess.run([sys.executable, "-m", "metaqnn.inspect", f"--workdir={work}"],
                         cwd=ROOT, env=env, capture_output=True, text=True).stdout
   assert "mean accuracy per epsilon" in text and "top 10 fully trained models" in text
