@@ -23,13 +23,17 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory: the record, the agent, logs.")
 
 
-def _announce(config, workdir: str) -> None:
-  """A first line at once: what runs where (loading data and compiling come next)."""
+def _announce(config, workdir: str):
+  """The first line, once the search is accepted and before the data loads and the first
+  model compiles: what runs where."""
   from metaqnn import agent
-  resumed = os.path.exists(os.path.join(workdir, store.DB_FILE))
-  print(f"{'resuming' if resumed else 'starting'} a {config.dataset.name} search in "
-        f"{workdir}: {agent.Schedule.parse(config.search.schedule).total} unique models; "
-        "loading the data and building the search space...", flush=True)
+
+  def say(new: bool) -> None:
+    print(f"{'starting' if new else 'resuming'} a {config.dataset.name} search in "
+          f"{workdir}: {agent.Schedule.parse(config.search.schedule).total} unique models; "
+          "loading the data...", flush=True)
+
+  return say
 
 
 def main(argv: list[str]) -> None:
@@ -41,8 +45,7 @@ def main(argv: list[str]) -> None:
   cli.handle_stops()  # SIGTERM stops as cleanly as Ctrl-C, the final stage included
   config, workdir = _CONFIG.value, _WORKDIR.value
   try:
-    _announce(config, workdir)
-    result = search.run_search(config, workdir)
+    result = search.run_search(config, workdir, on_start=_announce(config, workdir))
   except KeyboardInterrupt:
     if not os.path.exists(os.path.join(workdir, store.DB_FILE)):  # still loading the data
       cli.stop("interrupted before the search began. Run the same command to start it.")

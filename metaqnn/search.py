@@ -467,7 +467,8 @@ def make_executor(config, evaluate: Optional[Callable], early_stop=None, dataset
 
 def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
                log_interval: Optional[float] = None, tensorboard: bool = True,
-               max_models: Optional[int] = None, dataset=None) -> SearchResult:
+               max_models: Optional[int] = None, dataset=None,
+               on_start: Optional[Callable[[bool], None]] = None) -> SearchResult:
   """Runs (or resumes) the whole search of `config` in `workdir`.
 
   Args:
@@ -481,8 +482,13 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     max_models: stop after about this many new results (for tests and time boxes).
     dataset: an `input_pipeline.Dataset` already in memory (arrays of your own, a
       benchmark's generated data), used instead of loading `config.dataset`.
+    on_start: called with True (a new search) or False (a resume) once the config, the
+      data's description and the work directory are accepted, before the data is
+      loaded and the first model compiles: a command's first line, never printed
+      before a refusal. Not called for a search that is already finished.
   """
   schedule = agent_lib.Schedule.parse(config.search.schedule)
+  store_lib.check_workdir(workdir)  # before any data is read
   replay_samples = int(config.search.replay_samples)
   if replay_samples < 0:
     raise UserError("search.replay_samples must be >= 0")
@@ -536,6 +542,8 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   fp = fingerprint(config, kind, replay_samples)
   if legacy:
     del fp["early_stop"]
+  if new and on_start is not None:
+    on_start(True)
   executor = make_executor(config, evaluate, rule, dataset) if new else None
   try:
     signals.check()  # a stop dropped while the data loaded: nothing is written yet
@@ -553,6 +561,8 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     if schedule.stage(store.unique_count()) is None and not store.pending():
       return dataclasses.replace(_result(workdir, store, finished=True),
                                  already_finished=True)
+    if not new and on_start is not None:
+      on_start(False)
     executor = executor or make_executor(config, evaluate, rule, dataset)
     if rule is not None:
       for rec in store.models():

@@ -106,12 +106,8 @@ class Store:
     a record made on other data is refused like another search."""
     self.path = os.path.join(workdir, DB_FILE)
     creating = os.path.join(workdir, _CREATING)
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-      raise WorkdirError(f"{workdir} is a file, not a directory")
+    check_workdir(workdir)
     exists = os.path.exists(self.path)
-    if not exists and os.path.isdir(workdir) and set(os.listdir(workdir)) - {_CREATING}:
-      raise WorkdirError(f"{workdir} is not empty and holds no metaqnn search "
-                         f"(no {DB_FILE}); use a new or empty work directory")
     with self._closed_on_failure():
       if not exists:  # built aside, then renamed: a kill never leaves half a record
         os.makedirs(workdir, exist_ok=True)
@@ -451,6 +447,18 @@ def _recorded(stored: dict, given: dict) -> str:
     rule = ", ".join(f"{k}={v}" for k, v in sorted(stored["early_stop"].items()))
     out += f"; it was made with early_stop {rule}: give those --config.early_stop flags"
   return out
+
+
+def check_workdir(workdir: str) -> None:
+  """Raises `WorkdirError` for a path that cannot hold a search: a file, or a directory
+  with other files and no record. (The Store checks again; a search checks first, before
+  it loads any data.)"""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f"{workdir} is a file, not a directory")
+  if (not os.path.exists(os.path.join(workdir, DB_FILE)) and os.path.isdir(workdir)
+      and set(os.listdir(workdir)) - {_CREATING}):
+    raise WorkdirError(f"{workdir} is not empty and holds no metaqnn search "
+                       f"(no {DB_FILE}); use a new or empty work directory")
 
 
 def stored_fingerprint(workdir: str) -> dict:

@@ -376,15 +376,7 @@ class Trainer:
                on_epoch: Optional[Callable[[int, int, float, float], None]] = None):
     self.config, self.on_epoch = config, on_epoch
     t = config.train
-    for field in ("epochs", "lr_decay_every"):
-      if int(t[field]) < 1:
-        raise UserError(f"config.train.{field}={t[field]} must be >= 1")
-    if int(t.max_restarts) < 0:
-      raise UserError(f"config.train.max_restarts={t.max_restarts} must be >= 0")
-    if not float(t.learning_rate) > 0:
-      raise UserError(f"config.train.learning_rate={t.learning_rate} must be > 0")
-    if float(t.get("max_seconds", 0)) < 0:
-      raise UserError(f"config.train.max_seconds={t.max_seconds} must be >= 0 (0 = none)")
+    _check_schedule(t)
     self.dataset = dataset if dataset is not None else input_pipeline.load(config)
     ds = self.dataset
     if len(ds.val_labels) < 1:
@@ -565,10 +557,26 @@ def check_settings(config: Any, final: bool) -> None:
   """Refuses, in one line, an optimizer, precision or (`final`) final schedule that
   training would refuse only when it starts: before a search spends hours."""
   t = final_train_config(config) if final else config.train
+  if not final:
+    _check_schedule(t)
   make_optimizer(t, 0.0)
   compute_dtype(str(t.get("dtype", "auto")), "cpu")
   if final:
     final_learning_rates(config)
+
+
+def _check_schedule(t: Any) -> None:
+  """Refuses, in one line, a search's epochs, decay, restarts, rate or time limit that
+  cannot train."""
+  for field in ("epochs", "lr_decay_every"):
+    if int(t[field]) < 1:
+      raise UserError(f"config.train.{field}={t[field]} must be >= 1")
+  if int(t.max_restarts) < 0:
+    raise UserError(f"config.train.max_restarts={t.max_restarts} must be >= 0")
+  if not float(t.learning_rate) > 0:
+    raise UserError(f"config.train.learning_rate={t.learning_rate} must be > 0")
+  if float(t.get("max_seconds", 0)) < 0:
+    raise UserError(f"config.train.max_seconds={t.max_seconds} must be >= 0 (0 = none)")
 
 
 class FinalTrainer:

@@ -158,6 +158,31 @@ def test_foreign_and_mismatched_workdirs_are_refused_untouched(tmp_path):
   assert (corrupt / "metaqnn.db").read_bytes() == b"garbage" * 100
 
 
+def test_a_search_says_it_starts_only_once_accepted(tmp_path, monkeypatch):
+  """`on_start` (a command's first line) comes after every check, never before a
+  refusal; a foreign work directory is refused before any data is read."""
+  from metaqnn import input_pipeline
+  said = []
+  work = str(tmp_path / "w")
+  search.run_search(small_config("1.0:5"), work, log_interval=100, on_start=said.append)
+  search.run_search(small_config("1.0:5,0.5:2"), work, log_interval=100,
+                    on_start=said.append)
+  search.run_search(small_config("1.0:5,0.5:2"), work, log_interval=100,
+                    on_start=said.append)  # already finished: nothing starts
+  assert said == [True, False]
+  bad = small_config("1.0:5")
+  bad.seed = -1
+  with pytest.raises(UserError):
+    search.run_search(bad, str(tmp_path / "v"), on_start=said.append)
+  foreign = tmp_path / "foreign"
+  foreign.mkdir()
+  (foreign / "notes.txt").write_text("mine")
+  monkeypatch.setattr(input_pipeline, "resolve", lambda config: pytest.fail("data read"))
+  with pytest.raises(WorkdirError, match="not empty"):
+    search.run_search(small_config(), str(foreign), on_start=said.append)
+  assert said == [True, False] and os.listdir(foreign) == ["notes.txt"]
+
+
 def test_failures_get_chance_and_the_search_goes_on(tmp_path):
   calls = []
 
@@ -275,8 +300,14 @@ def test_main_and_inspect_commands(tmp_path):
   # Another seed on the same work directory is refused with one line and no traceback.
   bad = subprocess.run(cmd[:-1] + ["--config.seed=4"], cwd=ROOT, env=env,
                        capture_output=True, text=True)
-  assert bad.returncode == 2 and "Traceback" not in bad.stderr
+  assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stdout == ""
   assert bad.stderr.strip().startswith("error:") and "seed" in bad.stderr
+  # A new search refused by a check made on the data's description: no "starting" line.
+  refused = subprocess.run(cmd[:-2] + ["--config.budget.max_params=10",
+                                       f"--workdir={tmp_path / 'new'}"],
+                           cwd=ROOT, env=env, capture_output=True, text=True)
+  assert refused.returncode == 2 and refused.stdout == "", refused.stdout
+  assert len(refused.stderr.splitlines()) == 1 and "max_params" in refused.stderr
   missing = subprocess.run([sys.executable, "-m", "metaqnn.inspect",
                             f"--workdir={tmp_path / 'none'}"], cwd=ROOT, env=env,
                            capture_output=True, text=True)
