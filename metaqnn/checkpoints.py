@@ -29,6 +29,16 @@ def restore(path: str) -> Any:
     ckptr.close()
 
 
+def input_metadata(config, dataset) -> dict:
+  """What a final model needs beside its weights to classify new images (stored in its
+  meta.json): the normalisation it was trained with, and the class names if the data has
+  them (`metaqnn.predict`)."""
+  from metaqnn import input_pipeline
+  return {"normalization": {"preprocess": dataset.preprocess,
+                            "mean": [float(m) for m in dataset.mean]},
+          "class_names": input_pipeline.class_names(config)}
+
+
 def metadata(path: str) -> dict:
   """The `meta.json` written beside a final model's checkpoint (arch, metrics, config)."""
   path = os.path.abspath(path)

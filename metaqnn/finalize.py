@@ -186,6 +186,7 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
           "history": history, "seconds": time.perf_counter() - start,
           "dataset": config.dataset.name,
           "input_shape": list(dataset.test_images.shape[1:]),
+          **checkpoints.input_metadata(config, dataset),
           "config": json.loads(config.to_json())}, indent=1)  # written last: marks it done
     say(f"final {rank}/{len(best)}: test accuracy {accuracy:.4f} {rec.arch}")
 

@@ -398,7 +398,7 @@ def _conform(name: str, ds, tr_x, tr_y, te_x, te_y, k, val: _Val = None):
       raise DatasetError(f"{name}: {what} images have {x.shape[3]} channels; resizing "
                          "handles 1 (grey), 3 (RGB) or 4 (RGBA).")
   if resize:  # side > 0: see _check_config
-    tr_x, va_x, te_x = (_resize_all(x, side) for x in (tr_x, va_x, te_x))
+    tr_x, va_x, te_x = (resize_all(x, side) for x in (tr_x, va_x, te_x))
   for what, x in (("training", tr_x), ("validation", va_x), ("test", te_x)):
     if x.ndim != 4 or x.shape[1] != x.shape[2]:
       raise DatasetError(
@@ -456,7 +456,7 @@ def _first_missing(present: np.ndarray, k: int, n: int = 10) -> list[int]:
   return missing
 
 
-def _resize_all(x: np.ndarray, side: int) -> np.ndarray:
+def resize_all(x: np.ndarray, side: int) -> np.ndarray:
   """uint8 [N, H, W, C] resized to [N, side, side, C] (bilinear, PIL); unchanged if equal."""
   if x.ndim == 4 and x.shape[1] == x.shape[2] == side:
     return x
@@ -561,7 +561,7 @@ def _folder(path: str, ds) -> _Arrays:
     raise DatasetError(f"{label}: config.dataset.channels={ds.channels}, but image files are "
                        "read as grey (1) or RGB (3); set 1, 3, or 0 to take it from the data.")
   subdirs = _subdirs(path)
-  if not (subdirs and set(subdirs) <= set(_SPLIT_FOLDERS) and "train" in subdirs):
+  if not _split_layout(subdirs):
     tr_x, tr_y = _read_folder(label, path, subdirs, ds)
     return (*_carve_test(tr_x, tr_y), len(subdirs), None)
   if {"validation", "val"} <= set(subdirs):
@@ -587,6 +587,23 @@ def _folder(path: str, ds) -> _Arrays:
 # A folder's split subfolders and the splits they hold.
 _SPLIT_FOLDERS = {"train": "train", "validation": "validation", "val": "validation",
                   "test": "test"}
+
+
+def _split_layout(subdirs: list[str]) -> bool:
+  """Whether a folder's subfolders are splits (train/, test/...), not classes."""
+  return bool(subdirs) and set(subdirs) <= set(_SPLIT_FOLDERS) and "train" in subdirs
+
+
+def class_names(config) -> list[str] | None:
+  """The names of the data's classes, in label order, where the data has them: a
+  folder's class folders (as `load` orders them). None for arrays and built-in sets,
+  whose labels are their names."""
+  kind, arg = source_of(config.dataset.name)
+  if kind != "folder":
+    return None
+  path = os.path.expanduser(arg)
+  subdirs = _subdirs(path)
+  return _subdirs(os.path.join(path, "train")) if _split_layout(subdirs) else subdirs
 
 
 def _subdirs(path: str) -> list[str]:
@@ -617,7 +634,7 @@ def _read_folder(label: str, root: str, classes: list[str], ds, required: bool =
       file = os.path.join(folder, f)
       try:
         with Image.open(file) as im:
-          im = _eight_bit(im, f"{label}: {file}")
+          im = eight_bit(im, f"{label}: {file}")
           # Grey with alpha (LA) is grey too: the alpha is dropped, as RGBA's.
           grey = im.mode in ("1", "L", "LA", "La")
           mode = "L" if channels == 1 or (channels == 0 and grey) else "RGB"
@@ -646,7 +663,7 @@ def _read_folder(label: str, root: str, classes: list[str], ds, required: bool =
   return np.stack(images), np.asarray(labels, np.int64)
 
 
-def _eight_bit(im, where: str):
+def eight_bit(im, where: str):
   """A PIL image of more than 8 bits per pixel (modes I;16*, I, F) as 8-bit grey, else `im`.
 
   PIL's own convert clips such pixels at 255, so a 16-bit image came out white. 16-bit

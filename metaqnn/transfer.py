@@ -154,6 +154,7 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
               test_accuracy=float((probs.argmax(-1) == dataset.test_labels).mean()),
               history=history, seconds=time.perf_counter() - start,
               input_shape=list(dataset.test_images.shape[1:]),
+              **checkpoints.input_metadata(config, dataset),
               data=input_pipeline.digest(dataset),
               config=json.loads(config.to_json()))
   files.write_json(meta_path, meta, indent=1)  # written last: marks the run done

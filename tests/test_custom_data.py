@@ -344,7 +344,7 @@ def test_folder_images_read_as_32_bit_integers(tmp_path):
   # dark one reads as dark as with a Pillow that opens it as I;16.
   dark = Image.fromarray(np.full((8, 8), 200, np.int32))
   dark.format = "PNG"
-  assert set(np.asarray(ip._eight_bit(dark, "dark.png")).ravel()) == {1}
+  assert set(np.asarray(ip.eight_bit(dark, "dark.png")).ravel()) == {1}
   Image.fromarray(np.full((8, 8), 70000, np.int32)).save(root / "c1" / "big.tiff")
   with pytest.raises(ip.DatasetError, match="big.tiff is a 32-bit image with pixels "
                      "outside 0..65535"):

@@ -1,0 +1,201 @@
+"""Classifies new images with a final model (the final stage's or transfer's): what a
+search found, put to use.
+
+  python -m metaqnn.predict --model=DIR/final/<name> --images=PATH [--top=3] [--json]
+
+`--model`: a final model's folder, or the `checkpoint` folder in it. `--images`: one
+image file, a folder of image files (subfolders included), or an .npz whose images are
+`x` (or `x_test`). Images are read with the model's channels (grey, RGB) and resized to
+its side when theirs differs, as `dataset.resize` does. Each image gets its top classes
+and their probabilities, named as the data named them (a folder's class folders), else
+by index. A folder laid out by class (PATH/<class>/...) also gets the accuracy.
+
+In Python: `model = predict.load(path)`, then `model.predict(images)`: class
+probabilities [N, classes] of uint8 images [N, H, W, C] of the model's shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Optional
+
+import numpy as np
+
+from metaqnn.architecture import Architecture
+from metaqnn.errors import UserError
+
+
+@dataclasses.dataclass
+class FinalModel:
+  """A trained network and what it needs to read images as its training did."""
+  arch: Architecture
+  params: Any
+  input_shape: tuple[int, int, int]
+  preprocess: str
+  mean: np.ndarray  # float32 [C]: the training data's per-channel mean, in [0, 1]
+  class_names: Optional[list[str]] = None
+  _fn: Any = dataclasses.field(default=None, repr=False, compare=False)
+
+  def predict(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities [N, classes] of uint8 `images` [N, H, W, C] (or grey
+    [N, H, W]) of the model's shape, in batches of `batch_size` (one compiled program)."""
+    import jax
+    x = np.asarray(images)
+    if x.ndim == 3 and self.input_shape[-1] == 1:
+      x = x[..., None]
+    if x.dtype != np.uint8 or x.shape[1:] != tuple(self.input_shape):
+      raise UserError(f"images must be uint8 of shape [N, {', '.join(map(str, self.input_shape))}]"
+                      f" for this model; got {x.dtype} {list(x.shape)} (read files with "
+                      "`read_images`, which converts and resizes them)")
+    if self._fn is None:
+      self._fn = jax.jit(self._probabilities)
+    batch = max(1, min(int(batch_size), len(x)))
+    out = []
+    for start in range(0, len(x), batch):
+      part = x[start:start + batch]
+      padded = np.concatenate([part, np.zeros((batch - len(part),) + part.shape[1:],
+                                              np.uint8)])  # one shape: one compile
+      out.append(np.asarray(self._fn(self.params, padded))[:len(part)])
+    k = self.arch.num_classes
+    return np.concatenate(out) if out else np.zeros((0, k), np.float32)
+
+  def _probabilities(self, params, images):
+    import jax
+    from metaqnn import input_pipeline, models
+    model = models.CNN(self.arch, dropout=False,
+                       conv=models.conv_impl(jax.default_backend()))
+    x = input_pipeline.normalize(images, self.preprocess, self.mean)
+    return jax.nn.softmax(model.apply({"params": params}, x, train=False))
+
+  def name(self, k: int) -> str:
+    return self.class_names[k] if self.class_names else str(k)
+
+
+def load(path: str) -> FinalModel:
+  """The final model saved at `path` (its folder, or the checkpoint in it). A model saved
+  before its normalisation was kept takes it from its data, as its training did."""
+  from metaqnn import checkpoints
+  from metaqnn.architecture import parse
+  if os.path.isdir(os.path.join(path, "checkpoint")):
+    path = os.path.join(path, "checkpoint")
+  meta = checkpoints.metadata(path)
+  norm = meta.get("normalization")
+  if norm is None:
+    import ml_collections
+    from metaqnn import input_pipeline
+    data = input_pipeline.load(ml_collections.ConfigDict(meta["config"]), final=True)
+    norm = {"preprocess": data.preprocess, "mean": data.mean.tolist()}
+  return FinalModel(arch=parse(meta["arch"]), params=checkpoints.restore(path),
+                    input_shape=tuple(int(n) for n in meta["input_shape"]),
+                    preprocess=str(norm["preprocess"]),
+                    mean=np.asarray(norm["mean"], np.float32),
+                    class_names=meta.get("class_names"))
+
+
+def read_images(path: str, shape: tuple[int, int, int]) -> tuple[list[str], np.ndarray]:
+  """(names, uint8 [N, *shape]) of the images at `path`: an image file, a folder of them
+  (names relative to it, sorted), or an .npz (names `x[i]`)."""
+  from metaqnn import input_pipeline
+  side, channels = int(shape[0]), int(shape[-1])
+  if path.lower().endswith(".npz") and os.path.isfile(path):
+    return _npz_images(path, side, channels)
+  if os.path.isfile(path):
+    return [os.path.basename(path)], _image(path, side, channels)[None]
+  if not os.path.isdir(path):
+    raise FileNotFoundError(2, "No such file or directory", path)
+  names = sorted(os.path.relpath(os.path.join(root, f), path)
+                 for root, dirs, files in os.walk(path)
+                 for f in files if f.lower().endswith(input_pipeline.IMAGE_EXTENSIONS)
+                 and not f.startswith("."))
+  if not names:
+    raise UserError(f"{path} holds no image files "
+                    f"({', '.join(input_pipeline.IMAGE_EXTENSIONS)})")
+  return names, np.stack([_image(os.path.join(path, n), side, channels) for n in names])
+
+
+def _image(file: str, side: int, channels: int) -> np.ndarray:
+  from PIL import Image, UnidentifiedImageError
+  from metaqnn import input_pipeline
+  mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(channels)
+  if mode is None:
+    raise UserError(f"this model takes {channels} channels; image files are read as 1, 3 "
+                    "or 4; give an .npz of arrays instead")
+  try:
+    with Image.open(file) as im:
+      arr = np.asarray(input_pipeline.eight_bit(im, file).convert(mode), np.uint8)
+  except (OSError, UnidentifiedImageError, ValueError) as e:
+    raise UserError(f"cannot read the image {file} ({type(e).__name__})") from None
+  arr = arr[..., None] if arr.ndim == 2 else arr
+  return input_pipeline.resize_all(arr[None], side)[0]
+
+
+def _npz_images(path: str, side: int, channels: int) -> tuple[list[str], np.ndarray]:
+  import zipfile
+  from metaqnn import input_pipeline
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      keys = [k for k in ("x", "x_test") if k in z.files] or (
+          z.files if len(z.files) == 1 else [])
+      if not keys:
+        raise UserError(f"{path} holds {', '.join(z.files) or 'nothing'}; put the images "
+                        "under x (np.savez(PATH, x=images))")
+      x = z[keys[0]]
+  except (OSError, ValueError, zipfile.BadZipFile) as e:
+    raise UserError(f"{path} is not a readable .npz file ({type(e).__name__})") from None
+  x = x[..., None] if x.ndim == 3 else x
+  if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != channels:
+    raise UserError(f"{path}: {keys[0]} is {x.dtype} {list(x.shape)}; this model takes "
+                    f"uint8 [N, H, W, {channels}]")
+  return [f"{keys[0]}[{i}]" for i in range(len(x))], input_pipeline.resize_all(x, side)
+
+
+def classify(model: FinalModel, names: list[str], images: np.ndarray, top: int = 1) -> dict:
+  """Each image's `top` classes with their probabilities; with the accuracy when every
+  image lies in a folder named after one of the model's classes."""
+  probs = model.predict(images)
+  order = np.argsort(-probs, axis=1, kind="stable")[:, :max(1, min(top, probs.shape[1]))]
+  out = {"model": str(model.arch), "images": len(names),
+         "predictions": [{"image": n, "top": [{"class": model.name(int(k)),
+                                               "probability": float(p[k])} for k in ks]}
+                         for n, p, ks in zip(names, probs, order)]}
+  folders = [os.path.basename(os.path.dirname(n)) for n in names]  # "" outside folders
+  if model.class_names and all(f in model.class_names for f in folders):
+    truth = np.array([model.class_names.index(f) for f in folders])
+    out["accuracy"] = float(np.mean(probs.argmax(1) == truth))
+  return out
+
+
+def render(result: dict) -> str:
+  lines = [f"{p['image']}  " + ", ".join(f"{t['class']} ({t['probability']:.3f})"
+                                         for t in p["top"]) for p in result["predictions"]]
+  if "accuracy" in result:
+    lines.append(f"accuracy {result['accuracy']:.4f} on {result['images']} images "
+                 "(labelled by their class folders)")
+  return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+  from absl import flags
+  from metaqnn import cli
+  f = flags.FLAGS
+  if len(argv) > 1 or not f.model or not f.images:
+    raise cli.UserError("usage: python -m metaqnn.predict --model=DIR/final/<name> "
+                        "--images=FILE|FOLDER|FILE.npz [--top=K] [--json]")
+  if f.top < 1:
+    raise cli.UserError(f"--top must be >= 1, got {f.top}")
+  model = load(f.model)
+  names, images = read_images(f.images, model.input_shape)
+  result = classify(model, names, images, f.top)
+  print(json.dumps(result) if f.json else render(result))
+
+
+if __name__ == "__main__":
+  from absl import flags
+  from metaqnn import cli
+  flags.DEFINE_string("model", None, "A final model's folder (or its checkpoint).")
+  flags.DEFINE_string("images", None, "An image file, a folder of them, or an .npz (x).")
+  flags.DEFINE_integer("top", 1, "Classes shown per image.")
+  flags.DEFINE_bool("json", False, "One JSON object instead of lines.")
+  cli.run(main)

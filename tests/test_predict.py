@@ -1,0 +1,129 @@
+"""Classifying new images with a final model: the model as trained, from files and arrays."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from metaqnn import finalize
+from metaqnn import input_pipeline
+from metaqnn import predict
+from metaqnn import search
+from test_finalize import digits_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args):
+  return subprocess.run([sys.executable, "-m", "metaqnn.predict", *args], cwd=ROOT,
+                        env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def folder_model(tmp_path_factory):
+  """A final model of a search on a folder of images whose classes have names; the
+  folder's test/ split is the digits test images."""
+  from PIL import Image
+  root = tmp_path_factory.mktemp("data")
+  config = digits_config()
+  data = input_pipeline.load(config, final=True)
+  names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+  for split, x, y in (("train", data.train_images, data.train_labels),
+                      ("test", data.test_images, data.test_labels)):
+    for i, (img, label) in enumerate(zip(x, y)):
+      d = root / "digits" / split / names[label]
+      d.mkdir(parents=True, exist_ok=True)
+      Image.fromarray(img[..., 0]).save(d / f"{i}.png")
+  config.dataset.name = f"folder:{root / 'digits'}"
+  config.dataset.image_size = config.dataset.channels = config.dataset.num_classes = 0
+  workdir = str(root / "w")
+  search.run_search(config, workdir, log_interval=1e9, tensorboard=False)
+  results = finalize.finalize(workdir, top=1, ensemble=0)
+  return results["models"][0], root / "digits" / "test", sorted(names)
+
+
+def test_a_final_model_gives_the_probabilities_it_was_tested_with(folder_model, tmp_path):
+  meta, test_folder, names = folder_model
+  model = predict.load(os.path.dirname(meta["checkpoint"]))  # the model's folder
+  assert model.class_names == names  # label order: the class folders sorted
+  stored = np.load(os.path.join(os.path.dirname(meta["checkpoint"]), "test_probs.npy"))
+  files, images = predict.read_images(str(test_folder), model.input_shape)
+  assert len(files) == len(stored)
+  probs = model.predict(images, batch_size=50)  # batches padded to one shape
+  # The files are read in their own order (by class folder, then name): match by file.
+  config = digits_config()
+  config.dataset.name = f"folder:{test_folder.parent}"
+  data = input_pipeline.load(config, final=True)
+  truth = np.array([names.index(os.path.dirname(f)) for f in files])
+  result = predict.classify(model, files, images)
+  assert result["accuracy"] == pytest.approx(float(np.mean(probs.argmax(1) == truth)))
+  assert result["accuracy"] == pytest.approx(meta["test_accuracy"])
+  assert sorted(np.round(probs.max(1), 5)) == sorted(np.round(stored.max(1), 5))
+  assert len(data.test_labels) == len(files)
+  # A model saved before the normalisation was kept takes it from its data.
+  old = tmp_path / "old"
+  shutil.copytree(os.path.dirname(meta["checkpoint"]), old)
+  kept = json.loads((old / "meta.json").read_text())
+  del kept["normalization"], kept["class_names"]
+  (old / "meta.json").write_text(json.dumps(kept))
+  before = predict.load(str(old))
+  np.testing.assert_allclose(before.mean, model.mean)
+  np.testing.assert_allclose(before.predict(images), probs, atol=1e-6)
+  assert before.class_names is None and predict.classify(before, files, images)["predictions"][
+      0]["top"][0]["class"] == str(int(probs[0].argmax()))
+
+
+def test_the_command_reads_files_folders_and_arrays(folder_model, tmp_path):
+  meta, test_folder, names = folder_model
+  model = os.path.dirname(meta["checkpoint"])
+  out = _run(f"--model={model}", f"--images={test_folder}", "--top=2", "--json")
+  assert out.returncode == 0, out.stderr
+  result = json.loads(out.stdout)
+  assert result["images"] == len(result["predictions"]) > 0
+  assert result["accuracy"] == pytest.approx(meta["test_accuracy"])
+  first = result["predictions"][0]
+  assert len(first["top"]) == 2 and first["top"][0]["class"] in names
+  assert first["top"][0]["probability"] >= first["top"][1]["probability"]
+  one = test_folder / first["image"]
+  text = _run(f"--model={model}", f"--images={one}")
+  assert text.returncode == 0 and text.stdout.startswith(
+      f"{one.name}  {first['top'][0]['class']} ("), text.stdout
+  # The same images as arrays, and larger ones, resized to the model's side.
+  m = predict.load(model)
+  _, images = predict.read_images(str(test_folder), m.input_shape)
+  np.savez(tmp_path / "x.npz", x=images[:, :, :, 0])
+  big = np.kron(images[:, :, :, 0], np.ones((2, 2), np.uint8))  # 16x16
+  np.savez(tmp_path / "big.npz", x=big)
+  arrays = json.loads(_run(f"--model={model}", f"--images={tmp_path / 'x.npz'}",
+                           "--json").stdout)
+  assert [p["top"] for p in arrays["predictions"]] == [p["top"] for p in
+                                                       json.loads(_run(
+                                                           f"--model={model}",
+                                                           f"--images={test_folder}",
+                                                           "--json").stdout)["predictions"]]
+  assert "accuracy" not in arrays  # arrays carry no labels
+  resized = predict.read_images(str(tmp_path / "big.npz"), m.input_shape)[1]
+  assert resized.shape == images.shape
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--images={data}"], "usage"),
+    (["--model={model}", "--images=/no/such/path"], "No such file"),
+    (["--model={data}", "--images={data}"], "not a metaqnn checkpoint"),
+    (["--model={model}", "--images={rgb}"], "this model takes uint8 [N, H, W, 1]"),
+    (["--model={model}", "--images={empty}"], "holds no image files"),
+    (["--model={model}", "--images={data}", "--top=0"], "--top must be >= 1"),
+])
+def test_bad_input_is_one_line(folder_model, tmp_path, args, says):
+  meta, test_folder, _ = folder_model
+  np.savez(tmp_path / "rgb.npz", x=np.zeros((2, 8, 8, 3), np.uint8))
+  (tmp_path / "empty").mkdir()
+  fill = dict(model=os.path.dirname(meta["checkpoint"]), data=test_folder,
+              rgb=tmp_path / "rgb.npz", empty=tmp_path / "empty")
+  out = _run(*[a.format(**fill) for a in args])
+  assert out.returncode == 2 and out.stdout == "", out.stdout
+  assert len(out.stderr.splitlines()) == 1 and says in out.stderr, out.stderr
