@@ -29,6 +29,7 @@ def summarize(workdir: str, top: int = 10) -> dict:
     records = list(store.models())
     attempts = store.attempts()
     pending = {p.arch for p in store.pending()}
+    greedy = _greedy(workdir, store, records) if "config" in meta else None
   finally:
     store.close()
   config = json.loads(meta["config"]) if "config" in meta else {}
@@ -83,12 +84,32 @@ def summarize(workdir: str, top: int = 10) -> dict:
                "best_val_accuracy": r.best_val_accuracy,
                "iteration": r.iteration, "params": r.params, "flops": r.flops}
               for r in ranked[:top]],
+      "greedy": greedy,
       "failures": [{"arch": r.arch, "status": r.status, "message": r.message,
                     "iteration": r.iteration} for r in unique
                    if r.status not in ("ok", "stopped")],
       # Every field of every record (learning curves included: one entry per attempt).
       "models": [r.to_json() for r in records],
   }
+
+
+def _greedy(workdir: str, store, records) -> dict:
+  """What the agent has learned, in one architecture: its walk now at epsilon 0 (ties,
+  such as untried actions at q_init, broken by a copy of its random state), the Q-value
+  of each step, and the record of that architecture if it was sampled."""
+  from metaqnn import search
+  try:
+    agent = search.agent_of(workdir, store)
+  except store_lib.WorkdirError as e:  # a damaged record: inspect still shows the rest
+    return {"error": str(e)}
+  path = agent.fork().sample(0.0)
+  arch = str(path.architecture)
+  rec = next((r for r in records if r.arch == arch and not r.resampled), None)
+  return {"arch": arch,
+          "q_values": [float(agent.q[s, a]) for s, a in zip(path.states, path.actions)],
+          "iteration": None if rec is None else rec.iteration,
+          "accuracy": None if rec is None else rec.accuracy,
+          "status": None if rec is None else rec.status}
 
 
 def _crashes(records, attempts: list[dict], pending: set) -> list[dict]:
@@ -176,6 +197,14 @@ def render(s: dict) -> str:
     score = f"{val(m):>8}  {m['accuracy']:.4f}" if soft else f"{m['accuracy']:.4f}"
     lines.append(f"  {i:2d}. {score}  {size(m['params']):>10}  "
                  f"{size(m.get('flops')):>12}  #{m['iteration'] + 1:<8d} {m['arch']}")
+  g = s.get("greedy")
+  if g and "error" in g:
+    lines.append(f"\nthe agent cannot be rebuilt from the record: {g['error']}")
+  elif g:
+    seen = ("never sampled" if g["iteration"] is None else
+            f"sample #{g['iteration'] + 1}: {g['accuracy']:.4f} ({g['status']})")
+    lines.append(f"\nthe agent's choice now (epsilon 0): {g['arch']}; {seen}")
+    lines.append("  Q-values along it: " + " ".join(f"{q:.4f}" for q in g["q_values"]))
   if s.get("final"):
     lines.append("\nfinal models (retrained, test accuracy):")
     for m in s["final"]["models"]:

@@ -27,12 +27,10 @@ from typing import Sequence
 import numpy as np
 from absl import flags
 
-from metaqnn import agent as agent_lib
 from metaqnn import budget as budget_lib
 from metaqnn import cli
 from metaqnn import results
 from metaqnn import search
-from metaqnn import search_space
 from metaqnn import store as store_lib
 from metaqnn.architecture import FC, GAP, Conv, Pool, Softmax
 
@@ -50,9 +48,7 @@ def load_run(workdir: str):
   try:
     config = store.config()
     records = list(store.models())
-    agent = agent_lib.Agent.from_config(search_space.from_config(config), config)
-    search.restore_agent(agent, store, os.path.join(workdir, search.AGENT_DIR),
-                         int(config.search.replay_samples))
+    agent = search.agent_of(workdir, store)
   finally:
     store.close()
   return config, records, agent

@@ -133,6 +133,16 @@ def _not_ahead(agent_dir: str, store: store_lib.Store) -> None:
     raise ValueError(f"it has seen event {seen}, the record ends at {store.last_event()}")
 
 
+def agent_of(workdir: str, store: store_lib.Store) -> agent_lib.Agent:
+  """The agent of a work directory's record, brought up to its last event, for reading
+  (plots, inspect): nothing in the work directory is changed."""
+  config = store.config()
+  agent = agent_lib.Agent.from_config(search_space.from_config(config), config)
+  restore_agent(agent, store, os.path.join(workdir, AGENT_DIR),
+                int(config.search.replay_samples))
+  return agent
+
+
 def restore_agent(agent: agent_lib.Agent, store: store_lib.Store, agent_dir: str,
                   replay_samples: int, set_aside: bool = False) -> None:
   """Brings the agent to the journal's last event: snapshot, then replay the rest.

@@ -67,6 +67,20 @@ def test_complete_run_and_inspect(tmp_path):
   assert set(summary["models"][0]) >= {"arch", "accuracy", "epsilon", "iteration",
                                        "status", "resampled"}
   assert summary["schedule"]["finished"]
+  # What the agent learned: its walk at epsilon 0 takes a best action at every step.
+  greedy = summary["greedy"]
+  from metaqnn import store as store_lib
+  store = store_lib.open_existing(str(tmp_path / "w"))
+  try:
+    agent = search.agent_of(str(tmp_path / "w"), store)
+  finally:
+    store.close()
+  path = agent.space.path(greedy["arch"])
+  assert greedy["q_values"] == [agent.q[s, a] for s, a in zip(path.states, path.actions)]
+  assert all(agent.q[s, a] == agent.q[s].max() for s, a in zip(path.states, path.actions))
+  sampled = [r for r in rows if r[1] == greedy["arch"] and not r[4]]
+  assert greedy["iteration"] == (sampled[0][0] if sampled else None)
+  assert f"the agent's choice now (epsilon 0): {greedy['arch']}" in inspect_lib.render(summary)
   # Running again on a finished search trains nothing more.
   again = search.run_search(config, str(tmp_path / "w"), log_interval=100)
   assert again.finished and records(tmp_path / "w") == rows
