@@ -19,7 +19,6 @@ from metaqnn import signals
 from metaqnn.architecture import Architecture
 from metaqnn.evaluators import Evaluator
 from metaqnn.results import Result
-from metaqnn.errors import UserError
 
 
 @dataclasses.dataclass
@@ -146,9 +145,7 @@ def num_workers(config, evaluate: Optional[Callable] = None) -> int:
   """`config.num_workers`, with 0 (auto) resolved: two candidates per device group with
   the train evaluator on GPUs and TPUs, so that one compiles while the other trains (the
   order of results then varies from run to run); otherwise one (sequential, bit-exact)."""
-  workers = int(config.num_workers)
-  if workers < 0:
-    raise UserError(f"num_workers must be >= 1 (or 0 = auto), got {workers}")
+  workers = int(config.num_workers)  # >= 0: search.check_executor
   if workers:
     return workers
   if evaluate is not None or config.evaluator != "train" or config.get("executor") == "ray":
@@ -166,9 +163,7 @@ def local(config, evaluate: Optional[Callable], make: Callable) -> SerialExecuto
   one device copy of the data set. A user `evaluate` function is then called from several
   threads at once.
   """
-  workers = num_workers(config, evaluate)
-  if config.parallel not in ("data", "candidate"):
-    raise UserError(f"parallel must be data or candidate, got {config.parallel!r}")
+  workers = num_workers(config, evaluate)  # parallel: checked by search.check_executor
   if workers == 1:
     return SerialExecutor(make(None))
   if evaluate is not None or config.evaluator != "train" or config.parallel == "data":

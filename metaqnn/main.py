@@ -24,14 +24,14 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory: the record, the
 
 
 def _announce(config, workdir: str):
-  """The first line, once the search is accepted and before the data loads and the first
-  model compiles: what runs where."""
+  """The first line, once the search is accepted and before its first model is prepared
+  (a built-in data set loaded, the model compiled and trained): what runs where."""
   from metaqnn import agent
 
   def say(new: bool) -> None:
     print(f"{'starting' if new else 'resuming'} a {config.dataset.name} search in "
           f"{workdir}: {agent.Schedule.parse(config.search.schedule).total} unique models; "
-          "loading the data...", flush=True)
+          "preparing the first one...", flush=True)
 
   return say
 

@@ -8,10 +8,13 @@ image file, a folder of image files (subfolders included), or an .npz whose imag
 `x` (or `x_test`). Images are read with the model's channels (grey, RGB) and resized to
 its side when theirs differs, as `dataset.resize` does. Each image gets its top classes
 and their probabilities, named as the data named them (a folder's class folders), else
-by index. A folder laid out by class (PATH/<class>/...) also gets the accuracy.
+by index. Images in folders named after the model's classes (PATH/<class>/...) also
+give the accuracy on them. Hidden files and folders are skipped, as in the search.
 
 In Python: `model = predict.load(path)`, then `model.predict(images)`: class
-probabilities [N, classes] of uint8 images [N, H, W, C] of the model's shape.
+probabilities [N, classes] of uint8 images [N, H, W, C] of the model's shape. It computes
+in float32: a model tested in bfloat16 on a GPU (final.dtype) gives probabilities a little
+different from its test_probs.npy.
 """
 
 from __future__ import annotations
@@ -78,20 +81,29 @@ def load(path: str) -> FinalModel:
   before its normalisation was kept takes it from its data, as its training did."""
   from metaqnn import checkpoints
   from metaqnn.architecture import parse
+  path = os.path.expanduser(path)
   if os.path.isdir(os.path.join(path, "checkpoint")):
     path = os.path.join(path, "checkpoint")
+  if os.path.isfile(os.path.join(path, "metaqnn.db")):
+    raise UserError(f"{path} is a search's work directory; give one of its final models, "
+                    f"{os.path.join(path, 'final', '<name>')}")
   meta = checkpoints.metadata(path)
-  norm = meta.get("normalization")
-  if norm is None:
+  norm, names = meta.get("normalization"), meta.get("class_names")
+  if norm is None:  # saved before models kept these: from the data, as training had them
     import ml_collections
     from metaqnn import input_pipeline
-    data = input_pipeline.load(ml_collections.ConfigDict(meta["config"]), final=True)
+    config = ml_collections.ConfigDict(meta["config"])
+    try:
+      data = input_pipeline.load(config, final=True)
+    except input_pipeline.DatasetError as e:
+      raise UserError(f"this model was saved before final models kept their "
+                      f"normalisation, which is read from its data; {e}") from None
     norm = {"preprocess": data.preprocess, "mean": data.mean.tolist()}
+    names = input_pipeline.class_names(config)
   return FinalModel(arch=parse(meta["arch"]), params=checkpoints.restore(path),
                     input_shape=tuple(int(n) for n in meta["input_shape"]),
                     preprocess=str(norm["preprocess"]),
-                    mean=np.asarray(norm["mean"], np.float32),
-                    class_names=meta.get("class_names"))
+                    mean=np.asarray(norm["mean"], np.float32), class_names=names)
 
 
 def read_images(path: str, shape: tuple[int, int, int]) -> tuple[list[str], np.ndarray]:
@@ -99,16 +111,20 @@ def read_images(path: str, shape: tuple[int, int, int]) -> tuple[list[str], np.n
   (names relative to it, sorted), or an .npz (names `x[i]`)."""
   from metaqnn import input_pipeline
   side, channels = int(shape[0]), int(shape[-1])
+  path = os.path.expanduser(path)
   if path.lower().endswith(".npz") and os.path.isfile(path):
     return _npz_images(path, side, channels)
   if os.path.isfile(path):
     return [os.path.basename(path)], _image(path, side, channels)[None]
   if not os.path.isdir(path):
     raise FileNotFoundError(2, "No such file or directory", path)
-  names = sorted(os.path.relpath(os.path.join(root, f), path)
-                 for root, dirs, files in os.walk(path)
-                 for f in files if f.lower().endswith(input_pipeline.IMAGE_EXTENSIONS)
-                 and not f.startswith("."))
+  names = []
+  # As the search reads folders: hidden files and folders skipped, linked ones followed.
+  for root, dirs, files in os.walk(path, followlinks=True):
+    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    names += [os.path.relpath(os.path.join(root, f), path) for f in files
+              if f.lower().endswith(input_pipeline.IMAGE_EXTENSIONS) and not f.startswith(".")]
+  names.sort()
   if not names:
     raise UserError(f"{path} holds no image files "
                     f"({', '.join(input_pipeline.IMAGE_EXTENSIONS)})")
@@ -136,18 +152,18 @@ def _npz_images(path: str, side: int, channels: int) -> tuple[list[str], np.ndar
   from metaqnn import input_pipeline
   try:
     with np.load(path, allow_pickle=False) as z:
-      keys = [k for k in ("x", "x_test") if k in z.files] or (
-          z.files if len(z.files) == 1 else [])
-      if not keys:
-        raise UserError(f"{path} holds {', '.join(z.files) or 'nothing'}; put the images "
-                        "under x (np.savez(PATH, x=images))")
-      x = z[keys[0]]
+      files = list(z.files)
+      keys = [k for k in ("x", "x_test") if k in files] or (files if len(files) == 1 else [])
+      x = z[keys[0]] if keys else None
   except (OSError, ValueError, zipfile.BadZipFile) as e:
     raise UserError(f"{path} is not a readable .npz file ({type(e).__name__})") from None
+  if x is None:
+    raise UserError(f"{path} holds {', '.join(files) or 'nothing'}; put the images under x "
+                    "(np.savez(PATH, x=images))")
   x = x[..., None] if x.ndim == 3 else x
-  if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != channels:
+  if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != channels or not len(x):
     raise UserError(f"{path}: {keys[0]} is {x.dtype} {list(x.shape)}; this model takes "
-                    f"uint8 [N, H, W, {channels}]")
+                    f"uint8 [N, H, W, {channels}], N >= 1")
   return [f"{keys[0]}[{i}]" for i in range(len(x))], input_pipeline.resize_all(x, side)
 
 
@@ -161,9 +177,11 @@ def classify(model: FinalModel, names: list[str], images: np.ndarray, top: int =
                                                "probability": float(p[k])} for k in ks]}
                          for n, p, ks in zip(names, probs, order)]}
   folders = [os.path.basename(os.path.dirname(n)) for n in names]  # "" outside folders
-  if model.class_names and all(f in model.class_names for f in folders):
-    truth = np.array([model.class_names.index(f) for f in folders])
-    out["accuracy"] = float(np.mean(probs.argmax(1) == truth))
+  labelled = [i for i, f in enumerate(folders) if f in (model.class_names or [])]
+  if labelled:
+    truth = np.array([model.class_names.index(folders[i]) for i in labelled])
+    out["accuracy"] = float(np.mean(probs[labelled].argmax(1) == truth))
+    out["labelled"] = len(labelled)
   return out
 
 
@@ -171,8 +189,8 @@ def render(result: dict) -> str:
   lines = [f"{p['image']}  " + ", ".join(f"{t['class']} ({t['probability']:.3f})"
                                          for t in p["top"]) for p in result["predictions"]]
   if "accuracy" in result:
-    lines.append(f"accuracy {result['accuracy']:.4f} on {result['images']} images "
-                 "(labelled by their class folders)")
+    lines.append(f"accuracy {result['accuracy']:.4f} on the {result['labelled']} of "
+                 f"{result['images']} images in a folder named after a class")
   return "\n".join(lines)
 
 

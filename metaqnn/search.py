@@ -452,18 +452,28 @@ class _Search:
       self.collect()
 
 
+def check_executor(config) -> None:
+  """Refuses, in one line, an executor, worker count or parallel mode that cannot run."""
+  kind = str(config.get("executor", "local"))
+  if kind not in ("local", "ray"):
+    raise UserError(f"unknown executor {kind!r}; use local or ray")
+  stop = config.get("early_stop")
+  if kind == "ray" and stop is not None and stop.kind != "none":
+    raise UserError("early_stop.kind needs the local executor (the rule lives beside "
+                    "the record); use --config.executor=local")
+  if int(config.num_workers) < 0:
+    raise UserError(f"num_workers must be >= 1 (or 0 = auto), got {config.num_workers}")
+  if config.parallel not in ("data", "candidate"):
+    raise UserError(f"parallel must be data or candidate, got {config.parallel!r}")
+
+
 def make_executor(config, evaluate: Optional[Callable], early_stop=None, dataset=None):
   """The executor of `config.executor` (local or ray) and `config.num_workers`; `dataset`
   (an `input_pipeline.Dataset`) replaces loading `config.dataset`."""
-  kind = str(config.get("executor", "local"))
-  if kind == "ray":
-    if early_stop is not None:
-      raise UserError("early_stop.kind needs the local executor (the rule lives beside "
-                       "the record); use --config.executor=local")
+  check_executor(config)
+  if str(config.get("executor", "local")) == "ray":
     from metaqnn import ray_executor  # optional dependency
     return ray_executor.RayExecutor(config, evaluate)
-  if kind != "local":
-    raise UserError(f"unknown executor {kind!r}; use local or ray")
   if evaluate is not None or config.evaluator != "train":
     dataset = None  # nothing to train: no data needed
   elif dataset is None and executors.num_workers(config, evaluate) > 1:
@@ -493,9 +503,10 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     dataset: an `input_pipeline.Dataset` already in memory (arrays of your own, a
       benchmark's generated data), used instead of loading `config.dataset`.
     on_start: called with True (a new search) or False (a resume) once the config, the
-      data's description and the work directory are accepted, before the data is
-      loaded and the first model compiles: a command's first line, never printed
-      before a refusal. Not called for a search that is already finished.
+      data and the work directory are accepted, before the first model is prepared (and
+      the data of a built-in set loaded): a command's first line, never printed before
+      a refusal. Your own data (npz:, folder:, tfds:) is read before it, since it is
+      checked. Not called for a search that is already finished.
   """
   schedule = agent_lib.Schedule.parse(config.search.schedule)
   store_lib.check_workdir(workdir)  # before any data is read
@@ -648,6 +659,7 @@ def check_config(config, schedule: agent_lib.Schedule, space) -> None:
   from metaqnn import early_stop, finalize
   finalize.check_config(config)  # not only when the search has ended
   early_stop.check_config(config)  # with kind "none" too: a value set wrong is a mistake
+  check_executor(config)
   if schedule.total < 1:
     raise UserError(f"the schedule {config.search.schedule!r} asks for 0 models; give at "
                      "least one, e.g. 1.0:20")

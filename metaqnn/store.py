@@ -455,10 +455,18 @@ def check_workdir(workdir: str) -> None:
   it loads any data.)"""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f"{workdir} is a file, not a directory")
-  if (not os.path.exists(os.path.join(workdir, DB_FILE)) and os.path.isdir(workdir)
-      and set(os.listdir(workdir)) - {_CREATING}):
+  if os.path.exists(os.path.join(workdir, DB_FILE)):
+    return
+  if os.path.isdir(workdir) and set(os.listdir(workdir)) - {_CREATING}:
     raise WorkdirError(f"{workdir} is not empty and holds no metaqnn search "
                        f"(no {DB_FILE}); use a new or empty work directory")
+  above = os.path.abspath(workdir)  # where it would be made
+  while not os.path.exists(above):
+    above = os.path.dirname(above)
+  if not os.path.isdir(above):
+    raise WorkdirError(f"cannot make {workdir}: {above} is a file, not a directory")
+  if not os.access(above, os.W_OK | os.X_OK):
+    raise WorkdirError(f"cannot make {workdir}: {above} is not writable")
 
 
 def stored_fingerprint(workdir: str) -> dict:

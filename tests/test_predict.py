@@ -18,9 +18,10 @@ from test_finalize import digits_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(*args):
+def _run(*args, home=None):
+  env = dict(os.environ, PYTHONPATH=ROOT, **({"HOME": str(home)} if home else {}))
   return subprocess.run([sys.executable, "-m", "metaqnn.predict", *args], cwd=ROOT,
-                        env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
+                        env=env, capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +74,7 @@ def test_a_final_model_gives_the_probabilities_it_was_tested_with(folder_model, 
   before = predict.load(str(old))
   np.testing.assert_allclose(before.mean, model.mean)
   np.testing.assert_allclose(before.predict(images), probs, atol=1e-6)
-  assert before.class_names is None and predict.classify(before, files, images)["predictions"][
-      0]["top"][0]["class"] == str(int(probs[0].argmax()))
+  assert before.class_names == names
 
 
 def test_the_command_reads_files_folders_and_arrays(folder_model, tmp_path):
@@ -88,6 +88,11 @@ def test_the_command_reads_files_folders_and_arrays(folder_model, tmp_path):
   first = result["predictions"][0]
   assert len(first["top"]) == 2 and first["top"][0]["class"] in names
   assert first["top"][0]["probability"] >= first["top"][1]["probability"]
+  # ~ in --model= and --images= (the shell leaves it alone after "=").
+  os.symlink(model, tmp_path / "m")
+  os.symlink(test_folder, tmp_path / "t")
+  home = _run("--model=~/m", "--images=~/t", "--top=2", "--json", home=tmp_path)
+  assert home.returncode == 0 and json.loads(home.stdout) == result, home.stderr
   one = test_folder / first["image"]
   text = _run(f"--model={model}", f"--images={one}")
   assert text.returncode == 0 and text.stdout.startswith(
@@ -108,6 +113,23 @@ def test_the_command_reads_files_folders_and_arrays(folder_model, tmp_path):
   assert "accuracy" not in arrays  # arrays carry no labels
   resized = predict.read_images(str(tmp_path / "big.npz"), m.input_shape)[1]
   assert resized.shape == images.shape
+  # A folder read as the search reads one: hidden files and folders skipped, linked class
+  # folders followed; the accuracy on the images in class folders only.
+  mixed = tmp_path / "mixed"
+  mixed.mkdir()
+  some = sorted(os.listdir(test_folder))[:2]
+  for name in some:
+    os.symlink(test_folder / name, mixed / name)
+  (mixed / ".thumbs").mkdir()
+  shutil.copy(one, mixed / ".thumbs" / "t.png")
+  shutil.copy(one, mixed / "loose.png")
+  shutil.copy(one, mixed / ".hidden.png")
+  got = json.loads(_run(f"--model={model}", f"--images={mixed}", "--json").stdout)
+  in_classes = sum(len(os.listdir(test_folder / n)) for n in some)
+  assert got["images"] == in_classes + 1 and got["labelled"] == in_classes
+  assert "loose.png" in [p["image"] for p in got["predictions"]]
+  assert f"on the {in_classes} of {in_classes + 1} images" in _run(
+      f"--model={model}", f"--images={mixed}").stdout
 
 
 @pytest.mark.parametrize("args,says", [
@@ -117,13 +139,23 @@ def test_the_command_reads_files_folders_and_arrays(folder_model, tmp_path):
     (["--model={model}", "--images={rgb}"], "this model takes uint8 [N, H, W, 1]"),
     (["--model={model}", "--images={empty}"], "holds no image files"),
     (["--model={model}", "--images={data}", "--top=0"], "--top must be >= 1"),
+    (["--model={model}", "--images={nothing}"], "holds nothing; put the images under x"),
+    (["--model={model}", "--images={two}"], "holds a, b; put the images under x"),
+    (["--model={model}", "--images={none}"], "N >= 1"),
+    (["--model={search}", "--images={data}"], "is a search's work directory"),
 ])
 def test_bad_input_is_one_line(folder_model, tmp_path, args, says):
   meta, test_folder, _ = folder_model
   np.savez(tmp_path / "rgb.npz", x=np.zeros((2, 8, 8, 3), np.uint8))
+  np.savez(tmp_path / "nothing.npz")
+  np.savez(tmp_path / "two.npz", a=np.zeros(2), b=np.zeros(2))
+  np.savez(tmp_path / "none.npz", x=np.zeros((0, 8, 8, 1), np.uint8))
   (tmp_path / "empty").mkdir()
-  fill = dict(model=os.path.dirname(meta["checkpoint"]), data=test_folder,
-              rgb=tmp_path / "rgb.npz", empty=tmp_path / "empty")
+  model = os.path.dirname(meta["checkpoint"])
+  fill = dict(model=model, data=test_folder, rgb=tmp_path / "rgb.npz",
+              empty=tmp_path / "empty", nothing=tmp_path / "nothing.npz",
+              two=tmp_path / "two.npz", none=tmp_path / "none.npz",
+              search=os.path.dirname(os.path.dirname(model)))
   out = _run(*[a.format(**fill) for a in args])
   assert out.returncode == 2 and out.stdout == "", out.stdout
   assert len(out.stderr.splitlines()) == 1 and says in out.stderr, out.stderr

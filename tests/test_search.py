@@ -316,12 +316,17 @@ def test_main_and_inspect_commands(tmp_path):
                        capture_output=True, text=True)
   assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stdout == ""
   assert bad.stderr.strip().startswith("error:") and "seed" in bad.stderr
-  # A new search refused by a check made on the data's description: no "starting" line.
-  refused = subprocess.run(cmd[:-2] + ["--config.budget.max_params=10",
-                                       f"--workdir={tmp_path / 'new'}"],
-                           cwd=ROOT, env=env, capture_output=True, text=True)
-  assert refused.returncode == 2 and refused.stdout == "", refused.stdout
-  assert len(refused.stderr.splitlines()) == 1 and "max_params" in refused.stderr
+  # A new search refused, by a check on the data's description or the executor: only the
+  # error, no "starting" line.
+  for args, says in ((["--config.budget.max_params=10"], "max_params"),
+                     (["--config.executor=bogus"], "unknown executor"),
+                     (["--config.parallel=bogus"], "parallel must be"),
+                     (["--config.num_workers=-1"], "num_workers")):
+    refused = subprocess.run(cmd[:-2] + [f"--workdir={tmp_path / 'new'}"] + args,
+                             cwd=ROOT, env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stdout == "", refused.stdout
+    assert len(refused.stderr.splitlines()) == 1 and says in refused.stderr, refused.stderr
+  assert not (tmp_path / "new").exists()
   missing = subprocess.run([sys.executable, "-m", "metaqnn.inspect",
                             f"--workdir={tmp_path / 'none'}"], cwd=ROOT, env=env,
                            capture_output=True, text=True)
@@ -356,7 +361,7 @@ def test_main_stopped_while_loading_is_one_line_that_matches_the_state(tmp_path)
   proc = subprocess.Popen(
       [sys.executable, "-m", "metaqnn.main", "--config=configs/digits.py", f"--workdir={work}"],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  assert "loading the data" in proc.stdout.readline()
+  assert "preparing the first one" in proc.stdout.readline()
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=60)
   assert proc.returncode == 143 and "Traceback" not in err, err
@@ -888,8 +893,9 @@ def test_a_workdir_under_a_file_is_named_in_one_line(tmp_path):
   work = tmp_path / "a.txt" / "w"
   out = subprocess.run([sys.executable, "-m", "metaqnn.main", "--config=configs/digits.py",
                         f"--workdir={work}"], cwd=ROOT, env=env, capture_output=True, text=True)
-  assert out.returncode == 2 and "Traceback" not in out.stderr
-  assert out.stderr.strip().splitlines()[-1] == f"error: {work}: Not a directory"
+  assert out.returncode == 2 and out.stdout == ""  # refused before the search starts
+  assert out.stderr.strip().splitlines() == [
+      f"error: cannot make {work}: {tmp_path / 'a.txt'} is a file, not a directory"]
   assert (tmp_path / "a.txt").read_text() == "mine"
 
 
