@@ -83,6 +83,58 @@ def check_config(config) -> None:
     train.check_settings(config, final=True)
 
 
+# Config fields that do not change a final model (or a transfer run): where the data is
+# found, the search's own split and training settings, and how the final stage runs.
+_IRRELEVANT = {"dataset": {"name", "data_dir", "download", "val_size", "val_fraction",
+                           "train_fraction"},
+               "train": {"epochs", "learning_rate", "max_seconds", "eval_batch_size",
+                         "max_restarts", "restart_lr_factor", "restart_threshold"},
+               "final": {"top", "ensemble", "num_workers", "run_after_search", "plots"}}
+
+
+def _settings(config: dict) -> dict:
+  """What a final model depends on, of a config (as JSON): the data, the training
+  settings the final schedule lays its own over, the final schedule, the seed. (The data
+  set's name is compared by the callers: a transfer run's as given or absolute.)"""
+  out = {"seed": config.get("seed")}
+  for section, irrelevant in _IRRELEVANT.items():
+    out[section] = {k: v for k, v in (config.get(section) or {}).items()
+                    if k not in irrelevant}
+  return out
+
+
+def _shared(a: dict, b: dict) -> tuple[dict, dict]:
+  """`a` and `b` with only the keys both have, at every depth: a model saved before a
+  setting existed is not another model for lacking it."""
+  out_a, out_b = {}, {}
+  for k in set(a) & set(b):
+    both_dicts = isinstance(a[k], dict) and isinstance(b[k], dict)
+    out_a[k], out_b[k] = _shared(a[k], b[k]) if both_dicts else (a[k], b[k])
+  return out_a, out_b
+
+
+def settings_differ(saved: dict, config) -> list[str]:
+  """The settings (dotted paths) in which a saved model's config (as JSON) and `config`
+  would train a different final model."""
+  return store_lib.differences(*_shared(_settings(saved), _settings(json.loads(
+      config.to_json()))))
+
+
+def _check_kept(root: str, best, config) -> None:
+  """Refuses a final stage whose finished models were trained with other settings (a
+  resume with another final.epochs, say): they would be kept as if they were these."""
+  for rec in best:
+    meta = os.path.join(model_dir(root, rec.arch), "meta.json")
+    if not os.path.exists(meta):
+      continue
+    with open(meta) as f:
+      differs = settings_differ(json.load(f).get("config") or {}, config)
+    if differs:
+      raise UserError(f"{root} holds final models trained with other settings (differs "
+                      f"in: {', '.join(differs)}); to train these, move {root} aside (it "
+                      "is kept as it is) and run again")
+
+
 def num_workers(config) -> int:
   """`config.final.num_workers`, 0 (auto) resolved: two models at a time on CPUs, where
   one model's training keeps about one core busy (BENCHMARKS.md), else one."""
@@ -133,6 +185,7 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
   if not best:
     raise store_lib.WorkdirError(f"{workdir} holds no successfully trained model yet")
   root = os.path.join(workdir, FINAL_DIR)
+  _check_kept(root, best, config)
   n = len(train.final_learning_rates(config))
   epochs = f"{n} epoch{'s' * (n != 1)}"
   models = (f"the top model of {workdir}, {epochs}" if len(best) == 1

@@ -48,39 +48,9 @@ def best_of(workdir: str) -> str:
   return best[0].arch
 
 
-# Config fields that do not change a transfer run's result: where the data is found, the
-# search's own split and training settings, and how the final stage of a search runs.
-_IRRELEVANT = {"dataset": {"name", "data_dir", "download", "val_size", "val_fraction",
-                           "train_fraction"},
-               "train": {"epochs", "learning_rate", "max_seconds", "eval_batch_size",
-                         "max_restarts", "restart_lr_factor", "restart_threshold"},
-               "final": {"top", "ensemble", "num_workers", "run_after_search", "plots"}}
-
-
-def _settings(config: dict) -> dict:
-  """What a transfer run's result depends on, of a config (as JSON): the data, the
-  training settings the final schedule lays its own over, the final schedule, the seed.
-  (The data set's name is compared with the paths, as given or absolute.)"""
-  out = {"seed": config.get("seed")}
-  for section, irrelevant in _IRRELEVANT.items():
-    out[section] = {k: v for k, v in (config.get(section) or {}).items()
-                    if k not in irrelevant}
-  return out
-
-
-def _shared(a: dict, b: dict) -> tuple[dict, dict]:
-  """`a` and `b` with only the keys both have, at every depth: a run recorded before a
-  setting existed is not another run for lacking it."""
-  out_a, out_b = {}, {}
-  for k in set(a) & set(b):
-    both_dicts = isinstance(a[k], dict) and isinstance(b[k], dict)
-    out_a[k], out_b[k] = _shared(a[k], b[k]) if both_dicts else (a[k], b[k])
-  return out_a, out_b
-
-
 def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = None) -> dict:
   """Trains `arch` on `config`'s data set with its final schedule; returns the metrics."""
-  from metaqnn import checkpoints, input_pipeline, models, progress, store, train
+  from metaqnn import checkpoints, finalize, input_pipeline, models, progress, train
   # Paths are recorded absolute, as a search records them; runs recorded before that
   # hold them as they were typed, which matches too.
   typed = {"dataset": config.dataset.name, "init_checkpoint": init_checkpoint}
@@ -96,8 +66,7 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
     recorded = {k: meta.get(k) for k in request} | {
         "source_arch": _normal(meta.get("source_arch"))}
     differs = [k for k in request if recorded[k] not in (request[k], typed.get(k, ""))]
-    differs += store.differences(*_shared(_settings(meta.get("config") or {}),
-                                          _settings(json.loads(config.to_json()))))
+    differs += finalize.settings_differ(meta.get("config") or {}, config)
     if differs:
       raise UserError(f"{workdir} holds another transfer run ({meta.get('arch')} on "
                        f"{meta.get('dataset')}; differs in: {', '.join(differs)}); use a "

@@ -86,6 +86,24 @@ def test_resume_trains_only_unfinished_models(finished, capsys):
   assert [m["arch"] for m in again["models"]] == [m["arch"] for m in results["models"]]
 
 
+def test_final_models_of_other_settings_are_not_passed_off_as_these(finished, capsys):
+  """Asked for another final schedule, the final stage refuses in one line and keeps
+  the models it has: they are not these, and nothing is overwritten."""
+  workdir, results = finished
+  metas = [os.path.join(os.path.dirname(m["checkpoint"]), "meta.json")
+           for m in results["models"]]
+  before = [open(m).read() for m in metas]
+  for override, named in (({"final.epochs": 5}, "final.epochs"),
+                          ({"final.learning_rate": 0.1}, "final.learning_rate")):
+    with pytest.raises(ValueError, match=f"other settings \\(differs in: {named}\\)"):
+      finalize.finalize(workdir, top=3, ensemble=2, config_overrides=override)
+  assert [open(m).read() for m in metas] == before
+  # Settings that do not change a final model (how many run at once) are not refused.
+  assert finalize.finalize(workdir, top=3, ensemble=2,
+                           config_overrides={"final.num_workers": 1})["models"] == \
+      results["models"]
+
+
 def test_one_model_at_a_time_gives_the_same_results(finished, tmp_path):
   """On CPUs with two cores or more the final stage trains two models at once (auto); one
   at a time (with the next one compiled in the background) gives identical results."""
