@@ -26,8 +26,10 @@ search's validation set; without one, val_fraction of train is carved out (strat
 seeded by config.seed). A missing test split is carved out of train: a stratified 20%,
 with a fixed seed.
 PATH may be relative (and start with ~): it is recorded absolute, so that
-`metaqnn.finalize` and `metaqnn.inspect` work from any directory; to resume from another
-directory, give the same data by its absolute path. The data must not change while a
+`metaqnn.finalize` and `metaqnn.inspect` find the data whatever the current directory
+(with metaqnn importable there: from the repository, or anywhere after
+`pip install -e .`); to resume from another directory, give the same data by its
+absolute path. The data must not change while a
 search runs: a resume on other data (images added, say) is refused in one line.
 
 image_size, channels and num_classes are 0 here: they are taken from the data when the

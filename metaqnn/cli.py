@@ -125,7 +125,10 @@ def _one_line(message) -> str:
       text = str(ast.literal_eval(text))
     except (ValueError, SyntaxError):
       pass
-  return " ".join(line.strip() for line in text.splitlines() if line.strip())
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  # Sentences run on: "unknown field 'serch'; Did you mean ..." reads as two.
+  return " ".join(l + (";" if l[-1] not in ".:;?!," and i < len(lines) - 1 else "")
+                  for i, l in enumerate(lines))
 
 
 def _fail(message: str) -> None:

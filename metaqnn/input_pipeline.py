@@ -47,6 +47,12 @@ DATASETS = {
     "svhn": dict(image_size=32, channels=3, num_classes=10, tfds="svhn_cropped"),
 }
 KNOWN = tuple(DATASETS)
+# The built-in sets' class names, in label order (tfds' svhn_cropped labels the digit 0
+# as 0); CIFAR-100's hundred are left to their indices.
+_DIGITS = tuple(str(k) for k in range(10))
+CLASS_NAMES = {"digits": _DIGITS, "mnist": _DIGITS, "svhn": _DIGITS,
+               "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+                           "horse", "ship", "truck")}
 PREFIXES = ("tfds:", "npz:", "folder:")
 
 # A data set without a test split (digits, or a custom one) has a stratified 20% held out
@@ -595,10 +601,12 @@ def _split_layout(subdirs: list[str]) -> bool:
 
 
 def class_names(config) -> list[str] | None:
-  """The names of the data's classes, in label order, where the data has them: a
-  folder's class folders (as `load` orders them). None for arrays and built-in sets,
-  whose labels are their names."""
+  """The names of the data's classes, in label order, where they are known: a folder's
+  class folders (as `load` orders them), a built-in set's (`CLASS_NAMES`). None for
+  arrays and other tfds sets."""
   kind, arg = source_of(config.dataset.name)
+  if config.dataset.name in CLASS_NAMES:
+    return list(CLASS_NAMES[config.dataset.name])
   if kind != "folder":
     return None
   path = os.path.expanduser(arg)

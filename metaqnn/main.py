@@ -28,10 +28,12 @@ def _announce(config, workdir: str):
   (a built-in data set loaded, the model compiled and trained): what runs where."""
   from metaqnn import agent
 
-  def say(new: bool) -> None:
+  def say(new: bool, done: int) -> None:
+    total = agent.Schedule.parse(config.search.schedule).total
+    models = f"{total} unique models" if new else f"{done} of {total} unique models done"
     print(f"{'starting' if new else 'resuming'} a {config.dataset.name} search in "
-          f"{workdir}: {agent.Schedule.parse(config.search.schedule).total} unique models; "
-          "preparing the first one...", flush=True)
+          f"{workdir}: {models}; preparing the {'first' if new else 'next'} one...",
+          flush=True)
 
   return say
 
@@ -77,6 +79,10 @@ def main(argv: list[str]) -> None:
       cli.stop("interrupted; finished final models are kept. Run the same command (or "
             f"{cli.python()} -m metaqnn.finalize --workdir={workdir}) to resume.")
     print(finalize.results_table(results))
+    best = results["models"][0]["checkpoint"] if results.get("models") else None
+    if best:
+      print(f"classify images with the top final model: {cli.python()} -m metaqnn.predict "
+            f"--model={os.path.dirname(best)} --images=PATH")
   print(f"inspect it with: {cli.python()} -m metaqnn.inspect --workdir={workdir}")
 
 

@@ -1,15 +1,15 @@
 """Classifies new images with a final model (the final stage's or transfer's): what a
 search found, put to use.
 
-  python -m metaqnn.predict --model=DIR/final/<name> --images=PATH [--top=3] [--json]
+  python -m metaqnn.predict --model=DIR/final/<hash> --images=PATH [--top=3] [--json]
 
 `--model`: a final model's folder, or the `checkpoint` folder in it. `--images`: one
 image file, a folder of image files (subfolders included), or an .npz whose images are
 `x` (or `x_test`). Images are read with the model's channels (grey, RGB) and resized to
 its side when theirs differs, as `dataset.resize` does. Each image gets its top classes
-and their probabilities, named as the data named them (a folder's class folders), else
-by index. Images in folders named after the model's classes (PATH/<class>/...) also
-give the accuracy on them. Hidden files and folders are skipped, as in the search.
+and their probabilities, named as the data names them (a folder's class folders, the
+built-in sets' names), else by index. Images in folders named after the model's classes
+(PATH/<class>/..., or PATH/<index>/...) also give the accuracy on them. Hidden files and folders are skipped, as in the search.
 
 In Python: `model = predict.load(path)`, then `model.predict(images)`: class
 probabilities [N, classes] of uint8 images [N, H, W, C] of the model's shape. It computes
@@ -177,9 +177,10 @@ def classify(model: FinalModel, names: list[str], images: np.ndarray, top: int =
                                                "probability": float(p[k])} for k in ks]}
                          for n, p, ks in zip(names, probs, order)]}
   folders = [os.path.basename(os.path.dirname(n)) for n in names]  # "" outside folders
-  labelled = [i for i, f in enumerate(folders) if f in (model.class_names or [])]
+  classes = [model.name(k) for k in range(probs.shape[1])]
+  labelled = [i for i, f in enumerate(folders) if f in classes]
   if labelled:
-    truth = np.array([model.class_names.index(folders[i]) for i in labelled])
+    truth = np.array([classes.index(folders[i]) for i in labelled])
     out["accuracy"] = float(np.mean(probs[labelled].argmax(1) == truth))
     out["labelled"] = len(labelled)
   return out
@@ -199,7 +200,7 @@ def main(argv: list[str]) -> None:
   from metaqnn import cli
   f = flags.FLAGS
   if len(argv) > 1 or not f.model or not f.images:
-    raise cli.UserError("usage: python -m metaqnn.predict --model=DIR/final/<name> "
+    raise cli.UserError("usage: python -m metaqnn.predict --model=DIR/final/<hash> "
                         "--images=FILE|FOLDER|FILE.npz [--top=K] [--json]")
   if f.top < 1:
     raise cli.UserError(f"--top must be >= 1, got {f.top}")

@@ -488,7 +488,7 @@ def make_executor(config, evaluate: Optional[Callable], early_stop=None, dataset
 def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
                log_interval: Optional[float] = None, tensorboard: bool = True,
                max_models: Optional[int] = None, dataset=None,
-               on_start: Optional[Callable[[bool], None]] = None) -> SearchResult:
+               on_start: Optional[Callable[[bool, int], None]] = None) -> SearchResult:
   """Runs (or resumes) the whole search of `config` in `workdir`.
 
   Args:
@@ -502,7 +502,7 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     max_models: stop after about this many new results (for tests and time boxes).
     dataset: an `input_pipeline.Dataset` already in memory (arrays of your own, a
       benchmark's generated data), used instead of loading `config.dataset`.
-    on_start: called with True (a new search) or False (a resume) once the config, the
+    on_start: called with (new, unique models done so far) once the config, the
       data and the work directory are accepted, before the first model is prepared (and
       the data of a built-in set loaded): a command's first line, never printed before
       a refusal. Your own data (npz:, folder:, tfds:) is read before it, since it is
@@ -564,7 +564,7 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   if legacy:
     del fp["early_stop"]
   if new and on_start is not None:
-    on_start(True)
+    on_start(True, 0)
   executor = make_executor(config, evaluate, rule, dataset) if new else None
   try:
     signals.check()  # a stop dropped while the data loaded: nothing is written yet
@@ -583,7 +583,7 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
       return dataclasses.replace(_result(workdir, store, finished=True),
                                  already_finished=True)
     if not new and on_start is not None:
-      on_start(False)
+      on_start(False, store.unique_count())
     executor = executor or make_executor(config, evaluate, rule, dataset)
     if rule is not None:
       for rec in store.models():

@@ -132,6 +132,27 @@ def test_the_command_reads_files_folders_and_arrays(folder_model, tmp_path):
       f"--model={model}", f"--images={mixed}").stdout
 
 
+def test_classes_by_name_or_by_index(folder_model, tmp_path):
+  """The built-in sets name their classes; a model without names is scored on folders
+  named by class index."""
+  from metaqnn import config_lib
+  assert input_pipeline.class_names(config_lib.base_config("digits")) == [
+      str(k) for k in range(10)]
+  assert input_pipeline.class_names(config_lib.base_config("cifar10"))[:2] == [
+      "airplane", "automobile"]
+  assert input_pipeline.class_names(config_lib.base_config("cifar100")) is None
+  meta, test_folder, names = folder_model
+  model = predict.load(os.path.dirname(meta["checkpoint"]))
+  model.class_names = None
+  for k in (2, 5):
+    shutil.copytree(test_folder / names[k], tmp_path / "by_index" / str(k))
+  files, images = predict.read_images(str(tmp_path / "by_index"), model.input_shape)
+  result = predict.classify(model, files, images)
+  truth = [int(os.path.dirname(f)) for f in files]
+  assert result["labelled"] == len(files) and result["accuracy"] == pytest.approx(
+      np.mean(model.predict(images).argmax(1) == truth))
+
+
 @pytest.mark.parametrize("args,says", [
     (["--images={data}"], "usage"),
     (["--model={model}", "--images=/no/such/path"], "No such file"),

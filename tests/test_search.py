@@ -178,23 +178,23 @@ def test_a_search_says_it_starts_only_once_accepted(tmp_path, monkeypatch):
   from metaqnn import input_pipeline
   said = []
   work = str(tmp_path / "w")
-  search.run_search(small_config("1.0:5"), work, log_interval=100, on_start=said.append)
+  say = lambda new, done: said.append((new, done))
+  search.run_search(small_config("1.0:5"), work, log_interval=100, on_start=say)
+  search.run_search(small_config("1.0:5,0.5:2"), work, log_interval=100, on_start=say)
   search.run_search(small_config("1.0:5,0.5:2"), work, log_interval=100,
-                    on_start=said.append)
-  search.run_search(small_config("1.0:5,0.5:2"), work, log_interval=100,
-                    on_start=said.append)  # already finished: nothing starts
-  assert said == [True, False]
+                    on_start=say)  # already finished: nothing starts
+  assert said == [(True, 0), (False, 5)]
   bad = small_config("1.0:5")
   bad.seed = -1
   with pytest.raises(UserError):
-    search.run_search(bad, str(tmp_path / "v"), on_start=said.append)
+    search.run_search(bad, str(tmp_path / "v"), on_start=say)
   foreign = tmp_path / "foreign"
   foreign.mkdir()
   (foreign / "notes.txt").write_text("mine")
   monkeypatch.setattr(input_pipeline, "resolve", lambda config: pytest.fail("data read"))
   with pytest.raises(WorkdirError, match="not empty"):
-    search.run_search(small_config(), str(foreign), on_start=said.append)
-  assert said == [True, False] and os.listdir(foreign) == ["notes.txt"]
+    search.run_search(small_config(), str(foreign), on_start=say)
+  assert said == [(True, 0), (False, 5)] and os.listdir(foreign) == ["notes.txt"]
 
 
 def test_failures_get_chance_and_the_search_goes_on(tmp_path):
