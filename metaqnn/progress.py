@@ -96,9 +96,10 @@ class Progress:
 
   def close(self) -> None:
     """Flushes and closes TensorBoard; a stop waits for its end (close is one more put
-    into the writer thread's queue, then a join on that thread)."""
+    into the writer thread's queue, then a join on that thread), a second one does not
+    (a flush to a stalled disk would otherwise hold the command for ever)."""
     if self.writer:
-      with signals.deferred():
+      with signals.deferred(second_stops=True):
         self.writer.close()
 
 

@@ -53,30 +53,46 @@ def check() -> None:
 
 
 @contextlib.contextmanager
-def deferred():
+def deferred(second_stops: bool = False):
   """Holds Ctrl-C and SIGTERM back until the block is done; the first then acts as it
   would have (whichever handler is installed). For what must not stop halfway: the
   journal, record and agent moving together, or a put into a queue that another thread
   sleeps on (stopped between its append and its wake-up, the queue can lose the next
-  wake-up, and a later join waits for ever). Main thread only: elsewhere signals cannot
-  be handled, and the block runs as it is."""
+  wake-up, and a later join waits for ever). With `second_stops`, a second stop acts at
+  once: for a block that can hang on its own (a flush to a stalled disk), where a stop
+  halfway is better than none. Main thread only: elsewhere signals cannot be handled,
+  and the block runs as it is."""
   if threading.current_thread() is not threading.main_thread():
     yield
     return
-  caught = []
-  previous = {sig: signal.signal(sig, lambda num, frame: caught.append((num, frame)))
-              for sig in (signal.SIGINT, signal.SIGTERM)}
+  caught, previous = [], {}
+
+  def restore() -> None:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+
+  def hold(num, frame) -> None:
+    caught.append((num, frame))
+    if second_stops and len(caught) == 2:
+      restore()
+      _act(previous[num], num, frame)
+
+  previous.update({sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)})
   try:
     yield
   finally:
-    for sig, handler in previous.items():
-      signal.signal(sig, handler)
-    for num, frame in caught[:1]:
-      handler = previous[num]
-      if callable(handler):
-        handler(num, frame)  # this module's handler, or Python's: KeyboardInterrupt
-      elif handler == signal.SIG_DFL:
-        signal.raise_signal(num)
+    restore()
+    if len(caught) == 1 or (caught and not second_stops):
+      num, frame = caught[0]
+      _act(previous[num], num, frame)
+
+
+def _act(handler, num: int, frame) -> None:
+  """What `handler`, a signal's handler, does with a stop held back."""
+  if callable(handler):
+    handler(num, frame)  # this module's handler, or Python's: KeyboardInterrupt
+  elif handler == signal.SIG_DFL:
+    signal.raise_signal(num)
 
 
 @contextlib.contextmanager

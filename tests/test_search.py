@@ -432,6 +432,33 @@ def test_a_stop_during_a_tensorboard_write_waits_for_its_end(tmp_path):
 
 
 @pytest.mark.usefixtures("default_signal_handlers")
+def test_a_second_stop_ends_a_tensorboard_close_that_hangs(tmp_path):
+  """A close that hangs (a flush to a stalled disk) holds the first stop, not the
+  second: that one is raised at once, and the first is not raised again."""
+  from metaqnn import agent as agent_lib, progress, signals
+  prog = progress.Progress(agent_lib.Schedule.parse("1.0:20"), out=open(tmp_path / "l", "w"))
+  reached = []
+
+  class Writer:
+    def close(self):
+      os.kill(os.getpid(), signal.SIGTERM)
+      reached.append("held")
+      os.kill(os.getpid(), signal.SIGINT)  # the second stop: raised here
+      reached.append("after the second")
+
+  prog.writer = Writer()
+  signal.signal(signal.SIGTERM, signals.handler)  # the fixture restores the handlers
+  signal.signal(signal.SIGINT, signals.handler)
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      prog.close()
+  finally:
+    signals._requested.clear()  # pylint: disable=protected-access
+  assert reached == ["held"] and signal.getsignal(signal.SIGINT) is signals.handler
+  assert signals.exit_status() == 130  # the second stop's signal
+
+
+@pytest.mark.usefixtures("default_signal_handlers")
 def test_a_stop_during_tensorboards_close_waits_for_its_end(tmp_path):
   """Closing TensorBoard is a put into its writer thread's queue and a join: a stop in
   the middle is raised once the writer is closed, not halfway."""
