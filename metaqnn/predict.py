@@ -39,7 +39,7 @@ class FinalModel:
   preprocess: str
   mean: np.ndarray  # float32 [C]: the training data's per-channel mean, in [0, 1]
   class_names: Optional[list[str]] = None
-  _fn: Any = dataclasses.field(default=None, repr=False, compare=False)
+  _fn: Any = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
   def predict(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Class probabilities [N, classes] of uint8 `images` [N, H, W, C] (or grey
@@ -86,7 +86,7 @@ def load(path: str) -> FinalModel:
     path = os.path.join(path, "checkpoint")
   if os.path.isfile(os.path.join(path, "metaqnn.db")):
     raise UserError(f"{path} is a search's work directory; give one of its final models, "
-                    f"{os.path.join(path, 'final', '<name>')}")
+                    f"{os.path.join(path, 'final', '<hash>')}")
   meta = checkpoints.metadata(path)
   norm, names = meta.get("normalization"), meta.get("class_names")
   if norm is None:  # saved before models kept these: from the data, as training had them
