@@ -602,11 +602,13 @@ def _split_layout(subdirs: list[str]) -> bool:
 
 def class_names(config) -> list[str] | None:
   """The names of the data's classes, in label order, where they are known: a folder's
-  class folders (as `load` orders them), a built-in set's (`CLASS_NAMES`). None for
-  arrays and other tfds sets."""
+  class folders (as `load` orders them), a built-in set's (`CLASS_NAMES`), a tfds set's
+  (its builder's info). None for arrays."""
   kind, arg = source_of(config.dataset.name)
   if config.dataset.name in CLASS_NAMES:
     return list(CLASS_NAMES[config.dataset.name])
+  if kind == "tfds":
+    return _tfds_class_names(arg, config.dataset.get("data_dir") or None)
   if kind != "folder":
     return None
   path = os.path.expanduser(arg)
@@ -788,6 +790,17 @@ def _tfds(name: str, tfds_name: str, ds, extra: bool = False) -> _Arrays:
     return (*_carve_test(tr_x, tr_y), num_classes, val)
   te_x, te_y = _read_all(test_src, name, side)
   return tr_x, tr_y, te_x, te_y, num_classes, val
+
+
+def _tfds_class_names(tfds_name: str, data_dir: str | None) -> list[str] | None:
+  """A tfds set's label names from its builder's info (no data read); None where it has
+  none to give. Names only label predictions: nothing fails for want of them."""
+  try:
+    import tensorflow_datasets as tfds
+    names = tfds.builder(tfds_name, data_dir=data_dir).info.features["label"].names
+  except Exception:  # pylint: disable=broad-except
+    return None
+  return [str(n) for n in names] or None
 
 
 def tfds_splits(tfds, name: str, tfds_name: str, data_dir: str | None) -> list[str]:
