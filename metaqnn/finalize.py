@@ -84,19 +84,34 @@ def check_config(config) -> None:
 
 
 # Config fields that do not change a final model (or a transfer run): where the data is
-# found, the search's own split and training settings, and how the final stage runs.
+# found and the search's split; the search's own training settings, and those the final
+# stage lays its own over (optimizer, momentum, augmentation, weight decay, precision);
+# how the final stage runs; and its schedule's fields, compared as the rate per epoch.
 _IRRELEVANT = {"dataset": {"name", "data_dir", "download", "val_size", "val_fraction",
                            "train_fraction"},
-               "train": {"epochs", "learning_rate", "max_seconds", "eval_batch_size",
-                         "max_restarts", "restart_lr_factor", "restart_threshold"},
-               "final": {"top", "ensemble", "num_workers", "run_after_search", "plots"}}
+               "train": {"epochs", "learning_rate", "lr_decay", "lr_decay_every",
+                         "max_seconds", "eval_batch_size", "max_restarts",
+                         "restart_lr_factor", "restart_threshold", "optimizer", "momentum",
+                         "augment", "weight_decay", "dtype"},
+               "final": {"top", "ensemble", "num_workers", "run_after_search", "plots",
+                         "schedule", "epochs", "learning_rate"}}
+
+# How `settings_differ` names the final schedule (final.schedule, or final.epochs,
+# final.learning_rate and the decay), compared as the rate of each epoch.
+_RATES = "final schedule (the learning rate of each epoch)"
 
 
 def _settings(config: dict) -> dict:
   """What a final model depends on, of a config (as JSON): the data, the training
-  settings the final schedule lays its own over, the final schedule, the seed. (The data
-  set's name is compared by the callers: a transfer run's as given or absolute.)"""
+  settings, the final stage's, the learning rate of each final epoch, the seed. (The
+  data set's name is compared by the callers: a transfer run's as given or absolute.)"""
+  import ml_collections
+  from metaqnn import train
   out = {"seed": config.get("seed")}
+  try:
+    out[_RATES] = train.final_learning_rates(ml_collections.ConfigDict(config))
+  except (AttributeError, KeyError):  # saved by a version without some of its fields
+    pass
   for section, irrelevant in _IRRELEVANT.items():
     out[section] = {k: v for k, v in (config.get(section) or {}).items()
                     if k not in irrelevant}

@@ -48,7 +48,7 @@ DATASETS = {
 }
 KNOWN = tuple(DATASETS)
 # The built-in sets' class names, in label order (tfds' svhn_cropped labels the digit 0
-# as 0); CIFAR-100's hundred are left to their indices.
+# as 0); CIFAR-100's come from its tfds builder, as any tfds set's.
 _DIGITS = tuple(str(k) for k in range(10))
 CLASS_NAMES = {"digits": _DIGITS, "mnist": _DIGITS, "svhn": _DIGITS,
                "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",

@@ -79,10 +79,10 @@ def main(argv: list[str]) -> None:
       cli.stop("interrupted; finished final models are kept. Run the same command (or "
             f"{cli.python()} -m metaqnn.finalize --workdir={workdir}) to resume.")
     print(finalize.results_table(results))
-    best = results["models"][0]["checkpoint"] if results.get("models") else None
-    if best:
+    kept = [m for m in results.get("models", []) if not m.get("diverged")]
+    if kept:  # the top one that trained (a diverged one is left out of the ensemble too)
       print(f"classify images with the top final model: {cli.python()} -m metaqnn.predict "
-            f"--model={os.path.dirname(best)} --images=PATH")
+            f"--model={os.path.dirname(kept[0]['checkpoint'])} --images=PATH")
   print(f"inspect it with: {cli.python()} -m metaqnn.inspect --workdir={workdir}")
 
 

@@ -178,10 +178,12 @@ def classify(model: FinalModel, names: list[str], images: np.ndarray, top: int =
                                                "probability": float(p[k])} for k in ks]}
                          for n, p, ks in zip(names, probs, order)]}
   folders = [os.path.basename(os.path.dirname(n)) for n in names]  # "" outside folders
-  classes = [model.name(k) for k in range(probs.shape[1])]
-  labelled = [i for i, f in enumerate(folders) if f in classes]
+  # A folder names a class by its name, or by its index where no class has that name.
+  label = {str(k): k for k in range(probs.shape[1])}
+  label.update({model.name(k): k for k in range(probs.shape[1])})
+  labelled = [i for i, f in enumerate(folders) if f in label]
   if labelled:
-    truth = np.array([classes.index(folders[i]) for i in labelled])
+    truth = np.array([label[folders[i]] for i in labelled])
     out["accuracy"] = float(np.mean(probs[labelled].argmax(1) == truth))
     out["labelled"] = len(labelled)
   return out

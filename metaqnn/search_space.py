@@ -79,7 +79,7 @@ class SpaceConfig:
     positive("conv_kernels", self.conv_kernels)
     positive("fc_units", self.fc_units) if self.max_fc > 0 else None
     positive("size_bins", self.size_bins)
-    if any(len(p) != 2 for p in self.pools):
+    if any(not isinstance(p, tuple) or len(p) != 2 for p in self.pools):
       raise UserError(f"space.pools must be (kernel, stride) pairs, got {self.pools!r}")
     for p in self.pools:
       positive("pools", p)
@@ -103,16 +103,16 @@ class SpaceConfig:
     if side < 1:
       raise ValueError("config.dataset.image_size is not set; it is taken from the data when "
                        "a search starts (input_pipeline.resolve)")
-    bins = tuple(int(v) for v in s.size_bins) or derived_bins(side)
-    fc_max_side = int(s.fc_max_side) or bins[0] - 1
+    bins = _wholes(s.size_bins) or derived_bins(side)
+    fc_max_side = int(s.fc_max_side) or (bins[0] - 1 if isinstance(bins[0], int) else 0)
     return cls(
         image_size=side,
         num_classes=int(config.dataset.num_classes),
         max_depth=int(s.max_depth),
-        conv_filters=tuple(int(v) for v in s.conv_filters),
-        conv_kernels=tuple(int(v) for v in s.conv_kernels),
-        pools=tuple((int(f), int(l)) for f, l in s.pools),
-        fc_units=tuple(int(v) for v in s.fc_units),
+        conv_filters=_wholes(s.conv_filters),
+        conv_kernels=_wholes(s.conv_kernels),
+        pools=tuple(_wholes(p) if isinstance(p, (tuple, list)) else p for p in s.pools),
+        fc_units=_wholes(s.fc_units),
         max_fc=int(s.max_fc),
         size_bins=bins,
         fc_max_side=fc_max_side,
@@ -122,6 +122,22 @@ class SpaceConfig:
   def to_json(self) -> dict:
     return {k: (list(map(list, v)) if k == "pools" else list(v) if isinstance(v, tuple) else v)
             for k, v in dataclasses.asdict(self).items()}
+
+
+def _wholes(values) -> tuple:
+  """A space field's values as ints where they are whole numbers (16, 16.0), each other
+  one as given, for `SpaceConfig`'s check to name: "abc" or 16.5 is refused, not read
+  as something else."""
+  def whole(v):
+    try:
+      if not isinstance(v, bool) and float(v) == int(float(v)):
+        return int(float(v))
+    except (TypeError, ValueError, OverflowError):
+      pass
+    return v
+  if isinstance(values, str):  # an override ml_collections could not read as a tuple
+    return (values,)
+  return tuple(whole(v) for v in values)
 
 
 def derived_bins(side: int) -> tuple[int, ...]:

@@ -93,15 +93,32 @@ def test_final_models_of_other_settings_are_not_passed_off_as_these(finished, ca
   metas = [os.path.join(os.path.dirname(m["checkpoint"]), "meta.json")
            for m in results["models"]]
   before = [open(m).read() for m in metas]
-  for override, named in (({"final.epochs": 5}, "final.epochs"),
-                          ({"final.learning_rate": 0.1}, "final.learning_rate")):
-    with pytest.raises(ValueError, match=f"other settings \\(differs in: {named}\\)"):
+  for override, named in (({"final.epochs": 5}, "final schedule"),
+                          ({"final.learning_rate": 0.1}, "final schedule"),
+                          ({"final.optimizer": "sgd"}, "final.optimizer"),
+                          ({"train.batch_size": 16}, "train.batch_size")):
+    with pytest.raises(ValueError, match=f"other settings \\(differs in: {named}"):
       finalize.finalize(workdir, top=3, ensemble=2, config_overrides=override)
   assert [open(m).read() for m in metas] == before
-  # Settings that do not change a final model (how many run at once) are not refused.
-  assert finalize.finalize(workdir, top=3, ensemble=2,
-                           config_overrides={"final.num_workers": 1})["models"] == \
+  # Settings that do not change a final model are not refused: how many run at once,
+  # the search's own precision (final.dtype is used), a search setting.
+  assert finalize.finalize(workdir, top=3, ensemble=2, config_overrides={
+      "final.num_workers": 1, "train.dtype": "float32", "train.epochs": 2})["models"] == \
       results["models"]
+
+
+def test_the_same_command_again_keeps_its_final_models(tmp_path, capsys):
+  """A search trained for real, finalized, then run again as it was: the resume's own
+  bookkeeping (the precision it records) is no other final setting."""
+  config = digits_config()
+  config.evaluator = "train"
+  config.search.schedule = "1.0:2"
+  config.train.epochs = config.final.epochs = 1
+  workdir = str(tmp_path / "w")
+  for _ in range(2):
+    search.run_search(config, workdir, log_interval=1e9, tensorboard=False)
+    results = finalize.finalize(workdir, top=1, ensemble=0)
+  assert "nothing to train" in capsys.readouterr().out and len(results["models"]) == 1
 
 
 def test_one_model_at_a_time_gives_the_same_results(finished, tmp_path):
@@ -178,7 +195,7 @@ def test_transfer_refuses_a_different_run_in_the_same_directory(finished, tmp_pa
     transfer.transfer(config, results["models"][1]["arch"], str(tmp_path / "t"))
   longer = digits_config()
   longer.final.epochs = 2  # another final schedule is another run, not the same one
-  with pytest.raises(ValueError, match="another transfer run .*differs in: final.epochs"):
+  with pytest.raises(ValueError, match="another transfer run .*differs in: final schedule"):
     transfer.transfer(longer, arch, str(tmp_path / "t"))
   # The same run, given from another directory with a relative path: done already.
   monkeypatch.chdir(tmp_path)

@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+from metaqnn.errors import UserError
+
 from metaqnn import agent as agent_lib
 from metaqnn import config_lib
 from metaqnn import search_space as S
@@ -306,3 +308,22 @@ def test_bad_space_config():
     S.SpaceConfig(image_size=32, num_classes=10, conv_filters=())
   with pytest.raises(ValueError, match="unknown data set"):
     config_lib.base_config("imagenet")
+
+
+@pytest.mark.parametrize("field,value", [("conv_filters", "abc"), ("conv_filters", (16.5, 32)),
+                                         ("pools", "abc"), ("pools", ((3.5, 2),)),
+                                         ("pools", ((3, 2), (2,))), ("size_bins", "abc")])
+def test_space_fields_that_are_not_whole_numbers_are_refused_not_read_otherwise(field, value):
+  """An override that is not whole numbers is a clear error: "abc" used to raise from
+  int(), and 16.5 was read as 16."""
+  import ml_collections
+  config = config_lib.base_config("digits")
+  given = lambda v: ml_collections.ConfigDict({**config.space.to_dict(), field: v})
+  config.space = given(value)  # as a command-line override can leave it
+  with pytest.raises(UserError, match=f"space.{field}"):
+    S.SpaceConfig.from_config(config)
+  config.space = given({"conv_filters": (16.0, 32), "pools": ((3.0, 2),),
+                        "size_bins": (4.0, 2, 1)}[field])  # whole numbers as floats: fine
+  read = getattr(S.SpaceConfig.from_config(config), field)
+  flat = [x for v in read for x in (v if isinstance(v, tuple) else (v,))]
+  assert all(type(x) is int for x in flat), read
