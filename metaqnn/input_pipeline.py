@@ -624,8 +624,6 @@ def _subdirs(path: str) -> list[str]:
 def _read_folder(label: str, root: str, classes: list[str], ds, required: bool = True
                  ) -> tuple[np.ndarray, np.ndarray]:
   """Every image under root/<class>/ as uint8 [N, H, W, C] and labels (class index)."""
-  from PIL import Image, UnidentifiedImageError
-
   if len(classes) < 2:
     raise DatasetError(f"{label}: {root} has {len(classes)} class folder(s); one subfolder "
                        "per class is needed, at least two.")
@@ -642,17 +640,7 @@ def _read_folder(label: str, root: str, classes: list[str], ds, required: bool =
       raise DatasetError(_no_images(label, folder))
     for f in files:
       file = os.path.join(folder, f)
-      try:
-        with Image.open(file) as im:
-          im = eight_bit(im, f"{label}: {file}")
-          # Grey with alpha (LA) is grey too: the alpha is dropped, as RGBA's.
-          grey = im.mode in ("1", "L", "LA", "La")
-          mode = "L" if channels == 1 or (channels == 0 and grey) else "RGB"
-          arr = np.asarray(im.convert(mode), np.uint8)
-      except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise DatasetError(f"{label}: cannot read the image {file} ({type(e).__name__}).") \
-            from None
-      arr = arr[..., None] if arr.ndim == 2 else arr
+      arr = read_image(file, {1: "L", 3: "RGB"}.get(channels), label)
       if resize and side > 0:
         arr = _resize(arr, side)
       first.setdefault(arr.shape, file)
@@ -671,6 +659,23 @@ def _read_folder(label: str, root: str, classes: list[str], ds, required: bool =
     c = channels or 3
     return np.zeros((0, side or 1, side or 1, c), np.uint8), np.zeros((0,), np.int64)
   return np.stack(images), np.asarray(labels, np.int64)
+
+
+def read_image(file: str, mode: str | None, label: str) -> np.ndarray:
+  """One image file as uint8 [H, W, C], in PIL `mode` ("L", "RGB", "RGBA"; None: grey
+  images grey, the others RGB), alpha dropped otherwise; a one-line DatasetError,
+  prefixed `label`, if it cannot be read."""
+  from PIL import Image, UnidentifiedImageError
+  try:
+    with Image.open(file) as im:
+      im = eight_bit(im, f"{label}: {file}")
+      # Grey with alpha (LA) is grey too: the alpha is dropped, as RGBA's.
+      mode = mode or ("L" if im.mode in ("1", "L", "LA", "La") else "RGB")
+      arr = np.asarray(im.convert(mode), np.uint8)
+  except (OSError, UnidentifiedImageError, ValueError) as e:
+    raise DatasetError(f"{label}: cannot read the image {file} ({type(e).__name__}).") \
+        from None
+  return arr[..., None] if arr.ndim == 2 else arr
 
 
 def eight_bit(im, where: str):

@@ -133,18 +133,12 @@ def read_images(path: str, shape: tuple[int, int, int]) -> tuple[list[str], np.n
 
 
 def _image(file: str, side: int, channels: int) -> np.ndarray:
-  from PIL import Image, UnidentifiedImageError
   from metaqnn import input_pipeline
   mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(channels)
   if mode is None:
     raise UserError(f"this model takes {channels} channels; image files are read as 1, 3 "
                     "or 4; give an .npz of arrays instead")
-  try:
-    with Image.open(file) as im:
-      arr = np.asarray(input_pipeline.eight_bit(im, file).convert(mode), np.uint8)
-  except (OSError, UnidentifiedImageError, ValueError) as e:
-    raise UserError(f"cannot read the image {file} ({type(e).__name__})") from None
-  arr = arr[..., None] if arr.ndim == 2 else arr
+  arr = input_pipeline.read_image(file, mode, "--images")
   return input_pipeline.resize_all(arr[None], side)[0]
 
 
@@ -169,8 +163,8 @@ def _npz_images(path: str, side: int, channels: int) -> tuple[list[str], np.ndar
 
 
 def classify(model: FinalModel, names: list[str], images: np.ndarray, top: int = 1) -> dict:
-  """Each image's `top` classes with their probabilities; with the accuracy when every
-  image lies in a folder named after one of the model's classes."""
+  """Each image's `top` classes with their probabilities; with the accuracy on the images
+  that lie in a folder named after one of the model's classes (or its index)."""
   probs = model.predict(images)
   order = np.argsort(-probs, axis=1, kind="stable")[:, :max(1, min(top, probs.shape[1]))]
   out = {"model": str(model.arch), "images": len(names),
