@@ -105,7 +105,6 @@ def _settings(config: dict) -> dict:
   """What a final model depends on, of a config (as JSON): the data, the training
   settings, the final stage's, the learning rate of each final epoch, the seed. (The
   data set's name is compared by the callers: a transfer run's as given or absolute.)"""
-  import ml_collections
   from metaqnn import train
   out = {"seed": config.get("seed")}
   try:

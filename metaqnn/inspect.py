@@ -33,6 +33,7 @@ def summarize(workdir: str, top: int = 10) -> dict:
   finally:
     store.close()
   config = json.loads(meta["config"]) if "config" in meta else {}
+  budget = budget_lib.Budget.from_config(config)
   schedule_text = config.get("search", {}).get("schedule")
   over = [r for r in records if r.status == "over_budget"]  # re-samples included
   # Unique models toward the schedule: over-budget samples were never trained.
@@ -65,12 +66,11 @@ def summarize(workdir: str, top: int = 10) -> dict:
       "resampled": sum(r.resampled for r in records),
       "over_budget": len(over),
       "over_budget_unique": sum(not r.resampled for r in over),
-      "budget": budget_lib.Budget.from_config(config).shaping(),
+      "budget": budget.shaping(),
       "early_stop": _early_stop(config),
       "stopped": sum(not r.resampled and r.status == "stopped" for r in records),
       # "validation accuracy", or "reward" where some rewards are not (results.reward_kind).
-      "reward_kind": results.reward_kind(budget_lib.Budget.from_config(config).objective,
-                                         (r.status for r in records)),
+      "reward_kind": results.reward_kind(budget.objective, (r.status for r in records)),
       "timeout": sum(not r.resampled and r.status == "timeout" for r in records),
       "schedule": schedule,
       "time": _time(unique),

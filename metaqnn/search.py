@@ -468,9 +468,9 @@ def check_executor(config) -> None:
 
 
 def make_executor(config, evaluate: Optional[Callable], early_stop=None, dataset=None):
-  """The executor of `config.executor` (local or ray) and `config.num_workers`; `dataset`
-  (an `input_pipeline.Dataset`) replaces loading `config.dataset`."""
-  check_executor(config)
+  """The executor of `config.executor` (local or ray) and `config.num_workers`, settings
+  `check_config` has accepted; `dataset` (an `input_pipeline.Dataset`) replaces loading
+  `config.dataset`."""
   if str(config.get("executor", "local")) == "ray":
     from metaqnn import ray_executor  # optional dependency
     return ray_executor.RayExecutor(config, evaluate)

@@ -130,11 +130,9 @@ def _wholes(values) -> tuple:
   as something else."""
   def whole(v):
     try:
-      if not isinstance(v, bool) and float(v) == int(float(v)):
-        return int(float(v))
-    except (TypeError, ValueError, OverflowError):
-      pass
-    return v
+      return int(float(v)) if not isinstance(v, bool) and float(v).is_integer() else v
+    except (TypeError, ValueError):
+      return v
   if isinstance(values, str):  # an override ml_collections could not read as a tuple
     return (values,)
   return tuple(whole(v) for v in values)

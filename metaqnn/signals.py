@@ -82,7 +82,7 @@ def deferred(second_stops: bool = False):
     yield
   finally:
     restore()
-    if len(caught) == 1 or (caught and not second_stops):
+    if caught and not (second_stops and len(caught) > 1):  # else the second acted
       num, frame = caught[0]
       _act(previous[num], num, frame)
 
