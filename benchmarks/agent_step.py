@@ -19,13 +19,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-
 from metaqnn import agent as agent_lib  # noqa: E402
 from metaqnn import budget  # noqa: E402
 from metaqnn import config_lib  # noqa: E402
 from metaqnn import search  # noqa: E402
 from metaqnn import search_space  # noqa: E402
+from metaqnn import space as space_cmd  # noqa: E402
 
 DEPTH = {"mnist": 12, "svhn": 12, "cifar10": 18}
 
@@ -95,12 +94,11 @@ def main():
 
 
 def percentile(config, q, col=0, n=2000):
-  """The q-th percentile of params (col 0) or FLOPs (col 1) of n uniform samples."""
-  agent = agent_lib.Agent(search_space.from_config(config), seed=0)
-  shape = (config.dataset.image_size,) * 2 + (config.dataset.channels,)
-  return int(np.percentile([budget.cost(agent.sample(1.0).architecture, shape)[col]
-                            for _ in range(n)], q))
-
+  """The q-th percentile (a multiple of 10) of params (col 0) or FLOPs (col 1) of n
+  uniform random walks (`metaqnn.space costs`)."""
+  draw = space_cmd.sampler(search_space.from_config(config), config, seed=0)
+  costs = space_cmd.cost_percentiles(draw, budget.input_shape(config), n)
+  return costs["flops" if col else "params"][str(q)]
 
 if __name__ == "__main__":
   main()

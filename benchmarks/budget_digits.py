@@ -43,23 +43,18 @@ from metaqnn import agent as agent_lib  # noqa: E402
 from metaqnn import budget as budget_lib  # noqa: E402
 from metaqnn import search  # noqa: E402
 from metaqnn import search_space  # noqa: E402
+from metaqnn import space as space_cmd  # noqa: E402
 from metaqnn import store as store_lib  # noqa: E402
 
 
 def percentile_cap(config, q=20, n=2000, seed=0, sampling="walks") -> int:
   """The q-th percentile of the params of n samples: the agent's epsilon-1 walks, or
-  architectures drawn uniformly from the whole space."""
-  space = search_space.from_config(config)
-  if sampling == "walks":
-    agent = agent_lib.Agent(space, seed=seed)
-    draw = lambda: agent.sample(1.0)
-  else:
-    rng = np.random.default_rng(seed)
-    draw = lambda: space.uniform_path(rng)
-  shape = (config.dataset.image_size,) * 2 + (config.dataset.channels,)
-  params = [budget_lib.cost(draw().architecture, shape)[0] for _ in range(n)]
-  return int(np.percentile(params, q))
-
+  architectures drawn uniformly from the whole space (`metaqnn.space costs`)."""
+  draw = space_cmd.sampler(search_space.from_config(config), config, seed,
+                           uniform=sampling != "walks")
+  shape = budget_lib.input_shape(config)
+  return int(np.percentile([budget_lib.cost(draw().architecture, shape)[0]
+                            for _ in range(n)], q))
 
 def records(workdir):
   store = store_lib.open_existing(workdir)
@@ -83,7 +78,7 @@ def policy_share(config, workdir, epsilon: float, n: int = 2000, seed: int = 123
   agent = agent_lib.Agent.from_config(space, config)
   agent.load(os.path.join(workdir, search.AGENT_DIR))
   agent.rng = np.random.default_rng(seed)
-  shape = (config.dataset.image_size,) * 2 + (config.dataset.channels,)
+  shape = budget_lib.input_shape(config)
   over = [budget_lib.cost(agent.sample(epsilon).architecture, shape)[0]
           > config.budget.max_params for _ in range(n)]
   return float(np.mean(over))

@@ -46,7 +46,8 @@ line and leave nothing behind: a wrong path, labels outside 0..k-1, mixed image 
 without resize, fewer training examples than a batch, a single class.
 
 Budgets (see README, "Budgets"): e.g. `--config.budget.max_params=200000` or
-`--config.budget.max_flops=5000000`.
+`--config.budget.max_flops=5000000`. What the space holds on your data, to choose them by:
+`python -m metaqnn.space costs --config=configs/custom.py --config.dataset.name=... --uniform`.
 """
 
 from metaqnn import config_lib

@@ -156,6 +156,12 @@ def layer_cost(layer, h: int, w: int, width: int, flat: bool) -> tuple[int, int,
   return fan_in * units + units, 2 * fan_in * units, h, w, units, True
 
 
+def input_shape(config) -> tuple[int, int, int]:
+  """(H, W, C) of the config's (resolved) data set."""
+  d = config.dataset
+  return (int(d.image_size), int(d.image_size), int(d.channels))
+
+
 def cost(arch: Architecture | str, input_shape: Sequence[int]) -> tuple[int, int]:
   """(params, forward FLOPs per example) of `arch` on (H, W, C) inputs."""
   arch = parse(arch) if isinstance(arch, str) else arch

@@ -41,7 +41,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from metaqnn import models
+from metaqnn import budget, models
 from metaqnn.architecture import FC, GAP, Architecture, Conv, Pool, parse
 from metaqnn.errors import UserError
 
@@ -156,8 +156,7 @@ class Rule:
     self.min_completed, self.refit_every = int(e.min_completed), int(e.refit_every)
     self.epochs = int(t.epochs)
     self.epoch = stop_epoch(self.epochs, float(e.tau))
-    d = config.dataset
-    self.input_shape = (int(d.image_size), int(d.image_size), int(d.channels))
+    self.input_shape = budget.input_shape(config)
     self._x: list[list[float]] = []
     self._seen: list[float] = []  # The best accuracy of the first tau epochs.
     self._y: list[float] = []

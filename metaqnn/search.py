@@ -594,9 +594,9 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     prog = progress_lib.Progress(
         schedule, best=best, log_interval=log_interval,
         tensorboard_dir=os.path.join(workdir, "tensorboard") if tensorboard else None)
-    side, channels = int(config.dataset.image_size), int(config.dataset.channels)
     loop = _Search(agent, store, schedule, executor, prog, agent_dir, replay_samples, rule,
-                   int(config.search.get("max_crashes", 2)), budget, (side, side, channels),
+                   int(config.search.get("max_crashes", 2)), budget,
+                   budget_lib.input_shape(config),
                    objective_ok_only=legacy)
     try:
       with signals.as_interrupts():

@@ -3,6 +3,7 @@
   python -m metaqnn.space stats --config=configs/cifar10.py
   python -m metaqnn.space sample --config=configs/cifar10.py --num=2000 --seed=0
   python -m metaqnn.space sample --config=configs/cifar10.py --num=2000 --uniform
+  python -m metaqnn.space costs --config=configs/digits.py --uniform
 
 `stats` prints one JSON object (state and state-action counts, counts per layer type and
 depth, the exact number of distinct architectures). `sample` prints architectures in the
@@ -16,12 +17,18 @@ With a budget (`--config.budget.max_params=N`, `max_flops`), `stats` also counts
 architectures within it (exactly, up to 100,000), and `sample`'s walks take only actions
 that the search's pruning allows (with `budget.prune=False`, as the search's, they are
 not pruned); `--uniform` draws from the whole space and takes no budget.
+
+`costs` helps to choose a budget: the percentiles (0, 10, 20, ..., 100) of the params and
+FLOPs of `--num` samples (default 2,000), drawn as `sample` draws them, as one JSON
+object. "The 20th percentile of the space's uniform samples" is `params["20"]` with
+`--uniform`; without it, of the agent's epsilon-1 walks, which favour short networks.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from typing import Callable, Sequence
 
 import numpy as np
 from absl import flags
@@ -41,7 +48,9 @@ _EPSILON = flags.DEFINE_float("epsilon", 1.0, "sample: epsilon (1 = uniform rand
 _UNIFORM = flags.DEFINE_bool("uniform", False,
                              "sample: draw uniformly from all architectures, not by walks.")
 
-COMMANDS = ("stats", "sample")
+COMMANDS = ("stats", "sample", "costs")
+PERCENTILES = tuple(range(0, 101, 10))
+_COSTS_NUM = 2000  # samples of `costs` unless --num says otherwise
 _COUNT_UP_TO = 100_000  # architectures within a budget counted exactly (more: "at least")
 
 
@@ -66,8 +75,10 @@ def main(argv: list[str]) -> None:
       stats["within_budget_exact"] = found <= _COUNT_UP_TO
     print(json.dumps(stats))
     return
-  if _NUM.value < 0:
-    raise cli.UserError("--num must be >= 0")
+  num = _COSTS_NUM if argv[1] == "costs" and not flags.FLAGS["num"].present else _NUM.value
+  least = 1 if argv[1] == "costs" else 0  # no percentile of no samples
+  if num < least:
+    raise cli.UserError(f"--num must be >= {least}")
   seed = _CONFIG.value.seed if _SEED.value is None else _SEED.value
   if int(seed) < 0:  # NumPy's generators take non-negative seeds only
     raise cli.UserError(f"seed must be >= 0, got {seed}")
@@ -76,16 +87,35 @@ def main(argv: list[str]) -> None:
       raise cli.UserError("--uniform draws from the whole space; it takes no --epsilon")
     if budget.hard:
       raise cli.UserError("--uniform draws from the whole space; it takes no budget")
-    rng = np.random.default_rng(seed)
-    draw = lambda: space.uniform_path(rng)
-  else:
-    agent = agent_lib.Agent(space, seed=seed)
-    agent.pruner = budget_lib.pruner_for(space, _CONFIG.value)  # None with prune off
-    draw = lambda: agent.sample(_EPSILON.value)
+  draw = sampler(space, _CONFIG.value, int(seed), _UNIFORM.value, _EPSILON.value)
+  if argv[1] == "costs":
+    print(json.dumps(cost_percentiles(draw, budget_lib.input_shape(_CONFIG.value), num)
+                     | {"sampling": "uniform" if _UNIFORM.value else
+                        f"walks at epsilon {_EPSILON.value:g}"}))
+    return
   out = sys.stdout
-  for _ in range(_NUM.value):
+  for _ in range(num):
     out.write(str(draw().architecture) + "\n")
 
+
+def sampler(space: search_space.SearchSpace, config, seed: int, uniform: bool = False,
+            epsilon: float = 1.0) -> Callable[[], search_space.Path]:
+  """Draws paths: uniformly from all the space's architectures, or the agent's walks at
+  `epsilon` (pruned by the config's budget, as the search's are)."""
+  if uniform:
+    rng = np.random.default_rng(seed)
+    return lambda: space.uniform_path(rng)
+  agent = agent_lib.Agent(space, seed=seed)
+  agent.pruner = budget_lib.pruner_for(space, config)  # None with prune off or no budget
+  return lambda: agent.sample(epsilon)
+
+
+def cost_percentiles(draw: Callable[[], search_space.Path], shape: Sequence[int],
+                     num: int) -> dict:
+  """The percentiles (`PERCENTILES`) of the params and FLOPs of `num` drawn paths."""
+  costs = np.array([budget_lib.cost(draw().architecture, shape) for _ in range(num)])
+  table = lambda values: {str(q): int(np.percentile(values, q)) for q in PERCENTILES}
+  return {"samples": num, "params": table(costs[:, 0]), "flops": table(costs[:, 1])}
 
 if __name__ == "__main__":
   cli.run(main)

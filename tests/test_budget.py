@@ -431,9 +431,22 @@ def test_the_space_command_counts_and_walks_within_a_budget():
   sample = run("sample", "--num=200", "--config.budget.max_params=1e3")  # as limits are written
   costs = [budget_lib.cost(line, (8, 8, 1))[0] for line in sample.stdout.splitlines()]
   assert len(costs) == 200 and max(costs) <= 1000
+  # costs: percentiles of the same draws as sample's, to choose a budget by
+  for how in ([], ["--uniform"], ["--config.budget.max_params=1e3"]):
+    drawn = run("sample", "--num=300", "--seed=2", *how).stdout.splitlines()
+    table = run("costs", "--num=300", "--seed=2", *how)
+    assert table.returncode == 0, table.stderr
+    table = json.loads(table.stdout)
+    assert table["samples"] == 300 and list(table["params"]) == [str(q) for q in range(0, 101, 10)]
+    for i, kind in enumerate(("params", "flops")):
+      values = [budget_lib.cost(line, (8, 8, 1))[i] for line in drawn]
+      assert table[kind] == {str(q): int(np.percentile(values, q)) for q in range(0, 101, 10)}
+  assert table["params"]["100"] <= 1000
+  assert json.loads(run("costs").stdout)["samples"] == 2000  # not sample's default of 10
   for args in (["stats", "--config.budget.max_params=10"],
                ["sample", "--config.budget.max_params=10", "--config.budget.prune=False"],
-               ["sample", "--uniform", "--config.budget.max_params=1000"]):
+               ["sample", "--uniform", "--config.budget.max_params=1000"],
+               ["costs", "--num=0"]):
     refused = run(*args)
     assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
 
