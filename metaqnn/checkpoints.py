@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
+
+from metaqnn import files
 
 
 def save(path: str, params: Any) -> None:
@@ -45,5 +46,5 @@ def metadata(path: str) -> dict:
   meta = os.path.join(os.path.dirname(path.rstrip("/")), "meta.json")
   if not os.path.exists(meta):
     raise FileNotFoundError(f"{path} is not a metaqnn checkpoint (no meta.json beside it)")
-  with open(meta) as f:
-    return json.load(f)
+  return files.read_json(meta, f"move {os.path.dirname(meta)} aside and run the final "
+                         "stage (or transfer) again to train it anew")

@@ -134,6 +134,12 @@ def settings_differ(saved: dict, config) -> list[str]:
       config.to_json()))))
 
 
+def _meta(path: str) -> dict:
+  """A final model's meta.json; a damaged one is a one-line error that says how to retrain."""
+  return files.read_json(path, f"move {os.path.dirname(path)} aside and run again to "
+                         "train that model anew")
+
+
 def _check_kept(root: str, best, config) -> None:
   """Refuses a final stage whose finished models were trained with other settings (a
   resume with another final.epochs, say): they would be kept as if they were these."""
@@ -141,8 +147,7 @@ def _check_kept(root: str, best, config) -> None:
     meta = os.path.join(model_dir(root, rec.arch), "meta.json")
     if not os.path.exists(meta):
       continue
-    with open(meta) as f:
-      differs = settings_differ(json.load(f).get("config") or {}, config)
+    differs = settings_differ(_meta(meta).get("config") or {}, config)
     if differs:
       raise UserError(f"{root} holds final models trained with other settings (differs "
                       f"in: {', '.join(differs)}); to train these, move {root} aside (it "
@@ -268,8 +273,7 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
   for rank, rec in enumerate(best, 1):
     path = model_dir(root, rec.arch)
     meta_path = os.path.join(path, "meta.json")
-    with open(meta_path) as f:
-      meta = json.load(f)
+    meta = _meta(meta_path)
     models.append({k: meta[k] for k in ("arch", "params", "val_accuracy", "test_accuracy",
                                         "diverged")}
                   | {"flops": budget_lib.cost(rec.arch, dataset.test_images.shape[1:])[1],

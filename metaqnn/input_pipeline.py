@@ -499,6 +499,10 @@ def _npz(path: str) -> _Arrays:
     with z:
       arrays = {k: z[k] for k in z.files}
   except (OSError, ValueError, zipfile.BadZipFile) as e:
+    if "allow_pickle" in str(e):  # never unpickled: loading a pickle can run code
+      raise DatasetError(f"{label} holds object arrays (pickled Python objects), which are "
+                         "not read; save numeric arrays (uint8 images, integer labels).") \
+          from None
     raise DatasetError(f"{label} is not a readable .npz file ({type(e).__name__}).") from None
   missing = [k for k in ("x_train", "y_train") if k not in arrays]
   if (missing or (("x_test" in arrays) != ("y_test" in arrays))
@@ -512,9 +516,9 @@ def _npz(path: str) -> _Arrays:
       raise DatasetError(f"{label}: {key} is {x.dtype}; images must be uint8 (0..255).")
     if x.ndim == 3:
       x = x[..., None]
-    if x.ndim != 4:
+    if x.ndim != 4 or 0 in x.shape[1:]:
       raise DatasetError(f"{label}: {key} has shape {x.shape}; expected [N, H, W, C] or "
-                         "[N, H, W] (grey).")
+                         "[N, H, W] (grey), with H, W and C at least 1.")
     return x
   def labels(key, n):
     y = arrays[key]
@@ -638,6 +642,8 @@ def _read_folder(label: str, root: str, classes: list[str], ds, required: bool =
                    and os.path.isfile(os.path.join(folder, f))) if os.path.isdir(folder) else []
     if not files and required:
       raise DatasetError(_no_images(label, folder))
+    if files:
+      _check_not_nested(label, folder)
     for f in files:
       file = os.path.join(folder, f)
       arr = read_image(file, {1: "L", 3: "RGB"}.get(channels), label)
@@ -669,9 +675,14 @@ def read_image(file: str, mode: str | None, label: str) -> np.ndarray:
   try:
     with Image.open(file) as im:
       im = eight_bit(im, f"{label}: {file}")
+      if im.mode == "P" and "transparency" in im.info:  # through RGBA, as PIL asks
+        im = im.convert("RGBA")
       # Grey with alpha (LA) is grey too: the alpha is dropped, as RGBA's.
       mode = mode or ("L" if im.mode in ("1", "L", "LA", "La") else "RGB")
       arr = np.asarray(im.convert(mode), np.uint8)
+  except Image.DecompressionBombError:  # PIL refuses images of over 2 x MAX_IMAGE_PIXELS
+    raise DatasetError(f"{label}: the image {file} has more pixels than PIL reads safely "
+                       f"({2 * Image.MAX_IMAGE_PIXELS:,}); shrink it or leave it out.") from None
   except (OSError, UnidentifiedImageError, ValueError) as e:
     raise DatasetError(f"{label}: cannot read the image {file} ({type(e).__name__}).") \
         from None
@@ -705,6 +716,18 @@ def eight_bit(im, where: str):
   else:
     return im
   return Image.fromarray(np.rint(x).astype(np.uint8))
+
+
+def _check_not_nested(label: str, folder: str) -> None:
+  """Refuses a class folder that holds images in subfolders too: they would be left out
+  of training without a word (and `predict` on the folder would read them)."""
+  for root, dirs, names in os.walk(folder, followlinks=True):
+    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    if root != folder and any(not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
+                              for f in names):
+      raise DatasetError(f"{label}: class folder {folder} also holds images in its subfolder "
+                         f"{os.path.relpath(root, folder)}, which are not read; move them "
+                         "into the class folder itself, or out of the data.")
 
 
 def _no_images(label: str, folder: str) -> str:

@@ -61,8 +61,7 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
              "init_checkpoint": init_checkpoint}
   meta_path = os.path.join(workdir, "meta.json")
   if os.path.exists(meta_path):
-    with open(meta_path) as f:
-      meta = json.load(f)
+    meta = files.read_json(meta_path, f"move {workdir} aside, or use a new --workdir")
     recorded = {k: meta.get(k) for k in request} | {
         "source_arch": _normal(meta.get("source_arch"))}
     differs = [k for k in request if recorded[k] not in (request[k], typed.get(k, ""))]

@@ -119,8 +119,12 @@ def test_npz_with_a_test_split_and_colour(tmp_path):
     (dict(x_train=np.zeros((60, 8, 8, 2), np.uint8)), dict(resize=True, image_size=6),
      "have 2 channels; resizing"),
     ({}, dict(image_size=-4), "image_size=-4 must be >= 0"),
+    (dict(x_train=np.zeros((60, 0, 0), np.uint8)), {}, "with H, W and C at least 1"),
+    (dict(x_train=np.zeros((60, 8, 8, 0), np.uint8)), {}, "with H, W and C at least 1"),
+    (dict(y_train=np.array([0, 1, 2] * 20, object)), {}, "holds object arrays"),
 ], ids=["negative", "above_k", "gap", "single", "float", "non_square", "length", "side",
-        "channels", "chw", "chw_resize", "resize_2_channels", "negative_side"])
+        "channels", "chw", "chw_resize", "resize_2_channels", "negative_side", "no_pixels",
+        "no_channels", "object_labels"])
 def test_npz_bad_data_is_one_line(tmp_path, override, dataset, match):
   c = _config("npz:" + _npz(tmp_path / "d.npz", **override), **dataset)
   with pytest.raises(ip.DatasetError, match=match) as e:
@@ -351,6 +355,20 @@ def test_folder_images_read_as_32_bit_integers(tmp_path):
     ip.load(_config(f"folder:{root}"))
 
 
+def test_palette_images_with_transparency_are_read_without_a_warning(tmp_path):
+  import warnings
+  from PIL import Image
+  root = _folder(tmp_path / "imgs", mode="P")
+  for c in range(3):
+    file = os.path.join(root, f"class_{c}", "0.png")
+    Image.open(file).save(file, transparency=bytes([0] * 255 + [255]))  # bytes: PIL warns
+    assert isinstance(Image.open(file).info["transparency"], bytes)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    data = ip.load(_config(f"folder:{root}"))
+  assert data.train_images.shape[-1] == 3
+
+
 def test_folder_grey_with_alpha_is_grey(tmp_path):
   """LA PNGs (grey + alpha) give one channel, like grey ones, and mix with them; they
   gave 3, and a folder of both was refused for mixed channels."""
@@ -393,8 +411,10 @@ def test_folder_layout_mistakes_are_named(tmp_path):
 @pytest.mark.parametrize("case,match", [
     ("missing", "no such directory"), ("file", "is a file, not a folder"),
     ("one_class", "at least two"), ("empty_class", "holds no images"),
-    ("broken", "cannot read the image"), ("two_channels", "grey \\(1\\) or RGB \\(3\\)")])
-def test_folder_errors(tmp_path, case, match):
+    ("broken", "cannot read the image"), ("two_channels", "grey \\(1\\) or RGB \\(3\\)"),
+    ("nested", "class_1 also holds images in its subfolder more/deeper, which are not read"),
+    ("huge", "has more pixels than PIL reads safely")])
+def test_folder_errors(tmp_path, case, match, monkeypatch):
   root = tmp_path / "imgs"
   if case == "file":
     root.write_bytes(b"not a folder")
@@ -404,6 +424,12 @@ def test_folder_errors(tmp_path, case, match):
     os.makedirs(root / "class_9")
   if case == "broken":
     (root / "class_0" / "x.png").write_bytes(b"no png")
+  if case == "nested":  # would be left out of training without a word
+    os.makedirs(root / "class_1" / "more" / "deeper")
+    os.rename(root / "class_1" / "0.png", root / "class_1" / "more" / "deeper" / "0.png")
+  if case == "huge":  # a decompression bomb to PIL: 8x8 images over a limit of 2 x 20 pixels
+    from PIL import Image
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)
   config = _config(f"folder:{root}")
   if case == "two_channels":
     config.dataset.channels = 2

@@ -16,6 +16,7 @@ from metaqnn import models
 from metaqnn import search
 from metaqnn import transfer
 from metaqnn.architecture import parse
+from metaqnn.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -84,6 +85,24 @@ def test_resume_trains_only_unfinished_models(finished, capsys):
   assert os.path.getmtime(metas[0]) == stamps[0] and os.path.getmtime(metas[2]) == stamps[2]
   assert os.path.exists(metas[1])
   assert [m["arch"] for m in again["models"]] == [m["arch"] for m in results["models"]]
+
+
+def test_a_damaged_meta_json_is_one_line(finished):
+  """A final model's meta.json edited by hand or half-written by another tool: one line
+  that says what to move aside, and nothing overwritten."""
+  workdir, results = finished
+  meta = os.path.join(os.path.dirname(results["models"][1]["checkpoint"]), "meta.json")
+  kept = open(meta).read()
+  try:
+    with open(meta, "w") as f:
+      f.write(kept[:40])
+    with pytest.raises(UserError, match=f"{meta} is damaged .*; move {os.path.dirname(meta)} "
+                       "aside and run again") as e:
+      finalize.finalize(workdir, top=3, ensemble=2)
+    assert "\n" not in str(e.value) and open(meta).read() == kept[:40]
+  finally:
+    with open(meta, "w") as f:
+      f.write(kept)
 
 
 def test_final_models_of_other_settings_are_not_passed_off_as_these(finished, capsys):

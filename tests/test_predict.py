@@ -165,6 +165,7 @@ def test_classes_by_name_or_by_index(folder_model, tmp_path):
     (["--model={model}", "--images={two}"], "holds a, b; put the images under x"),
     (["--model={model}", "--images={none}"], "N >= 1"),
     (["--model={search}", "--images={data}"], "is a search's work directory"),
+    (["--model={damaged}", "--images={data}"], "damaged/meta.json is damaged (JSONDecodeError"),
 ])
 def test_bad_input_is_one_line(folder_model, tmp_path, args, says):
   meta, test_folder, _ = folder_model
@@ -173,11 +174,13 @@ def test_bad_input_is_one_line(folder_model, tmp_path, args, says):
   np.savez(tmp_path / "two.npz", a=np.zeros(2), b=np.zeros(2))
   np.savez(tmp_path / "none.npz", x=np.zeros((0, 8, 8, 1), np.uint8))
   (tmp_path / "empty").mkdir()
+  (tmp_path / "damaged" / "checkpoint").mkdir(parents=True)
+  (tmp_path / "damaged" / "meta.json").write_text("{bad")
   model = os.path.dirname(meta["checkpoint"])
   fill = dict(model=model, data=test_folder, rgb=tmp_path / "rgb.npz",
               empty=tmp_path / "empty", nothing=tmp_path / "nothing.npz",
               two=tmp_path / "two.npz", none=tmp_path / "none.npz",
-              search=os.path.dirname(os.path.dirname(model)))
+              search=os.path.dirname(os.path.dirname(model)), damaged=tmp_path / "damaged")
   out = _run(*[a.format(**fill) for a in args])
   assert out.returncode == 2 and out.stdout == "", out.stdout
   assert len(out.stderr.splitlines()) == 1 and says in out.stderr, out.stderr
