@@ -1,12 +1,23 @@
-"""Progress a person can follow: one line per model (throttled), and TensorBoard scalars."""
+"""Progress a person can follow: one line per model (throttled), and TensorBoard scalars.
+
+TensorBoard's scalars are derived from the record, and rebuilt from it when they may lack
+some: a run that ended cleanly leaves `tensorboard/complete.json` (how many records its
+scalars hold); a resume that finds it missing (a kill -9, a crash, a search from before
+it was kept) or behind the record writes them all again, in record order, in place of
+the old event files. So a resumed search's TensorBoard is the uninterrupted one's.
+"""
 
 from __future__ import annotations
 
 import collections
+import glob
+import json
+import os
 import sys
 import time
-from typing import Callable, Optional, TextIO
+from typing import Callable, Optional, Sequence, TextIO
 
+from metaqnn import files
 from metaqnn import signals
 from metaqnn.agent import Schedule
 from metaqnn.store import ModelRecord
@@ -23,23 +34,48 @@ class Progress:
   """Prints `[eps 0.8, stage 3/10: 12/100 models | unique 1612/2700 | sample N] acc ...`
   lines and logs scalars."""
 
-  def __init__(self, schedule: Schedule, *, best: float = 0.0, log_interval: float = 1.0,
+  def __init__(self, schedule: Schedule, *,
+               history: Sequence[tuple[ModelRecord, int]] = (), log_interval: float = 1.0,
                tensorboard_dir: Optional[str] = None, out: Optional[TextIO] = None):
+    """`history`: the record so far, in order, each with the unique models after it."""
     # sys.stdout as it is now (a notebook or a test may have redirected it)
-    self.schedule, self.best, self.out = schedule, best, out or sys.stdout
+    self.schedule, self.best, self.out = schedule, 0.0, out or sys.stdout
     self.log_interval = log_interval
     self.start = time.perf_counter()
     self.trained_here = 0
     self.last_log = -float("inf")
     self.recent = collections.deque(maxlen=50)
-    self.writer = None
+    self.writer, self.tensorboard_dir, self.written = None, tensorboard_dir, len(history)
+    rebuild = False
     if tensorboard_dir:
       from tensorboardX import SummaryWriter  # no TensorFlow needed
-      self.writer = SummaryWriter(tensorboard_dir, flush_secs=30)
+      rebuild = _complete(tensorboard_dir) != len(history)
+      _mark(tensorboard_dir, None)  # incomplete from now on, until a clean close
+      if rebuild:  # (derived data: the record holds all of it)
+        for old in glob.glob(os.path.join(tensorboard_dir, "events.out.tfevents.*")):
+          os.remove(old)
+      # tensorboardX names its file by the second: a suffix keeps two runs of one second
+      # (a resume from a notebook) from writing over each other's file
+      self.writer = SummaryWriter(tensorboard_dir, flush_secs=30,
+                                  filename_suffix=f".{time.time_ns()}")
+      if rebuild and history:
+        self.out.write(f"rebuilding TensorBoard's scalars of the {len(history)} samples so "
+                       "far from the record (the last run did not close them)\n")
+        self.out.flush()
+    for rec, unique_models in history:  # the running best and mean, as the first run had
+      self._follow(rec)
+      if rebuild:
+        self._scalars(rec, unique_models)
+    if rebuild:
+      self.writer.flush()
 
-  def update(self, rec: ModelRecord, unique_models: int) -> None:
+  def _follow(self, rec: ModelRecord) -> None:
     self.best = max(self.best, rec.accuracy)
     self.recent.append(rec.accuracy)
+
+  def update(self, rec: ModelRecord, unique_models: int) -> None:
+    self._follow(rec)
+    self.written += 1
     if not rec.resampled:
       self.trained_here += 1
     now = time.perf_counter()
@@ -101,6 +137,30 @@ class Progress:
     if self.writer:
       with signals.deferred(second_stops=True):
         self.writer.close()
+        if self.tensorboard_dir:
+          _mark(self.tensorboard_dir, self.written)
+
+
+_COMPLETE = "complete.json"
+
+
+def _complete(tensorboard_dir: str) -> Optional[int]:
+  """How many records the scalars in `tensorboard_dir` hold, if a run closed them cleanly."""
+  try:
+    with open(os.path.join(tensorboard_dir, _COMPLETE)) as f:
+      return int(json.load(f)["records"])
+  except (OSError, ValueError, KeyError, TypeError):  # missing or damaged: rebuilt
+    return None
+
+
+def _mark(tensorboard_dir: str, records: Optional[int]) -> None:
+  """Says that the scalars hold `records` records (None: unknown, a run is writing)."""
+  path = os.path.join(tensorboard_dir, _COMPLETE)
+  if records is None:
+    if os.path.exists(path):
+      os.remove(path)
+  else:
+    files.write_json(path, {"records": records})
 
 
 def epoch_lines(say: Callable[[str], None], prefix: str, epochs: int,

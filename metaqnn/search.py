@@ -590,9 +590,12 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
         rule.observe(rec)
     if log_interval is None:
       log_interval = 0.0 if kind == "train" else 1.0
-    best = max((r.accuracy for r in store.models()), default=0.0)
+    history, unique = [], 0
+    for rec in store.models():
+      unique += _counts(rec)
+      history.append((rec, unique))
     prog = progress_lib.Progress(
-        schedule, best=best, log_interval=log_interval,
+        schedule, history=history, log_interval=log_interval,
         tensorboard_dir=os.path.join(workdir, "tensorboard") if tensorboard else None)
     loop = _Search(agent, store, schedule, executor, prog, agent_dir, replay_samples, rule,
                    int(config.search.get("max_crashes", 2)), budget,

@@ -86,6 +86,26 @@ def test_complete_run_and_inspect(tmp_path):
   assert again.finished and records(tmp_path / "w") == rows
 
 
+def scalars(workdir):
+  """TensorBoard's scalars of a search, {(tag, step): value}; a point written twice fails."""
+  import glob
+  import struct
+  from tensorboardX.proto import event_pb2
+  points = {}
+  for name in sorted(glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))):
+    data = open(name, "rb").read()
+    while len(data) >= 12:  # TFRecords: length, its CRC, the event, its CRC
+      (n,) = struct.unpack("<Q", data[:8])
+      if len(data) < 16 + n:
+        break  # cut short by a kill: TensorBoard drops it too
+      event = event_pb2.Event.FromString(data[12:12 + n])
+      data = data[16 + n:]
+      for v in event.summary.value:
+        assert (v.tag, event.step) not in points, (v.tag, event.step)
+        points[(v.tag, event.step)] = v.simple_value
+  return points
+
+
 def test_resume_after_stop_matches_uninterrupted_run(tmp_path):
   config = small_config()
   search.run_search(config, str(tmp_path / "ref"), log_interval=100)
@@ -95,6 +115,28 @@ def test_resume_after_stop_matches_uninterrupted_run(tmp_path):
     runs += 1
   assert runs > 5
   assert records(tmp_path / "w") == records(tmp_path / "ref")
+  # TensorBoard too: the running best and mean carry over a resume
+  assert scalars(tmp_path / "w") == scalars(tmp_path / "ref")
+  assert len(scalars(tmp_path / "ref")) == 5 * len(records(tmp_path / "ref"))
+
+
+def test_tensorboard_is_rebuilt_after_a_run_that_did_not_close_it(tmp_path, capsys):
+  """A kill -9 loses the scalars not yet flushed (every 30 s); the resume writes them all
+  again from the record, in place of what was there, not beside it."""
+  config = small_config("1.0:12,0.1:8")
+  search.run_search(config, str(tmp_path / "ref"), log_interval=100)
+  work = tmp_path / "w"
+  search.run_search(config, str(work), log_interval=100, max_models=9)
+  os.remove(work / "tensorboard" / "complete.json")  # as a kill leaves it
+  for name in os.listdir(work / "tensorboard"):  # and the last scalars lost
+    os.truncate(work / "tensorboard" / name, os.path.getsize(work / "tensorboard" / name) // 2)
+  capsys.readouterr()
+  search.run_search(config, str(work), log_interval=100, max_models=4)
+  assert "rebuilding TensorBoard's scalars of the " in capsys.readouterr().out
+  search.run_search(config, str(work), log_interval=100)  # closed cleanly: appended to
+  assert "rebuilding" not in capsys.readouterr().out
+  assert records(work) == records(tmp_path / "ref")
+  assert scalars(work) == scalars(tmp_path / "ref")
 
 
 def test_resume_without_agent_snapshot_replays_the_record(tmp_path):
@@ -144,6 +186,7 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path):
     check_record(records(work), len({r[1] for r in records(work) if not r[4]}))
   assert proc.returncode == 0 and kills >= 5
   assert records(work) == records(ref)
+  assert scalars(work) == scalars(ref)  # what each kill lost of TensorBoard, rebuilt
 
 
 def test_foreign_and_mismatched_workdirs_are_refused_untouched(tmp_path):
