@@ -123,12 +123,19 @@ class Budget:
       why.append(f"{flops:,} FLOPs > max_flops {self.max_flops:,}")
     return "; ".join(why) or None
 
+  def factor(self, params: int, flops: int) -> float:
+    """What the soft objective multiplies the accuracy by: (cost / target)^weight (1
+    without one)."""
+    if not self.objective:
+      return 1.0
+    cost = max(params if self.objective == "params" else flops, 1)
+    return float((cost / self.target) ** self.weight)
+
   def reward(self, accuracy: float, params: int, flops: int) -> float:
     """The soft objective's reward for a trained model (the accuracy without one)."""
     if not self.objective:
       return accuracy
-    cost = max(params if self.objective == "params" else flops, 1)
-    return float(min(1.0, accuracy * (cost / self.target) ** self.weight))
+    return float(min(1.0, accuracy * self.factor(params, flops)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ workshop). `config.early_stop.kind`:
   validation accuracies with their first and second differences. (It is fitted on the
   rise still to come over the best accuracy so far; see `Predictor`.) Its uncertainty is
   the spread of its cross-validated residuals (Gaussian). The candidate stops when the
-  probability that it beats the best model so far is below `delta`.
+  probability that it beats the best model so far is below `delta`. With the budget's
+  soft objective (`budget.objective`), "beats" is by reward: its accuracy must pass the
+  best reward divided by what its own cost multiplies an accuracy by.
 - "median": the median stopping rule, a baseline: stop after tau epochs if the best
   accuracy so far is below the median of the completed models' at the same epoch (every
   fully trained model so far, once there are `min_completed`).
@@ -157,9 +159,11 @@ class Rule:
     self.epochs = int(t.epochs)
     self.epoch = stop_epoch(self.epochs, float(e.tau))
     self.input_shape = budget.input_shape(config)
+    self.budget = budget.Budget.from_config(config)
     self._x: list[list[float]] = []
     self._seen: list[float] = []  # The best accuracy of the first tau epochs.
     self._y: list[float] = []
+    self._rewards: list[float] = []
     self._lock = threading.Lock()
     self._predictor: Optional[Predictor] = None
     self._fitted_on = 0
@@ -182,6 +186,7 @@ class Rule:
       self._x.append(self.features(record.arch, curve))
       self._seen.append(self.seen(curve))
       self._y.append(float(record.best_val_accuracy))
+      self._rewards.append(float(record.accuracy))
 
   def _fit_point(self, n: int) -> int:
     """How many of the first completed models the predictor is fitted on, with n known."""
@@ -211,7 +216,7 @@ class Rule:
     with self._lock:  # a snapshot: the fit below runs without holding the lock
       n = self._fit_point(len(self._y))
       xs, seen, ys = list(self._x[:n]), list(self._seen[:n]), list(self._y[:n])
-      best = max(self._y, default=0.0)
+      best = max(self._rewards, default=0.0)
       predictor = self._predictor if self._fitted_on == n else None
     if n == 0:
       return None
@@ -221,7 +226,10 @@ class Rule:
         if n > self._fitted_on:
           self._predictor, self._fitted_on = predictor, n
     x, now = np.array(self.features(arch, accuracies)), self.seen(accuracies)
-    if predictor.prob_above(x, now, best) >= self.delta:
+    # The accuracy it must pass to beat the best reward: with the soft objective, the
+    # best reward over what its cost multiplies an accuracy by (a cheap model needs less).
+    threshold = best / self.budget.factor(*budget.cost(arch, self.input_shape))
+    if predictor.prob_above(x, now, threshold) >= self.delta:
       return None
     return float(np.clip(predictor.predict(x, now)[0], 0.0, 1.0))
 
@@ -287,14 +295,15 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
       saved += rule.epochs - rule.epoch
     else:
       rule.observe(r)
-  # The oracle: a rule that knew every final accuracy, stopping at the same epoch exactly
+  # The oracle: a rule that knew every final reward, stopping at the same epoch exactly
   # the models that end below the best so far (none before min_completed). A rule that
-  # never stops a future leader stops a subset of these, so it saves no more.
+  # never stops a future leader stops a subset of these, so it saves no more. Rewards
+  # are the validation accuracies, or the soft objective's, by which the best is the best.
   oracle, best = 0, -1.0
   for i, r in enumerate(full):
-    oracle += i >= rule.min_completed and r.best_val_accuracy < best
-    best = max(best, r.best_val_accuracy)
-  ranked = sorted(full, key=lambda r: (-r.best_val_accuracy, r.iteration))
+    oracle += i >= rule.min_completed and r.accuracy < best
+    best = max(best, r.accuracy)
+  ranked = sorted(full, key=lambda r: (-r.accuracy, r.iteration))
   top10 = [r.iteration for r in ranked[:10]]
   return {"workdir": workdir, "kind": kind, "tau": float(config.early_stop.tau),
           "stop_epoch": rule.epoch, "epochs": rule.epochs,

@@ -192,6 +192,30 @@ def test_a_new_leader_is_not_stopped_and_a_laggard_is():
   assert flat(parse(archs[0]), [best + 1e-4] * flat.epoch) is None
 
 
+def test_with_the_soft_objective_the_rule_compares_rewards():
+  """Under budget.objective the best is the best reward: a cheap model below the best
+  accuracy can still beat it, and is not stopped; a costly one of the same accuracy is."""
+  from metaqnn import budget
+  c = config()
+  c.early_stop.update(kind="predictor", min_completed=24, refit_every=1)
+  c.budget.update(objective="params", target=5000.0, weight=-0.07)
+  rule, costs = early_stop.Rule(c), budget.Budget.from_config(c)
+  archs = ["[C(16,3,1), SM(10)]", "[C(32,3,1), P(2,2), SM(10)]", "[C(16,1,1), FC(32), SM(10)]"]
+  rewards = []
+  for i in range(24):  # flat curves: every prediction is what it has shown
+    arch, acc = archs[i % 3], 0.3 + 0.02 * i
+    rewards.append(costs.reward(acc, *budget.cost(arch, (8, 8, 1))))
+    rule.observe(store_lib.ModelRecord(
+        accuracy=rewards[-1], arch=arch, best_val_accuracy=acc, iteration=i, sample=i,
+        epsilon=1.0, stage=0, curves=[{"val_accuracy": [acc] * EPOCHS}]))
+  cheap, costly, acc = "[C(64,3,1), GAP(10), SM(10)]", archs[2], 0.70  # 1,290 / 33,162 params
+  assert costs.reward(acc, *budget.cost(cheap, (8, 8, 1))) > max(rewards)  # beats the best
+  assert costs.reward(acc, *budget.cost(costly, (8, 8, 1))) < max(rewards)
+  assert acc < 0.76  # the best accuracy so far (the last model)
+  assert rule(parse(cheap), [acc] * rule.epoch) is None
+  assert rule(parse(costly), [acc] * rule.epoch) is not None
+
+
 @pytest.mark.parametrize("field,value,match", [
     ("kind", "sometimes", "unknown early_stop.kind"), ("tau", 1.0, "tau"),
     ("delta", 0.0, "delta"), ("reward", "best", "early_stop.reward"),
