@@ -52,15 +52,16 @@ def main(argv: list[str]) -> None:
     if not os.path.exists(os.path.join(workdir, store.DB_FILE)):  # still loading the data
       cli.stop("interrupted before the search began. Run the same command to start it.")
     cli.stop("interrupted; the record is saved. Run the same command to resume.")
-  best = "-" if result.best_accuracy is None else f"{result.best_accuracy:.4f}"
+  best = ("no model trained successfully" if result.best_accuracy is None
+          else f"{result.best_accuracy:.4f} {result.best_arch}")
   if result.already_finished:
     print(f"this search was already finished: {result.unique_models} unique models, "
-          f"{result.iterations} iterations; best {best} {result.best_arch}. Nothing to "
+          f"{result.iterations} iterations; best {best}. Nothing to "
           "train; plots and final models that are missing are made now")
   else:
     status = "finished" if result.finished else "stopped"
     print(f"search {status}: {result.unique_models} unique models, {result.iterations} "
-          f"iterations (re-samples included); best {best} {result.best_arch}")
+          f"iterations (re-samples included); best {best}")
   final_stage = config.final.run_after_search and config.evaluator == "train"
   if result.finished and config.final.plots:
     from metaqnn import plots

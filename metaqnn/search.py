@@ -666,6 +666,11 @@ def check_config(config, schedule: agent_lib.Schedule, space) -> None:
   if schedule.total < 1:
     raise UserError(f"the schedule {config.search.schedule!r} asks for 0 models; give at "
                      "least one, e.g. 1.0:20")
+  e = config.get("early_stop")
+  if e is not None and e.kind != "none" and int(e.min_completed) >= schedule.total:
+    raise UserError(f"early_stop.min_completed={e.min_completed} waits for as many fully "
+                    f"trained models as the schedule's {schedule.total} unique models: the "
+                    "rule would never act; lower it (at least 5) or lengthen the schedule")
   n = space.count_architectures()
   if n < schedule.total:
     raise UserError(f"the search space holds {n} distinct architectures, but the schedule "

@@ -239,6 +239,17 @@ def test_tau_is_checked_against_the_epochs_only_when_a_rule_runs():
     early_stop.check_config(c)
 
 
+def test_a_rule_that_would_never_act_is_refused_before_anything_is_written(tmp_path):
+  c = config("1.0:12")
+  c.early_stop.update(kind="predictor", min_completed=12)
+  with pytest.raises(ValueError, match="min_completed=12 waits for as many fully trained "
+                     "models as the schedule's 12 unique models: the rule would never act"):
+    search.run_search(c, str(tmp_path / "w"), evaluate=curve_evaluate, tensorboard=False)
+  assert not os.path.exists(tmp_path / "w")
+  c.early_stop.kind = "none"  # no rule: nothing to wait for
+  search.run_search(c, str(tmp_path / "w"), evaluate=curve_evaluate, tensorboard=False)
+
+
 def test_inspect_ranks_fully_trained_models_only(tmp_path):
   """A stopped model's accuracy is a prediction: it is counted, not ranked."""
   from metaqnn import inspect as inspect_lib

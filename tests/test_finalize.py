@@ -65,6 +65,8 @@ def test_results_json_and_table(finished):
   assert results["test_examples"] > 300
   table = open(os.path.join(workdir, "final", "results.md")).read()
   assert "| rank | model architecture | params | FLOPs |" in table
+  # a dry run: the scores that ranked them are made up, and not shown as errors
+  assert results["evaluator"] == "synthetic" and "| synthetic score |" in table
   assert "Ensemble of the top 2" in table
   summary = inspect_lib.summarize(workdir)
   assert summary["final"]["ensemble"]["size"] == 2
@@ -138,6 +140,8 @@ def test_the_same_command_again_keeps_its_final_models(tmp_path, capsys):
     search.run_search(config, workdir, log_interval=1e9, tensorboard=False)
     results = finalize.finalize(workdir, top=1, ensemble=0)
   assert "nothing to train" in capsys.readouterr().out and len(results["models"]) == 1
+  assert results["evaluator"] == "train" and "| val. error (%) |" in finalize.results_table(
+      results)
 
 
 def test_one_model_at_a_time_gives_the_same_results(finished, tmp_path):

@@ -231,6 +231,11 @@ def test_a_search_says_it_starts_only_once_accepted(tmp_path, monkeypatch):
   bad.seed = -1
   with pytest.raises(UserError):
     search.run_search(bad, str(tmp_path / "v"), on_start=say)
+  for field in ("batch_size", "eval_batch_size"):  # the trainer's own check comes later
+    bad = small_config("1.0:5", dataset="digits")
+    bad.evaluator, bad.train[field] = "train", 0
+    with pytest.raises(UserError, match=f"config.train.{field}=0 must be >= 1"):
+      search.run_search(bad, str(tmp_path / "v"), on_start=say)
   foreign = tmp_path / "foreign"
   foreign.mkdir()
   (foreign / "notes.txt").write_text("mine")
