@@ -579,7 +579,11 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     store.set_meta("config", json.loads(config.to_json()))  # this run's settings
     agent_dir = os.path.join(workdir, AGENT_DIR)
     restore_agent(agent, store, agent_dir, replay_samples, set_aside=True)
+    tensorboard_dir = os.path.join(workdir, "tensorboard") if tensorboard else None
     if schedule.stage(store.unique_count()) is None and not store.pending():
+      if tensorboard_dir:  # a run killed as it ended may have left them short
+        progress_lib.Progress(schedule, history=_history(store),
+                              tensorboard_dir=tensorboard_dir).close()
       return dataclasses.replace(_result(workdir, store, finished=True),
                                  already_finished=True)
     if not new and on_start is not None:
@@ -590,13 +594,8 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
         rule.observe(rec)
     if log_interval is None:
       log_interval = 0.0 if kind == "train" else 1.0
-    history, unique = [], 0
-    for rec in store.models():
-      unique += _counts(rec)
-      history.append((rec, unique))
-    prog = progress_lib.Progress(
-        schedule, history=history, log_interval=log_interval,
-        tensorboard_dir=os.path.join(workdir, "tensorboard") if tensorboard else None)
+    prog = progress_lib.Progress(schedule, history=_history(store), log_interval=log_interval,
+                                 tensorboard_dir=tensorboard_dir)
     loop = _Search(agent, store, schedule, executor, prog, agent_dir, replay_samples, rule,
                    int(config.search.get("max_crashes", 2)), budget,
                    budget_lib.input_shape(config),
@@ -682,6 +681,15 @@ def check_config(config, schedule: agent_lib.Schedule, space) -> None:
                       ("ray.worker_timeout", config.ray.get("worker_timeout", 0.0))):
     if not float(value) >= 0:
       raise UserError(f"{name} must be >= 0 (0 = no limit), got {value}")
+
+
+def _history(store) -> list[tuple[ModelRecord, int]]:
+  """The record in order, each with the unique models counted after it (`Progress`)."""
+  history, unique = [], 0
+  for rec in store.models():
+    unique += _counts(rec)
+    history.append((rec, unique))
+  return history
 
 
 def _result(workdir, store, finished: bool) -> SearchResult:

@@ -137,6 +137,11 @@ def test_tensorboard_is_rebuilt_after_a_run_that_did_not_close_it(tmp_path, caps
   assert "rebuilding" not in capsys.readouterr().out
   assert records(work) == records(tmp_path / "ref")
   assert scalars(work) == scalars(tmp_path / "ref")
+  os.remove(work / "tensorboard" / "complete.json")  # killed as it closed them, at the end
+  assert search.run_search(config, str(work), log_interval=100).already_finished
+  assert "rebuilding" in capsys.readouterr().out and scalars(work) == scalars(tmp_path / "ref")
+  search.run_search(config, str(work), log_interval=100)
+  assert "rebuilding" not in capsys.readouterr().out
 
 
 def test_resume_without_agent_snapshot_replays_the_record(tmp_path):
