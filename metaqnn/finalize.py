@@ -52,6 +52,17 @@ def top_models(workdir: str, n: int) -> tuple[ml_collections.ConfigDict, list]:
   return config, records[:n]
 
 
+def _progress(workdir: str, config) -> tuple[int, int]:
+  """(unique models done, the schedule's total) of the search in `workdir`."""
+  from metaqnn.agent import Schedule
+  store = store_lib.open_existing(workdir)
+  try:
+    done = store.unique_count()
+  finally:
+    store.close()
+  return done, Schedule.parse(config.search.schedule).total
+
+
 def within_budget(config, record) -> bool:
   """Whether a model is within the search's hard budget (the final stage respects it)."""
   from metaqnn import budget
@@ -191,7 +202,15 @@ def _load_checked(workdir: str, config):
 def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = None,
              config_overrides: Optional[dict] = None, data_checked: bool = False) -> dict:
   """Runs (or resumes) the final stage of a finished search; returns results.json's
-  content. `data_checked`: the caller (the search just run) has checked the data."""
+  content. `data_checked`: the caller (the search just run) has checked the data.
+  Holds the work directory's lock: never beside its search or another final stage."""
+  store_lib.open_existing(workdir).close()  # a work directory that holds a search
+  with store_lib.locked(workdir):
+    return _finalize(os.path.abspath(workdir), top, ensemble, config_overrides, data_checked)
+
+
+def _finalize(workdir: str, top: Optional[int], ensemble: Optional[int],
+              config_overrides: Optional[dict], data_checked: bool) -> dict:
   from metaqnn import checkpoints, input_pipeline, train  # JAX only when needed
   config, _ = top_models(workdir, 0)
   if config_overrides:
@@ -209,6 +228,9 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
   epochs = f"{n} epoch{'s' * (n != 1)}"
   models = (f"the top model of {workdir}, {epochs}" if len(best) == 1
             else f"the top {len(best)} models of {workdir}, {epochs} each")
+  done, total = _progress(workdir, config)
+  if done < total:  # a search stopped before its end: what it has ranked so far
+    models += f" (its search is not finished: {done} of {total} unique models)"
   print(f"final stage: {models}; loading the data...", flush=True)
   dataset = (input_pipeline.load(config, final=True) if data_checked
              else _load_checked(workdir, config))

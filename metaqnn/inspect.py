@@ -29,6 +29,7 @@ def summarize(workdir: str, top: int = 10) -> dict:
     records = list(store.models())
     attempts = store.attempts()
     pending = {p.arch for p in store.pending()}
+    running = store_lib.holder(workdir)  # a search (or final stage) running now
     greedy = _greedy(workdir, store, records) if "config" in meta else None
   finally:
     store.close()
@@ -58,7 +59,9 @@ def summarize(workdir: str, top: int = 10) -> dict:
       final = json.load(f)
   return {
       "workdir": workdir,
-      "crashes": _crashes(records, attempts, pending),
+      # {"pid", "since"} of the process running in it now, or None
+      "running": running,
+      "crashes": _crashes(records, attempts, pending, running and running["since"]),
       "final": final,
       "dataset": config.get("dataset", {}).get("name"),
       "unique_models": len(unique),
@@ -112,13 +115,17 @@ def _greedy(workdir: str, store, records) -> dict:
           "status": None if rec is None else rec.status}
 
 
-def _crashes(records, attempts: list[dict], pending: set) -> list[dict]:
+def _crashes(records, attempts: list[dict], pending: set,
+             running_since: Optional[float] = None) -> list[dict]:
   """Models whose evaluation crashed (recorded as crashed or lost, or still pending after
   a crash), each with its attempts: when each started and how it ended ("died": the
-  process died during it, a crash or a kill -9)."""
+  process died during it, a crash or a kill -9; "running": the search running now, since
+  `running_since`, has it in flight)."""
   by_arch: dict[str, list[dict]] = collections.defaultdict(list)
   for a in attempts:
-    by_arch[a["arch"]].append({"started": a["started"], "ended": a["ended"] or "died"})
+    live = running_since is not None and a["started"] >= running_since
+    by_arch[a["arch"]].append({"started": a["started"],
+                               "ended": a["ended"] or ("running" if live else "died")})
   out = [{"arch": r.arch, "status": r.status, "iteration": r.iteration,
           "message": r.message, "attempts": by_arch.get(r.arch, [])}
          for r in records if not r.resampled and r.status in ("crashed", "lost")]
@@ -153,6 +160,9 @@ def _early_stop(config: dict) -> Optional[dict]:
 def render(s: dict) -> str:
   """The readable form of `summarize`'s result."""
   lines = [f"work directory: {s['workdir']}   data set: {s['dataset']}"]
+  if s.get("running"):
+    lines.append(f"running now: process {s['running']['pid']} (a search or its final "
+                 "stage); what follows is the record so far")
   sched = s["schedule"]
   if sched:
     state = "finished" if sched["finished"] else f"stage {sched['stage']}/{sched['stages']}"

@@ -375,8 +375,7 @@ class Store:
     if db is not None:
       db.close()
     if getattr(self, "_lock", None) is not None:
-      os.remove(self._lock.name)  # still ours: removed before the flock is released
-      self._lock.close()
+      _unlock(self._lock)
       self._lock = None
 
 
@@ -396,15 +395,53 @@ def _lock(workdir: str):
       fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
       f.close()
-      raise WorkdirError(f"another metaqnn process is running a search in {workdir}; "
-                         "wait for it to stop (or stop it) first") from None
+      raise WorkdirError(f"another metaqnn process is running a search or its final stage "
+                         f"in {workdir}; wait for it to stop (or stop it) first") from None
     try:
       if os.fstat(f.fileno()).st_ino == os.stat(path).st_ino:
+        os.ftruncate(f.fileno(), 0)  # who holds it, and since when: for `holder`
+        f.write(f"{os.getpid()} {time.time()!r}\n")
+        f.flush()
         return f
     except FileNotFoundError:
       pass
     f.close()
   raise WorkdirError(f"cannot lock {workdir}: its lock file keeps changing")
+
+
+def _unlock(f) -> None:
+  os.remove(f.name)  # still ours: removed before the flock is released
+  f.close()
+
+
+@contextlib.contextmanager
+def locked(workdir: str) -> Iterator[None]:
+  """Holds `workdir`'s lock, as a search does: for the final stage, which must not run
+  beside the search or another final stage (both would train the same models)."""
+  f = _lock(workdir)
+  try:
+    yield
+  finally:
+    _unlock(f)
+
+
+def holder(workdir: str) -> Optional[dict]:
+  """The live process that holds `workdir`'s lock (a search or its final stage running
+  now): {"pid", "since"}; None if none. Read from the lock file, never locked: a look
+  must not make a search that is starting refuse."""
+  try:
+    with open(os.path.join(workdir, LOCK_FILE)) as f:
+      pid, since = f.read().split()
+    pid, since = int(pid), float(since)
+  except (OSError, ValueError):  # no lock file (a clean stop removes it), or an old one
+    return None
+  try:
+    os.kill(pid, 0)  # a kill -9 leaves the file behind: is its process alive?
+  except ProcessLookupError:
+    return None
+  except PermissionError:  # alive, another user's
+    pass
+  return {"pid": pid, "since": since}
 
 
 def _comparable(fp: dict) -> dict:

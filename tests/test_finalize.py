@@ -1,5 +1,6 @@
 """The final stage, transfer, and checkpoint inspection on digits (tiny settings)."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -87,6 +88,37 @@ def test_resume_trains_only_unfinished_models(finished, capsys):
   assert os.path.getmtime(metas[0]) == stamps[0] and os.path.getmtime(metas[2]) == stamps[2]
   assert os.path.exists(metas[1])
   assert [m["arch"] for m in again["models"]] == [m["arch"] for m in results["models"]]
+
+
+def test_the_final_stage_never_runs_beside_its_search_or_another(finished):
+  """Both would train the same models: it holds the search's lock, and is refused while
+  another process (here: this one, through another open file) holds it."""
+  from metaqnn import store as store_lib
+  workdir, _ = finished
+  for hold in (lambda: store_lib.locked(workdir),
+               lambda: contextlib.closing(store_lib.Store(
+                   workdir, json.loads(store_lib.open_existing(workdir).meta()["fingerprint"])))):
+    with hold():
+      assert store_lib.holder(workdir)["pid"] == os.getpid()
+      with pytest.raises(store_lib.WorkdirError, match="another metaqnn process is running "
+                         "a search or its final stage in "):
+        finalize.finalize(workdir)
+    assert store_lib.holder(workdir) is None  # released, its file removed
+  (open(os.path.join(workdir, store_lib.LOCK_FILE), "w")
+   .write("999999999 1.0\n"))  # left by a kill -9: no such process
+  assert store_lib.holder(workdir) is None
+  os.remove(os.path.join(workdir, store_lib.LOCK_FILE))
+
+
+def test_an_unfinished_search_is_said_so_and_paths_are_absolute(tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+  search.run_search(digits_config(), "w", log_interval=1e9, tensorboard=False, max_models=5)
+  results = finalize.finalize("w", top=1, ensemble=0)
+  done = inspect_lib.summarize("w")["unique_models"]
+  assert f"(its search is not finished: {done} of 12 unique models)" in capsys.readouterr().out
+  checkpoint = results["models"][0]["checkpoint"]
+  assert checkpoint == str(tmp_path / "w" / "final" / os.path.basename(
+      os.path.dirname(checkpoint)) / "checkpoint") and os.path.isdir(checkpoint)
 
 
 def test_a_damaged_meta_json_is_one_line(finished):

@@ -194,6 +194,31 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path):
   assert scalars(work) == scalars(ref)  # what each kill lost of TensorBoard, rebuilt
 
 
+@pytest.mark.slow
+def test_inspect_tells_a_running_search_from_one_that_died(tmp_path):
+  """What a running search has in flight is not a crash; after a kill -9 it is."""
+  script = tmp_path / "run.py"
+  script.write_text(KILL_SCRIPT.format(root=ROOT).replace("time.sleep(0.02)", "time.sleep(1.5)"))
+  work = str(tmp_path / "w")
+  proc = subprocess.Popen([sys.executable, str(script), work],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 60
+    while (not os.path.exists(work + "/metaqnn.db") or len(records(work)) < 2) and \
+        time.time() < deadline:
+      time.sleep(0.05)
+    live = inspect_lib.summarize(work)
+    assert live["running"]["pid"] == proc.pid and live["crashes"] == []
+    assert "running now: process" in inspect_lib.render(live)
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  dead = inspect_lib.summarize(work)
+  assert dead["running"] is None
+  assert [c["status"] for c in dead["crashes"]] == ["pending"]
+  assert [a["ended"] for a in dead["crashes"][0]["attempts"]] == ["died"]
+
+
 def test_foreign_and_mismatched_workdirs_are_refused_untouched(tmp_path):
   work = tmp_path / "w"
   search.run_search(small_config(), str(work), log_interval=100, max_models=5)
