@@ -15,6 +15,7 @@ metadata present) are not trained again.
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import hashlib
 import itertools
 import json
@@ -149,6 +150,20 @@ def _meta(path: str) -> dict:
   """A final model's meta.json; a damaged one is a one-line error that says how to retrain."""
   return files.read_json(path, f"move {os.path.dirname(path)} aside and run again to "
                          "train that model anew")
+
+
+def check_kept_before(workdir: str, config) -> None:
+  """`_check_kept` for a search about to run with `config`, on the models it ranks top
+  now: a run that its final stage would refuse is refused before it stores its settings
+  (a resume that extends the search is checked again at its end, on its new top)."""
+  if not os.path.exists(os.path.join(workdir, store_lib.DB_FILE)):
+    return
+  stored, best = top_models(workdir, int(config.final.top))
+  given = copy.deepcopy(config)
+  for k in ("image_size", "channels", "num_classes"):  # 0: read from the data, which the
+    if not int(given.dataset.get(k, 0)):                # resume checks is unchanged
+      given.dataset[k] = stored.dataset.get(k, 0)
+  _check_kept(os.path.join(workdir, FINAL_DIR), best, given)
 
 
 def _check_kept(root: str, best, config) -> None:

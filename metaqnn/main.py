@@ -46,6 +46,10 @@ def main(argv: list[str]) -> None:
                         "--workdir=DIR [--config.x.y=value ...]")
   cli.handle_stops()  # SIGTERM stops as cleanly as Ctrl-C, the final stage included
   config, workdir = _CONFIG.value, _WORKDIR.value
+  final_stage = config.final.run_after_search and config.evaluator == "train"
+  if final_stage:  # before the run stores its settings: refused, it changes nothing
+    from metaqnn import finalize
+    finalize.check_kept_before(workdir, config)
   try:
     result = search.run_search(config, workdir, on_start=_announce(config, workdir))
   except KeyboardInterrupt:
@@ -62,7 +66,6 @@ def main(argv: list[str]) -> None:
     status = "finished" if result.finished else "stopped"
     print(f"search {status}: {result.unique_models} unique models, {result.iterations} "
           f"iterations (re-samples included); best {best}")
-  final_stage = config.final.run_after_search and config.evaluator == "train"
   if result.finished and config.final.plots:
     from metaqnn import plots
     try:

@@ -378,3 +378,27 @@ def test_a_sigterm_before_training_is_a_clean_stop(finished, tmp_path, command):
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 143, err
   assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted;")
+
+
+@pytest.mark.slow
+def test_a_run_its_final_stage_would_refuse_changes_nothing(tmp_path):
+  """The same search again with other final settings is refused before it stores them:
+  `finalize` without flags then still finds the settings its models were trained with."""
+  work = str(tmp_path / "w")
+  run = lambda *args: subprocess.run(
+      [sys.executable, *args], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+      capture_output=True, text=True, timeout=600)
+  tiny = ["--config.search.schedule=1.0:2", "--config.train.epochs=1", "--config.final.top=1",
+          "--config.final.ensemble=1", "--config.final.plots=False"]
+  first = run("-m", "metaqnn.main", "--config=configs/digits.py", f"--workdir={work}", *tiny,
+              "--config.final.epochs=1")
+  assert first.returncode == 0, first.stderr
+  stored = open(os.path.join(work, "metaqnn.db"), "rb").read()
+  again = run("-m", "metaqnn.main", "--config=configs/digits.py", f"--workdir={work}", *tiny,
+              "--config.final.epochs=2")
+  assert again.returncode == 2 and again.stdout == ""
+  assert "holds final models trained with other settings (differs in: final schedule" in \
+      again.stderr and len(again.stderr.splitlines()) == 1, again.stderr
+  assert open(os.path.join(work, "metaqnn.db"), "rb").read() == stored
+  final = run("-m", "metaqnn.finalize", f"--workdir={work}")
+  assert final.returncode == 0 and "nothing to train" in final.stdout, final.stderr
