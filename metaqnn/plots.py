@@ -69,11 +69,12 @@ def _what(config, records) -> str:
                              (r.status for r in records))
 
 
-def _reward_rule(config) -> dict:
-  """What a run's rewards are besides validation accuracies: its budget's shaping and its
-  early stopping's rule."""
+def _reward_rule(config, evaluator: str) -> dict:
+  """What a run's rewards are: its evaluator's ("train", "synthetic", or a user's
+  "function", as recorded), shaped by its budget and its early stopping's rule."""
   stop = config.get("early_stop") or {}
-  return {"budget": budget_lib.Budget.from_config(config).shaping(),
+  return {"evaluator": evaluator,
+          "budget": budget_lib.Budget.from_config(config).shaping(),
           "early_stop": ([stop.get("kind"), stop.get("reward")]
                          if stop.get("kind", "none") != "none" else None)}
 
@@ -342,13 +343,14 @@ def write_all(workdirs: Sequence[str], out: str | None = None) -> list[str]:
     if plot_curves(records, path, f"{name}: learning curves"):
       written.append(path)
   datasets = sorted({config.dataset.name for _, config, _, _ in loaded})
-  rewards = {json.dumps(_reward_rule(config), sort_keys=True) for _, config, _, _ in loaded}
+  rewards = {json.dumps(_reward_rule(config, store_lib.stored_fingerprint(w).get(
+      "evaluator", "train")), sort_keys=True) for w, config, _, _ in loaded}
   if len(datasets) > 1:  # accuracies on different data do not average into anything
     print(f"stability.png not written: the runs are on different data sets "
           f"({', '.join(datasets)})", file=sys.stderr)
   elif len(rewards) > 1:  # nor do rewards defined differently
     print("stability.png not written: the runs' rewards are defined differently (their "
-          "budgets or early stopping differ)", file=sys.stderr)
+          "evaluators, budgets or early stopping differ)", file=sys.stderr)
   elif len(runs) > 1:
     path = os.path.join(out, "stability.png")
     plot_stability(runs, path, _what(loaded[0][1], [r for _, recs in runs for r in recs]))

@@ -137,6 +137,15 @@ def test_no_stability_figure_across_rewards_defined_differently(tmp_path, capsys
   paths = plots.write_all([run(tmp_path, 0), shaped], str(tmp_path / "out"))
   assert not any(p.endswith("stability.png") for p in paths)
   assert "rewards are defined differently" in capsys.readouterr().err
+  # Made-up rewards (synthetic) and a user's do not average either.
+  config = config_lib.base_config("mnist")
+  config.search.schedule = "1.0:40,0.5:20,0.1:20"
+  user = str(tmp_path / "user")
+  search.run_search(config, user, log_interval=1e9, tensorboard=False,
+                    evaluate=lambda arch: 0.5 + 0.01 * len(arch.layers))
+  paths = plots.write_all([run(tmp_path, 0), user], str(tmp_path / "out2"))
+  assert not any(p.endswith("stability.png") for p in paths)
+  assert "rewards are defined differently" in capsys.readouterr().err
 
 
 def test_titles_name_your_data_by_its_file_not_its_recorded_path():
