@@ -296,8 +296,15 @@ def render_checkpoint(s: dict) -> str:
 def main(argv: list[str]) -> None:
   f = flags.FLAGS
   if len(argv) > 1 or bool(f.workdir) == bool(f.checkpoint):
-    raise cli.UserError("usage: python -m metaqnn.inspect (--workdir=DIR | "
+    raise cli.UserError("usage: python -m metaqnn.inspect (--workdir=DIR [--top=N] | "
                         "--checkpoint=PATH [--split=test]) [--json]")
+  if f.workdir and f.split:
+    raise cli.UserError("--split evaluates a final model: give it with --checkpoint=PATH, "
+                        "not --workdir")
+  if f.checkpoint and f["top"].present:
+    raise cli.UserError("--top lists a search's top models: give it with --workdir=DIR")
+  if f.top < 1:
+    raise cli.UserError(f"--top must be >= 1, got {f.top}")
   try:
     if f.checkpoint:
       summary = checkpoint_summary(f.checkpoint, f.split)

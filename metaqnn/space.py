@@ -82,6 +82,9 @@ def main(argv: list[str]) -> None:
   seed = _CONFIG.value.seed if _SEED.value is None else _SEED.value
   if int(seed) < 0:  # NumPy's generators take non-negative seeds only
     raise cli.UserError(f"seed must be >= 0, got {seed}")
+  if not 0 <= _EPSILON.value <= 1:  # (NaN fails too)
+    raise cli.UserError(f"--epsilon must be in [0, 1] (1: uniform random walks, 0: the "
+                        f"agent's greedy choice), got {_EPSILON.value}")
   if _UNIFORM.value:
     if flags.FLAGS["epsilon"].present:
       raise cli.UserError("--uniform draws from the whole space; it takes no --epsilon")

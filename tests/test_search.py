@@ -409,6 +409,12 @@ def test_main_and_inspect_commands(tmp_path):
                             f"--workdir={tmp_path / 'none'}"], cwd=ROOT, env=env,
                            capture_output=True, text=True)
   assert missing.returncode == 2 and "no metaqnn search" in missing.stderr
+  for args, says in ((["--top=-3"], "--top must be >= 1, got -3"),  # was a slice [:-3]
+                     (["--split=test"], "give it with --checkpoint=PATH, not --workdir")):
+    refused = subprocess.run([sys.executable, "-m", "metaqnn.inspect", f"--workdir={work}",
+                              *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stdout == "", refused.stdout
+    assert says in refused.stderr and len(refused.stderr.splitlines()) == 1, refused.stderr
 
 
 @pytest.mark.slow

@@ -287,6 +287,9 @@ def test_stats_and_sample_commands():
   assert len(drawn) == 50 and uniform.stdout != first.stdout
   for arch in drawn:
     check_legal(arch, space.cfg)
+  for eps in ("5", "-1", "nan"):
+    wrong = run("sample", "--config=configs/mnist.py", f"--epsilon={eps}")
+    assert wrong.returncode == 2 and "--epsilon must be in [0, 1]" in wrong.stderr
   both = run("sample", "--config=configs/mnist.py", "--uniform", "--epsilon=0.5")
   assert both.returncode != 0 and "Traceback" not in both.stderr and "--epsilon" in both.stderr
   for how in ([], ["--uniform"]):  # the config's seed, checked like --seed
