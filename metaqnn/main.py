@@ -57,15 +57,15 @@ def main(argv: list[str]) -> None:
       cli.stop("interrupted before the search began. Run the same command to start it.")
     cli.stop("interrupted; the record is saved. Run the same command to resume.")
   best = ("no model trained successfully" if result.best_accuracy is None
-          else f"{result.best_accuracy:.4f} {result.best_arch}")
+          else f"best {result.best_accuracy:.4f} {result.best_arch}")
   if result.already_finished:
     print(f"this search was already finished: {result.unique_models} unique models, "
-          f"{result.iterations} iterations; best {best}. Nothing to "
+          f"{result.iterations} iterations; {best}. Nothing to "
           "train; plots and final models that are missing are made now")
   else:
     status = "finished" if result.finished else "stopped"
     print(f"search {status}: {result.unique_models} unique models, {result.iterations} "
-          f"iterations (re-samples included); best {best}")
+          f"iterations (re-samples included); {best}")
   if result.finished and config.final.plots:
     from metaqnn import plots
     try:
@@ -75,7 +75,10 @@ def main(argv: list[str]) -> None:
       cli.stop("interrupted while drawing the plots; the search is finished and saved. Run "
                "the same command to draw them"
                + (" and run the final stage" if final_stage else ""))
-  if result.finished and final_stage:
+  if result.finished and final_stage and result.best_arch is None:
+    print("final stage skipped: no model of the search trained successfully (inspect lists "
+          "the failures)")
+  elif result.finished and final_stage:
     from metaqnn import finalize  # the final stage: top models retrained, tested, ensembled
     try:
       results = finalize.finalize(workdir, data_checked=True)  # by the search just run

@@ -1119,3 +1119,18 @@ def test_a_stop_between_two_finished_candidates_keeps_both(tmp_path, monkeypatch
                     tensorboard=False)
   trained = [r for r in records(tmp_path / "w") if not r[4]]
   assert len(calls) == len(trained) == 10  # nothing trained twice
+
+
+@pytest.mark.slow
+def test_a_search_where_no_model_trained_ends_without_an_error(tmp_path):
+  """Its final stage has nothing to retrain: skipped with a line, status 0 (a script's
+  `main && next` goes on), not an error."""
+  out = subprocess.run(
+      [sys.executable, "-m", "metaqnn.main", "--config=configs/digits.py",
+       f"--workdir={tmp_path / 'w'}", "--config.search.schedule=1.0:1",
+       "--config.train.epochs=1", "--config.train.learning_rate=1e9",
+       "--config.train.max_restarts=0", "--config.final.plots=False"],
+      cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
+  assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+  assert "iterations (re-samples included); no model trained successfully" in out.stdout
+  assert "final stage skipped: no model of the search trained successfully" in out.stdout
