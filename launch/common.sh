@@ -1,10 +1,16 @@
 # Shared by the launch scripts: the Python to use and a dry-run switch.
 # PYTHON defaults to the repository's .venv; DRY_RUN=1 prints commands instead of running them.
+# Commands run in the folder the script was started from (work directories and your own
+# config files are relative to it); the package is found through PYTHONPATH.
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PYTHON" ] || PYTHON=python3
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 run() {
-  if [ "${DRY_RUN:-0}" = 1 ]; then printf '%q ' "$@"; echo; else (cd "$ROOT" && "$@"); fi
+  if [ "${DRY_RUN:-0}" = 1 ]; then printf '%q ' "$@"; echo; else "$@"; fi
+}
+config_path() {  # a config file as given, else the repository's (configs/x.py from anywhere)
+  if [ ! -e "$1" ] && [ -e "$ROOT/$1" ]; then echo "$ROOT/$1"; else echo "$1"; fi
 }
 count() {  # $2 as a count >= 1, or one error line naming $1 and exit 2
   [[ "${2-}" =~ ^[1-9][0-9]*$ ]] || { echo "error: $1 must be a whole number >= 1, not '${2-}'" >&2; exit 2; }

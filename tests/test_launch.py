@@ -11,9 +11,10 @@ TINY = ["--config.evaluator=synthetic", "--config.search.schedule=1.0:6,0.1:4",
         "--config.search.replay_samples=5"]
 
 
-def launch(script, *args, dry=False):
-  env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=ROOT, DRY_RUN="1" if dry else "0")
-  return subprocess.run(["bash", os.path.join(ROOT, "launch", script), *args], cwd=ROOT,
+def launch(script, *args, dry=False, cwd=ROOT):
+  env = dict(os.environ, PYTHON=sys.executable, DRY_RUN="1" if dry else "0")
+  env.pop("PYTHONPATH", None)  # the scripts find the package themselves
+  return subprocess.run(["bash", os.path.join(ROOT, "launch", script), *args], cwd=cwd,
                         env=env, capture_output=True, text=True)
 
 
@@ -38,6 +39,21 @@ def test_one_machine_runs_a_search(tmp_path):
   out = launch("one_machine.sh", "configs/digits.py", str(tmp_path / "w"), "candidate", *TINY)
   assert out.returncode == 0, out.stderr
   assert "search finished: 10 unique models" in out.stdout
+
+
+@pytest.mark.slow
+def test_paths_are_those_of_the_folder_it_is_run_from(tmp_path):
+  """Work directories and your own config files are relative to where you are; the
+  repository's configs are found from anywhere."""
+  import shutil
+  shutil.copy(os.path.join(ROOT, "configs", "digits.py"), tmp_path / "mine.py")
+  out = launch("one_machine.sh", "mine.py", "w", "candidate", *TINY, cwd=tmp_path)
+  assert out.returncode == 0, out.stderr
+  assert (tmp_path / "w" / "metaqnn.db").exists() and not os.path.exists(
+      os.path.join(ROOT, "w"))
+  dry = launch("sweep_seeds.sh", "configs/mnist.py", "runs/x", "1", dry=True, cwd=tmp_path)
+  assert f"--config={ROOT}/configs/mnist.py" in dry.stdout and "--workdir=runs/x/seed0" in \
+      dry.stdout
 
 
 def test_dry_runs_show_the_commands(tmp_path):
