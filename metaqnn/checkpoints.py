@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from metaqnn import files
+from metaqnn.errors import UserError
 
 
 def save(path: str, params: Any) -> None:
@@ -17,15 +18,27 @@ def save(path: str, params: Any) -> None:
   ckptr.close()
 
 
+def checkpoint_dir(path: str) -> str:
+  """The checkpoint of a final model (or transfer run) given its folder or the
+  `checkpoint` folder in it, as users name either."""
+  inner = os.path.join(path, "checkpoint")
+  return inner if os.path.isdir(inner) else path
+
+
 def restore(path: str) -> Any:
-  """Restores a parameter tree (host NumPy arrays) saved by `save`."""
+  """Restores a parameter tree (host NumPy arrays) saved by `save` (at `path`, or in the
+  model folder `path`); one line of error for a missing or damaged one."""
   import orbax.checkpoint as ocp
-  path = os.path.abspath(path)
+  path = os.path.abspath(checkpoint_dir(path))
   if not os.path.isdir(path):
     raise FileNotFoundError(f"no checkpoint at {path}")
   ckptr = ocp.StandardCheckpointer()
   try:
     return ckptr.restore(path)
+  except (OSError, ValueError) as e:  # orbax / tensorstore: files missing or cut short
+    why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+    raise UserError(f"cannot read the checkpoint at {path} (damaged or incomplete: {why}); "
+                    "move the model's folder aside and train it again") from None
   finally:
     ckptr.close()
 

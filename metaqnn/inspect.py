@@ -244,8 +244,7 @@ def checkpoint_summary(path: str, split: Optional[str] = None) -> dict:
   the checkpoint or the final model's folder that holds it."""
   from metaqnn import checkpoints, models
   from metaqnn.architecture import parse
-  if os.path.isdir(os.path.join(path, "checkpoint")):  # the final model's folder itself
-    path = os.path.join(path, "checkpoint")
+  path = checkpoints.checkpoint_dir(path)  # or the final model's folder itself
   meta = checkpoints.metadata(path)
   params = checkpoints.restore(path)
   arch = parse(meta["arch"])

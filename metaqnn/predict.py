@@ -83,8 +83,7 @@ def load(path: str) -> FinalModel:
   from metaqnn import checkpoints
   from metaqnn.architecture import parse
   path = os.path.expanduser(path)
-  if os.path.isdir(os.path.join(path, "checkpoint")):
-    path = os.path.join(path, "checkpoint")
+  path = checkpoints.checkpoint_dir(path)
   if os.path.isfile(os.path.join(path, "metaqnn.db")):
     raise UserError(f"{path} is a search's work directory; give one of its final models, "
                     f"{os.path.join(path, 'final', '<hash>')}")

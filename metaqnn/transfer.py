@@ -56,7 +56,9 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
   typed = {"dataset": config.dataset.name, "init_checkpoint": init_checkpoint}
   config = copy.deepcopy(config)
   input_pipeline.absolute(config)
-  init_checkpoint = os.path.abspath(init_checkpoint) if init_checkpoint else None
+  # the model's folder or its checkpoint, as predict and inspect take them: recorded as one
+  init_checkpoint = (os.path.abspath(checkpoints.checkpoint_dir(init_checkpoint))
+                     if init_checkpoint else None)
   request = {"source_arch": str(arch_lib.parse(arch)), "dataset": config.dataset.name,
              "init_checkpoint": init_checkpoint}
   meta_path = os.path.join(workdir, "meta.json")
@@ -96,6 +98,7 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
     dataset = input_pipeline.load(config, final=True)
     # The data's own classes (configs/custom.py leaves num_classes to it).
     target = with_classes(arch_lib.parse(arch), dataset.num_classes)
+    models.layer_summary(target, dataset.test_images.shape[1:])  # fits these images?
     if init is not None:
       shapes = models.param_shapes(models.CNN(target), dataset.test_images.shape[1:])
       fit, total = train.pretrained_fit(shapes, init)
@@ -105,15 +108,15 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
                         "scratch without --init_checkpoint")
       print(f"fine-tuning: {fit} of {total} weight tensors start from the checkpoint, "
             "the others fresh", flush=True)
+    trainer = train.FinalTrainer(config, dataset)
+    start = time.perf_counter()
+    params, history = trainer.fit(target, init_params=init, on_epoch=progress.epoch_lines(
+        lambda line: print(line, flush=True), "transfer", n))
   except BaseException:
-    for folder in created:  # a refused run leaves nothing behind
+    for folder in created:  # a refused or stopped run leaves nothing behind
       if not os.listdir(folder):
         os.rmdir(folder)
     raise
-  trainer = train.FinalTrainer(config, dataset)
-  start = time.perf_counter()
-  params, history = trainer.fit(target, init_params=init, on_epoch=progress.epoch_lines(
-      lambda line: print(line, flush=True), "transfer", n))
   probs = trainer.predict(target, params, dataset.test_images)
   checkpoints.save(os.path.join(workdir, "checkpoint"), params)
   meta = dict(request, arch=str(target))

@@ -289,6 +289,33 @@ def test_transfer_into_a_path_it_cannot_use_fails_before_training(finished, tmp_
     transfer.transfer(digits_config(), "[FC(7), SM(10)]", str(tmp_path / "new" / "a" / "b"),
                       init_checkpoint=results["models"][0]["checkpoint"])
   assert not (tmp_path / "new").exists()
+  # An architecture too deep for these images; a stop while it trains: none is left.
+  with pytest.raises(ValueError, match="window 2x2 is larger than its 1x1 input"):
+    transfer.transfer(digits_config(), "[P(2,2), P(2,2), P(2,2), P(2,2), SM(10)]",
+                      str(tmp_path / "deep"))
+  monkeypatch.setattr(train.FinalTrainer, "fit", lambda *a, **k: (_ for _ in ()).throw(
+      KeyboardInterrupt()))
+  with pytest.raises(KeyboardInterrupt):
+    transfer.transfer(digits_config(), results["models"][0]["arch"], str(tmp_path / "stop"))
+  assert not (tmp_path / "deep").exists() and not (tmp_path / "stop").exists()
+
+
+def test_a_checkpoint_is_named_by_its_model_folder_too_and_a_damaged_one_is_one_line(
+    finished, tmp_path):
+  from metaqnn import checkpoints
+  _, results = finished
+  path = results["models"][0]["checkpoint"]
+  folder = os.path.dirname(path)
+  assert checkpoints.checkpoint_dir(folder) == path == checkpoints.checkpoint_dir(path)
+  copy = tmp_path / "m"
+  shutil.copytree(folder, copy)
+  for name in os.listdir(copy / "checkpoint"):  # its tensors lost
+    if os.path.isdir(copy / "checkpoint" / name):
+      shutil.rmtree(copy / "checkpoint" / name)
+  with pytest.raises(UserError, match=f"cannot read the checkpoint at {copy}/checkpoint "
+                     "\\(damaged or incomplete: .*\\); move the model's folder aside") as e:
+    checkpoints.restore(str(copy))
+  assert "\n" not in str(e.value)
 
 
 def test_an_interrupt_starts_no_more_final_models(finished, tmp_path, monkeypatch):
