@@ -251,6 +251,7 @@ def _finalize(workdir: str, top: Optional[int], ensemble: Optional[int],
              else _load_checked(workdir, config))
   os.makedirs(root, exist_ok=True)
   trainer = train.FinalTrainer(config, dataset)
+  data_digest = input_pipeline.digest(dataset)  # kept: a later evaluation checks its data
   todo = [(rank, rec) for rank, rec in enumerate(best, 1)
           if not os.path.exists(os.path.join(model_dir(root, rec.arch), "meta.json"))]
   lock = threading.Lock()  # one model's files written at a time
@@ -295,7 +296,7 @@ def _finalize(workdir: str, top: Optional[int], ensemble: Optional[int],
           "history": history, "seconds": time.perf_counter() - start,
           "dataset": config.dataset.name,
           "input_shape": list(dataset.test_images.shape[1:]),
-          **checkpoints.input_metadata(config, dataset),
+          **checkpoints.input_metadata(config, dataset), "data": data_digest,
           "config": json.loads(config.to_json())}, indent=1)  # written last: marks it done
     say(f"final {rank}/{len(best)}: test accuracy {accuracy:.4f} {rec.arch}")
 

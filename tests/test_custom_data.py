@@ -537,7 +537,17 @@ def test_the_final_stage_refuses_data_that_changed_since_the_search(tmp_path):
     finalize.finalize(str(tmp_path / "w"))
   assert not (tmp_path / "w" / "final").exists()
   np.savez(path, **arrays)  # restored: the final stage runs
-  assert len(finalize.finalize(str(tmp_path / "w"))["models"]) == 1
+  results = finalize.finalize(str(tmp_path / "w"))
+  assert len(results["models"]) == 1
+  # Its model evaluated later: on the data it was tested on, or not at all.
+  from metaqnn import inspect as inspect_lib
+  model = os.path.dirname(results["models"][0]["checkpoint"])
+  now = inspect_lib.checkpoint_summary(model, split="test")["evaluated"]["accuracy"]
+  assert now == pytest.approx(results["models"][0]["test_accuracy"])
+  np.savez(path, **dict(arrays, x_test=arrays["x_train"][:12], y_test=arrays["y_train"][:12]))
+  with pytest.raises(store_lib.WorkdirError, match="changed since this model was trained "
+                     "and tested on it"):
+    inspect_lib.checkpoint_summary(model, split="test")
 
 
 def test_transfer_onto_your_data_takes_its_classes(tmp_path, monkeypatch):
