@@ -9,5 +9,6 @@ source "$(dirname "$0")/common.sh"
 [ $# -ge 1 ] || usage
 out=$1; shift
 for name in ${DATASETS:-mnist svhn cifar10 cifar100}; do
+  check_workdir "$out/$name"
   run "$PYTHON" -m metaqnn.main --config="$ROOT/configs/$name.py" --workdir="$out/$name" "$@"
 done

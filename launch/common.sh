@@ -9,8 +9,14 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 run() {
   if [ "${DRY_RUN:-0}" = 1 ]; then printf '%q ' "$@"; echo; else "$@"; fi
 }
-config_path() {  # a config file as given, else the repository's (configs/x.py from anywhere)
-  if [ ! -e "$1" ] && [ -e "$ROOT/$1" ]; then echo "$ROOT/$1"; else echo "$1"; fi
+config_path() {  # a config file as given, else the repository's (configs/x.py from anywhere);
+  local file="${1%%:*}"  # (configs/custom.py:ARG passes ARG to its get_config)
+  if [ ! -e "$file" ] && [ -e "$ROOT/$file" ]; then echo "$ROOT/$1"; else echo "$1"; fi
+}
+check_workdir() {  # these scripts once ran in the repository: a search left there is named
+  if [[ "$1" != /* ]] && [ ! -e "$1" ] && [ -e "$ROOT/$1/metaqnn.db" ]; then
+    echo "note: $1 is new here ($PWD); $ROOT/$1 holds a search: give that path to resume it" >&2
+  fi
 }
 count() {  # $2 as a count >= 1, or one error line naming $1 and exit 2
   [[ "${2-}" =~ ^[1-9][0-9]*$ ]] || { echo "error: $1 must be a whole number >= 1, not '${2-}'" >&2; exit 2; }

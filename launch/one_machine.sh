@@ -12,6 +12,7 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 [ $# -ge 2 ] || usage
 config=$(config_path "$1"); workdir=$2; shift 2
+check_workdir "$workdir"
 mode=data
 if [ $# -gt 0 ] && [[ "$1" != --* ]]; then mode=$1; shift; fi
 case "$mode" in

@@ -23,6 +23,7 @@ case "${1:-}" in
           run "$RAY" start --address="$2" --disable-usage-stats ;;
   search) [ $# -ge 4 ] || usage
           config=$(config_path "$2"); workdir=$3; workers=$4; shift 4
+          check_workdir "$workdir"
           count WORKERS "$workers"
           run "$PYTHON" -m metaqnn.main --config="$config" --workdir="$workdir" \
             --config.executor=ray --config.ray.address=auto --config.num_workers="$workers" \

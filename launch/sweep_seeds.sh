@@ -9,6 +9,7 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 [ $# -ge 3 ] || usage
 config=$(config_path "$1"); out=$2; seeds=$3; shift 3
+check_workdir "$out/seed0"
 count SEEDS "$seeds"
 dirs=()
 for ((seed = 0; seed < seeds; seed++)); do

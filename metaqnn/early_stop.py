@@ -160,6 +160,9 @@ class Rule:
     self.epoch = stop_epoch(self.epochs, float(e.tau))
     self.input_shape = budget.input_shape(config)
     self.budget = budget.Budget.from_config(config)
+    # Beating the best means by reward (the soft objective's); False: by accuracy, as
+    # searches recorded before did (the search sets it from its record).
+    self.by_reward = True
     self._x: list[list[float]] = []
     self._seen: list[float] = []  # The best accuracy of the first tau epochs.
     self._y: list[float] = []
@@ -216,7 +219,7 @@ class Rule:
     with self._lock:  # a snapshot: the fit below runs without holding the lock
       n = self._fit_point(len(self._y))
       xs, seen, ys = list(self._x[:n]), list(self._seen[:n]), list(self._y[:n])
-      best = max(self._rewards, default=0.0)
+      best = max(self._rewards if self.by_reward else self._y, default=0.0)
       predictor = self._predictor if self._fitted_on == n else None
     if n == 0:
       return None
@@ -228,7 +231,8 @@ class Rule:
     x, now = np.array(self.features(arch, accuracies)), self.seen(accuracies)
     # The accuracy it must pass to beat the best reward: with the soft objective, the
     # best reward over what its cost multiplies an accuracy by (a cheap model needs less).
-    threshold = best / self.budget.factor(*budget.cost(arch, self.input_shape))
+    threshold = (best / self.budget.factor(*budget.cost(arch, self.input_shape))
+                 if self.by_reward else best)
     if predictor.prob_above(x, now, threshold) >= self.delta:
       return None
     return float(np.clip(predictor.predict(x, now)[0], 0.0, 1.0))

@@ -156,7 +156,7 @@ def check_kept_before(workdir: str, config) -> None:
   """`_check_kept` for a search about to run with `config`, on the models it ranks top
   now: a run that its final stage would refuse is refused before it stores its settings
   (a resume that extends the search is checked again at its end, on its new top)."""
-  if not os.path.exists(os.path.join(workdir, store_lib.DB_FILE)):
+  if "config" not in store_lib.stored_meta(workdir):  # new, or killed before it stored one
     return
   stored, best = top_models(workdir, int(config.final.top))
   given = copy.deepcopy(config)
@@ -326,8 +326,9 @@ def _finalize(workdir: str, top: Optional[int], ensemble: Optional[int],
            "test_accuracy": float(np.mean(avg.argmax(-1) == dataset.test_labels))}
   results = {"dataset": config.dataset.name, "models": models, "ensemble": ens,
              "test_examples": int(len(dataset.test_labels)),
-             # what ranked them: validation accuracies, or made-up scores (a dry run)
-             "evaluator": str(config.get("evaluator", "train"))}
+             # what ranked them: validation accuracies ("train"), made-up scores
+             # ("synthetic": a dry run) or a user's evaluate ("function"), as recorded
+             "evaluator": store_lib.stored_fingerprint(workdir).get("evaluator", "train")}
   files.write_json(os.path.join(root, "results.json"), results, indent=1)
   with open(os.path.join(root, "results.md"), "w") as f:
     f.write(results_table(results))
@@ -371,16 +372,16 @@ def _count(n: int) -> str:
 
 def results_table(results: dict) -> str:
   """A Markdown table in the spirit of the paper's Table 3 (test error, %)."""
-  synthetic = results.get("evaluator") == "synthetic"  # ranked by made-up scores
+  scored = {"synthetic": "synthetic score", "function": "search score"}.get(
+      results.get("evaluator"))  # ranked by scores that are no validation accuracies
   lines = [f"# Final models: {results['dataset']}", "",
            f"| rank | model architecture | params | FLOPs | "
-           f"{'synthetic score' if synthetic else 'val. error (%)'} | test error (%) |",
+           f"{scored or 'val. error (%)'} | test error (%) |",
            "|---|---|---|---|---|---|"]
   for m in results["models"]:
     test = "diverged" if m["diverged"] else f"{100 * (1 - m['test_accuracy']):.2f}"
     flops = "-" if m.get("flops") is None else _count(m["flops"])  # (older results: none)
-    val = (f"{m['val_accuracy']:.4f}" if synthetic
-           else f"{100 * (1 - m['val_accuracy']):.2f}")
+    val = f"{m['val_accuracy']:.4f}" if scored else f"{100 * (1 - m['val_accuracy']):.2f}"
     lines.append(f"| {m['rank']} | `{m['arch']}` | {_count(m['params'])} | {flops} | "
                  f"{val} | {test} |")
   e = results["ensemble"]

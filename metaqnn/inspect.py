@@ -262,12 +262,14 @@ def checkpoint_summary(path: str, split: Optional[str] = None) -> dict:
     import ml_collections
     from metaqnn import input_pipeline, train
     config = ml_collections.ConfigDict(meta["config"])
-    search_split, final = input_pipeline.load_both(config)
+    # "val" is the search's validation split (the final model also trained on it); a
+    # transfer run has none to carve, so the search split is made only when asked for.
+    search_split, final = (input_pipeline.load_both(config) if split == "val"
+                           else (None, input_pipeline.load(config, final=True)))
     if "data" in meta and input_pipeline.digest(final) != meta["data"]:  # (older: none)
       raise store_lib.WorkdirError(
           f"{config.dataset.name} changed since this model was trained and tested on it: "
           "its accuracy now would not be the model's on its data; restore the data")
-    # "val" is the search's validation split (the final model also trained on it).
     data = search_split if split == "val" else final
     images, labels = {"test": (data.test_images, data.test_labels),
                       "val": (data.val_images, data.val_labels),

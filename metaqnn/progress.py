@@ -49,7 +49,7 @@ class Progress:
     rebuild = False
     if tensorboard_dir:
       from tensorboardX import SummaryWriter  # no TensorFlow needed
-      rebuild = _complete(tensorboard_dir) != len(history)
+      rebuild = not complete(tensorboard_dir, len(history))
       _mark(tensorboard_dir, None)  # incomplete from now on, until a clean close
       if rebuild:  # (derived data: the record holds all of it)
         for old in glob.glob(os.path.join(tensorboard_dir, "events.out.tfevents.*")):
@@ -60,14 +60,19 @@ class Progress:
                                   filename_suffix=f".{time.time_ns()}")
       if rebuild and history:
         self.out.write(f"rebuilding TensorBoard's scalars of the {len(history)} samples so "
-                       "far from the record (the last run did not close them)\n")
+                       "far from the record (the last run did not close them, or kept none)\n")
         self.out.flush()
-    for rec, unique_models in history:  # the running best and mean, as the first run had
-      self._follow(rec)
+    try:
+      for rec, unique_models in history:  # the running best and mean, as the first run had
+        self._follow(rec)
+        if rebuild:
+          self._scalars(rec, unique_models)
       if rebuild:
-        self._scalars(rec, unique_models)
-    if rebuild:
-      self.writer.flush()
+        self.writer.flush()
+    except BaseException:  # a stop in a long rebuild: no writer left open (a notebook)
+      if self.writer:
+        self.writer.close()
+      raise
 
   def _follow(self, rec: ModelRecord) -> None:
     self.best = max(self.best, rec.accuracy)
@@ -75,7 +80,6 @@ class Progress:
 
   def update(self, rec: ModelRecord, unique_models: int) -> None:
     self._follow(rec)
-    self.written += 1
     if not rec.resampled:
       self.trained_here += 1
     now = time.perf_counter()
@@ -86,6 +90,7 @@ class Progress:
       self.out.flush()
     if self.writer:
       self._scalars(rec, unique_models)
+    self.written += 1  # only once all its scalars are in (a stop can come between them)
 
   def _scalars(self, rec: ModelRecord, unique_models: int) -> None:
     step = rec.iteration
@@ -142,6 +147,11 @@ class Progress:
 
 
 _COMPLETE = "complete.json"
+
+
+def complete(tensorboard_dir: str, records: int) -> bool:
+  """Whether the scalars in `tensorboard_dir` were closed holding all `records` records."""
+  return _complete(tensorboard_dir) == records
 
 
 def _complete(tensorboard_dir: str) -> Optional[int]:

@@ -548,6 +548,11 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
                       "curves); set early_stop.kind=none")
     from metaqnn import early_stop
     rule = early_stop.Rule(config)  # rebuilt from the record below, never pickled
+    if not recorded and rule.min_completed >= schedule.total:  # (a record resumes as made)
+      raise UserError(f"early_stop.min_completed={rule.min_completed} waits for as many "
+                      f"fully trained models as the schedule's {schedule.total} unique "
+                      "models: the rule would never act; lower it (at least 5) or lengthen "
+                      "the schedule")
   if config.get("compile_cache_dir"):
     _enable_compile_cache(str(config.compile_cache_dir))
   # A new search builds its executor (loads the data) before it creates the work
@@ -577,11 +582,18 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     raise
   try:
     store.set_meta("config", json.loads(config.to_json()))  # this run's settings
+    if rule is not None:
+      # Under the soft objective the rule compares rewards in records that say so; one
+      # made before (none says) resumes comparing accuracies, as it began.
+      if store.count() == 0:
+        store.set_meta("stop_by_reward", True)
+      rule.by_reward = "stop_by_reward" in store.meta()
     agent_dir = os.path.join(workdir, AGENT_DIR)
     restore_agent(agent, store, agent_dir, replay_samples, set_aside=True)
     tensorboard_dir = os.path.join(workdir, "tensorboard") if tensorboard else None
     if schedule.stage(store.unique_count()) is None and not store.pending():
-      if tensorboard_dir:  # a run killed as it ended may have left them short
+      if tensorboard_dir and not progress_lib.complete(tensorboard_dir, store.count()):
+        # the run that ended it was killed before it closed them
         progress_lib.Progress(schedule, history=_history(store),
                               tensorboard_dir=tensorboard_dir).close()
       return dataclasses.replace(_result(workdir, store, finished=True),
@@ -665,11 +677,6 @@ def check_config(config, schedule: agent_lib.Schedule, space) -> None:
   if schedule.total < 1:
     raise UserError(f"the schedule {config.search.schedule!r} asks for 0 models; give at "
                      "least one, e.g. 1.0:20")
-  e = config.get("early_stop")
-  if e is not None and e.kind != "none" and int(e.min_completed) >= schedule.total:
-    raise UserError(f"early_stop.min_completed={e.min_completed} waits for as many fully "
-                    f"trained models as the schedule's {schedule.total} unique models: the "
-                    "rule would never act; lower it (at least 5) or lengthen the schedule")
   n = space.count_architectures()
   if n < schedule.total:
     raise UserError(f"the search space holds {n} distinct architectures, but the schedule "

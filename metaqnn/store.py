@@ -429,19 +429,37 @@ def holder(workdir: str) -> Optional[dict]:
   """The live process that holds `workdir`'s lock (a search or its final stage running
   now): {"pid", "since"}; None if none. Read from the lock file, never locked: a look
   must not make a search that is starting refuse."""
+  path = os.path.join(workdir, LOCK_FILE)
   try:
-    with open(os.path.join(workdir, LOCK_FILE)) as f:
+    with open(path) as f:
       pid, since = f.read().split()
-    pid, since = int(pid), float(since)
+    pid, since, st = int(pid), float(since), os.stat(path)
   except (OSError, ValueError):  # no lock file (a clean stop removes it), or an old one
     return None
+  held = _flock_held(st, pid)  # a kill -9 leaves the file behind, without its lock
+  if held is None:  # no /proc/locks (not Linux): is its process alive, at least?
+    try:
+      os.kill(pid, 0)
+      held = True
+    except ProcessLookupError:
+      held = False
+    except PermissionError:  # alive, another user's
+      held = True
+  return {"pid": pid, "since": since} if held else None
+
+
+def _flock_held(st: os.stat_result, pid: int) -> Optional[bool]:
+  """Whether process `pid` holds a flock on the file of `st` now (Linux's /proc/locks;
+  None where there is none). A process id alone may have been reused since; the lock on
+  that file cannot. (Matched by inode number: overlay file systems show another device.)"""
   try:
-    os.kill(pid, 0)  # a kill -9 leaves the file behind: is its process alive?
-  except ProcessLookupError:
+    with open("/proc/locks") as f:
+      lines = f.read().splitlines()
+  except OSError:
     return None
-  except PermissionError:  # alive, another user's
-    pass
-  return {"pid": pid, "since": since}
+  return any(len(p) > 5 and p[1] == "FLOCK" and p[4] == str(pid)
+             and p[5].rsplit(":", 1)[-1] == str(st.st_ino)
+             for p in (line.split() for line in lines))
 
 
 def _comparable(fp: dict) -> dict:
@@ -506,21 +524,30 @@ def check_workdir(workdir: str) -> None:
     raise WorkdirError(f"cannot make {workdir}: {above} is not writable")
 
 
-def stored_fingerprint(workdir: str) -> dict:
-  """The fingerprint `workdir`'s record was made with; {} if there is none or it cannot
-  be read (the Store says what is wrong when it opens). Read through an immutable view,
-  like the Store's check, so that a work directory refused next is left untouched."""
+def stored_meta(workdir: str) -> dict:
+  """`workdir`'s record's meta table (values as stored: JSON text); {} if there is none
+  or it cannot be read (the Store says what is wrong when it opens). Read through an
+  immutable view, like the Store's check, so that a work directory refused next is left
+  untouched (what only a killed run's write-ahead log holds is not seen)."""
   path = os.path.join(workdir, DB_FILE)
   if not os.path.isfile(path):
     return {}
   try:
     db = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
     try:
-      row = db.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
+      return dict(db.execute("SELECT key, value FROM meta").fetchall())
     finally:
       db.close()
-    return json.loads(row[0]) if row else {}
-  except (sqlite3.DatabaseError, ValueError):
+  except sqlite3.DatabaseError:
+    return {}
+
+
+def stored_fingerprint(workdir: str) -> dict:
+  """The fingerprint `workdir`'s record was made with; {} if there is none or it cannot
+  be read."""
+  try:
+    return json.loads(stored_meta(workdir).get("fingerprint", "{}"))
+  except ValueError:
     return {}
 
 

@@ -214,6 +214,8 @@ def test_with_the_soft_objective_the_rule_compares_rewards():
   assert acc < 0.76  # the best accuracy so far (the last model)
   assert rule(parse(cheap), [acc] * rule.epoch) is None
   assert rule(parse(costly), [acc] * rule.epoch) is not None
+  rule.by_reward = False  # a search recorded before: by accuracy, as it began
+  assert rule(parse(cheap), [acc] * rule.epoch) is not None
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -244,7 +246,7 @@ def test_a_rule_that_would_never_act_is_refused_before_anything_is_written(tmp_p
   c.early_stop.update(kind="predictor", min_completed=12)
   with pytest.raises(ValueError, match="min_completed=12 waits for as many fully trained "
                      "models as the schedule's 12 unique models: the rule would never act"):
-    search.run_search(c, str(tmp_path / "w"), evaluate=curve_evaluate, tensorboard=False)
+    search.run_search(c, str(tmp_path / "w"), tensorboard=False)  # (the train evaluator)
   assert not os.path.exists(tmp_path / "w")
   c.early_stop.kind = "none"  # no rule: nothing to wait for
   search.run_search(c, str(tmp_path / "w"), evaluate=curve_evaluate, tensorboard=False)
@@ -311,6 +313,7 @@ def test_live_search_stops_candidates_and_resumes_exactly(tmp_path):
   with pytest.raises(store_lib.WorkdirError, match="made with early_stop .*kind=predictor"):
     search.run_search(plain, str(tmp_path / "parts"), tensorboard=False)
   assert _live(str(tmp_path / "parts")) == whole
+  assert "stop_by_reward" in store_lib.stored_meta(str(tmp_path / "parts"))  # a new record
 
 
 def test_the_median_rule_compares_with_every_completed_model():

@@ -104,10 +104,30 @@ def test_the_final_stage_never_runs_beside_its_search_or_another(finished):
                          "a search or its final stage in "):
         finalize.finalize(workdir)
     assert store_lib.holder(workdir) is None  # released, its file removed
-  (open(os.path.join(workdir, store_lib.LOCK_FILE), "w")
-   .write("999999999 1.0\n"))  # left by a kill -9: no such process
-  assert store_lib.holder(workdir) is None
+  for left in ("999999999 1.0\n",  # left by a kill -9: no such process
+               "1 1.0\n"):  # or its process id taken by another since
+    open(os.path.join(workdir, store_lib.LOCK_FILE), "w").write(left)
+    assert store_lib.holder(workdir) is None
   os.remove(os.path.join(workdir, store_lib.LOCK_FILE))
+
+
+def test_a_search_scored_by_a_users_function_is_not_shown_as_validation_errors(tmp_path):
+  config = digits_config()
+  config.evaluator = "train"  # as a user's config says; the function gives the scores
+  work = str(tmp_path / "w")
+  search.run_search(config, work, log_interval=1e9, tensorboard=False,
+                    evaluate=lambda arch: 0.5 + 0.01 * len(arch.layers))
+  results = finalize.finalize(work, top=1, ensemble=0)
+  assert results["evaluator"] == "function"
+  assert "| search score |" in finalize.results_table(results)
+
+
+def test_the_early_check_of_final_settings_lets_a_record_without_a_config_resume(tmp_path):
+  """A run killed between making its record and storing its config: nothing to check."""
+  from metaqnn import store as store_lib
+  work = str(tmp_path / "w")
+  store_lib.Store(work, {"space": "x"}).close()
+  finalize.check_kept_before(work, digits_config())
 
 
 def test_an_unfinished_search_is_said_so_and_paths_are_absolute(tmp_path, monkeypatch, capsys):
@@ -188,10 +208,15 @@ def test_one_model_at_a_time_gives_the_same_results(finished, tmp_path):
   assert strip(serial) == strip(results) and serial["ensemble"] == results["ensemble"]
 
 
-def test_checkpoint_inspection(finished):
+def test_checkpoint_inspection(finished, monkeypatch):
   workdir, results = finished
   path = results["models"][0]["checkpoint"]
+  from metaqnn import input_pipeline
+  both = input_pipeline.load_both
+  monkeypatch.setattr(input_pipeline, "load_both", lambda c: pytest.fail(
+      "a search split made for the test split (a transfer run may have none)"))
   s = inspect_lib.checkpoint_summary(path, split="test")
+  monkeypatch.setattr(input_pipeline, "load_both", both)
   folder = inspect_lib.checkpoint_summary(os.path.dirname(path), split="val")  # as listed
   assert folder["arch"] == s["arch"] and folder["evaluated"]["split"] == "val"
   assert s["evaluated"]["held_out"] and not folder["evaluated"]["held_out"]

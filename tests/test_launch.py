@@ -54,6 +54,9 @@ def test_paths_are_those_of_the_folder_it_is_run_from(tmp_path):
   dry = launch("sweep_seeds.sh", "configs/mnist.py", "runs/x", "1", dry=True, cwd=tmp_path)
   assert f"--config={ROOT}/configs/mnist.py" in dry.stdout and "--workdir=runs/x/seed0" in \
       dry.stdout
+  dry = launch("one_machine.sh", "configs/custom.py:folder:/data/imgs", "w", dry=True,
+               cwd=tmp_path)  # a config's argument after the file
+  assert f"--config={ROOT}/configs/custom.py:folder:/data/imgs" in dry.stdout
 
 
 def test_dry_runs_show_the_commands(tmp_path):

@@ -142,6 +142,29 @@ def test_tensorboard_is_rebuilt_after_a_run_that_did_not_close_it(tmp_path, caps
   assert "rebuilding" in capsys.readouterr().out and scalars(work) == scalars(tmp_path / "ref")
   search.run_search(config, str(work), log_interval=100)
   assert "rebuilding" not in capsys.readouterr().out
+  assert len(os.listdir(work / "tensorboard")) == 2  # the rebuilt file: none added since
+
+
+def test_a_stop_between_a_models_scalars_is_rebuilt_on_resume(tmp_path, monkeypatch):
+  """A stop is raised between two scalars of one model: that model is not counted as
+  written, so the resume writes it again."""
+  from metaqnn import progress
+  config = small_config("1.0:12,0.1:8")
+  search.run_search(config, str(tmp_path / "ref"), log_interval=100)
+  scalars_of = progress.Progress._scalars
+
+  def stopped(self, rec, unique_models):
+    if rec.iteration == 4:
+      self.writer.add_scalar("search/accuracy", rec.accuracy, rec.iteration)
+      raise KeyboardInterrupt
+    scalars_of(self, rec, unique_models)
+
+  monkeypatch.setattr(progress.Progress, "_scalars", stopped)
+  with pytest.raises(KeyboardInterrupt):
+    search.run_search(config, str(tmp_path / "w"), log_interval=100)
+  monkeypatch.setattr(progress.Progress, "_scalars", scalars_of)
+  search.run_search(config, str(tmp_path / "w"), log_interval=100)
+  assert scalars(tmp_path / "w") == scalars(tmp_path / "ref")
 
 
 def test_resume_without_agent_snapshot_replays_the_record(tmp_path):
