@@ -220,12 +220,21 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
   content. `data_checked`: the caller (the search just run) has checked the data.
   Holds the work directory's lock: never beside its search or another final stage."""
   store_lib.open_existing(workdir).close()  # a work directory that holds a search
-  with store_lib.locked(workdir):
-    return _finalize(os.path.abspath(workdir), top, ensemble, config_overrides, data_checked)
+  release, running = store_lib.lock(workdir), []
+  try:
+    return _finalize(os.path.abspath(workdir), top, ensemble, config_overrides,
+                     data_checked, running)
+  finally:
+    if running:  # models stopped mid-epoch still finishing (in a notebook): held till then
+      threading.Thread(target=lambda: (running[0].shutdown(wait=True), release()),
+                       daemon=True).start()
+    else:
+      release()
 
 
 def _finalize(workdir: str, top: Optional[int], ensemble: Optional[int],
-              config_overrides: Optional[dict], data_checked: bool) -> dict:
+              config_overrides: Optional[dict], data_checked: bool,
+              running: list) -> dict:
   from metaqnn import checkpoints, input_pipeline, train  # JAX only when needed
   config, _ = top_models(workdir, 0)
   if config_overrides:
@@ -306,7 +315,7 @@ def _finalize(workdir: str, top: Optional[int], ensemble: Optional[int],
       for i, (rank, rec) in enumerate(todo):
         train_one(rank, rec, todo[i + 1][1].arch if i + 1 < len(todo) else None)
     else:  # models train independently: the same results as one after another
-      _in_threads(train_one, todo, workers)
+      _in_threads(train_one, todo, workers, running)
   models, probs = [], []
   for rank, rec in enumerate(best, 1):
     path = model_dir(root, rec.arch)
@@ -335,10 +344,11 @@ def _finalize(workdir: str, top: Optional[int], ensemble: Optional[int],
   return results
 
 
-def _in_threads(train_one: Callable, todo: list, workers: int) -> None:
+def _in_threads(train_one: Callable, todo: list, workers: int, running_after: list) -> None:
   """`train_one(*job)` for every job, `workers` at a time. A model starts only when one
   has finished well: after a failure or a stop none starts, and those running stop after
-  their epoch in progress (`signals.Cancelled`), so that the exit does not wait for them."""
+  their epoch in progress (`signals.Cancelled`), so that the exit does not wait for them;
+  their pool is then put in `running_after`, for whoever must wait for them."""
   queue, running = iter(todo), set()
   pool, cancel = concurrent.futures.ThreadPoolExecutor(workers), threading.Event()
 
@@ -360,6 +370,8 @@ def _in_threads(train_one: Callable, todo: list, workers: int) -> None:
   finally:
     cancel.set()
     pool.shutdown(wait=False)
+    if any(not f.done() for f in running):
+      running_after.append(pool)
 
 
 def _count(n: int) -> str:

@@ -17,7 +17,7 @@ import json
 import os
 import sqlite3
 import time
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from metaqnn import results
 from metaqnn.results import Result
@@ -414,15 +414,12 @@ def _unlock(f) -> None:
   f.close()
 
 
-@contextlib.contextmanager
-def locked(workdir: str) -> Iterator[None]:
-  """Holds `workdir`'s lock, as a search does: for the final stage, which must not run
-  beside the search or another final stage (both would train the same models)."""
+def lock(workdir: str) -> Callable[[], None]:
+  """Takes `workdir`'s lock, as a search does (for the final stage, which must not run
+  beside the search or another final stage: both would train the same models); returns
+  what releases it."""
   f = _lock(workdir)
-  try:
-    yield
-  finally:
-    _unlock(f)
+  return lambda: _unlock(f)
 
 
 def holder(workdir: str) -> Optional[dict]:

@@ -369,9 +369,11 @@ def test_the_final_stage_in_threads_stops_the_others_when_one_fails():
       raise RuntimeError("model 1 failed")
     slow("[SM(10)]")
 
+  still = []
   with pytest.raises(RuntimeError, match="model 1 failed"):
-    finalize._in_threads(train_one, [(1,), (2,)], 2)
+    finalize._in_threads(train_one, [(1,), (2,)], 2, still)
   assert cancelled.wait(1)  # at its next check, not after its 10 s
+  assert len(still) == 1  # its pool, for the final stage's lock to wait on
 
 
 def test_an_unknown_train_optimizer_is_refused_before_the_search(tmp_path):

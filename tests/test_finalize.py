@@ -95,14 +95,16 @@ def test_the_final_stage_never_runs_beside_its_search_or_another(finished):
   another process (here: this one, through another open file) holds it."""
   from metaqnn import store as store_lib
   workdir, _ = finished
-  for hold in (lambda: store_lib.locked(workdir),
-               lambda: contextlib.closing(store_lib.Store(
-                   workdir, json.loads(store_lib.open_existing(workdir).meta()["fingerprint"])))):
-    with hold():
+  for take in (lambda: store_lib.lock(workdir),
+               lambda: store_lib.Store(workdir, store_lib.stored_fingerprint(workdir)).close):
+    release = take()
+    try:
       assert store_lib.holder(workdir)["pid"] == os.getpid()
       with pytest.raises(store_lib.WorkdirError, match="another metaqnn process is running "
                          "a search or its final stage in "):
         finalize.finalize(workdir)
+    finally:
+      release()
     assert store_lib.holder(workdir) is None  # released, its file removed
   for left in ("999999999 1.0\n",  # left by a kill -9: no such process
                "1 1.0\n"):  # or its process id taken by another since
@@ -128,6 +130,34 @@ def test_the_early_check_of_final_settings_lets_a_record_without_a_config_resume
   work = str(tmp_path / "w")
   store_lib.Store(work, {"space": "x"}).close()
   finalize.check_kept_before(work, digits_config())
+
+
+def test_a_stopped_final_stage_holds_its_lock_until_its_models_stop(finished, monkeypatch):
+  """A stop (in a notebook, whose process lives on) leaves models finishing their epoch
+  and writing their files: no other final stage may start beside them until they end."""
+  import concurrent.futures
+  import threading
+  import time
+  from metaqnn import store as store_lib
+  workdir, _ = finished
+  go = threading.Event()
+
+  def stopped(*args):
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    pool.submit(go.wait, 10)
+    args[-1].append(pool)  # as _in_threads hands over a model still running
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(finalize, "_finalize", stopped)
+  with pytest.raises(KeyboardInterrupt):
+    finalize.finalize(workdir)
+  assert store_lib.holder(workdir)["pid"] == os.getpid()  # held while it runs
+  go.set()
+  for _ in range(100):
+    if store_lib.holder(workdir) is None:
+      break
+    time.sleep(0.05)
+  assert store_lib.holder(workdir) is None  # released once it ended
 
 
 def test_an_unfinished_search_is_said_so_and_paths_are_absolute(tmp_path, monkeypatch, capsys):
