@@ -1,6 +1,5 @@
 """The final stage, transfer, and checkpoint inspection on digits (tiny settings)."""
 
-import contextlib
 import json
 import os
 import shutil
