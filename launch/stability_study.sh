@@ -6,13 +6,13 @@
 # Example:
 #   launch/stability_study.sh runs/svhn_stability 10 --config.num_workers=8 --config.parallel=candidate
 set -euo pipefail
-source "$(dirname "$0")/common.sh"
+source "$(dirname "$(readlink -f "$0")")/common.sh"
 [ $# -ge 1 ] || usage
 out=$1; shift
 runs=10
 if [ $# -gt 0 ] && [[ "$1" != --* ]]; then runs=$1; shift; fi
 count RUNS "$runs"
-exec "$(dirname "$0")/sweep_seeds.sh" configs/svhn.py "$out" "$runs" \
+exec "$ROOT/launch/sweep_seeds.sh" configs/svhn.py "$out" "$runs" \
   --config.dataset.train_fraction=0.1 \
   --config.search.schedule=1.0:1000,0.9:100,0.8:100,0.7:100,0.6:150,0.5:150,0.4:150,0.3:150,0.2:150,0.1:150 \
   "$@"

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+import sys
+from typing import Any, Callable
 
 from metaqnn import files
 from metaqnn.errors import UserError
@@ -22,7 +23,20 @@ def checkpoint_dir(path: str) -> str:
   """The checkpoint of a final model (or transfer run) given its folder or the
   `checkpoint` folder in it, as users name either."""
   inner = os.path.join(path, "checkpoint")
-  return inner if os.path.isdir(inner) else path
+  # (a model folder whose checkpoint is missing: named, for "no checkpoint at ...")
+  return inner if os.path.isdir(inner) or os.path.isfile(os.path.join(path, "meta.json")) \
+      else path
+
+
+def _without_closed_loops(hook: Callable) -> Callable:
+  """`hook` (a `sys.unraisablehook`) without reports of a RuntimeError of a closed event
+  loop: what a failed restore's callbacks leave behind."""
+  def quiet(unraisable):
+    if not (unraisable.exc_type is RuntimeError
+            and "Event loop is closed" in str(unraisable.exc_value)):
+      hook(unraisable)
+
+  return quiet
 
 
 def restore(path: str) -> Any:
@@ -36,6 +50,9 @@ def restore(path: str) -> Any:
   try:
     return ckptr.restore(path)
   except (OSError, ValueError) as e:  # orbax / tensorstore: files missing or cut short
+    # Late callbacks of tensorstore reads still in flight meet orbax's closed event loop:
+    # their "Event loop is closed" is not reported.
+    sys.unraisablehook = _without_closed_loops(sys.unraisablehook)
     why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
     raise UserError(f"cannot read the checkpoint at {path} (damaged or incomplete: {why}); "
                     "move the model's folder aside and train it again") from None
@@ -59,5 +76,36 @@ def metadata(path: str) -> dict:
   meta = os.path.join(os.path.dirname(path.rstrip("/")), "meta.json")
   if not os.path.exists(meta):
     raise FileNotFoundError(f"{path} is not a metaqnn checkpoint (no meta.json beside it)")
-  return files.read_json(meta, f"move {os.path.dirname(meta)} aside and run the final "
-                         "stage (or transfer) again to train it anew")
+  what = (f"move {os.path.dirname(meta)} aside and run the final stage (or transfer) again "
+          "to train it anew")
+  out = files.read_json(meta, what)
+  try:
+    ok = (isinstance(out, dict) and isinstance(out["arch"], str)
+          and len(out["input_shape"]) == 3 and all(int(n) >= 1 for n in out["input_shape"]))
+  except (KeyError, TypeError, ValueError):
+    ok = False
+  if not ok:
+    raise UserError(f"{meta} is not a final model's meta.json (its arch or input_shape is "
+                    f"missing or invalid); {what}")
+  return out
+
+
+def load(path: str) -> tuple[dict, Any]:
+  """(meta.json, parameters) of a final model (or transfer run), its folder or checkpoint
+  given; one line of error where they do not belong together."""
+  from metaqnn import models
+  from metaqnn.architecture import parse
+  import jax
+  path = checkpoint_dir(path)
+  meta = metadata(path)
+  try:
+    arch = parse(meta["arch"])
+  except ValueError as e:
+    raise UserError(f"the arch of {path}'s meta.json is not an architecture: {e}") from None
+  params = restore(path)
+  shape = lambda tree: jax.tree.map(lambda leaf: tuple(leaf.shape), tree)
+  if shape(params) != shape(models.param_shapes(models.CNN(arch), meta["input_shape"])):
+    raise UserError(f"the checkpoint at {path} does not hold the parameters of its "
+                    f"meta.json's architecture {arch}; move the model's folder aside and "
+                    "train it again")
+  return meta, params

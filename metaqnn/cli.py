@@ -132,8 +132,13 @@ def _one_line(message) -> str:
 
 
 def _fail(message: str) -> None:
+  """The one line of a user error, and exit 2 at once: what was opened is closed by now,
+  and a library's threads left behind (orbax's, after a damaged checkpoint) must not add
+  their own tracebacks at the interpreter's exit."""
   print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(2)
 
 
 def _lazy_user_errors() -> tuple[type[BaseException], ...]:

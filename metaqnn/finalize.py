@@ -146,16 +146,24 @@ def settings_differ(saved: dict, config) -> list[str]:
       config.to_json()))))
 
 
+def _damaged(path: str) -> str:
+  return f"move {os.path.dirname(path)} aside and run again to train that model anew"
+
+
 def _meta(path: str) -> dict:
   """A final model's meta.json; a damaged one is a one-line error that says how to retrain."""
-  return files.read_json(path, f"move {os.path.dirname(path)} aside and run again to "
-                         "train that model anew")
+  meta = files.read_json(path, _damaged(path))
+  if not isinstance(meta, dict):
+    raise UserError(f"{path} is not a final model's meta.json; {_damaged(path)}")
+  return meta
 
 
 def check_kept_before(workdir: str, config) -> None:
   """`_check_kept` for a search about to run with `config`, on the models it ranks top
   now: a run that its final stage would refuse is refused before it stores its settings
-  (a resume that extends the search is checked again at its end, on its new top)."""
+  (a resume that extends the search is checked again at its end, on its new top). Only
+  the final stage's own settings: another seed or data is another search, which the
+  search refuses first, with its own advice."""
   if "config" not in store_lib.stored_meta(workdir):  # new, or killed before it stored one
     return
   stored, best = top_models(workdir, int(config.final.top))
@@ -163,18 +171,21 @@ def check_kept_before(workdir: str, config) -> None:
   for k in ("image_size", "channels", "num_classes"):  # 0: read from the data, which the
     if not int(given.dataset.get(k, 0)):                # resume checks is unchanged
       given.dataset[k] = stored.dataset.get(k, 0)
-  _check_kept(os.path.join(workdir, FINAL_DIR), best, given)
+  _check_kept(os.path.join(workdir, FINAL_DIR), best, given,
+              only=lambda d: d == _RATES or d.startswith("final."))
 
 
-def _check_kept(root: str, best, config) -> None:
+def _check_kept(root: str, best, config, only: Callable[[str], bool] = lambda d: True
+                ) -> None:
   """Refuses a final stage whose finished models were trained with other settings (a
-  resume with another final.epochs, say): they would be kept as if they were these."""
+  resume with another final.epochs, say): they would be kept as if they were these.
+  (`only`: refused where every difference is of these.)"""
   for rec in best:
     meta = os.path.join(model_dir(root, rec.arch), "meta.json")
     if not os.path.exists(meta):
       continue
     differs = settings_differ(_meta(meta).get("config") or {}, config)
-    if differs:
+    if differs and all(only(d) for d in differs):
       raise UserError(f"{root} holds final models trained with other settings (differs "
                       f"in: {', '.join(differs)}); to train these, move {root} aside (it "
                       "is kept as it is) and run again")
@@ -321,11 +332,17 @@ def _finalize(workdir: str, top: Optional[int], ensemble: Optional[int],
     path = model_dir(root, rec.arch)
     meta_path = os.path.join(path, "meta.json")
     meta = _meta(meta_path)
-    models.append({k: meta[k] for k in ("arch", "params", "val_accuracy", "test_accuracy",
-                                        "diverged")}
-                  | {"flops": budget_lib.cost(rec.arch, dataset.test_images.shape[1:])[1],
-                     "checkpoint": os.path.join(path, "checkpoint"), "rank": rank})
-    probs.append(np.load(os.path.join(path, "test_probs.npy")))
+    try:  # a model kept from an earlier run, damaged since: named, not a traceback
+      kept = {k: meta[k] for k in ("arch", "params", "val_accuracy", "test_accuracy",
+                                   "diverged")}
+      probs.append(np.load(os.path.join(path, "test_probs.npy")))
+      if not os.path.isdir(os.path.join(path, "checkpoint")):
+        raise FileNotFoundError("no checkpoint")
+    except (KeyError, OSError, ValueError) as e:
+      raise UserError(f"the final model {path} is incomplete or damaged "
+                      f"({type(e).__name__}: {str(e)[:80]}); {_damaged(meta_path)}") from None
+    models.append(kept | {"flops": budget_lib.cost(rec.arch, dataset.test_images.shape[1:])[1],
+                          "checkpoint": os.path.join(path, "checkpoint"), "rank": rank})
   # The ensemble: the top M models whose final training did not diverge.
   members = [i for i, m in enumerate(models) if not m["diverged"]][:ensemble]
   ens = None

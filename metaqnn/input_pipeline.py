@@ -481,29 +481,13 @@ def _resize(img: np.ndarray, side: int) -> np.ndarray:
 
 def _npz(path: str) -> _Arrays:
   """Arrays of a .npz file: x_train, y_train; optionally x_val, y_val and x_test, y_test."""
-  import zipfile
   label = f"npz:{path}"
   if os.path.isdir(path):
     raise DatasetError(f"{label} is a folder, not an .npz file (a folder of images is "
                        f"folder:{path}).")
   if not os.path.isfile(path):
     raise DatasetError(f"{label}: no such file.")
-  try:
-    z = np.load(path, allow_pickle=False)
-  except (OSError, ValueError, zipfile.BadZipFile) as e:
-    raise DatasetError(f"{label} is not a readable .npz file ({type(e).__name__}).") from None
-  if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy: one bare array, no names
-    raise DatasetError(f"{label} holds one array (a .npy file), not named arrays; save them "
-                       "with np.savez(PATH, x_train=..., y_train=...).")
-  try:
-    with z:
-      arrays = {k: z[k] for k in z.files}
-  except (OSError, ValueError, zipfile.BadZipFile) as e:
-    if "allow_pickle" in str(e):  # never unpickled: loading a pickle can run code
-      raise DatasetError(f"{label} holds object arrays (pickled Python objects), which are "
-                         "not read; save numeric arrays (uint8 images, integer labels).") \
-          from None
-    raise DatasetError(f"{label} is not a readable .npz file ({type(e).__name__}).") from None
+  arrays = read_npz(path, label, "x_train=..., y_train=...")
   missing = [k for k in ("x_train", "y_train") if k not in arrays]
   if (missing or (("x_test" in arrays) != ("y_test" in arrays))
       or (("x_val" in arrays) != ("y_val" in arrays))):
@@ -544,6 +528,28 @@ def _npz(path: str) -> _Arrays:
     return tr_x, tr_y, *split["test"], 0, split.get("val")
   _check_labels_carvable(label, tr_y)
   return (*_carve_test(tr_x, tr_y), 0, split.get("val"))
+
+
+def read_npz(path: str, label: str, keys: str) -> dict[str, np.ndarray]:
+  """The named arrays of an .npz file; one-line DatasetErrors, prefixed `label`, for a
+  file that is none (`keys`: what np.savez should be given, for the message)."""
+  import zipfile
+  try:
+    z = np.load(path, allow_pickle=False)
+  except (OSError, ValueError, zipfile.BadZipFile) as e:
+    raise DatasetError(f"{label} is not a readable .npz file ({type(e).__name__}).") from None
+  if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy: one bare array, no names
+    raise DatasetError(f"{label} holds one array (a .npy file), not named arrays; save them "
+                       f"with np.savez(PATH, {keys}).")
+  try:
+    with z:
+      return {k: z[k] for k in z.files}
+  except (OSError, ValueError, zipfile.BadZipFile) as e:
+    if "allow_pickle" in str(e):  # never unpickled: loading a pickle can run code
+      raise DatasetError(f"{label} holds object arrays (pickled Python objects), which are "
+                         "not read; save numeric arrays (uint8 images, integer labels).") \
+          from None
+    raise DatasetError(f"{label} is not a readable .npz file ({type(e).__name__}).") from None
 
 
 def _check_labels_carvable(name: str, y: np.ndarray) -> None:
@@ -671,9 +677,15 @@ def read_image(file: str, mode: str | None, label: str) -> np.ndarray:
   """One image file as uint8 [H, W, C], in PIL `mode` ("L", "RGB", "RGBA"; None: grey
   images grey, the others RGB), alpha dropped otherwise; a one-line DatasetError,
   prefixed `label`, if it cannot be read."""
+  import warnings
   from PIL import Image, UnidentifiedImageError
   try:
-    with Image.open(file) as im:
+    with warnings.catch_warnings():
+      # A large image is read (PIL warns from MAX_IMAGE_PIXELS, per image and per read)
+      # up to twice that, where it is refused below.
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      im = Image.open(file)
+    with im:
       im = eight_bit(im, f"{label}: {file}")
       if im.mode == "P" and "transparency" in im.info:  # through RGBA, as PIL asks
         im = im.convert("RGBA")

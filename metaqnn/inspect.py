@@ -245,8 +245,7 @@ def checkpoint_summary(path: str, split: Optional[str] = None) -> dict:
   from metaqnn import checkpoints, models
   from metaqnn.architecture import parse
   path = checkpoints.checkpoint_dir(path)  # or the final model's folder itself
-  meta = checkpoints.metadata(path)
-  params = checkpoints.restore(path)
+  meta, params = checkpoints.load(path)
   arch = parse(meta["arch"])
   shapes = {}
   for layer, leaves in params.items():

@@ -87,7 +87,7 @@ def load(path: str) -> FinalModel:
   if os.path.isfile(os.path.join(path, "metaqnn.db")):
     raise UserError(f"{path} is a search's work directory; give one of its final models, "
                     f"{os.path.join(path, 'final', '<hash>')}")
-  meta = checkpoints.metadata(path)
+  meta, params = checkpoints.load(path)
   norm, names = meta.get("normalization"), meta.get("class_names")
   if norm is None:  # saved before models kept these: from the data, as training had them
     import ml_collections
@@ -100,7 +100,7 @@ def load(path: str) -> FinalModel:
                       f"normalisation, which is read from its data; {e}") from None
     norm = {"preprocess": data.preprocess, "mean": data.mean.tolist()}
     names = input_pipeline.class_names(config)
-  return FinalModel(arch=parse(meta["arch"]), params=checkpoints.restore(path),
+  return FinalModel(arch=parse(meta["arch"]), params=params,
                     input_shape=tuple(int(n) for n in meta["input_shape"]),
                     preprocess=str(norm["preprocess"]),
                     mean=np.asarray(norm["mean"], np.float32), class_names=names)
@@ -142,22 +142,19 @@ def _image(file: str, side: int, channels: int) -> np.ndarray:
 
 
 def _npz_images(path: str, side: int, channels: int) -> tuple[list[str], np.ndarray]:
-  import zipfile
   from metaqnn import input_pipeline
-  try:
-    with np.load(path, allow_pickle=False) as z:
-      files = list(z.files)
-      keys = [k for k in ("x", "x_test") if k in files] or (files if len(files) == 1 else [])
-      x = z[keys[0]] if keys else None
-  except (OSError, ValueError, zipfile.BadZipFile) as e:
-    raise UserError(f"{path} is not a readable .npz file ({type(e).__name__})") from None
-  if x is None:
+  arrays = input_pipeline.read_npz(path, path, "x=images")
+  files = list(arrays)
+  keys = [k for k in ("x", "x_test") if k in files] or (files if len(files) == 1 else [])
+  if not keys:
     raise UserError(f"{path} holds {', '.join(files) or 'nothing'}; put the images under x "
                     "(np.savez(PATH, x=images))")
+  x = arrays[keys[0]]
   x = x[..., None] if x.ndim == 3 else x
-  if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != channels or not len(x):
+  if (x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != channels or not len(x)
+      or 0 in x.shape[1:]):
     raise UserError(f"{path}: {keys[0]} is {x.dtype} {list(x.shape)}; this model takes "
-                    f"uint8 [N, H, W, {channels}], N >= 1")
+                    f"uint8 [N, H, W, {channels}], N, H and W >= 1")
   return [f"{keys[0]}[{i}]" for i in range(len(x))], input_pipeline.resize_all(x, side)
 
 

@@ -369,6 +369,16 @@ def test_palette_images_with_transparency_are_read_without_a_warning(tmp_path):
   assert data.train_images.shape[-1] == 3
 
 
+def test_large_images_below_pils_refusal_are_read_without_its_warning(tmp_path, monkeypatch):
+  import warnings
+  from PIL import Image
+  root = _folder(tmp_path / "imgs")
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40)  # 8x8 = 64: warned of, not refused
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert len(ip.load(_config(f"folder:{root}")).train_labels) > 0
+
+
 def test_folder_grey_with_alpha_is_grey(tmp_path):
   """LA PNGs (grey + alpha) give one channel, like grey ones, and mix with them; they
   gave 3, and a folder of both was refused for mixed channels."""

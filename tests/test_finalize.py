@@ -186,6 +186,17 @@ def test_a_damaged_meta_json_is_one_line(finished):
   finally:
     with open(meta, "w") as f:
       f.write(kept)
+  probs = os.path.join(os.path.dirname(meta), "test_probs.npy")
+  kept = open(probs, "rb").read()
+  try:  # what it was tested with, cut short
+    with open(probs, "wb") as f:
+      f.write(kept[:50])
+    with pytest.raises(UserError, match=f"the final model {os.path.dirname(meta)} is "
+                       "incomplete or damaged \\(ValueError"):
+      finalize.finalize(workdir, top=3, ensemble=2)
+  finally:
+    with open(probs, "wb") as f:
+      f.write(kept)
 
 
 def test_final_models_of_other_settings_are_not_passed_off_as_these(finished, capsys):
@@ -202,6 +213,14 @@ def test_final_models_of_other_settings_are_not_passed_off_as_these(finished, ca
     with pytest.raises(ValueError, match=f"other settings \\(differs in: {named}"):
       finalize.finalize(workdir, top=3, ensemble=2, config_overrides=override)
   assert [open(m).read() for m in metas] == before
+  # Before a search runs (main): its own final settings refused, another seed left to
+  # the search, which refuses it as another search, with that advice.
+  config, _ = finalize.top_models(workdir, 0)
+  config.final.epochs = 5
+  with pytest.raises(ValueError, match="other settings \\(differs in: final schedule"):
+    finalize.check_kept_before(workdir, config)
+  config.final.epochs, config.seed = 3, 3
+  finalize.check_kept_before(workdir, config)
   # Settings that do not change a final model are not refused: how many run at once,
   # the search's own precision (final.dtype is used), a search setting.
   assert finalize.finalize(workdir, top=3, ensemble=2, config_overrides={
