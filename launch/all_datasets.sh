@@ -5,7 +5,7 @@
 # Example:
 #   launch/all_datasets.sh runs/paper --config.num_workers=8 --config.parallel=candidate
 set -euo pipefail
-source "$(dirname "$(readlink -f "$0")")/common.sh"
+source "$(dirname "$(readlink -f "$0" 2>/dev/null || echo "$0")")/common.sh"
 [ $# -ge 1 ] || usage
 out=$1; shift
 for name in ${DATASETS:-mnist svhn cifar10 cifar100}; do

@@ -9,7 +9,7 @@
 # Example:
 #   launch/one_machine.sh configs/cifar10.py runs/cifar10 candidate --config.seed=1
 set -euo pipefail
-source "$(dirname "$(readlink -f "$0")")/common.sh"
+source "$(dirname "$(readlink -f "$0" 2>/dev/null || echo "$0")")/common.sh"
 [ $# -ge 2 ] || usage
 config=$(config_path "$1"); workdir=$2; shift 2
 check_workdir "$workdir"

@@ -13,7 +13,7 @@
 #   launch/ray_cluster.sh worker 10.0.0.1:6379                  # on machines B, C, ...
 #   launch/ray_cluster.sh search configs/cifar10.py runs/c10 10 # on machine A
 set -euo pipefail
-source "$(dirname "$(readlink -f "$0")")/common.sh"
+source "$(dirname "$(readlink -f "$0" 2>/dev/null || echo "$0")")/common.sh"
 export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
 RAY="$(dirname "$PYTHON")/ray"
 [ -x "$RAY" ] || RAY=ray

@@ -6,7 +6,7 @@
 # Example:
 #   launch/stability_study.sh runs/svhn_stability 10 --config.num_workers=8 --config.parallel=candidate
 set -euo pipefail
-source "$(dirname "$(readlink -f "$0")")/common.sh"
+source "$(dirname "$(readlink -f "$0" 2>/dev/null || echo "$0")")/common.sh"
 [ $# -ge 1 ] || usage
 out=$1; shift
 runs=10

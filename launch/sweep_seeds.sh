@@ -6,7 +6,7 @@
 # Example:
 #   launch/sweep_seeds.sh configs/mnist.py runs/mnist_seeds 5 --config.num_workers=4
 set -euo pipefail
-source "$(dirname "$(readlink -f "$0")")/common.sh"
+source "$(dirname "$(readlink -f "$0" 2>/dev/null || echo "$0")")/common.sh"
 [ $# -ge 3 ] || usage
 config=$(config_path "$1"); out=$2; seeds=$3; shift 3
 check_workdir "$out/seed0"

@@ -36,6 +36,7 @@ def _without_closed_loops(hook: Callable) -> Callable:
             and "Event loop is closed" in str(unraisable.exc_value)):
       hook(unraisable)
 
+  quiet.closed_loops_quiet = True
   return quiet
 
 
@@ -52,7 +53,8 @@ def restore(path: str) -> Any:
   except (OSError, ValueError) as e:  # orbax / tensorstore: files missing or cut short
     # Late callbacks of tensorstore reads still in flight meet orbax's closed event loop:
     # their "Event loop is closed" is not reported.
-    sys.unraisablehook = _without_closed_loops(sys.unraisablehook)
+    if not getattr(sys.unraisablehook, "closed_loops_quiet", False):  # once
+      sys.unraisablehook = _without_closed_loops(sys.unraisablehook)
     why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
     raise UserError(f"cannot read the checkpoint at {path} (damaged or incomplete: {why}); "
                     "move the model's folder aside and train it again") from None
@@ -81,7 +83,8 @@ def metadata(path: str) -> dict:
   out = files.read_json(meta, what)
   try:
     ok = (isinstance(out, dict) and isinstance(out["arch"], str)
-          and len(out["input_shape"]) == 3 and all(int(n) >= 1 for n in out["input_shape"]))
+          and len(out["input_shape"]) == 3
+          and all(type(n) is int and n >= 1 for n in out["input_shape"]))
   except (KeyError, TypeError, ValueError):
     ok = False
   if not ok:

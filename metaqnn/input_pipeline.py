@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from metaqnn.errors import UserError
@@ -487,7 +487,7 @@ def _npz(path: str) -> _Arrays:
                        f"folder:{path}).")
   if not os.path.isfile(path):
     raise DatasetError(f"{label}: no such file.")
-  arrays = read_npz(path, label, "x_train=..., y_train=...")
+  _, arrays = read_npz(path, label, "x_train=..., y_train=...")
   missing = [k for k in ("x_train", "y_train") if k not in arrays]
   if (missing or (("x_test" in arrays) != ("y_test" in arrays))
       or (("x_val" in arrays) != ("y_val" in arrays))):
@@ -530,9 +530,12 @@ def _npz(path: str) -> _Arrays:
   return (*_carve_test(tr_x, tr_y), 0, split.get("val"))
 
 
-def read_npz(path: str, label: str, keys: str) -> dict[str, np.ndarray]:
-  """The named arrays of an .npz file; one-line DatasetErrors, prefixed `label`, for a
-  file that is none (`keys`: what np.savez should be given, for the message)."""
+def read_npz(path: str, label: str, keys: str,
+             pick: Callable[[list[str]], list[str]] = lambda names: names
+             ) -> tuple[list[str], dict[str, np.ndarray]]:
+  """The names of an .npz file's arrays, and those of them that `pick` chooses, read;
+  one-line DatasetErrors, prefixed `label`, for a file that is none (`keys`: what
+  np.savez should be given, for the message)."""
   import zipfile
   try:
     z = np.load(path, allow_pickle=False)
@@ -543,7 +546,7 @@ def read_npz(path: str, label: str, keys: str) -> dict[str, np.ndarray]:
                        f"with np.savez(PATH, {keys}).")
   try:
     with z:
-      return {k: z[k] for k in z.files}
+      return list(z.files), {k: z[k] for k in pick(list(z.files))}
   except (OSError, ValueError, zipfile.BadZipFile) as e:
     if "allow_pickle" in str(e):  # never unpickled: loading a pickle can run code
       raise DatasetError(f"{label} holds object arrays (pickled Python objects), which are "
@@ -681,17 +684,16 @@ def read_image(file: str, mode: str | None, label: str) -> np.ndarray:
   from PIL import Image, UnidentifiedImageError
   try:
     with warnings.catch_warnings():
-      # A large image is read (PIL warns from MAX_IMAGE_PIXELS, per image and per read)
+      # A large image is read (PIL warns from MAX_IMAGE_PIXELS, as it opens or loads it)
       # up to twice that, where it is refused below.
       warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-      im = Image.open(file)
-    with im:
-      im = eight_bit(im, f"{label}: {file}")
-      if im.mode == "P" and "transparency" in im.info:  # through RGBA, as PIL asks
-        im = im.convert("RGBA")
-      # Grey with alpha (LA) is grey too: the alpha is dropped, as RGBA's.
-      mode = mode or ("L" if im.mode in ("1", "L", "LA", "La") else "RGB")
-      arr = np.asarray(im.convert(mode), np.uint8)
+      with Image.open(file) as im:
+        im = eight_bit(im, f"{label}: {file}")
+        if im.mode == "P" and "transparency" in im.info:  # through RGBA, as PIL asks
+          im = im.convert("RGBA")
+        # Grey with alpha (LA) is grey too: the alpha is dropped, as RGBA's.
+        mode = mode or ("L" if im.mode in ("1", "L", "LA", "La") else "RGB")
+        arr = np.asarray(im.convert(mode), np.uint8)
   except Image.DecompressionBombError:  # PIL refuses images of over 2 x MAX_IMAGE_PIXELS
     raise DatasetError(f"{label}: the image {file} has more pixels than PIL reads safely "
                        f"({2 * Image.MAX_IMAGE_PIXELS:,}); shrink it or leave it out.") from None

@@ -143,9 +143,12 @@ def _image(file: str, side: int, channels: int) -> np.ndarray:
 
 def _npz_images(path: str, side: int, channels: int) -> tuple[list[str], np.ndarray]:
   from metaqnn import input_pipeline
-  arrays = input_pipeline.read_npz(path, path, "x=images")
-  files = list(arrays)
-  keys = [k for k in ("x", "x_test") if k in files] or (files if len(files) == 1 else [])
+  def images_key(names: list[str]) -> list[str]:  # only it is read
+    return ([k for k in ("x", "x_test") if k in names] or
+            (names if len(names) == 1 else []))[:1]
+
+  files, arrays = input_pipeline.read_npz(path, path, "x=images", images_key)
+  keys = list(arrays)
   if not keys:
     raise UserError(f"{path} holds {', '.join(files) or 'nothing'}; put the images under x "
                     "(np.savez(PATH, x=images))")

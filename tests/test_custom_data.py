@@ -373,7 +373,9 @@ def test_large_images_below_pils_refusal_are_read_without_its_warning(tmp_path, 
   import warnings
   from PIL import Image
   root = _folder(tmp_path / "imgs")
-  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40)  # 8x8 = 64: warned of, not refused
+  Image.open(os.path.join(root, "class_0", "0.png")).save(os.path.join(root, "class_0",
+                                                                       "t.tif"))  # (warned
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40)  # of as it loads) 8x8 = 64 > 40
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     assert len(ip.load(_config(f"folder:{root}")).train_labels) > 0

@@ -106,7 +106,8 @@ def test_the_final_stage_never_runs_beside_its_search_or_another(finished):
       release()
     assert store_lib.holder(workdir) is None  # released, its file removed
   for left in ("999999999 1.0\n",  # left by a kill -9: no such process
-               "1 1.0\n"):  # or its process id taken by another since
+               *(["1 1.0\n"] if os.path.exists("/proc/locks") else [])):  # or its id
+    # taken by another since (told apart by the lock itself, where Linux lists locks)
     open(os.path.join(workdir, store_lib.LOCK_FILE), "w").write(left)
     assert store_lib.holder(workdir) is None
   os.remove(os.path.join(workdir, store_lib.LOCK_FILE))
@@ -221,6 +222,9 @@ def test_final_models_of_other_settings_are_not_passed_off_as_these(finished, ca
     finalize.check_kept_before(workdir, config)
   config.final.epochs, config.seed = 3, 3
   finalize.check_kept_before(workdir, config)
+  config.seed, config.dataset.final_extra = 0, True  # read by the final stage only
+  with pytest.raises(ValueError, match="differs in: dataset.final_extra"):
+    finalize.check_kept_before(workdir, config)
   # Settings that do not change a final model are not refused: how many run at once,
   # the search's own precision (final.dtype is used), a search setting.
   assert finalize.finalize(workdir, top=3, ensemble=2, config_overrides={

@@ -166,12 +166,14 @@ def test_classes_by_name_or_by_index(folder_model, tmp_path):
     (["--model={model}", "--images={none}"], "N, H and W >= 1"),
     (["--model={model}", "--images={flat}"], "N, H and W >= 1"),  # no pixels: nothing to see
     (["--model={model}", "--images={objects}"], "holds object arrays"),
+    (["--model={model}", "--images={beside}"], "this model takes uint8 [N, H, W, 1]"),
     (["--model={search}", "--images={data}"], "is a search's work directory"),
     (["--model={damaged}", "--images={data}"], "damaged/meta.json is damaged (JSONDecodeError"),
     (["--model={listed}", "--images={data}"], "listed/meta.json is not a final model's meta"),
     (["--model={other}", "--images={data}"], "does not hold the parameters of its meta.json's "
      "architecture [C(8,3,1), SM(10)]"),
     (["--model={bare}", "--images={data}"], "no checkpoint at "),
+    (["--model={texts}", "--images={data}"], "texts/meta.json is not a final model's meta"),
 ])
 def test_bad_input_is_one_line(folder_model, tmp_path, args, says):
   meta, test_folder, _ = folder_model
@@ -181,22 +183,28 @@ def test_bad_input_is_one_line(folder_model, tmp_path, args, says):
   np.savez(tmp_path / "none.npz", x=np.zeros((0, 8, 8, 1), np.uint8))
   np.savez(tmp_path / "flat.npz", x=np.zeros((2, 0, 0, 1), np.uint8))
   np.savez(tmp_path / "objects.npz", x=np.array([[1], [2, 3]], dtype=object))
+  np.savez(tmp_path / "beside.npz", x=np.zeros((2, 8, 8, 3), np.uint8),  # x only is read
+           notes=np.array([[1], [2, 3]], dtype=object))
   (tmp_path / "empty").mkdir()
   (tmp_path / "damaged" / "checkpoint").mkdir(parents=True)
   (tmp_path / "damaged" / "meta.json").write_text("{bad")
   model = os.path.dirname(meta["checkpoint"])
-  for name in ("listed", "other", "bare"):  # valid JSON, but not what the model is
+  for name in ("listed", "other", "bare", "texts"):  # valid JSON, not what the model is
     shutil.copytree(model, tmp_path / name)
   (tmp_path / "listed" / "meta.json").write_text("[1, 2]")
   saved = json.loads((tmp_path / "other" / "meta.json").read_text())
   (tmp_path / "other" / "meta.json").write_text(json.dumps(dict(saved, arch="[C(8,3,1), SM(10)]")))
   shutil.rmtree(tmp_path / "bare" / "checkpoint")
+  (tmp_path / "texts" / "meta.json").write_text(json.dumps(dict(saved, input_shape=["8", "8",
+                                                                                   "1"])))
   fill = dict(model=model, data=test_folder, rgb=tmp_path / "rgb.npz",
               empty=tmp_path / "empty", nothing=tmp_path / "nothing.npz",
               two=tmp_path / "two.npz", none=tmp_path / "none.npz",
               flat=tmp_path / "flat.npz", objects=tmp_path / "objects.npz",
+              beside=tmp_path / "beside.npz",
               search=os.path.dirname(os.path.dirname(model)), damaged=tmp_path / "damaged",
-              listed=tmp_path / "listed", other=tmp_path / "other", bare=tmp_path / "bare")
+              listed=tmp_path / "listed", other=tmp_path / "other", bare=tmp_path / "bare",
+              texts=tmp_path / "texts")
   out = _run(*[a.format(**fill) for a in args])
   assert out.returncode == 2 and out.stdout == "", out.stdout
   assert len(out.stderr.splitlines()) == 1 and says in out.stderr, out.stderr
