@@ -43,7 +43,8 @@ channel, others 3 (an alpha channel is dropped).
 The search space's size bins follow the image side (space.size_bins=(): (8, 4, 1) for 28
 to 32 pixels and more, (4, 2, 1) for 8; see search_space.derived_bins). Errors are one
 line and leave nothing behind: a wrong path, labels outside 0..k-1, mixed image sizes
-without resize, fewer training examples than a batch, a single class.
+without resize, images in a subfolder of a class folder, fewer training examples than a
+batch, a single class.
 
 Budgets (see README, "Budgets"): e.g. `--config.budget.max_params=200000` or
 `--config.budget.max_flops=5000000`. What the space holds on your data, to choose them by:
