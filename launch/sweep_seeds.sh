@@ -17,4 +17,6 @@ for ((seed = 0; seed < seeds; seed++)); do
     --config.seed="$seed" "$@"
   dirs+=("$out/seed$seed")
 done
-run "$PYTHON" -m metaqnn.plots --workdir="$(IFS=,; echo "${dirs[*]}")" --out="$out/plots"
+workdirs=""  # comma-separated, each quoted as CSV: OUTDIR may hold commas or quotes
+for d in "${dirs[@]}"; do workdirs+="${workdirs:+,}\"${d//\"/\"\"}\""; done
+run "$PYTHON" -m metaqnn.plots --workdir="$workdirs" --out="$out/plots"

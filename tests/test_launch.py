@@ -89,3 +89,16 @@ def test_one_machine_leaves_the_worker_count_to_auto():
   out = launch("one_machine.sh", "configs/cifar10.py", "runs/c10", "candidate",
                "--config.num_workers=3", dry=True)
   assert "--config.num_workers=3" in out.stdout
+
+
+def test_sweep_plots_every_seed_of_an_outdir_with_commas_and_quotes(tmp_path):
+  """The stability plot's --workdir is a comma-separated list: an OUTDIR holding a comma
+  (or a double quote) still names each seed's folder once."""
+  import shlex
+  from absl import flags
+  out_dir = str(tmp_path / 'runs, "v2"')
+  dry = launch("sweep_seeds.sh", "configs/mnist.py", out_dir, "2", dry=True)
+  assert dry.returncode == 0, dry.stderr
+  plots = shlex.split([l for l in dry.stdout.splitlines() if "metaqnn.plots" in l][0])
+  value = [a for a in plots if a.startswith("--workdir=")][0][len("--workdir="):]
+  assert flags.ListParser().parse(value) == [f"{out_dir}/seed0", f"{out_dir}/seed1"]
