@@ -48,11 +48,23 @@ DATASETS = {
 }
 KNOWN = tuple(DATASETS)
 # The built-in sets' class names, in label order (tfds' svhn_cropped labels the digit 0
-# as 0); CIFAR-100's come from its tfds builder, as any tfds set's.
+# as 0). CIFAR-100's fine labels are in alphabetical order; its tfds builder knows their
+# names only once the data is prepared.
 _DIGITS = tuple(str(k) for k in range(10))
+_CIFAR100 = tuple("""
+    apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus
+    butterfly camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach
+    couch crab crocodile cup dinosaur dolphin elephant flatfish forest fox girl hamster
+    house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster man maple_tree
+    motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear
+    pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road
+    rocket rose sea seal shark shrew skunk skyscraper snail snake spider squirrel
+    streetcar sunflower sweet_pepper table tank telephone television tiger tractor train
+    trout tulip turtle wardrobe whale willow_tree wolf woman worm""".split())
 CLASS_NAMES = {"digits": _DIGITS, "mnist": _DIGITS, "svhn": _DIGITS,
                "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
-                           "horse", "ship", "truck")}
+                           "horse", "ship", "truck"),
+               "cifar100": _CIFAR100}
 PREFIXES = ("tfds:", "npz:", "folder:")
 
 # A data set without a test split (digits, or a custom one) has a stratified 20% held out

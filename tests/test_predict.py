@@ -140,6 +140,9 @@ def test_classes_by_name_or_by_index(folder_model, tmp_path):
       str(k) for k in range(10)]
   assert input_pipeline.class_names(config_lib.base_config("cifar10"))[:2] == [
       "airplane", "automobile"]
+  cifar100 = input_pipeline.class_names(config_lib.base_config("cifar100"))
+  assert len(set(cifar100)) == 100 and cifar100 == sorted(cifar100)  # the fine labels' order
+  assert cifar100[:2] == ["apple", "aquarium_fish"] and cifar100[-1] == "worm"
   tfds_set = config_lib.base_config("tfds:fashion_mnist")
   tfds_set.dataset.data_dir = str(tmp_path / "tfds")  # nothing prepared: info only
   assert input_pipeline.class_names(tfds_set)[:2] == ["T-shirt/top", "Trouser"]
