@@ -18,6 +18,12 @@ architectures within it (exactly, up to 100,000), and `sample`'s walks take only
 that the search's pruning allows (with `budget.prune=False`, as the search's, they are
 not pruned); `--uniform` draws from the whole space and takes no budget.
 
+`--workdir=DIR` (instead of `--config`) looks at a search's space with its agent: `sample`
+and `costs` walk with the Q-values it has learned so far, at `--epsilon` (0: its greedy
+choice at every step), e.g. `python -m metaqnn.space sample --workdir=DIR --epsilon=0
+--num=1`. Without it the agent is untrained, every Q-value equal, so walks at any
+epsilon are uniform random walks: `--epsilon` below 1 needs `--workdir`.
+
 `costs` helps to choose a budget: the percentiles (0, 10, 20, ..., 100) of the params and
 FLOPs of `--num` samples (default 2,000), drawn as `sample` draws them, as one JSON
 object. "The 20th percentile of the space's uniform samples" is `params["20"]` with
@@ -44,7 +50,10 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/
 _NUM = flags.DEFINE_integer("num", 10, "sample: number of architectures.")
 _SEED = flags.DEFINE_integer("seed", None, "sample: random seed (default: config.seed).",
                              lower_bound=0)
-_EPSILON = flags.DEFINE_float("epsilon", 1.0, "sample: epsilon (1 = uniform random walks).")
+_EPSILON = flags.DEFINE_float("epsilon", 1.0, "sample, costs: epsilon of the walks (1 = "
+                              "uniform random walks; below 1 with --workdir).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "A search's work directory, instead of "
+                               "--config: its space, and walks with its agent's Q-values.")
 _UNIFORM = flags.DEFINE_bool("uniform", False,
                              "sample: draw uniformly from all architectures, not by walks.")
 
@@ -57,19 +66,33 @@ _COUNT_UP_TO = 100_000  # architectures within a budget counted exactly (more: "
 def main(argv: list[str]) -> None:
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise cli.UserError(f"usage: python -m metaqnn.space {{{'|'.join(COMMANDS)}}} "
-                        "--config=configs/<name>.py [--num=N --seed=S --uniform]")
-  if _CONFIG.value is None:
-    raise cli.UserError("--config is required, e.g. --config=configs/cifar10.py")
-  # The size bins follow the image side: a custom data set (npz:, folder:, tfds:) is read
-  # for its shape, as a search does at its start.
-  input_pipeline.resolve(_CONFIG.value)
-  space = search_space.from_config(_CONFIG.value)
-  budget = budget_lib.Budget.from_config(_CONFIG.value)
-  budget_lib.check_space(space, _CONFIG.value)  # as the search: something must fit
+                        "--config=configs/<name>.py [--num=N --seed=S --uniform] "
+                        "(or --workdir=DIR [--epsilon=E] instead of --config)")
+  if (_CONFIG.value is None) == (_WORKDIR.value is None):
+    raise cli.UserError("give --config (e.g. --config=configs/cifar10.py) or --workdir (a "
+                        "search's), one of them")
+  if not 0 <= _EPSILON.value <= 1:  # (NaN fails too)
+    raise cli.UserError(f"--epsilon must be in [0, 1] (1: uniform random walks, 0: the "
+                        f"agent's greedy choice), got {_EPSILON.value}")
+  if _EPSILON.value < 1 and _WORKDIR.value is None:
+    raise cli.UserError("--epsilon below 1 needs --workdir=DIR, a search's agent: an "
+                        "untrained agent values every action alike, so its walks are "
+                        "random at any epsilon")
+  agent = None
+  if _WORKDIR.value is not None:
+    config, agent = search_agent(_WORKDIR.value)
+  else:
+    config = _CONFIG.value
+    # The size bins follow the image side: a custom data set (npz:, folder:, tfds:) is
+    # read for its shape, as a search does at its start.
+    input_pipeline.resolve(config)
+  space = search_space.from_config(config)
+  budget = budget_lib.Budget.from_config(config)
+  budget_lib.check_space(space, config)  # as the search: something must fit
   if argv[1] == "stats":
     stats = space.stats()
     if budget.hard:
-      pruner = budget_lib.Pruner(space, int(_CONFIG.value.dataset.channels), budget)
+      pruner = budget_lib.Pruner(space, int(config.dataset.channels), budget)
       found = pruner.count_within(_COUNT_UP_TO + 1)
       stats["within_budget"] = min(found, _COUNT_UP_TO)
       stats["within_budget_exact"] = found <= _COUNT_UP_TO
@@ -79,37 +102,51 @@ def main(argv: list[str]) -> None:
   least = 1 if argv[1] == "costs" else 0  # no percentile of no samples
   if num < least:
     raise cli.UserError(f"--num must be >= {least}")
-  seed = _CONFIG.value.seed if _SEED.value is None else _SEED.value
+  seed = config.seed if _SEED.value is None else _SEED.value
   if int(seed) < 0:  # NumPy's generators take non-negative seeds only
     raise cli.UserError(f"seed must be >= 0, got {seed}")
-  if not 0 <= _EPSILON.value <= 1:  # (NaN fails too)
-    raise cli.UserError(f"--epsilon must be in [0, 1] (1: uniform random walks, 0: the "
-                        f"agent's greedy choice), got {_EPSILON.value}")
   if _UNIFORM.value:
     if flags.FLAGS["epsilon"].present:
       raise cli.UserError("--uniform draws from the whole space; it takes no --epsilon")
     if budget.hard:
       raise cli.UserError("--uniform draws from the whole space; it takes no budget")
-  draw = sampler(space, _CONFIG.value, int(seed), _UNIFORM.value, _EPSILON.value)
+  draw = sampler(space, config, int(seed), _UNIFORM.value, _EPSILON.value, agent)
   if argv[1] == "costs":
-    print(json.dumps(cost_percentiles(draw, budget_lib.input_shape(_CONFIG.value), num)
+    walks = "the search's agent's walks" if agent is not None else "walks"
+    print(json.dumps(cost_percentiles(draw, budget_lib.input_shape(config), num)
                      | {"sampling": "uniform" if _UNIFORM.value else
-                        f"walks at epsilon {_EPSILON.value:g}"}))
+                        f"{walks} at epsilon {_EPSILON.value:g}"}))
     return
   out = sys.stdout
   for _ in range(num):
     out.write(str(draw().architecture) + "\n")
 
 
+def search_agent(workdir: str) -> tuple[object, agent_lib.Agent]:
+  """(config, agent) of a search's work directory, the agent brought up to the record's
+  last event; nothing there is changed."""
+  from metaqnn import search  # pylint: disable=import-outside-toplevel
+  from metaqnn import store as store_lib  # pylint: disable=import-outside-toplevel
+  store = store_lib.open_existing(workdir)
+  try:
+    return store.config(), search.agent_of(workdir, store)
+  finally:
+    store.close()
+
+
 def sampler(space: search_space.SearchSpace, config, seed: int, uniform: bool = False,
-            epsilon: float = 1.0) -> Callable[[], search_space.Path]:
-  """Draws paths: uniformly from all the space's architectures, or the agent's walks at
-  `epsilon` (pruned by the config's budget, as the search's are)."""
+            epsilon: float = 1.0, agent: agent_lib.Agent | None = None
+            ) -> Callable[[], search_space.Path]:
+  """Draws paths: uniformly from all the space's architectures, or the walks at `epsilon`
+  of `agent` (default: an untrained one), pruned by the config's budget as the search's
+  are; `seed` seeds the draws either way."""
   if uniform:
     rng = np.random.default_rng(seed)
     return lambda: space.uniform_path(rng)
-  agent = agent_lib.Agent(space, seed=seed)
-  agent.pruner = budget_lib.pruner_for(space, config)  # None with prune off or no budget
+  if agent is None:
+    agent = agent_lib.Agent(space)
+    agent.pruner = budget_lib.pruner_for(space, config)  # None with prune off or no budget
+  agent.rng = np.random.default_rng(seed)
   return lambda: agent.sample(epsilon)
 
 

@@ -330,3 +330,38 @@ def test_space_fields_that_are_not_whole_numbers_are_refused_not_read_otherwise(
   read = getattr(S.SpaceConfig.from_config(config), field)
   flat = [x for v in read for x in (v if isinstance(v, tuple) else (v,))]
   assert all(type(x) is int for x in flat), read
+
+
+def test_sample_walks_with_a_searchs_agent(tmp_path):
+  """`--workdir` walks with what a search's agent learned: at epsilon 0 its greedy
+  choice, a few architectures; without it, epsilon below 1 is refused (an untrained agent
+  walks at random whatever epsilon says)."""
+  from metaqnn import config_lib, search
+  config = config_lib.base_config("mnist")
+  config.evaluator = "synthetic"
+  config.search.schedule = "1.0:30,0.1:30"
+  config.search.replay_samples = 20
+  workdir = str(tmp_path / "w")
+  search.run_search(config, workdir, log_interval=1e9, tensorboard=False)
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  run = lambda *args: subprocess.run([sys.executable, "-m", "metaqnn.space", *args],
+                                     cwd=ROOT, env=env, capture_output=True, text=True)
+  greedy = run("sample", f"--workdir={workdir}", "--epsilon=0", "--num=40")
+  again = run("sample", f"--workdir={workdir}", "--epsilon=0", "--num=40")
+  walks = run("sample", f"--workdir={workdir}", "--num=40")
+  assert greedy.returncode == 0, greedy.stderr
+  assert greedy.stdout == again.stdout  # seeded: config.seed, or --seed
+  space = S.from_config(config)
+  for line in greedy.stdout.splitlines():
+    check_legal(parse(line), space.cfg)
+  assert len(set(greedy.stdout.splitlines())) < len(set(walks.stdout.splitlines())) / 2
+  costs = run("costs", f"--workdir={workdir}", "--epsilon=0.1", "--num=50")
+  assert costs.returncode == 0, costs.stderr
+  assert json.loads(costs.stdout)["sampling"] == "the search's agent's walks at epsilon 0.1"
+  for args, says in [
+      (["--config=configs/mnist.py", "--epsilon=0.5"], "--epsilon below 1 needs --workdir"),
+      ([f"--workdir={workdir}", "--config=configs/mnist.py"], "one of them"),
+      ([f"--workdir={tmp_path}"], str(tmp_path))]:
+    wrong = run("sample", *args)
+    assert wrong.returncode == 2 and says in wrong.stderr, wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
