@@ -395,6 +395,11 @@ def _lock(workdir: str):
       fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
       f.close()
+      if (holder(workdir) or {}).get("pid") == os.getpid():  # a notebook's earlier cell
+        raise WorkdirError(
+            f"this process is already running a search or its final stage in {workdir} "
+            "(another thread, or an earlier call whose store was never closed); let it "
+            "finish, or restart the process") from None
       raise WorkdirError(f"another metaqnn process is running a search or its final stage "
                          f"in {workdir}; wait for it to stop (or stop it) first") from None
     try:

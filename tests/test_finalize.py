@@ -99,8 +99,8 @@ def test_the_final_stage_never_runs_beside_its_search_or_another(finished):
     release = take()
     try:
       assert store_lib.holder(workdir)["pid"] == os.getpid()
-      with pytest.raises(store_lib.WorkdirError, match="another metaqnn process is running "
-                         "a search or its final stage in "):
+      with pytest.raises(store_lib.WorkdirError, match="this process is already running a "
+                         "search or its final stage in "):
         finalize.finalize(workdir)
     finally:
       release()

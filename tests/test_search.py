@@ -856,10 +856,21 @@ def test_one_search_process_per_workdir(tmp_path):
   config = small_config()
   fp = search.fingerprint(config, "synthetic", 20)
   first = store_lib.Store(str(tmp_path / "w"), fp)
-  with pytest.raises(WorkdirError, match="another metaqnn process"):
-    store_lib.Store(str(tmp_path / "w"), fp)
+  with pytest.raises(WorkdirError, match="this process is already running a search"):
+    store_lib.Store(str(tmp_path / "w"), fp)  # a notebook's second call, say
   first.close()
   store_lib.Store(str(tmp_path / "w"), fp).close()
+  other = subprocess.Popen(  # another process holds it
+      [sys.executable, "-c", "import sys; from metaqnn import store; r = store.lock(sys.argv[1]); "
+       "print('held', flush=True); sys.stdin.read()", str(tmp_path / "w")],
+      cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE, text=True)
+  try:
+    assert other.stdout.readline() == "held\n"
+    with pytest.raises(WorkdirError, match="another metaqnn process is running a search"):
+      store_lib.Store(str(tmp_path / "w"), fp)
+  finally:
+    other.communicate("")
 
 
 @pytest.mark.slow
