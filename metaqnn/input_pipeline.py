@@ -416,6 +416,7 @@ def _conform(name: str, ds, tr_x, tr_y, te_x, te_y, k, val: _Val = None):
       raise DatasetError(f"{name}: {what} images have {x.shape[3]} channels; resizing "
                          "handles 1 (grey), 3 (RGB) or 4 (RGBA).")
   if resize:  # side > 0: see _check_config
+    check_fits_memory(name, len(tr_x) + len(va_x) + len(te_x), side, int(tr_x.shape[-1]))
     tr_x, va_x, te_x = (resize_all(x, side) for x in (tr_x, va_x, te_x))
   for what, x in (("training", tr_x), ("validation", va_x), ("test", te_x)):
     if x.ndim != 4 or x.shape[1] != x.shape[2]:
@@ -457,6 +458,11 @@ def _conform(name: str, ds, tr_x, tr_y, te_x, te_y, k, val: _Val = None):
              else f"classes {', '.join(map(str, missing))}{more} of 0..{k - 1} have")
     raise DatasetError(f"{name}: {which} no training examples; labels must be 0..k-1 with "
                        "every class present.")
+  if val is not None and len(va_y) and len(np.unique(va_y)) < 2:
+    raise DatasetError(
+        f"{name}: its validation split holds class {int(va_y[0])} only; the reward is a "
+        "validation accuracy, which a constant guess would max out: add examples of the "
+        "other classes there, or leave the split out to have one carved from train.")
   if val is not None:
     val = va_x, va_y.astype(np.int32)
   return tr_x, tr_y.astype(np.int32), te_x, te_y.astype(np.int32), k, val
@@ -472,6 +478,26 @@ def _first_missing(present: np.ndarray, k: int, n: int = 10) -> list[int]:
       break
     expect = p + 1
   return missing
+
+
+def memory_bytes() -> int | None:
+  """This machine's physical memory, where the OS tells it."""
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def check_fits_memory(label: str, count: int, side: int, channels: int) -> None:
+  """A one-line DatasetError where `count` uint8 images resized to side x side x channels
+  would take more than half of this machine's memory: refused before they are made,
+  rather than killed by the OS on the way."""
+  need, total = count * side * side * channels, memory_bytes()
+  if total and need > total // 2:
+    raise DatasetError(
+        f"{label}: {count:,} images resized to {side}x{side}x{channels} would take "
+        f"{need / 2**30:,.1f} GiB, more than half of this machine's {total / 2**30:,.0f} GiB "
+        "of memory; choose a smaller --config.dataset.image_size.")
 
 
 def resize_all(x: np.ndarray, side: int) -> np.ndarray:
@@ -551,7 +577,7 @@ def read_npz(path: str, label: str, keys: str,
   import zipfile
   try:
     z = np.load(path, allow_pickle=False)
-  except (OSError, ValueError, zipfile.BadZipFile) as e:
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # EOFError: empty file
     raise DatasetError(f"{label} is not a readable .npz file ({type(e).__name__}).") from None
   if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy: one bare array, no names
     raise DatasetError(f"{label} holds one array (a .npy file), not named arrays; save them "
@@ -559,7 +585,7 @@ def read_npz(path: str, label: str, keys: str,
   try:
     with z:
       return list(z.files), {k: z[k] for k in pick(list(z.files))}
-  except (OSError, ValueError, zipfile.BadZipFile) as e:
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
     if "allow_pickle" in str(e):  # never unpickled: loading a pickle can run code
       raise DatasetError(f"{label} holds object arrays (pickled Python objects), which are "
                          "not read; save numeric arrays (uint8 images, integer labels).") \
@@ -665,6 +691,8 @@ def _read_folder(label: str, root: str, classes: list[str], ds, required: bool =
       raise DatasetError(_no_images(label, folder))
     if files:
       _check_not_nested(label, folder)
+    if resize and side > 0:
+      check_fits_memory(label, len(images) + len(files), side, channels or 3)
     for f in files:
       file = os.path.join(folder, f)
       arr = read_image(file, {1: "L", 3: "RGB"}.get(channels), label)
@@ -903,6 +931,8 @@ def _read_all(source, name: str = "", side: int = 0) -> tuple[np.ndarray, np.nda
     stop = min(n, start + _READ_CHUNK)
     examples = source.__getitems__(list(range(start, stop)))
     batch = [np.asarray(ex["image"]) for ex in examples]
+    if side and images is None:
+      check_fits_memory(name, n, side, batch[0].shape[-1] if batch[0].ndim == 3 else 1)
     if side:
       batch = [_resize(x if x.ndim == 3 else x[..., None], side) for x in batch]
     if images is None:

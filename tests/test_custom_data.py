@@ -168,9 +168,10 @@ def test_npz_missing_keys_and_paths(tmp_path):
     ip.load(_config(f"npz:{tmp_path}/bad.npz"))
   with pytest.raises(ip.DatasetError, match="no such file"):
     ip.load(_config(f"npz:{tmp_path}/none.npz"))
-  (tmp_path / "text.npz").write_text("not a zip")
-  with pytest.raises(ip.DatasetError, match="not a readable .npz"):
-    ip.load(_config(f"npz:{tmp_path}/text.npz"))
+  for name, text in (("text.npz", "not a zip"), ("empty.npz", "")):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ip.DatasetError, match="not a readable .npz"):
+      ip.load(_config(f"npz:{tmp_path}/{name}"))
   np.save(tmp_path / "x.npy", np.zeros((3, 2, 2), np.uint8))  # a .npy, not a .npz
   with pytest.raises(ip.DatasetError, match="one array .*np.savez") as e:
     ip.load(_config(f"npz:{tmp_path}/x.npy"))
@@ -263,6 +264,25 @@ def test_a_folder_with_validation_and_val_is_refused(tmp_path):
     shutil.copytree(os.path.join(root, "test"), os.path.join(root, name))
   with pytest.raises(ip.DatasetError, match="both validation/ and val/"):
     ip.resolve(_config(f"folder:{root}"))
+
+
+def test_a_resize_beyond_memory_is_refused_before_it_is_made(tmp_path):
+  """Killed by the OS on the way, it would leave no word of why."""
+  for name in ("npz:" + _npz(tmp_path / "d.npz"), "folder:" + _folder(tmp_path / "imgs")):
+    with pytest.raises(ip.DatasetError, match="would take .* GiB, more than half of this "
+                       "machine's .*smaller --config.dataset.image_size") as e:
+      ip.resolve(_config(name, resize=True, image_size=10**6))
+    assert "\n" not in str(e.value)
+
+
+def test_a_validation_split_of_one_class_is_refused(tmp_path):
+  """Every model would be `no_learning` (a constant guess scores 1.0), retried six times."""
+  x, y = _images(60, 8)
+  np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_val=x[:5], y_val=np.zeros(5, y.dtype))
+  with pytest.raises(ip.DatasetError, match="validation split holds class 0 only"):
+    ip.resolve(_config(f"npz:{tmp_path}/d.npz"))
+  np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_val=x[:5], y_val=y[:5])
+  assert len(np.unique(y[:5])) > 1 and ip.resolve(_config(f"npz:{tmp_path}/d.npz"))
 
 
 def test_folder_mixed_sizes_need_resize(tmp_path):
