@@ -15,7 +15,6 @@ metadata present) are not trained again.
 from __future__ import annotations
 
 import concurrent.futures
-import copy
 import hashlib
 import itertools
 import json
@@ -159,35 +158,27 @@ def _meta(path: str) -> dict:
 
 
 def check_kept_before(workdir: str, config) -> None:
-  """`_check_kept` for a search about to run with `config`, on the models it ranks top
-  now: a run that its final stage would refuse is refused before it stores its settings
-  (a resume that extends the search is checked again at its end, on its new top). Not
-  where another seed, data or training is among the differences: that is another search,
-  which the search refuses first, with its own advice."""
-  if "config" not in store_lib.stored_meta(workdir):  # new, or killed before it stored one
+  """`_check_kept` for a search about to resume with `config` (its settings, the data's
+  fields resolved), on the models it ranks top now: a run that its final stage would
+  refuse is refused before it stores its settings (a resume that extends the search is
+  checked again at its end, on its new top). Given to `search.run_search` as its
+  `check_resume`: called only once the record is this search's, so another seed, data or
+  training gets the search's own refusal and advice, not this one."""
+  if "config" not in store_lib.stored_meta(workdir):  # killed before it stored one
     return
-  stored, best = top_models(workdir, int(config.final.top))
-  given = copy.deepcopy(config)
-  for k in ("image_size", "channels", "num_classes"):  # 0: read from the data, which the
-    if not int(given.dataset.get(k, 0)):                # resume checks is unchanged
-      given.dataset[k] = stored.dataset.get(k, 0)
-  # (the search's fingerprint holds these; final_extra only the final stage reads)
-  searched = lambda d: d == "seed" or (d.startswith(("dataset.", "train."))
-                                       and d != "dataset.final_extra")
-  _check_kept(os.path.join(workdir, FINAL_DIR), best, given, unless=searched)
+  _, best = top_models(workdir, int(config.final.top))
+  _check_kept(os.path.join(workdir, FINAL_DIR), best, config)
 
 
-def _check_kept(root: str, best, config, unless: Callable[[str], bool] = lambda d: False
-                ) -> None:
+def _check_kept(root: str, best, config) -> None:
   """Refuses a final stage whose finished models were trained with other settings (a
-  resume with another final.epochs, say): they would be kept as if they were these.
-  (`unless`: not where any difference is one of these.)"""
+  resume with another final.epochs, say): they would be kept as if they were these."""
   for rec in best:
     meta = os.path.join(model_dir(root, rec.arch), "meta.json")
     if not os.path.exists(meta):
       continue
     differs = settings_differ(_meta(meta).get("config") or {}, config)
-    if differs and not any(unless(d) for d in differs):
+    if differs:
       raise UserError(f"{root} holds final models trained with other settings (differs "
                       f"in: {', '.join(differs)}); to train these, move {root} aside (it "
                       "is kept as it is) and run again")

@@ -15,6 +15,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from metaqnn import cli
+from metaqnn import finalize
 from metaqnn import search
 from metaqnn import signals
 from metaqnn import store
@@ -47,11 +48,12 @@ def main(argv: list[str]) -> None:
   cli.handle_stops()  # SIGTERM stops as cleanly as Ctrl-C, the final stage included
   config, workdir = _CONFIG.value, _WORKDIR.value
   final_stage = config.final.run_after_search and config.evaluator == "train"
-  if final_stage:  # before the run stores its settings: refused, it changes nothing
-    from metaqnn import finalize
-    finalize.check_kept_before(workdir, config)
+  # On a resume, before the run stores its settings: refused, it changes nothing.
+  kept = (lambda settings: finalize.check_kept_before(workdir, settings)) if final_stage \
+      else None
   try:
-    result = search.run_search(config, workdir, on_start=_announce(config, workdir))
+    result = search.run_search(config, workdir, on_start=_announce(config, workdir),
+                               check_resume=kept)
   except KeyboardInterrupt:
     if not os.path.exists(os.path.join(workdir, store.DB_FILE)):  # still loading the data
       cli.stop("interrupted before the search began. Run the same command to start it.")
@@ -79,8 +81,7 @@ def main(argv: list[str]) -> None:
     print("final stage skipped: no model of the search trained successfully (inspect lists "
           "the failures)")
   elif result.finished and final_stage:
-    from metaqnn import finalize  # the final stage: top models retrained, tested, ensembled
-    try:
+    try:  # the final stage: top models retrained, tested, ensembled
       results = finalize.finalize(workdir, data_checked=True)  # by the search just run
     except KeyboardInterrupt:
       cli.stop("interrupted; finished final models are kept. Run the same command (or "

@@ -488,7 +488,8 @@ def make_executor(config, evaluate: Optional[Callable], early_stop=None, dataset
 def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
                log_interval: Optional[float] = None, tensorboard: bool = True,
                max_models: Optional[int] = None, dataset=None,
-               on_start: Optional[Callable[[bool, int], None]] = None) -> SearchResult:
+               on_start: Optional[Callable[[bool, int], None]] = None,
+               check_resume: Optional[Callable[[object], None]] = None) -> SearchResult:
   """Runs (or resumes) the whole search of `config` in `workdir`.
 
   Args:
@@ -507,6 +508,10 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
       the data of a built-in set loaded): a command's first line, never printed before
       a refusal. Your own data (npz:, folder:, tfds:) is read before it, since it is
       checked. Not called for a search that is already finished.
+    check_resume: called on a resume with this run's settings (the data's fields
+      resolved) once the record is known to be this search's (the same fingerprint and
+      data) and locked, before anything is written to it; it may refuse the run by
+      raising (main: final models kept from other final settings).
   """
   schedule = agent_lib.Schedule.parse(config.search.schedule)
   store_lib.check_workdir(workdir)  # before any data is read
@@ -575,7 +580,8 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     signals.check()  # a stop dropped while the data loaded: nothing is written yet
     data = (input_pipeline.digest(dataset)  # only then do the rewards depend on the data
             if dataset is not None and kind == "train" else None)
-    store = store_lib.Store(workdir, fp, data)
+    store = store_lib.Store(workdir, fp, data, check=check_resume and (
+        lambda: check_resume(config)))
   except BaseException:
     if executor is not None:
       executor.close()

@@ -99,11 +99,14 @@ _SCHEMA += _ATTEMPTS
 class Store:
   """Append-only record of a search's models, in `workdir/metaqnn.db`."""
 
-  def __init__(self, workdir: str, fingerprint: dict, data: Optional[dict] = None):
+  def __init__(self, workdir: str, fingerprint: dict, data: Optional[dict] = None,
+               check: Optional[Callable[[], None]] = None):
     """Opens or creates the record; raises `WorkdirError` for a foreign or other search.
 
     `data`: a digest of the data the rewards are measured on (`input_pipeline.digest`);
-    a record made on other data is refused like another search."""
+    a record made on other data is refused like another search. `check`: called on an
+    existing record once it is accepted and locked, before anything is written to it;
+    whatever it raises refuses the opening, the record left byte for byte as it was."""
     self.path = os.path.join(workdir, DB_FILE)
     creating = os.path.join(workdir, _CREATING)
     check_workdir(workdir)
@@ -123,12 +126,14 @@ class Store:
       self._check_sqlite_header()
       # Checked through an immutable, read-only view first: a refused work directory is
       # left byte for byte as it was (a writable connection could checkpoint its WAL).
-      check = sqlite3.connect(f"file:{self.path}?immutable=1", uri=True)
+      view = sqlite3.connect(f"file:{self.path}?immutable=1", uri=True)
       try:
-        recorded_data = self._check(check, fingerprint, data)
+        recorded_data = self._check(view, fingerprint, data)
       finally:
-        check.close()
+        view.close()
       self._lock = _lock(workdir)
+      if check is not None and exists:
+        check()
       self.db = sqlite3.connect(self.path, isolation_level=None)
       self.db.execute("PRAGMA journal_mode=WAL")
       self.db.execute("PRAGMA synchronous=NORMAL")

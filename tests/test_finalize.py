@@ -1,5 +1,6 @@
 """The final stage, transfer, and checkpoint inspection on digits (tiny settings)."""
 
+import copy
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from metaqnn import search
 from metaqnn import transfer
 from metaqnn.architecture import parse
 from metaqnn.errors import UserError
+from metaqnn.store import WorkdirError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -214,17 +216,22 @@ def test_final_models_of_other_settings_are_not_passed_off_as_these(finished, ca
     with pytest.raises(ValueError, match=f"other settings \\(differs in: {named}"):
       finalize.finalize(workdir, top=3, ensemble=2, config_overrides=override)
   assert [open(m).read() for m in metas] == before
-  # Before a search runs (main): its own final settings refused, another seed left to
-  # the search, which refuses it as another search, with that advice.
+  # Before a resumed search stores its settings (main): its own final settings refused;
+  # another seed, space or budget left to the search, which refuses it as another
+  # search, with that advice, whatever its final settings.
   config, _ = finalize.top_models(workdir, 0)
   config.final.epochs = 5
+  kept = lambda settings: finalize.check_kept_before(workdir, settings)
   with pytest.raises(ValueError, match="other settings \\(differs in: final schedule"):
-    finalize.check_kept_before(workdir, config)
-  config.final.epochs, config.seed = 3, 3
-  finalize.check_kept_before(workdir, config)
-  config.seed, config.dataset.final_extra = 0, True  # read by the final stage only
+    search.run_search(config, workdir, check_resume=kept)
+  for field, value in (("seed", 3), ("space.max_depth", 4), ("budget.max_params", 10**6)):
+    other = copy.deepcopy(config)
+    other.update_from_flattened_dict({field: value})
+    with pytest.raises(WorkdirError, match="made for another search"):
+      search.run_search(other, workdir, check_resume=kept)
+  config.final.epochs, config.dataset.final_extra = 3, True  # read by the final stage only
   with pytest.raises(ValueError, match="differs in: dataset.final_extra"):
-    finalize.check_kept_before(workdir, config)
+    search.run_search(config, workdir, check_resume=kept)
   # Settings that do not change a final model are not refused: how many run at once,
   # the search's own precision (final.dtype is used), a search setting.
   assert finalize.finalize(workdir, top=3, ensemble=2, config_overrides={
