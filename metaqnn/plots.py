@@ -201,13 +201,16 @@ def plot_curves(records, path: str, title: str, top: int = 10) -> bool:
     acc = r.curves[-1]["val_accuracy"]
     stopped = r.status == "stopped"
     ax_all.plot(range(1, len(acc) + 1), acc, "--" if stopped else "-", color=cmap(r.epsilon),
-                alpha=0.35, lw=0.8)
+                alpha=0.35, lw=0.8, marker="." if len(acc) == 1 else None)  # else unseen
     if stopped:  # a black x where it stopped, over any colour: a one-epoch curve is a point
       stops.append((len(acc), acc[-1]))
   if stops:
     ax_all.scatter(*zip(*stops), marker="x", color="k", s=18, lw=0.8, zorder=3)
   ax_all.set(title="all trained models" + (" (stopped early: dashed, ending in x)"
                                            if stops else ""), xlabel="epoch")
+  from matplotlib.ticker import MaxNLocator
+  for ax in (ax_top, ax_all):
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # epochs: 1, 2, ... not 0.96
   fig.colorbar(plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 1)), ax=ax_all,
                label="ε")
   fig.suptitle(title)

@@ -178,3 +178,20 @@ def test_an_empty_work_directory_in_the_list_is_the_usage_line():
   out = subprocess.run([sys.executable, "-m", "metaqnn.plots", "--workdir=,"], cwd=root,
                        env=dict(os.environ, PYTHONPATH=root), capture_output=True, text=True)
   assert out.returncode == 2 and out.stderr.startswith("error: usage:"), out.stderr
+
+
+def test_one_epoch_curves_are_drawn_and_epochs_are_whole_numbers(tmp_path, monkeypatch):
+  """With train.epochs=1 every curve is one point: a line alone would draw nothing."""
+  import types
+  from matplotlib.figure import Figure
+  saved = []
+  monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: saved.append(fig))
+  records = [types.SimpleNamespace(resampled=False, status="ok", accuracy=0.5 + 0.01 * i,
+                                   iteration=i, epsilon=1.0,
+                                   curves=[{"val_accuracy": [0.5 + 0.01 * i]}])
+             for i in range(4)]
+  assert plots.plot_curves(records, str(tmp_path / "c.png"), "one epoch")
+  top, every = saved[0].axes[:2]
+  assert len(every.lines) == 4 and all(l.get_marker() == "." for l in every.lines)
+  for ax in (top, every):
+    assert all(float(t).is_integer() for t in ax.get_xticks()), ax.get_xticks()
