@@ -13,9 +13,11 @@
    schedule. Any over-budget model trained is counted (it must be 0). Beside it, the
    share of 2,000 fresh walks of the final agent at epsilon 0.1 and 0 (greedy): the
    policy itself, without the search's quota of new models, which makes the last stages
-   sample mostly what the agent has not tried yet.
+   sample mostly what the agent has not tried yet. With --shares-train: real training
+   (the digits protocol), without pruning only. --no-shares skips this part.
 3. With --train: a real search on digits under the budget and an unconstrained one of the
-   same schedule (seed 0, or --train-seed). Printed: the best of each, and the best
+   same schedule (seed 0, or --train-seed; --epochs and --lr-decay-every change the
+   digits training protocol of both). Printed: the best of each, and the best
    in-budget model the unconstrained search happened to train (what filtering an
    unconstrained search by the budget afterwards would give).
 4. With --pool=W1,W2,...: no search. The best model under the budget among every model
@@ -139,7 +141,14 @@ def main():
   parser.add_argument("--sampling", choices=("walks", "space"), default="walks",
                       help="the samples of the percentile: the agent's epsilon-1 walks, or "
                            "architectures drawn uniformly from the space")
-  parser.add_argument("--epochs", type=int, default=None)
+  parser.add_argument("--epochs", type=int, default=None, help="train.epochs of --train")
+  parser.add_argument("--lr-decay-every", type=int, default=None,
+                      help="train.lr_decay_every of --train (digits: 3)")
+  parser.add_argument("--no-shares", action="store_true",
+                      help="skip the over-budget shares (2.); with --train, only the searches")
+  parser.add_argument("--shares-train", action="store_true",
+                      help="the shares (2.) with real training instead of the synthetic "
+                           "evaluator, without pruning only (with it they are 0)")
   parser.add_argument("--seeds", default="0,1,2", help="seeds of the share measurement")
   parser.add_argument("--train-seed", type=int, default=0, help="seed of the --train runs")
   parser.add_argument("--workdirs", default=None,
@@ -165,17 +174,27 @@ def main():
     pool_ceiling(workdirs, cap, args.epochs or int(base.train.epochs))
     return
 
-  print(f"\nshare of over-budget samples, synthetic evaluator, schedule "
-        f"{base.search.schedule}:")
+  if not args.no_shares:
+    print_shares(base, cap, args.seeds, args.shares_train)
+  if args.train:
+    train_runs(base, cap, args)
+
+
+def print_shares(base, cap: int, seeds: str, train: bool = False) -> None:
+  """2.: the over-budget share per epsilon, without pruning and with it (with `train`:
+  real training, without pruning only)."""
+  print(f"\nshare of over-budget samples, {'real training' if train else 'synthetic'} "
+        f"evaluator, schedule {base.search.schedule}:")
   print(f"  {'prune':<6} {'seed':<5} " + " ".join(f"{'eps ' + format(e, 'g'):>9}"
                                                   for e in (1.0, 0.5, 0.1)) +
         "  (n 0.1)  trained over budget  iterations  final policy eps 0.1 / 0")
-  for prune in (False, True):
-    for seed in map(int, args.seeds.split(",")):
+  for prune in (False,) if train else (False, True):
+    for seed in map(int, seeds.split(",")):
       config = digits.get_config()
       config.search.schedule = base.search.schedule
       config.seed = seed
-      config.evaluator = "synthetic"
+      config.evaluator = "train" if train else "synthetic"
+      config.final.run_after_search = False
       config.budget.max_params = cap
       config.budget.prune = prune
       with tempfile.TemporaryDirectory() as d:
@@ -188,8 +207,9 @@ def main():
       print(f"  {str(prune):<6} {seed:<5} {cells}  {bad:>19}  {len(recs):>10}  "
             f"{policy[0]:>12.1%} / {policy[1]:.1%}")
 
-  if not args.train:
-    return
+
+def train_runs(base, cap: int, args) -> None:
+  """3.: a real search under the budget and an unconstrained one of the same schedule."""
   results = {}
   for name, budget in (("unconstrained", 0), ("max_params", cap)):
     config = digits.get_config()
@@ -198,6 +218,8 @@ def main():
     config.seed = args.train_seed
     if args.epochs:
       config.train.epochs = args.epochs
+    if args.lr_decay_every:
+      config.train.lr_decay_every = args.lr_decay_every
     config.budget.max_params = budget
     with tempfile.TemporaryDirectory() as d:
       recs, seconds = run(config, os.path.join(args.workdirs or d, name))

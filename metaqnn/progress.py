@@ -124,6 +124,7 @@ class Progress:
     rate = self.trained_here / elapsed if elapsed > 0 else 0.0
     remaining = self.schedule.total - unique_models
     eta = _duration(remaining / rate) if rate > 0 else "?"
+    speed = f"{rate * 60:.1f}" if rate > 0 else "?"  # none trained yet in this run
     what = "re-sample" if rec.resampled else rec.status
     # The reward, and the validation accuracy beside it where they differ (the budget's
     # soft objective; an early-stopped model's prediction).
@@ -133,7 +134,7 @@ class Progress:
       score = f"reward {rec.accuracy:.4f} (val acc {val:.4f})"
     return (f"[eps {rec.epsilon:g}, {where} | unique {unique_models}/{self.schedule.total}"
             f" | sample {rec.iteration + 1}] {score} ({what}) best "
-            f"{self.best:.4f} | {rate * 60:.1f} models/min ETA {eta} | {rec.arch}")
+            f"{self.best:.4f} | {speed} models/min ETA {eta} | {rec.arch}")
 
   def close(self) -> None:
     """Flushes and closes TensorBoard; a stop waits for its end (close is one more put
