@@ -315,7 +315,8 @@ def check_space(space: SearchSpace, config, needed: int = 1) -> None:
   if found < needed:
     fit = ("only 1 architecture of this search space fits" if found == 1 else
            f"only {found} architectures of this search space fit")
-    raise BudgetError(f"{fit} the budget "
-                      f"(max_params={b.max_params:,}, max_flops={b.max_flops:,}) but the "
+    limits = ", ".join(f"{name}={value:,}" for name, value in (
+        ("max_params", b.max_params), ("max_flops", b.max_flops)) if value)  # 0: none
+    raise BudgetError(f"{fit} the budget ({limits}) but the "
                       f"schedule asks for {needed} unique models; raise the budget or "
                       "shorten config.search.schedule")
