@@ -53,6 +53,19 @@ class BudgetError(UserError):
   """A budget no architecture of the space can meet, or a bad budget setting (one line)."""
 
 
+def check_config(config) -> None:
+  """Refuses the soft objective's settings given without an objective: they would change
+  nothing, silently (a forgotten `budget.objective`, most likely)."""
+  b = config.get("budget", None)
+  if b is None or b.get("objective", ""):
+    return
+  given = [f"config.budget.{k}={b.get(k)}" for k in ("target", "weight")
+           if float(b.get(k, getattr(Budget, k))) != getattr(Budget, k)]
+  if given:
+    raise BudgetError(f"{' and '.join(given)} shape the soft objective only; set "
+                      "config.budget.objective=params or flops too, or leave them unset")
+
+
 @dataclasses.dataclass(frozen=True)
 class Budget:
   """`config.budget`; all zero (the default) means no budget."""

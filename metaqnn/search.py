@@ -680,6 +680,7 @@ def check_config(config, schedule: agent_lib.Schedule, space) -> None:
   finalize.check_config(config)  # not only when the search has ended
   early_stop.check_config(config)  # with kind "none" too: a value set wrong is a mistake
   check_executor(config)
+  budget_lib.check_config(config)
   if schedule.total < 1:
     raise UserError(f"the schedule {config.search.schedule!r} asks for 0 models; give at "
                      "least one, e.g. 1.0:20")

@@ -216,9 +216,11 @@ def test_budget_is_in_the_fingerprint_only_when_set(tmp_path):
   with pytest.raises(WorkdirError, match="budget"):
     search.run_search(small_config(schedule="1.0:5", max_flops=10**5), str(tmp_path / "b"))
   assert search.run_search(with_budget, str(tmp_path / "b")).finished
-  # Without an objective its target and weight change nothing: a resume may differ in them.
+  # Without an objective its target and weight would change nothing: given, they are a
+  # mistake, said as such (not as another search).
   unused = small_config(schedule="1.0:5", max_flops=10**6, target=1000, weight=-0.5)
-  assert search.run_search(unused, str(tmp_path / "b")).already_finished
+  with pytest.raises(budget_lib.BudgetError, match="shape the soft objective only"):
+    search.run_search(unused, str(tmp_path / "b"))
   with pytest.raises(WorkdirError, match="differs in: budget"):  # with one, they count
     search.run_search(small_config(schedule="1.0:5", max_flops=10**6, objective="params",
                                    target=1000), str(tmp_path / "b"))
@@ -469,3 +471,17 @@ def test_limits_may_be_written_in_exponent_notation(given, read):
   two = cli._whole_numbers(["prog", name, value, "--workdir=w"])  # pylint: disable=protected-access
   assert two == (["prog", read, "--workdir=w"] if read != given
                  else ["prog", name, value, "--workdir=w"])
+
+
+def test_objective_settings_without_an_objective_are_refused(tmp_path):
+  """They would change nothing: a forgotten budget.objective, most likely."""
+  for field, value in (("target", 20000.0), ("weight", -0.2)):
+    config = small_config("1.0:5")
+    config.budget[field] = value
+    with pytest.raises(budget_lib.BudgetError, match=f"config.budget.{field}=.* shape the "
+                       "soft objective only; set config.budget.objective"):
+      search.run_search(config, str(tmp_path / "w"))
+    assert not os.path.exists(tmp_path / "w")
+    config.budget.objective = "params"
+    config.budget.target = 20000.0
+    search.run_search(config, str(tmp_path / field), log_interval=1e9, tensorboard=False)
