@@ -74,6 +74,8 @@ def main(argv: list[str]) -> None:
   if not 0 <= _EPSILON.value <= 1:  # (NaN fails too)
     raise cli.UserError(f"--epsilon must be in [0, 1] (1: uniform random walks, 0: the "
                         f"agent's greedy choice), got {_EPSILON.value}")
+  if argv[1] == "stats" and (flags.FLAGS["epsilon"].present or _UNIFORM.value):
+    raise cli.UserError("stats counts the space; it takes no --epsilon or --uniform")
   if _EPSILON.value < 1 and _WORKDIR.value is None:
     raise cli.UserError("--epsilon below 1 needs --workdir=DIR, a search's agent: an "
                         "untrained agent values every action alike, so its walks are "
@@ -109,7 +111,10 @@ def main(argv: list[str]) -> None:
     if flags.FLAGS["epsilon"].present:
       raise cli.UserError("--uniform draws from the whole space; it takes no --epsilon")
     if budget.hard:
-      raise cli.UserError("--uniform draws from the whole space; it takes no budget")
+      raise cli.UserError(
+          "--uniform draws from the whole space; it takes no budget" if agent is None else
+          f"--uniform draws from the whole space, and {_WORKDIR.value}'s search has a budget;"
+          " leave --uniform out to walk its agent (within the budget)")
   draw = sampler(space, config, int(seed), _UNIFORM.value, _EPSILON.value, agent)
   if argv[1] == "costs":
     walks = "the search's agent's walks" if agent is not None else "walks"

@@ -358,6 +358,9 @@ def test_sample_walks_with_a_searchs_agent(tmp_path):
   costs = run("costs", f"--workdir={workdir}", "--epsilon=0.1", "--num=50")
   assert costs.returncode == 0, costs.stderr
   assert json.loads(costs.stdout)["sampling"] == "the search's agent's walks at epsilon 0.1"
+  stats = run("stats", f"--workdir={workdir}", "--epsilon=0.3")
+  assert stats.returncode == 2 and "stats counts the space; it takes no --epsilon" in \
+      stats.stderr, stats.stderr
   for args, says in [
       (["--config=configs/mnist.py", "--epsilon=0.5"], "--epsilon below 1 needs --workdir"),
       ([f"--workdir={workdir}", "--config=configs/mnist.py"], "one of them"),
