@@ -193,8 +193,8 @@ def render(s: dict) -> str:
   for eps, v in s["mean_accuracy_by_epsilon"].items():
     lines.append(f"  eps {eps:>4}  {v['mean']:.4f}  ({v['samples']} samples, "
                  f"{v['unique']} unique models)")
-  left = [f"{s[k]} {what}" for k, what in (("stopped", "stopped early (their accuracy is "
-                                             "predicted or partial)"),
+  left = [f"{s[k]} {what}" for k, what in (("stopped", "stopped early, their accuracy "
+                                             "predicted or partial"),
                                             ("timeout", "stopped by train.max_seconds"))
           if s.get(k)]
   stopped = f" (not ranked: {'; '.join(left)})" if left else ""
