@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import decimal
 import os
+import re
 import signal
 import sys
 from typing import Callable
@@ -82,7 +83,12 @@ def parse_flags(argv: list[str]) -> list[str]:
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     _fail(f"cannot load the config file: {lines[-1] if lines else e}")
   except (flags.Error, TypeError, ValueError) as e:
-    _fail(_one_line(e))
+    message = _one_line(e)
+    group = re.match(r"flag (--config\.[\w.]+)=.* as a ConfigDict", message)
+    if group:  # ml_collections would name the parser's internals (an ast node)
+      message = (f"{group.group(1)} is a group of settings, not one value; set its fields "
+                 f"({group.group(1)}.FIELD=VALUE; metaqnn/config_lib.py lists them)")
+    _fail(message)
 
 
 def _whole_numbers(argv: list[str]) -> list[str]:

@@ -449,9 +449,11 @@ def test_the_space_command_counts_and_walks_within_a_budget():
   for args in (["stats", "--config.budget.max_params=10"],
                ["sample", "--config.budget.max_params=10", "--config.budget.prune=False"],
                ["sample", "--uniform", "--config.budget.max_params=1000"],
-               ["costs", "--num=0"]):
+               ["costs", "--num=0"],
+               ["stats", "--config.budget=1000"]):  # a group, not a value: said so
     refused = run(*args)
     assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
+  assert "--config.budget is a group of settings, not one value" in refused.stderr
 
 
 @pytest.mark.parametrize("given,read", [
