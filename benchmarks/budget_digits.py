@@ -41,7 +41,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from configs import digits  # noqa: E402
-from metaqnn import agent as agent_lib  # noqa: E402
 from metaqnn import budget as budget_lib  # noqa: E402
 from metaqnn import search  # noqa: E402
 from metaqnn import search_space  # noqa: E402
@@ -76,14 +75,11 @@ def share_by_epsilon(recs) -> dict:
 
 def policy_share(config, workdir, epsilon: float, n: int = 2000, seed: int = 123) -> float:
   """Over-budget share of n fresh walks of the search's final agent, at `epsilon`."""
-  space = search_space.from_config(config)
-  agent = agent_lib.Agent.from_config(space, config)
-  agent.load(os.path.join(workdir, search.AGENT_DIR))
-  agent.rng = np.random.default_rng(seed)
+  _, agent = space_cmd.search_agent(workdir)
+  draw = space_cmd.sampler(agent.space, config, seed, epsilon=epsilon, agent=agent)
   shape = budget_lib.input_shape(config)
-  over = [budget_lib.cost(agent.sample(epsilon).architecture, shape)[0]
-          > config.budget.max_params for _ in range(n)]
-  return float(np.mean(over))
+  return float(np.mean([budget_lib.cost(draw().architecture, shape)[0]
+                        > config.budget.max_params for _ in range(n)]))
 
 
 def pool_ceiling(workdirs, cap: int, epochs: int) -> None:
