@@ -49,6 +49,9 @@ batch, a single class.
 Budgets (see README, "Budgets"): e.g. `--config.budget.max_params=200000` or
 `--config.budget.max_flops=5000000`. What the space holds on your data, to choose them by:
 `python -m metaqnn.space costs --config=configs/custom.py --config.dataset.name=... --uniform`.
+Under a tight budget, train long enough for small networks to converge (more
+`train.epochs`, a later `train.lr_decay_every`): a short protocol favours large networks,
+which learn fastest (BENCHMARKS.md, "Budgets").
 """
 
 from metaqnn import config_lib
