@@ -416,7 +416,8 @@ def _conform(name: str, ds, tr_x, tr_y, te_x, te_y, k, val: _Val = None):
       raise DatasetError(f"{name}: {what} images have {x.shape[3]} channels; resizing "
                          "handles 1 (grey), 3 (RGB) or 4 (RGBA).")
   if resize:  # side > 0: see _check_config
-    check_fits_memory(name, len(tr_x) + len(va_x) + len(te_x), side, int(tr_x.shape[-1]))
+    changed = [x for x in (tr_x, va_x, te_x) if x.shape[1:3] != (side, side)]
+    check_fits_memory(name, sum(map(len, changed)), side, int(tr_x.shape[-1]))
     tr_x, va_x, te_x = (resize_all(x, side) for x in (tr_x, va_x, te_x))
   for what, x in (("training", tr_x), ("validation", va_x), ("test", te_x)):
     if x.ndim != 4 or x.shape[1] != x.shape[2]:
@@ -618,12 +619,15 @@ def _folder(path: str, ds) -> _Arrays:
     raise DatasetError(f"{label}: config.dataset.channels={ds.channels}, but image files are "
                        "read as grey (1) or RGB (3); set 1, 3, or 0 to take it from the data.")
   subdirs = _subdirs(path)
-  if not _split_layout(subdirs):
+  split_layout = _split_layout(subdirs)
+  classes = _subdirs(os.path.join(path, "train")) if split_layout else subdirs
+  roots = [os.path.join(path, d) for d in subdirs] if split_layout else [path]
+  _check_folder_fits(label, [os.path.join(r, c) for r in roots for c in classes], ds)
+  if not split_layout:
     tr_x, tr_y = _read_folder(label, path, subdirs, ds)
     return (*_carve_test(tr_x, tr_y), len(subdirs), None)
   if {"validation", "val"} <= set(subdirs):
     raise DatasetError(f"{label} has both validation/ and val/; keep one.")
-  classes = _subdirs(os.path.join(path, "train"))
   tr_x, tr_y = _read_folder(label, os.path.join(path, "train"), classes, ds)
   split = {}
   for name in [d for d in subdirs if d != "train"]:
@@ -639,6 +643,27 @@ def _folder(path: str, ds) -> _Arrays:
   if "test" in split:
     return tr_x, tr_y, *split["test"], len(classes), val
   return (*_carve_test(tr_x, tr_y), len(classes), val)
+
+
+def _image_files(folder: str) -> list[str]:
+  """The image files directly in `folder` (none if it is missing), sorted."""
+  if not os.path.isdir(folder):
+    return []
+  return sorted(f for f in os.listdir(folder)
+                if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
+                and os.path.isfile(os.path.join(folder, f)))
+
+
+def _check_folder_fits(label: str, folders: list[str], ds) -> None:
+  """`check_fits_memory` for the images of `folders` resized, before any is read (the
+  channels: the config's, else the first image's, as `_read_folder` reads it)."""
+  side = int(ds.get("image_size", 0))
+  if not (bool(ds.get("resize", False)) and side > 0):
+    return
+  files = [os.path.join(d, f) for d in folders for f in _image_files(d)]
+  if files:
+    channels = int(ds.get("channels", 0)) or read_image(files[0], None, label).shape[-1]
+    check_fits_memory(label, len(files), side, channels)
 
 
 # A folder's split subfolders and the splits they hold.
@@ -684,15 +709,11 @@ def _read_folder(label: str, root: str, classes: list[str], ds, required: bool =
   images, labels, first = [], [], {}
   for k, cls in enumerate(classes):
     folder = os.path.join(root, cls)
-    files = sorted(f for f in os.listdir(folder) if not f.startswith(".")
-                   and f.lower().endswith(IMAGE_EXTENSIONS)
-                   and os.path.isfile(os.path.join(folder, f))) if os.path.isdir(folder) else []
+    files = _image_files(folder)
     if not files and required:
       raise DatasetError(_no_images(label, folder))
     if files:
       _check_not_nested(label, folder)
-    if resize and side > 0:
-      check_fits_memory(label, len(images) + len(files), side, channels or 3)
     for f in files:
       file = os.path.join(folder, f)
       arr = read_image(file, {1: "L", 3: "RGB"}.get(channels), label)
@@ -861,6 +882,10 @@ def _tfds(name: str, tfds_name: str, ds, extra: bool = False) -> _Arrays:
                        f"{', '.join(features.keys())}; an image and a label are needed).")
   num_classes = int(features["label"].num_classes)
   side = int(ds.get("image_size", 0)) if bool(ds.get("resize", False)) else 0
+  if side:  # all splits, before any is read (channels: the image feature's, else RGB)
+    shape = getattr(features["image"], "shape", None) or (None, None, 3)
+    check_fits_memory(name, len(train_src) + sum(map(len, rest)), side,
+                      int(shape[-1] or 3))
   test_src = rest.pop(0) if has_test else None
   val = _read_all(rest.pop(0), name, side) if has_val else None
   tr_x, tr_y = _read_all(train_src, name, side)
@@ -931,8 +956,6 @@ def _read_all(source, name: str = "", side: int = 0) -> tuple[np.ndarray, np.nda
     stop = min(n, start + _READ_CHUNK)
     examples = source.__getitems__(list(range(start, stop)))
     batch = [np.asarray(ex["image"]) for ex in examples]
-    if side and images is None:
-      check_fits_memory(name, n, side, batch[0].shape[-1] if batch[0].ndim == 3 else 1)
     if side:
       batch = [_resize(x if x.ndim == 3 else x[..., None], side) for x in batch]
     if images is None:

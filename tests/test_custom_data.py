@@ -275,6 +275,25 @@ def test_a_resize_beyond_memory_is_refused_before_it_is_made(tmp_path):
     assert "\n" not in str(e.value)
 
 
+def test_the_memory_check_counts_every_split_before_reading_and_what_changes_only(
+    tmp_path, monkeypatch):
+  """Folders: all splits counted before an image is read (one is peeked at for grey or
+  colour); arrays already at the side are not counted, as nothing is made of them."""
+  root = _folder(tmp_path / "imgs", layout="split")  # grey 8x8: 36 train + 9 test
+  reads = []
+  read = ip.read_image
+  monkeypatch.setattr(ip, "read_image", lambda *a: reads.append(a) or read(*a))
+  grey = 45 * 16 * 16  # bytes resized to 16x16x1
+  monkeypatch.setattr(ip, "memory_bytes", lambda: 2 * grey - 2)
+  with pytest.raises(ip.DatasetError, match="45 images resized to 16x16x1 would take"):
+    ip.resolve(_config("folder:" + root, resize=True, image_size=16))
+  assert len(reads) == 1
+  monkeypatch.setattr(ip, "memory_bytes", lambda: 2 * grey)  # grey: fits (not 3 channels)
+  assert ip.resolve(_config("folder:" + root, resize=True, image_size=16))
+  monkeypatch.setattr(ip, "memory_bytes", lambda: 2)  # nothing to make: nothing to refuse
+  assert ip.resolve(_config("npz:" + _npz(tmp_path / "d.npz"), resize=True, image_size=8))
+
+
 def test_a_validation_split_of_one_class_is_refused(tmp_path):
   """Every model would be `no_learning` (a constant guess scores 1.0), retried six times."""
   x, y = _images(60, 8)
@@ -488,6 +507,12 @@ def test_tfds_by_name_reads_the_builder_info(tmp_path, monkeypatch):
     # A data set without a test split: test is carved out of train.
     monkeypatch.setattr(ip, "tfds_splits", lambda *a: ["train"])
     carved = ip.load(_config("tfds:fashion_mnist", data_dir=str(tmp_path)))
+    # Resized: every split counted before any is read, grey from the image feature.
+    monkeypatch.setattr(ip, "tfds_splits", lambda *a: ["train", "test"])
+    monkeypatch.setattr(ip, "memory_bytes", lambda: 2 * 200 * 16 * 16 * 1 - 2)
+    with pytest.raises(ip.DatasetError, match="200 images resized to 16x16x1 would take"):
+      ip.load(_config("tfds:fashion_mnist", data_dir=str(tmp_path), resize=True,
+                      image_size=16))
   assert len(carved.test_labels) == 20
   assert len(carved.train_labels) + len(carved.val_labels) == 80
   assert "tensorflow" not in sys.modules
