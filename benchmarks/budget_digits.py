@@ -75,7 +75,7 @@ def share_by_epsilon(recs) -> dict:
 
 def policy_share(config, workdir, epsilon: float, n: int = 2000, seed: int = 123) -> float:
   """Over-budget share of n fresh walks of the search's final agent, at `epsilon`."""
-  _, agent = space_cmd.search_agent(workdir)
+  _, agent = search.load_agent(workdir)
   draw = space_cmd.sampler(agent.space, config, seed, epsilon=epsilon, agent=agent)
   shape = budget_lib.input_shape(config)
   return float(np.mean([budget_lib.cost(draw().architecture, shape)[0]
@@ -144,7 +144,8 @@ def main():
                       help="skip the over-budget shares (2.); with --train, only the searches")
   parser.add_argument("--shares-train", action="store_true",
                       help="the shares (2.) with real training instead of the synthetic "
-                           "evaluator, without pruning only (with it they are 0)")
+                           "evaluator, without pruning only (with it they are 0), with "
+                           "the digits protocol (--epochs and --lr-decay-every are --train's)")
   parser.add_argument("--seeds", default="0,1,2", help="seeds of the share measurement")
   parser.add_argument("--train-seed", type=int, default=0, help="seed of the --train runs")
   parser.add_argument("--workdirs", default=None,

@@ -163,7 +163,9 @@ def check_kept_before(workdir: str, config) -> None:
   refuse is refused before it stores its settings (a resume that extends the search is
   checked again at its end, on its new top). Given to `search.run_search` as its
   `check_resume`: called only once the record is this search's, so another seed, data or
-  training gets the search's own refusal and advice, not this one."""
+  training gets the search's own refusal and advice, not this one; and with the settings
+  as the search resolved them (the data's image side, channels and classes read), as the
+  final stage will read them from the record."""
   if "config" not in store_lib.stored_meta(workdir):  # killed before it stored one
     return
   _, best = top_models(workdir, int(config.final.top))

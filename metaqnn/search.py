@@ -143,6 +143,16 @@ def agent_of(workdir: str, store: store_lib.Store) -> agent_lib.Agent:
   return agent
 
 
+def load_agent(workdir: str) -> tuple[object, agent_lib.Agent]:
+  """(config, agent) of a work directory, the agent brought up to the record's last
+  event (`agent_of`); nothing there is changed."""
+  store = store_lib.open_existing(workdir)
+  try:
+    return store.config(), agent_of(workdir, store)
+  finally:
+    store.close()
+
+
 def restore_agent(agent: agent_lib.Agent, store: store_lib.Store, agent_dir: str,
                   replay_samples: int, set_aside: bool = False) -> None:
   """Brings the agent to the journal's last event: snapshot, then replay the rest.
@@ -509,9 +519,10 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
       a refusal. Your own data (npz:, folder:, tfds:) is read before it, since it is
       checked. Not called for a search that is already finished.
     check_resume: called on a resume with this run's settings (the data's fields
-      resolved) once the record is known to be this search's (the same fingerprint and
-      data) and locked, before anything is written to it; it may refuse the run by
-      raising (main: final models kept from other final settings).
+      resolved) once the record is known to be this search's (its fingerprint, and its
+      data where the record's digest is in the database file) and locked, before
+      anything is written to it; it may refuse the run by raising (main: final models
+      kept from other final settings).
   """
   schedule = agent_lib.Schedule.parse(config.search.schedule)
   store_lib.check_workdir(workdir)  # before any data is read
@@ -520,6 +531,7 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     raise UserError("search.replay_samples must be >= 0")
   if int(config.seed) < 0:  # NumPy's generators take non-negative seeds only
     raise UserError(f"seed must be >= 0, got {config.seed}")
+  budget_lib.check_config(config)  # the config alone: before any data is read
   kind = evaluators.kind_of(config, evaluate)
   from metaqnn import input_pipeline  # pylint: disable=import-outside-toplevel
   config = copy.deepcopy(config)
@@ -680,7 +692,6 @@ def check_config(config, schedule: agent_lib.Schedule, space) -> None:
   finalize.check_config(config)  # not only when the search has ended
   early_stop.check_config(config)  # with kind "none" too: a value set wrong is a mistake
   check_executor(config)
-  budget_lib.check_config(config)
   if schedule.total < 1:
     raise UserError(f"the schedule {config.search.schedule!r} asks for 0 models; give at "
                      "least one, e.g. 1.0:20")

@@ -74,15 +74,18 @@ def main(argv: list[str]) -> None:
   if not 0 <= _EPSILON.value <= 1:  # (NaN fails too)
     raise cli.UserError(f"--epsilon must be in [0, 1] (1: uniform random walks, 0: the "
                         f"agent's greedy choice), got {_EPSILON.value}")
-  if argv[1] == "stats" and (flags.FLAGS["epsilon"].present or _UNIFORM.value):
-    raise cli.UserError("stats counts the space; it takes no --epsilon or --uniform")
+  if argv[1] == "stats" and any(flags.FLAGS[f].present for f in ("epsilon", "uniform",
+                                                                    "num", "seed")):
+    raise cli.UserError("stats counts the space; it takes no --epsilon, --uniform, --num "
+                        "or --seed")
   if _EPSILON.value < 1 and _WORKDIR.value is None:
     raise cli.UserError("--epsilon below 1 needs --workdir=DIR, a search's agent: an "
                         "untrained agent values every action alike, so its walks are "
                         "random at any epsilon")
   agent = None
   if _WORKDIR.value is not None:
-    config, agent = search_agent(_WORKDIR.value)
+    from metaqnn import search  # pylint: disable=import-outside-toplevel
+    config, agent = search.load_agent(_WORKDIR.value)
   else:
     config = _CONFIG.value
     # The size bins follow the image side: a custom data set (npz:, folder:, tfds:) is
@@ -114,7 +117,8 @@ def main(argv: list[str]) -> None:
       raise cli.UserError(
           "--uniform draws from the whole space; it takes no budget" if agent is None else
           f"--uniform draws from the whole space, and {_WORKDIR.value}'s search has a budget;"
-          " leave --uniform out to walk its agent (within the budget)")
+          " leave --uniform out to walk its agent" + (" (within the budget)" if budget.prune
+                                                      else ""))
   draw = sampler(space, config, int(seed), _UNIFORM.value, _EPSILON.value, agent)
   if argv[1] == "costs":
     walks = "the search's agent's walks" if agent is not None else "walks"
@@ -127,24 +131,13 @@ def main(argv: list[str]) -> None:
     out.write(str(draw().architecture) + "\n")
 
 
-def search_agent(workdir: str) -> tuple[object, agent_lib.Agent]:
-  """(config, agent) of a search's work directory, the agent brought up to the record's
-  last event; nothing there is changed."""
-  from metaqnn import search  # pylint: disable=import-outside-toplevel
-  from metaqnn import store as store_lib  # pylint: disable=import-outside-toplevel
-  store = store_lib.open_existing(workdir)
-  try:
-    return store.config(), search.agent_of(workdir, store)
-  finally:
-    store.close()
-
-
 def sampler(space: search_space.SearchSpace, config, seed: int, uniform: bool = False,
             epsilon: float = 1.0, agent: agent_lib.Agent | None = None
             ) -> Callable[[], search_space.Path]:
   """Draws paths: uniformly from all the space's architectures, or the walks at `epsilon`
-  of `agent` (default: an untrained one), pruned by the config's budget as the search's
-  are; `seed` seeds the draws either way."""
+  of `agent`, pruned as the search's are: a search's agent (`search.load_agent`) by its
+  own stored budget, else an untrained one by `config`'s. `seed` seeds the draws either
+  way (it replaces the agent's generator)."""
   if uniform:
     rng = np.random.default_rng(seed)
     return lambda: space.uniform_path(rng)

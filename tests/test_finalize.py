@@ -221,9 +221,14 @@ def test_final_models_of_other_settings_are_not_passed_off_as_these(finished, ca
   # search, with that advice, whatever its final settings.
   config, _ = finalize.top_models(workdir, 0)
   config.final.epochs = 5
+  from metaqnn import store as store_lib
   kept = lambda settings: finalize.check_kept_before(workdir, settings)
+  record = open(os.path.join(workdir, "metaqnn.db"), "rb").read()
   with pytest.raises(ValueError, match="other settings \\(differs in: final schedule"):
     search.run_search(config, workdir, check_resume=kept)
+  assert open(os.path.join(workdir, "metaqnn.db"), "rb").read() == record  # untouched,
+  assert store_lib.holder(workdir) is None and not os.path.exists(  # and unlocked
+      os.path.join(workdir, store_lib.LOCK_FILE))
   for field, value in (("seed", 3), ("space.max_depth", 4), ("budget.max_params", 10**6)):
     other = copy.deepcopy(config)
     other.update_from_flattened_dict({field: value})

@@ -948,6 +948,7 @@ def test_progress_shows_a_model_under_the_stage_it_was_sampled_in():
   assert line.startswith("[eps 1, stage 1/3: 20/20 models | unique 20/40 | sample 25]"), line
   assert "| ? models/min ETA ? |" in line  # nothing trained in this run yet: no rate, not 0
 
+
 def test_final_training_says_its_epochs_at_most_every_interval(monkeypatch):
   """A final model can train for hours: the first epoch is said, then at most one line
   per interval, with the time left timed on the epochs after the compile."""
