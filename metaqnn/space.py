@@ -46,17 +46,6 @@ from metaqnn import cli
 from metaqnn import input_pipeline
 from metaqnn import search_space
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
-_NUM = flags.DEFINE_integer("num", 10, "sample: number of architectures.")
-_SEED = flags.DEFINE_integer("seed", None, "sample: random seed (default: config.seed).",
-                             lower_bound=0)
-_EPSILON = flags.DEFINE_float("epsilon", 1.0, "sample, costs: epsilon of the walks (1 = "
-                              "uniform random walks; below 1 with --workdir).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "A search's work directory, instead of "
-                               "--config: its space, and walks with its agent's Q-values.")
-_UNIFORM = flags.DEFINE_bool("uniform", False,
-                             "sample: draw uniformly from all architectures, not by walks.")
-
 COMMANDS = ("stats", "sample", "costs")
 PERCENTILES = tuple(range(0, 101, 10))
 _COSTS_NUM = 2000  # samples of `costs` unless --num says otherwise
@@ -155,5 +144,16 @@ def cost_percentiles(draw: Callable[[], search_space.Path], shape: Sequence[int]
   table = lambda values: {str(q): int(np.percentile(values, q)) for q in PERCENTILES}
   return {"samples": num, "params": table(costs[:, 0]), "flops": table(costs[:, 1])}
 
-if __name__ == "__main__":
+
+if __name__ == "__main__":  # flags only for the command, so the library imports cleanly
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
+  _NUM = flags.DEFINE_integer("num", 10, "sample: number of architectures.")
+  _SEED = flags.DEFINE_integer("seed", None, "sample: random seed (default: config.seed).",
+                               lower_bound=0)
+  _EPSILON = flags.DEFINE_float("epsilon", 1.0, "sample, costs: epsilon of the walks (1 = "
+                                "uniform random walks; below 1 with --workdir).")
+  _WORKDIR = flags.DEFINE_string("workdir", None, "A search's work directory, instead of "
+                                 "--config: its space, and walks with its agent's Q-values.")
+  _UNIFORM = flags.DEFINE_bool("uniform", False,
+                               "sample: draw uniformly from all architectures, not by walks.")
   cli.run(main)

@@ -368,3 +368,11 @@ def test_sample_walks_with_a_searchs_agent(tmp_path):
     wrong = run("sample", *args)
     assert wrong.returncode == 2 and says in wrong.stderr, wrong.stderr
     assert len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
+
+
+def test_the_space_library_imports_beside_a_command():
+  """Its flags are the command's only: a benchmark or notebook imports `sampler` and
+  `cost_percentiles` in a process that has other flags (main's --config, --workdir)."""
+  out = subprocess.run([sys.executable, "-c", "import metaqnn.main, metaqnn.space"], cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr
