@@ -84,6 +84,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     _fail(f"cannot load the config file: {lines[-1] if lines else e}")
   except (flags.Error, TypeError, ValueError) as e:
     message = _one_line(e)
+    if "Error whilst parsing config file" in message:  # ml_collections: its traceback
+      last = [l.strip() for l in str(e).splitlines() if l.strip()][-1]
+      message = (f"cannot load the config file: {last}" + (
+          " (only configs/custom.py takes an argument after ':')"
+          if "get_config() takes 0 positional arguments" in last else ""))
     group = re.match(r"flag (--config\.[\w.]+)=.* as a ConfigDict", message)
     if group:  # ml_collections would name the parser's internals (an ast node)
       message = (f"{group.group(1)} is a group of settings, not one value; set its fields "

@@ -283,8 +283,10 @@ def _finalize(workdir: str, top: Optional[int], ensemble: Optional[int],
         f"an earlier run and {'is' if kept == 1 else 'are'} kept; training the other "
         f"{len(todo)}")
   if ensemble > len(best):
-    say(f"the ensemble takes the top {len(best)}: --ensemble={ensemble} is more than the "
-        f"{len(best)} final models (--top={top}, or fewer fully trained models)")
+    models = f"{len(best)} final model{'s' * (len(best) != 1)}"
+    say(f"the ensemble takes all {models}: {ensemble} were asked (final.ensemble, or "
+        f"finalize's --ensemble), more than the top {top} (final.top, or --top) or the fully "
+        "trained models")
 
   def train_one(rank: int, rec, after: Optional[str] = None) -> None:
     say(f"final {rank}/{len(best)}: training {rec.arch}...")

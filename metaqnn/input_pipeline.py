@@ -525,7 +525,8 @@ def _npz(path: str) -> _Arrays:
     raise DatasetError(f"{label} is a folder, not an .npz file (a folder of images is "
                        f"folder:{path}).")
   if not os.path.isfile(path):
-    raise DatasetError(f"{label}: no such file.")
+    raise DatasetError(f"{label}: no such file (your data: --config.dataset.name=npz:PATH, "
+                       "folder:PATH or tfds:NAME).")
   _, arrays = read_npz(path, label, "x_train=..., y_train=...")
   missing = [k for k in ("x_train", "y_train") if k not in arrays]
   if (missing or (("x_test" in arrays) != ("y_test" in arrays))

@@ -181,7 +181,9 @@ def render(s: dict) -> str:
                  f"{rule['min_completed']} models are fully trained; {s['stopped']} stopped")
   t = s.get("time") or {}
   if t.get("seconds"):
-    lines.append(f"time in candidates: {t['seconds'] / 3600:.2f} h ({t['models']} models), "
+    spent = (f"{t['seconds'] / 3600:.2f} h" if t["seconds"] >= 3600 else
+             f"{t['seconds'] / 60:.1f} min" if t["seconds"] >= 60 else f"{t['seconds']:.0f} s")
+    lines.append(f"time in candidates: {spent} ({t['models']} models), "
                  f"{100 * t['compile_wait_seconds'] / t['seconds']:.0f}% of it waiting for "
                  "compiles (on GPUs: README, \"On GPUs\")")
   soft = bool((s.get("budget") or {}).get("objective"))  # a reward column beside accuracy

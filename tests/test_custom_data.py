@@ -573,6 +573,9 @@ def test_search_end_to_end_on_your_data(tmp_path, kind):
   assert summary["time"]["models"] == 3
   assert 0 < summary["time"]["compile_wait_seconds"] <= summary["time"]["seconds"]
   assert "waiting for compiles" in inspect_lib.render(summary)
+  for seconds, said in ((17.3, "17 s"), (95.0, "1.6 min"), (5400.0, "1.50 h")):  # not 0.00 h
+    summary["time"]["seconds"] = seconds
+    assert f"time in candidates: {said} (" in inspect_lib.render(summary)
   # Resuming the finished search with the same command is accepted.
   assert search.run_search(config, str(tmp_path / "w"), log_interval=100).finished
 

@@ -467,7 +467,8 @@ def test_an_ensemble_larger_than_the_final_models_is_said(finished, capsys):
   workdir, results = finished
   again = finalize.finalize(workdir, top=3, ensemble=5)
   out = capsys.readouterr().out
-  assert "the ensemble takes the top 3: --ensemble=5 is more than the 3 final models" in out
+  assert "the ensemble takes all 3 final models: 5 were asked (final.ensemble, or " \
+      "finalize's --ensemble), more than the top 3" in out
   assert "training" not in out and again["ensemble"]["size"] == 3
   finalize.finalize(workdir, top=3, ensemble=2)  # as the other tests expect it
 

@@ -376,3 +376,17 @@ def test_the_space_library_imports_beside_a_command():
   out = subprocess.run([sys.executable, "-c", "import metaqnn.main, metaqnn.space"], cwd=ROOT,
                        env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
   assert out.returncode == 0, out.stderr
+
+
+def test_a_config_file_that_cannot_load_is_its_last_line(tmp_path):
+  """ml_collections hands over the whole traceback; its last line says what went wrong."""
+  (tmp_path / "broken.py").write_text("def get_config():\n  raise ValueError('bad thing')\n")
+  run = lambda config: subprocess.run(
+      [sys.executable, "-m", "metaqnn.space", "stats", f"--config={config}"], cwd=ROOT,
+      env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
+  for config, says in ((tmp_path / "broken.py", "ValueError: bad thing"),
+                       ("configs/digits.py:foo", "only configs/custom.py takes an argument")):
+    out = run(config)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("error: cannot load the config file: ") and says in \
+        out.stderr, out.stderr
