@@ -84,15 +84,17 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
     raise UserError(f"{workdir} is a file, not a directory")
   if os.path.isdir(workdir) and set(os.listdir(workdir)) - {"checkpoint"}:
     raise UserError(f"{workdir} is not empty; use a new directory for a transfer run")
+  created, path = [], os.path.abspath(workdir)  # the folders made here, deepest first
+  while not os.path.exists(path):
+    created.append(path)
+    path = os.path.dirname(path)
+  if not os.path.isdir(path):
+    raise UserError(f"cannot make {workdir}: {path} is a file, not a directory")
   init = checkpoints.restore(init_checkpoint) if init_checkpoint else None
   n = len(train.final_learning_rates(config))
   print(f"transfer: {request['source_arch']} onto {config.dataset.name}, {n} epochs"
         f"{' from ' + init_checkpoint if init_checkpoint else ''}; loading the data...",
         flush=True)
-  created, path = [], os.path.abspath(workdir)  # the folders made here, deepest first
-  while not os.path.exists(path):
-    created.append(path)
-    path = os.path.dirname(path)
   os.makedirs(workdir, exist_ok=True)  # a path that cannot be made fails before training
   try:
     dataset = input_pipeline.load(config, final=True)
