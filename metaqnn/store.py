@@ -522,13 +522,22 @@ def check_workdir(workdir: str) -> None:
   if os.path.isdir(workdir) and set(os.listdir(workdir)) - {_CREATING}:
     raise WorkdirError(f"{workdir} is not empty and holds no metaqnn search "
                        f"(no {DB_FILE}); use a new or empty work directory")
-  above = os.path.abspath(workdir)  # where it would be made
+  folders_to_make(workdir)
+
+
+def folders_to_make(workdir: str) -> list[str]:
+  """The folders that making `workdir` creates, deepest first ([] if it exists); a
+  `WorkdirError` naming the reason where it cannot be made or written in (a file, or a
+  folder that is not writable)."""
+  missing, above = [], os.path.abspath(workdir)
   while not os.path.exists(above):
+    missing.append(above)
     above = os.path.dirname(above)
   if not os.path.isdir(above):
     raise WorkdirError(f"cannot make {workdir}: {above} is a file, not a directory")
   if not os.access(above, os.W_OK | os.X_OK):
     raise WorkdirError(f"cannot make {workdir}: {above} is not writable")
+  return missing
 
 
 def stored_meta(workdir: str) -> dict:

@@ -21,6 +21,7 @@ from typing import Optional
 
 from metaqnn import architecture as arch_lib
 from metaqnn import files
+from metaqnn import store as store_lib
 from metaqnn.architecture import GAP, Architecture, Softmax
 from metaqnn.errors import UserError
 
@@ -84,12 +85,10 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
     raise UserError(f"{workdir} is a file, not a directory")
   if os.path.isdir(workdir) and set(os.listdir(workdir)) - {"checkpoint"}:
     raise UserError(f"{workdir} is not empty; use a new directory for a transfer run")
-  created, path = [], os.path.abspath(workdir)  # the folders made here, deepest first
-  while not os.path.exists(path):
-    created.append(path)
-    path = os.path.dirname(path)
-  if not os.path.isdir(path):
-    raise UserError(f"cannot make {workdir}: {path} is a file, not a directory")
+  try:
+    created = store_lib.folders_to_make(workdir)  # removed again if the run is refused
+  except store_lib.WorkdirError as e:
+    raise UserError(str(e)) from None
   init = checkpoints.restore(init_checkpoint) if init_checkpoint else None
   n = len(train.final_learning_rates(config))
   print(f"transfer: {request['source_arch']} onto {config.dataset.name}, {n} epochs"
