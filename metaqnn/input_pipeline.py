@@ -417,7 +417,7 @@ def _conform(name: str, ds, tr_x, tr_y, te_x, te_y, k, val: _Val = None):
                          "handles 1 (grey), 3 (RGB) or 4 (RGBA).")
   if resize:  # side > 0: see _check_config
     changed = [x for x in (tr_x, va_x, te_x) if x.shape[1:3] != (side, side)]
-    check_fits_memory(name, sum(map(len, changed)), side, int(tr_x.shape[-1]))
+    _check_fits_memory(name, sum(map(len, changed)), side, int(tr_x.shape[-1]))
     tr_x, va_x, te_x = (resize_all(x, side) for x in (tr_x, va_x, te_x))
   for what, x in (("training", tr_x), ("validation", va_x), ("test", te_x)):
     if x.ndim != 4 or x.shape[1] != x.shape[2]:
@@ -489,7 +489,7 @@ def memory_bytes() -> int | None:
     return None
 
 
-def check_fits_memory(label: str, count: int, side: int, channels: int) -> None:
+def _check_fits_memory(label: str, count: int, side: int, channels: int) -> None:
   """A one-line DatasetError where `count` uint8 images resized to side x side x channels
   would take more than half of this machine's memory: refused before they are made,
   rather than killed by the OS on the way."""
@@ -625,8 +625,8 @@ def _folder(path: str, ds) -> _Arrays:
   roots = [os.path.join(path, d) for d in subdirs] if split_layout else [path]
   _check_folder_fits(label, [os.path.join(r, c) for r in roots for c in classes], ds)
   if not split_layout:
-    tr_x, tr_y = _read_folder(label, path, subdirs, ds)
-    return (*_carve_test(tr_x, tr_y), len(subdirs), None)
+    tr_x, tr_y = _read_folder(label, path, classes, ds)
+    return (*_carve_test(tr_x, tr_y), len(classes), None)
   if {"validation", "val"} <= set(subdirs):
     raise DatasetError(f"{label} has both validation/ and val/; keep one.")
   tr_x, tr_y = _read_folder(label, os.path.join(path, "train"), classes, ds)
@@ -656,7 +656,7 @@ def _image_files(folder: str) -> list[str]:
 
 
 def _check_folder_fits(label: str, folders: list[str], ds) -> None:
-  """`check_fits_memory` for the images of `folders` resized, before any is read (the
+  """`_check_fits_memory` for the images of `folders` resized, before any is read (the
   channels: the config's, else the first image's, as `_read_folder` reads it)."""
   side = int(ds.get("image_size", 0))
   if not (bool(ds.get("resize", False)) and side > 0):
@@ -664,7 +664,7 @@ def _check_folder_fits(label: str, folders: list[str], ds) -> None:
   files = [os.path.join(d, f) for d in folders for f in _image_files(d)]
   if files:
     channels = int(ds.get("channels", 0)) or read_image(files[0], None, label).shape[-1]
-    check_fits_memory(label, len(files), side, channels)
+    _check_fits_memory(label, len(files), side, channels)
 
 
 # A folder's split subfolders and the splits they hold.
@@ -885,7 +885,7 @@ def _tfds(name: str, tfds_name: str, ds, extra: bool = False) -> _Arrays:
   side = int(ds.get("image_size", 0)) if bool(ds.get("resize", False)) else 0
   if side:  # all splits, before any is read (channels: the image feature's, else RGB)
     shape = getattr(features["image"], "shape", None) or (None, None, 3)
-    check_fits_memory(name, len(train_src) + sum(map(len, rest)), side,
+    _check_fits_memory(name, len(train_src) + sum(map(len, rest)), side,
                       int(shape[-1] or 3))
   test_src = rest.pop(0) if has_test else None
   val = _read_all(rest.pop(0), name, side) if has_val else None
