@@ -80,12 +80,11 @@ def parse_flags(argv: list[str]) -> list[str]:
   except (KeyError, AttributeError) as e:  # ml_collections: no such config field
     _fail("bad --config override: unknown field " + _one_line(e.args[0] if e.args else e))
   except OSError as e:  # ml_collections: the config file (met while applying an override)
-    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-    _fail(f"cannot load the config file: {lines[-1] if lines else e}")
+    _fail(f"cannot load the config file: {_last_line(e)}")
   except (flags.Error, TypeError, ValueError) as e:
     message = _one_line(e)
     if "Error whilst parsing config file" in message:  # ml_collections: its traceback
-      last = [l.strip() for l in str(e).splitlines() if l.strip()][-1]
+      last = _last_line(e)
       message = (f"cannot load the config file: {last}" + (
           " (only configs/custom.py takes an argument after ':')"
           if "get_config() takes 0 positional arguments" in last else ""))
@@ -94,6 +93,12 @@ def parse_flags(argv: list[str]) -> list[str]:
       message = (f"{group.group(1)} is a group of settings, not one value; set its fields "
                  f"({group.group(1)}.FIELD=VALUE; metaqnn/config_lib.py lists them)")
     _fail(message)
+
+
+def _last_line(e: BaseException) -> str:
+  """The last line of an error's text (a traceback's: what went wrong)."""
+  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+  return lines[-1] if lines else type(e).__name__
 
 
 def _whole_numbers(argv: list[str]) -> list[str]:
