@@ -394,10 +394,11 @@ class Trainer:
   def check(self, arch: Architecture | str) -> Architecture:
     """The parsed `arch` if it fits this data set; else `ArchitectureError`."""
     arch = parse(arch) if isinstance(arch, str) else arch
-    models.layer_summary(arch, self.input_shape)
+    params = models.count_params(arch, self.input_shape)
     if arch.num_classes != self.num_classes:
       raise ArchitectureError(f"{arch} ends in SM({arch.num_classes}) but the data set has "
                               f"{self.num_classes} classes")
+    _check_weights_fit(arch, params)
     return arch
 
   def prepare(self, arch: Architecture | str) -> None:
@@ -551,6 +552,16 @@ def final_train_config(config: Any) -> Any:
            weight_decay=float(f.weight_decay))
   t["dtype"] = str(f.get("dtype", "auto"))
   return t
+
+
+def _check_weights_fit(arch: Architecture, params: int) -> None:
+  """An `ArchitectureError` where the float32 weights, gradients and momentum of `arch`
+  alone would not fit in this machine's memory: refused in one line, not failed in XLA."""
+  need, total = 3 * 4 * params, input_pipeline.memory_bytes()
+  if total and need > total:
+    raise ArchitectureError(
+        f"{arch} has {params:,} parameters: its weights, gradients and momentum alone "
+        f"take {need / 2**30:,.1f} GiB, more than this machine's {total / 2**30:,.1f} GiB")
 
 
 def check_settings(config: Any, final: bool) -> None:
