@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
 from typing import Optional
 
@@ -70,6 +71,8 @@ class Agent:
     if not 0.0 < alpha <= 1.0 or not 0.0 <= gamma <= 1.0:
       raise UserError(f"agent alpha must be in (0, 1] and gamma in [0, 1]; "
                        f"got alpha={alpha}, gamma={gamma}")
+    if not math.isfinite(q_init):
+      raise UserError(f"agent q_init must be a finite number; got {q_init}")
     self.space = space
     self.alpha, self.gamma, self.q_init = float(alpha), float(gamma), float(q_init)
     self.rng = np.random.default_rng(seed)

@@ -426,6 +426,9 @@ def _conform(name: str, ds, tr_x, tr_y, te_x, te_y, k, val: _Val = None):
           "search space needs square images: set --config.dataset.resize=True and "
           "--config.dataset.image_size=N.")
   for what, x in (("validation", va_x), ("test", te_x)):
+    if x.shape[3] != tr_x.shape[3] and len(x):  # a resize keeps the channels
+      raise DatasetError(f"{name}: {what} images have {x.shape[3]} channels but training "
+                         f"images {tr_x.shape[3]}; give every split the same channels.")
     if x.shape[1:] != tr_x.shape[1:] and len(x):
       raise DatasetError(f"{name}: {what} images are {'x'.join(map(str, x.shape[1:]))} but "
                          f"training images {'x'.join(map(str, tr_x.shape[1:]))}; set "

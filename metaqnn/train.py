@@ -521,8 +521,9 @@ def final_learning_rates(config: Any) -> list[float]:
     t = config.train
     lrs = [float(f.learning_rate) * float(t.lr_decay) ** (e // int(t.lr_decay_every))
            for e in range(int(f.epochs))]
-  if not lrs or min(lrs) <= 0:
-    raise UserError("the final schedule must have at least one epoch and positive rates")
+  if not lrs or not all(0 < lr < math.inf for lr in lrs):
+    raise UserError("the final schedule must have at least one epoch and positive, finite "
+                    "rates")
   return lrs
 
 
@@ -573,6 +574,7 @@ def check_settings(config: Any, final: bool) -> None:
       raise UserError(f"config.train.{field}={t[field]} must be >= 1")
   if not final:
     _check_schedule(t)
+  _check_ranges(t, final)
   make_optimizer(t, 0.0)
   compute_dtype(str(t.get("dtype", "auto")), "cpu")
   if final:
@@ -587,10 +589,35 @@ def _check_schedule(t: Any) -> None:
       raise UserError(f"config.train.{field}={t[field]} must be >= 1")
   if int(t.max_restarts) < 0:
     raise UserError(f"config.train.max_restarts={t.max_restarts} must be >= 0")
-  if not float(t.learning_rate) > 0:
-    raise UserError(f"config.train.learning_rate={t.learning_rate} must be > 0")
   if float(t.get("max_seconds", 0)) < 0:
     raise UserError(f"config.train.max_seconds={t.max_seconds} must be >= 0 (0 = none)")
+
+
+def _check_ranges(t: Any, final: bool) -> None:
+  """Refuses, in one line, a rate, decay or optimizer setting outside its range: a rate of
+  inf trains nothing but NaNs, and a restart threshold of 1 restarts every model."""
+  unit = lambda v: 0 <= v < 1
+  checks = [("weight_decay", lambda v: v >= 0, ">= 0"),  # (lr_decay: the final stage's too)
+            ("lr_decay", lambda v: 0 < v <= 1, "in (0, 1]")]
+  if str(t.get("optimizer", "adam")) == "sgd":
+    checks.append(("momentum", unit, "in [0, 1)"))
+  else:
+    checks += [("adam_b1", unit, "in [0, 1)"), ("adam_b2", unit, "in [0, 1)"),
+               ("adam_eps", lambda v: v > 0, "> 0")]
+  if not final:  # the search's own schedule and restart rule
+    checks += [("learning_rate", lambda v: v > 0, "> 0"),
+               ("restart_lr_factor", lambda v: 0 < v <= 1, "in (0, 1]"),
+               ("restart_threshold", unit, "in [0, 1)")]
+  for field, ok, says in checks:
+    if field not in t:  # a record made before the field existed
+      continue
+    try:
+      value = float(t[field])
+    except (TypeError, ValueError):
+      value = math.nan
+    if not (math.isfinite(value) and ok(value)):
+      group = "final" if final and field in ("weight_decay", "momentum") else "train"
+      raise UserError(f"config.{group}.{field}={t[field]} must be {says} (and finite)")
 
 
 class FinalTrainer:

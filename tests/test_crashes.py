@@ -275,6 +275,16 @@ def run_main(tmp_path, *overrides):
     (["--config.evaluator=train", "--config.final.optimizer=rmsprop"],
      "unknown optimizer 'rmsprop'"),
     (["--config.evaluator=train", "--config.final.dtype=float8"], "unknown precision"),
+    # Rates and optimizer settings out of range: a search of NaNs or of restarts only.
+    (["--config.evaluator=train", "--config.train.learning_rate=inf"], "learning_rate=inf"),
+    (["--config.evaluator=train", "--config.train.lr_decay=-1"], "lr_decay=-1.0 must be"),
+    (["--config.evaluator=train", "--config.train.adam_b1=1.5"], "adam_b1=1.5 must be"),
+    (["--config.evaluator=train", "--config.train.restart_threshold=2"],
+     "restart_threshold=2.0 must be in [0, 1)"),
+    (["--config.evaluator=train", "--config.final.weight_decay=nan"],
+     "config.final.weight_decay=nan"),
+    (["--config.evaluator=train", "--config.final.learning_rate=inf"], "positive, finite"),
+    (["--config.agent.q_init=nan"], "q_init must be a finite number"),
 ])
 def test_a_search_that_cannot_run_is_one_line_and_leaves_nothing(tmp_path, overrides, says):
   out, work = run_main(tmp_path, *overrides)

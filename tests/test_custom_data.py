@@ -246,15 +246,19 @@ def test_the_data_s_own_validation_split_is_used(tmp_path):
 @pytest.mark.parametrize("case,match", [
     ("x_without_y", "x_val with y_val"), ("empty", "x_val is empty"),
     ("other_size", "validation images are 6x6x1 but training images 8x8x1"),
-    ("label_range", "validation labels run from 0 to 5")])
+    ("label_range", "validation labels run from 0 to 5"),
+    # A resize does not change channels, so it is not the advice.
+    ("other_channels", "validation images have 3 channels but training images 1; give")])
 def test_a_bad_given_validation_split_is_one_line(tmp_path, case, match):
   x, y = _images(60, 8)
   val = dict(x_without_y=dict(x_val=x[:6]), empty=dict(x_val=x[:0], y_val=y[:0]),
              other_size=dict(x_val=x[:6, :6, :6], y_val=y[:6]),
-             label_range=dict(x_val=x[:6], y_val=np.arange(6)))[case]
+             label_range=dict(x_val=x[:6], y_val=np.arange(6)),
+             other_channels=dict(x_val=np.repeat(x[:6, ..., None], 3, -1), y_val=y[:6]))[case]
   np.savez(tmp_path / "d.npz", x_train=x, y_train=y, **val)
+  resize = dict(resize=True, image_size=8) if case == "other_channels" else {}
   with pytest.raises(ip.DatasetError, match=match) as e:
-    ip.resolve(_config(f"npz:{tmp_path}/d.npz"))
+    ip.resolve(_config(f"npz:{tmp_path}/d.npz", **resize))
   assert "\n" not in str(e.value)
 
 
