@@ -572,9 +572,10 @@ def check_settings(config: Any, final: bool) -> None:
   for field in ("batch_size", "eval_batch_size"):  # (a multiple of the devices: Trainer)
     if int(t[field]) < 1:
       raise UserError(f"config.train.{field}={t[field]} must be >= 1")
-  if not final:
+  if final:
+    _check_ranges(t, final=True)
+  else:
     _check_schedule(t)
-  _check_ranges(t, final)
   make_optimizer(t, 0.0)
   compute_dtype(str(t.get("dtype", "auto")), "cpu")
   if final:
@@ -582,8 +583,8 @@ def check_settings(config: Any, final: bool) -> None:
 
 
 def _check_schedule(t: Any) -> None:
-  """Refuses, in one line, a search's epochs, decay, restarts, rate or time limit that
-  cannot train."""
+  """Refuses, in one line, a search's epochs, decay, restarts, rates, optimizer or time
+  limit that cannot train."""
   for field in ("epochs", "lr_decay_every"):
     if int(t[field]) < 1:
       raise UserError(f"config.train.{field}={t[field]} must be >= 1")
@@ -591,6 +592,7 @@ def _check_schedule(t: Any) -> None:
     raise UserError(f"config.train.max_restarts={t.max_restarts} must be >= 0")
   if float(t.get("max_seconds", 0)) < 0:
     raise UserError(f"config.train.max_seconds={t.max_seconds} must be >= 0 (0 = none)")
+  _check_ranges(t, final=False)
 
 
 def _check_ranges(t: Any, final: bool) -> None:
