@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from metaqnn import files
 from metaqnn.errors import UserError
@@ -90,7 +90,26 @@ def metadata(path: str) -> dict:
   if not ok:
     raise UserError(f"{meta} is not a final model's meta.json (its arch or input_shape is "
                     f"missing or invalid); {what}")
+  names, norm = out.get("class_names"), out.get("normalization")
+  if not (names is None or isinstance(names, list) and all(isinstance(n, str) for n in names)
+          and len(names) == _classes(out["arch"])):
+    raise UserError(f"{meta} is not a final model's meta.json (its class_names are not one "
+                    f"name per class of {out['arch']}); {what}")
+  if not (norm is None or isinstance(norm, dict) and isinstance(norm.get("preprocess"), str)
+          and isinstance(norm.get("mean"), list)
+          and all(isinstance(m, (int, float)) for m in norm["mean"])):
+    raise UserError(f"{meta} is not a final model's meta.json (its normalization is "
+                    f"invalid); {what}")
   return out
+
+
+def _classes(arch: str) -> Optional[int]:
+  """The number of classes of `arch`, or None where it does not parse (`load` says so)."""
+  from metaqnn.architecture import ArchitectureError, parse
+  try:
+    return parse(arch).num_classes
+  except ArchitectureError:
+    return None
 
 
 def load(path: str) -> tuple[dict, Any]:

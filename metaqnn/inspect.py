@@ -17,6 +17,7 @@ from absl import flags
 
 from metaqnn import budget as budget_lib
 from metaqnn import cli
+from metaqnn import files
 from metaqnn import results
 from metaqnn import store as store_lib
 from metaqnn.agent import Schedule
@@ -52,11 +53,7 @@ def summarize(workdir: str, top: int = 10) -> dict:
                 "stages": len(sched.stages), "finished": stage is None}
   # Fully trained models only: a stopped model's accuracy is a prediction, not a measure.
   ranked = sorted((r for r in unique if r.status == "ok"), key=lambda r: -r.accuracy)
-  final = None
-  final_path = os.path.join(workdir, "final", "results.json")
-  if os.path.exists(final_path):
-    with open(final_path) as f:
-      final = json.load(f)
+  final = _final_results(workdir)
   return {
       "workdir": workdir,
       # {"pid", "since"} of the process running in it now, or None
@@ -95,6 +92,27 @@ def summarize(workdir: str, top: int = 10) -> dict:
       "models": [r.to_json() for r in records],
   }
 
+
+
+def _final_results(workdir: str) -> Optional[dict]:
+  """DIR/final/results.json, or None before the final stage wrote one; a damaged one (edited
+  by hand, or cut short) is one line that says how to write it again."""
+  path = os.path.join(workdir, "final", "results.json")
+  if not os.path.exists(path):
+    return None
+  what = f"run python -m metaqnn.finalize --workdir={workdir} to write it again"
+  final = files.read_json(path, what)
+  number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+  model_ok = lambda m: (isinstance(m, dict) and type(m.get("rank")) is int
+                        and isinstance(m.get("arch"), str)
+                        and number(m.get("test_accuracy")) and number(m.get("val_accuracy")))
+  ens = final.get("ensemble") if isinstance(final, dict) else None
+  if not (isinstance(final, dict) and isinstance(final.get("models"), list)
+          and all(map(model_ok, final["models"]))
+          and (ens is None or isinstance(ens, dict) and type(ens.get("size")) is int
+               and number(ens.get("test_accuracy")))):
+    raise cli.UserError(f"{path} is not a final stage's results.json; {what}")
+  return final
 
 def _greedy(workdir: str, store, records) -> dict:
   """What the agent has learned, in one architecture: its walk now at epsilon 0 (ties,

@@ -8,7 +8,8 @@ The architecture (given, or the best of a search's work directory) gets the targ
 set's number of classes, is trained with the target config's final schedule, and is
 tested on the target's test split. With `--init_checkpoint`, every pretrained tensor whose
 shape still fits starts from the checkpoint (the classifier is re-initialised when the
-class count changes). Writes `OUT/checkpoint`, `OUT/meta.json` and prints one JSON line.
+class count changes). Writes `OUT/checkpoint`, `OUT/meta.json` and prints one JSON line
+on stdout; progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 import time
 from typing import Optional
 
@@ -24,6 +26,11 @@ from metaqnn import files
 from metaqnn import store as store_lib
 from metaqnn.architecture import GAP, Architecture, Softmax
 from metaqnn.errors import UserError
+
+
+def _say(line: str) -> None:
+  """Progress, on stderr: stdout holds only the result's JSON line."""
+  print(line, file=sys.stderr, flush=True)
 
 
 def with_classes(arch: Architecture, k: int) -> Architecture:
@@ -74,8 +81,8 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
                        f"{meta.get('dataset')}; differs in: {', '.join(differs)}); use a "
                        "new --workdir")
     if "data" in meta:  # (runs recorded before transfer kept a digest have none)
-      print(f"transfer: {workdir} holds this run, finished; checking that "
-            f"{config.dataset.name} is the data it trained on...", flush=True)
+      _say(f"transfer: {workdir} holds this run, finished; checking that "
+           f"{config.dataset.name} is the data it trained on...")
       if input_pipeline.digest(input_pipeline.load(config, final=True)) != meta["data"]:
         raise UserError(f"{workdir} holds this transfer run on other data: "
                         f"{config.dataset.name} changed since; restore it, or use a new "
@@ -91,9 +98,8 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
     raise UserError(str(e)) from None
   init = checkpoints.restore(init_checkpoint) if init_checkpoint else None
   n = len(train.final_learning_rates(config))
-  print(f"transfer: {request['source_arch']} onto {config.dataset.name}, {n} epochs"
-        f"{' from ' + init_checkpoint if init_checkpoint else ''}; loading the data...",
-        flush=True)
+  _say(f"transfer: {request['source_arch']} onto {config.dataset.name}, {n} epochs"
+       f"{' from ' + init_checkpoint if init_checkpoint else ''}; loading the data...")
   os.makedirs(workdir, exist_ok=True)  # a path that cannot be made fails before training
   try:
     dataset = input_pipeline.load(config, final=True)
@@ -107,12 +113,12 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
         raise UserError(f"none of the {init_checkpoint} tensors fits {target} on these "
                         "images; give a checkpoint of this architecture, or train from "
                         "scratch without --init_checkpoint")
-      print(f"fine-tuning: {fit} of {total} weight tensors start from the checkpoint, "
-            "the others fresh", flush=True)
+      _say(f"fine-tuning: {fit} of {total} weight tensors start from the checkpoint, "
+           "the others fresh")
     trainer = train.FinalTrainer(config, dataset)
     start = time.perf_counter()
     params, history = trainer.fit(target, init_params=init, on_epoch=progress.epoch_lines(
-        lambda line: print(line, flush=True), "transfer", n))
+        _say, "transfer", n))
   except BaseException:
     for folder in created:  # a refused or stopped run leaves nothing behind
       if not os.listdir(folder):

@@ -74,6 +74,20 @@ def test_results_json_and_table(finished):
   assert summary["final"]["ensemble"]["size"] == 2
 
 
+@pytest.mark.parametrize("damage", ["{bad", '{"models": 5}', '{"models": [{"arch": 1}]}',
+                                    '{"models": [], "ensemble": "x"}'])
+def test_a_damaged_results_json_is_one_line_in_inspect(finished, tmp_path, damage):
+  workdir, _ = finished
+  copy = str(tmp_path / "w")
+  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns(".lock"))
+  with open(os.path.join(copy, "final", "results.json"), "w") as f:
+    f.write(damage)
+  with pytest.raises(UserError, match=r"results.json (is damaged|is not a final stage's).*; run "
+                     "python -m metaqnn.finalize --workdir=.* to write it again") as e:
+    inspect_lib.summarize(copy)
+  assert "\n" not in str(e.value)
+
+
 def test_resume_trains_only_unfinished_models(finished, capsys):
   workdir, results = finished
   metas = [os.path.join(os.path.dirname(m["checkpoint"]), "meta.json")
@@ -295,7 +309,7 @@ def test_checkpoint_inspection(finished, monkeypatch):
   assert s["arch"] in out.stdout and "test_accuracy" in out.stdout
 
 
-def test_transfer_from_scratch_and_fine_tuned(finished, tmp_path):
+def test_transfer_from_scratch_and_fine_tuned(finished, tmp_path, capsys):
   workdir, results = finished
   config = digits_config()
   config.final.learning_rate = 1e-12  # fine-tuning this gently keeps the source model
@@ -304,6 +318,8 @@ def test_transfer_from_scratch_and_fine_tuned(finished, tmp_path):
   tuned = transfer.transfer(config, source["arch"], str(tmp_path / "tuned"),
                             init_checkpoint=source["checkpoint"])
   scratch = transfer.transfer(config, source["arch"], str(tmp_path / "scratch"))
+  out, err = capsys.readouterr()  # the command's stdout is its JSON line alone
+  assert out == "" and "loading the data" in err and "fine-tuning: " in err
   assert tuned["test_accuracy"] == pytest.approx(source["test_accuracy"], abs=0.01)
   assert scratch["test_accuracy"] < source["test_accuracy"] - 0.2
   assert transfer.with_classes(parse("[C(8,3,1), GAP(10), SM(10)]"), 100) == parse(
@@ -490,7 +506,8 @@ def test_a_sigterm_before_training_is_a_clean_stop(finished, tmp_path, command):
   env = dict(os.environ, PYTHONPATH=ROOT)
   proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-  first = proc.stdout.readline()
+  says = proc.stdout if command == "finalize" else proc.stderr  # (transfer's stdout: JSON)
+  first = says.readline()
   assert "loading the data" in first, first
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)

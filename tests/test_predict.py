@@ -177,6 +177,9 @@ def test_classes_by_name_or_by_index(folder_model, tmp_path):
      "architecture [C(8,3,1), SM(10)]"),
     (["--model={bare}", "--images={data}"], "no checkpoint at "),
     (["--model={texts}", "--images={data}"], "texts/meta.json is not a final model's meta"),
+    (["--model={names}", "--images={data}"], "names/meta.json is not a final model's meta.json "
+     "(its class_names are not one name per class"),
+    (["--model={norm}", "--images={data}"], "(its normalization is invalid)"),
 ])
 def test_bad_input_is_one_line(folder_model, tmp_path, args, says):
   meta, test_folder, _ = folder_model
@@ -192,7 +195,7 @@ def test_bad_input_is_one_line(folder_model, tmp_path, args, says):
   (tmp_path / "damaged" / "checkpoint").mkdir(parents=True)
   (tmp_path / "damaged" / "meta.json").write_text("{bad")
   model = os.path.dirname(meta["checkpoint"])
-  for name in ("listed", "other", "bare", "texts"):  # valid JSON, not what the model is
+  for name in ("listed", "other", "bare", "texts", "names", "norm"):  # valid JSON, not the model
     shutil.copytree(model, tmp_path / name)
   (tmp_path / "listed" / "meta.json").write_text("[1, 2]")
   saved = json.loads((tmp_path / "other" / "meta.json").read_text())
@@ -200,6 +203,8 @@ def test_bad_input_is_one_line(folder_model, tmp_path, args, says):
   shutil.rmtree(tmp_path / "bare" / "checkpoint")
   (tmp_path / "texts" / "meta.json").write_text(json.dumps(dict(saved, input_shape=["8", "8",
                                                                                    "1"])))
+  (tmp_path / "names" / "meta.json").write_text(json.dumps(dict(saved, class_names=["a", "b"])))
+  (tmp_path / "norm" / "meta.json").write_text(json.dumps(dict(saved, normalization={})))
   fill = dict(model=model, data=test_folder, rgb=tmp_path / "rgb.npz",
               empty=tmp_path / "empty", nothing=tmp_path / "nothing.npz",
               two=tmp_path / "two.npz", none=tmp_path / "none.npz",
@@ -207,7 +212,7 @@ def test_bad_input_is_one_line(folder_model, tmp_path, args, says):
               beside=tmp_path / "beside.npz",
               search=os.path.dirname(os.path.dirname(model)), damaged=tmp_path / "damaged",
               listed=tmp_path / "listed", other=tmp_path / "other", bare=tmp_path / "bare",
-              texts=tmp_path / "texts")
+              texts=tmp_path / "texts", names=tmp_path / "names", norm=tmp_path / "norm")
   out = _run(*[a.format(**fill) for a in args])
   assert out.returncode == 2 and out.stdout == "", out.stdout
   assert len(out.stderr.splitlines()) == 1 and says in out.stderr, out.stderr
