@@ -15,10 +15,6 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
-                                          lock_config=True)
-_ARCH = flags.DEFINE_string("arch", None, "Architecture in the paper's notation.")
-
 
 def _print_epoch(attempt: int, epoch: int, accuracy: float, loss: float) -> None:
   print(f"attempt {attempt + 1} epoch {epoch + 1}: validation accuracy {accuracy:.4f}, "
@@ -41,6 +37,9 @@ def main(argv: list[str]) -> None:
   print(json.dumps(trainer.evaluate(_ARCH.value).to_json()))
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # flags only for the command: it imports beside metaqnn.main
   from metaqnn import cli
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
+                                            lock_config=True)
+  _ARCH = flags.DEFINE_string("arch", None, "Architecture in the paper's notation.")
   cli.run(main)

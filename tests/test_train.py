@@ -326,3 +326,13 @@ def test_a_failed_background_compile_is_done_again_in_place(dataset, monkeypatch
   assert isinstance(future.exception(), MemoryError)
   monkeypatch.setattr(train.Core, "compile", compile_now)
   assert trainer.evaluate(SMALL).status == "ok"
+
+
+def test_every_command_imports_beside_the_others():
+  """A notebook may import any of them: absl flags are defined once, by the command run."""
+  names = ["arch", "early_stop", "finalize", "inspect", "main", "plots", "predict", "space",
+           "train_one", "transfer"]
+  code = "; ".join(f"import metaqnn.{n}" for n in names)
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
