@@ -158,11 +158,9 @@ def _fail(message: str) -> None:
 
 
 def _lazy_user_errors() -> tuple[type[BaseException], ...]:
-  """User-error types of optional modules, without importing heavy ones eagerly."""
+  """The search's own stops, reported as one line too, without importing it eagerly."""
   errors = []
-  for name, error in (("metaqnn.input_pipeline", "DatasetError"),
-                      ("metaqnn.store", "WorkdirError"), ("metaqnn.search", "WorkersLost"),
-                      ("metaqnn.search", "SearchStalled")):
+  for name, error in (("metaqnn.search", "WorkersLost"), ("metaqnn.search", "SearchStalled")):
     mod = sys.modules.get(name)
     if mod is not None and hasattr(mod, error):
       errors.append(getattr(mod, error))

@@ -83,7 +83,7 @@ _VAL_TAG = 1
 _SUBSET_TAG = 2
 
 
-class DatasetError(Exception):
+class DatasetError(UserError):
   """A user-facing data problem; str() is one line that says what to do."""
 
 
@@ -325,6 +325,48 @@ def load(config, final: bool = False) -> Dataset:
   """
   _check_config(config.dataset)
   return _split(config, config.dataset.name, *_read(config, final), final=final)
+
+
+def check(data: Any) -> None:
+  """Refuses, in one line (DatasetError), a data set given in memory (`run_search(
+  dataset=...)`) that a data set read from a config could not be: uint8 [N, H, W, C]
+  square images alike in every split, integer labels in 0..num_classes-1 with every class
+  in train and two in validation, a known normalisation and a mean per channel."""
+  if not isinstance(data, Dataset):
+    raise DatasetError(f"dataset= takes an input_pipeline.Dataset, not a "
+                       f"{type(data).__name__}")
+  label = f"the data set given in memory ({data.name!r})"
+  splits = []
+  for what, x, y in (("training", data.train_images, data.train_labels),
+                     ("validation", data.val_images, data.val_labels),
+                     ("test", data.test_images, data.test_labels)):
+    if not (isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 4
+            and 0 not in x.shape[1:]):
+      raise DatasetError(
+          f"{label}: {what} images must be a uint8 array [N, H, W, C] with H, W and C at "
+          f"least 1 (0..255: they are normalised inside the step), got "
+          f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
+    if not (isinstance(y, np.ndarray) and y.ndim == 1 and len(y) == len(x)
+            and np.issubdtype(y.dtype, np.integer)):
+      raise DatasetError(f"{label}: {what} labels must be {len(x)} integers (shape "
+                         f"[{len(x)}]), one per image, got "
+                         f"{getattr(y, 'dtype', type(y).__name__)} {getattr(y, 'shape', '')}")
+    splits.append((x, y))
+  (tr_x, tr_y), val, (te_x, te_y) = splits
+  if not len(tr_y) or not len(val[1]):
+    raise DatasetError(f"{label} has no {'training' if not len(tr_y) else 'validation'} "
+                       "examples")
+  k = data.num_classes
+  if not (isinstance(k, (int, np.integer)) and k >= 2):
+    raise DatasetError(f"{label}: num_classes={k!r} must be an integer >= 2")
+  _conform(label, {}, tr_x, tr_y, te_x, te_y, int(k), val)
+  if data.preprocess not in PREPROCESS:
+    raise DatasetError(f"{label}: unknown preprocess {data.preprocess!r}; known: "
+                       f"{', '.join(PREPROCESS)}")
+  mean = np.asarray(data.mean)
+  if mean.shape != (tr_x.shape[3],) or not np.all(np.isfinite(mean)):
+    raise DatasetError(f"{label}: mean must be {tr_x.shape[3]} finite numbers, one per "
+                       f"channel (of train_images / 255), got shape {mean.shape}")
 
 
 def load_both(config) -> tuple[Dataset, Dataset]:
@@ -759,6 +801,8 @@ def read_image(file: str, mode: str | None, label: str) -> np.ndarray:
         # Grey with alpha (LA) is grey too: the alpha is dropped, as RGBA's.
         mode = mode or ("L" if im.mode in ("1", "L", "LA", "La") else "RGB")
         arr = np.asarray(im.convert(mode), np.uint8)
+  except DatasetError:  # eight_bit's own (a ValueError too): as it says
+    raise
   except Image.DecompressionBombError:  # PIL refuses images of over 2 x MAX_IMAGE_PIXELS
     raise DatasetError(f"{label}: the image {file} has more pixels than PIL reads safely "
                        f"({2 * Image.MAX_IMAGE_PIXELS:,}); shrink it or leave it out.") from None

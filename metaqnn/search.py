@@ -546,7 +546,8 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     raise UserError("data in memory (dataset=...) stays in this process, and Ray workers "
                     "load config.dataset; use the local executor, or save the arrays as "
                     ".npz and set dataset.name=npz:PATH")
-  else:  # data in memory: the config's data fields follow it
+  else:  # data in memory: checked as read data is, and the config's data fields follow it
+    input_pipeline.check(dataset)
     config.dataset.image_size = int(dataset.train_images.shape[1])
     config.dataset.channels = int(dataset.train_images.shape[3])
     config.dataset.num_classes = int(dataset.num_classes)

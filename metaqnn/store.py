@@ -20,6 +20,7 @@ import time
 from typing import Callable, Iterator, Optional
 
 from metaqnn import results
+from metaqnn.errors import UserError
 from metaqnn.results import Result
 
 DB_FILE = "metaqnn.db"
@@ -28,7 +29,7 @@ LOCK_FILE = ".lock"
 FORMAT = "metaqnn-search/1"
 
 
-class WorkdirError(Exception):
+class WorkdirError(UserError):
   """The work directory is foreign, corrupt, or made for another search."""
 
 
@@ -561,8 +562,9 @@ def stored_meta(workdir: str) -> dict:
 def stored_fingerprint(workdir: str) -> dict:
   """The fingerprint `workdir`'s record was made with; {} if there is none or it cannot
   be read."""
+  text = stored_meta(workdir).get("fingerprint", "{}")  # (a WorkdirError is raised)
   try:
-    return json.loads(stored_meta(workdir).get("fingerprint", "{}"))
+    return json.loads(text)
   except ValueError:
     return {}
 

@@ -1099,6 +1099,49 @@ def test_data_in_memory_with_the_ray_executor_is_refused(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize("bad, says", [
+    (dict(train_images="floats"), "training images must be a uint8 array [N, H, W, C]"),
+    (dict(train_images="grey"), "training images must be a uint8 array [N, H, W, C]"),
+    (dict(train_labels="short"), "training labels must be"),
+    (dict(train_labels="float"), "training labels must be"),
+    (dict(val_labels="twelve"), "validation labels run from 0 to 12; they must be class "
+     "indices 0..9"),
+    (dict(train_labels="minus"), "training labels run from -1"),
+    (dict(num_classes=5), "training labels run from 0 to 9; they must be class indices 0..4"),
+    (dict(num_classes=1), "num_classes=1 must be an integer >= 2"),
+    (dict(val_images="big"), "validation images are 16x16x1 but training images 8x8x1"),
+    (dict(train_images="wide"), "not square"),
+    (dict(mean="long"), "mean must be 1 finite numbers"),
+    (dict(preprocess="bogus"), "unknown preprocess 'bogus'"),
+    ("tuple", "dataset= takes an input_pipeline.Dataset, not a tuple"),
+])
+def test_bad_data_in_memory_is_refused_before_the_work_directory(tmp_path, bad, says):
+  """Arrays given in memory get the checks that read data gets: before, float images,
+  labels out of range or splits of other sizes ran to the end with wrong rewards."""
+  import dataclasses
+  from metaqnn import input_pipeline
+  config = config_lib.base_config("digits")
+  config.dataset.val_fraction, config.search.schedule = 0.2, "1.0:2"
+  good = input_pipeline.load(config)
+  make = dict(floats=lambda: good.train_images.astype(np.float32) / 255,
+              grey=lambda: good.train_images[..., 0], wide=lambda: good.train_images[:, :, :6],
+              short=lambda: good.train_labels[:-1],
+              float=lambda: good.train_labels.astype(np.float32),
+              minus=lambda: np.where(np.arange(len(good.train_labels)) == 0, -1,
+                                     good.train_labels),
+              twelve=lambda: np.where(np.arange(len(good.val_labels)) == 0, 12,
+                                      good.val_labels),
+              big=lambda: np.zeros((len(good.val_labels), 16, 16, 1), np.uint8),
+              long=lambda: np.zeros(3, np.float32))
+  data = (tuple(dataclasses.astuple(good)) if bad == "tuple" else dataclasses.replace(
+      good, **{k: make[v]() if isinstance(v, str) and v in make else v
+               for k, v in bad.items()}))
+  with pytest.raises(input_pipeline.DatasetError) as e:
+    search.run_search(config, str(tmp_path / "w"), dataset=data)
+  assert says in str(e.value) and "\n" not in str(e.value) and isinstance(e.value, UserError)
+  assert not (tmp_path / "w").exists()
+
+
 def test_a_record_that_fails_to_open_is_not_left_locked(tmp_path, monkeypatch):
   """A failure after the lock is taken (here: adding a column) releases it at once: a
   notebook's next try in the same process must not find its own stale lock."""
