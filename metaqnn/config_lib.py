@@ -148,3 +148,28 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
                                    # else 1.
   c.final.plots = True             # Write the analysis plots when the search finishes.
   return c
+
+
+def check_known(config) -> None:
+  """Refuses, in one line, a config with a field that no setting has: a typo made in
+  Python (`config.train.epoch = 1`) would otherwise be ignored, as the command line's
+  `--config.x.y` overrides never are."""
+  import difflib
+  known = _fields(base_config(str(config.dataset.name)))
+  unknown = sorted(_fields(config) - known)
+  if unknown:
+    near = difflib.get_close_matches(unknown[0], known, n=1)
+    raise UserError(f"unknown config field{'s' * (len(unknown) > 1)} {', '.join(unknown)}"
+                    + (f" (did you mean {near[0]}?)" if near else "")
+                    + "; the settings are in metaqnn/config_lib.py")
+
+
+def _fields(config, prefix: str = "") -> set[str]:
+  """The dotted names of `config`'s fields, groups (ConfigDicts) walked into."""
+  out = set()
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out |= _fields(value, f"{prefix}{key}.")
+    else:
+      out.add(prefix + key)
+  return out

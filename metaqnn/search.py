@@ -36,6 +36,7 @@ from absl import logging
 
 from metaqnn import agent as agent_lib
 from metaqnn import budget as budget_lib
+from metaqnn import config_lib
 from metaqnn import evaluators
 from metaqnn import executors
 from metaqnn import progress as progress_lib
@@ -524,6 +525,7 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
       anything is written to it; it may refuse the run by raising (main: final models
       kept from other final settings).
   """
+  config_lib.check_known(config)  # a typo made in Python, not silently ignored
   schedule = agent_lib.Schedule.parse(config.search.schedule)
   store_lib.check_workdir(workdir)  # before any data is read
   replay_samples = int(config.search.replay_samples)

@@ -1099,6 +1099,21 @@ def test_data_in_memory_with_the_ray_executor_is_refused(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+def test_a_misspelt_config_field_from_python_is_refused(tmp_path):
+  """Python's ConfigDicts take any new field; a typo was silently ignored (the command
+  line's overrides never are)."""
+  config = small_config("1.0:2")
+  config.train.epoch = 1
+  with pytest.raises(UserError, match=r"unknown config field train.epoch \(did you mean "
+                     r"train.epochs\?\)"):
+    search.run_search(config, str(tmp_path / "w"), log_interval=100)
+  assert not (tmp_path / "w").exists()
+  del config.train.epoch
+  config.search.schedul, config.evaluater = "1.0:2", "synthetic"
+  with pytest.raises(UserError, match="unknown config fields evaluater, search.schedul"):
+    search.run_search(config, str(tmp_path / "w"), log_interval=100)
+
+
 @pytest.mark.parametrize("bad, says", [
     (dict(train_images="floats"), "training images must be a uint8 array [N, H, W, C]"),
     (dict(train_images="grey"), "training images must be a uint8 array [N, H, W, C]"),
