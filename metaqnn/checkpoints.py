@@ -62,14 +62,14 @@ def restore(path: str) -> Any:
     ckptr.close()
 
 
-def input_metadata(config, dataset) -> dict:
+def input_metadata(config, dataset, names: bool = True) -> dict:
   """What a final model needs beside its weights to classify new images (stored in its
   meta.json): the normalisation it was trained with, and the class names if the data has
-  them (`metaqnn.predict`)."""
+  them (`metaqnn.predict`); `names=False` for data given in memory, which has none."""
   from metaqnn import input_pipeline
   return {"normalization": {"preprocess": dataset.preprocess,
                             "mean": [float(m) for m in dataset.mean]},
-          "class_names": input_pipeline.class_names(config)}
+          "class_names": input_pipeline.class_names(config) if names else None}
 
 
 def metadata(path: str) -> dict:

@@ -202,17 +202,30 @@ def model_dir(root: str, arch: str) -> str:
   return os.path.join(root, hashlib.sha256(arch.encode()).hexdigest()[:12])
 
 
-def _load_checked(workdir: str, config):
+def _load_checked(workdir: str, config, given=None):
   """The final split of the data the search ranked its models on: refused, as a resume
   is, when the data changed since (a record of the train evaluator keeps a digest of its
-  search split, read here from the same load)."""
+  search split, read here from the same load). `given`: the search's split, where the
+  search was given it in memory; a search given its data so is refused without it."""
   from metaqnn import input_pipeline
   store = store_lib.open_existing(workdir)
   try:
-    if "data" not in store.meta():  # the synthetic evaluator, or an older record
+    meta = store.meta()
+    if given is None and store_lib.DATA_IN_MEMORY in meta:
+      raise UserError(f"{workdir}'s search was given its data in memory (run_search("
+                      "dataset=...)), which config.dataset does not load; give the same data "
+                      "from Python: finalize.finalize(workdir, dataset=...)")
+    if given is not None:
+      input_pipeline.check(given)
+      search_split, final = given, input_pipeline.final_split(given)
+    elif "data" not in meta:  # the synthetic evaluator, or an older record
       return input_pipeline.load(config, final=True)
-    search_split, final = input_pipeline.load_both(config)
-    store.check_data(input_pipeline.digest(search_split), config.dataset.name, harm=(
+    else:
+      search_split, final = input_pipeline.load_both(config)
+    if "data" not in meta:
+      return final
+    name = config.dataset.name if given is None else "the data set given"
+    store.check_data(input_pipeline.digest(search_split), name, harm=(
         "The final stage would retrain the top models on other data than they were "
         "ranked on", "Restore the data, or start a new search on the new data"))
     return final
@@ -221,15 +234,19 @@ def _load_checked(workdir: str, config):
 
 
 def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = None,
-             config_overrides: Optional[dict] = None, data_checked: bool = False) -> dict:
+             config_overrides: Optional[dict] = None, data_checked: bool = False,
+             dataset=None) -> dict:
   """Runs (or resumes) the final stage of a finished search; returns results.json's
   content. `data_checked`: the caller (the search just run) has checked the data.
+  `dataset`: the `input_pipeline.Dataset` the search was given in memory
+  (`run_search(dataset=...)`), checked against its record; its train and validation
+  splits are trained on together and its test split tests.
   Holds the work directory's lock: never beside its search or another final stage."""
   store_lib.open_existing(workdir).close()  # a work directory that holds a search
   release, running = store_lib.lock(workdir), []
   try:
     return _finalize(os.path.abspath(workdir), top, ensemble, config_overrides,
-                     data_checked, running)
+                     data_checked, dataset, running)
   finally:
     if running:  # models stopped mid-epoch still finishing (in a notebook): held till then
       threading.Thread(target=lambda: (running[0].shutdown(wait=True), release()),
@@ -239,7 +256,7 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
 
 
 def _finalize(workdir: str, top: Optional[int], ensemble: Optional[int],
-              config_overrides: Optional[dict], data_checked: bool,
+              config_overrides: Optional[dict], data_checked: bool, given,
               running: list) -> dict:
   from metaqnn import checkpoints, input_pipeline, train  # JAX only when needed
   config, _ = top_models(workdir, 0)
@@ -262,8 +279,8 @@ def _finalize(workdir: str, top: Optional[int], ensemble: Optional[int],
   if done < total:  # a search stopped before its end: what it has ranked so far
     models += f" (its search is not finished: {done} of {total} unique models)"
   print(f"final stage: {models}; loading the data...", flush=True)
-  dataset = (input_pipeline.load(config, final=True) if data_checked
-             else _load_checked(workdir, config))
+  dataset = (input_pipeline.load(config, final=True) if data_checked and given is None
+             else _load_checked(workdir, config, given))
   os.makedirs(root, exist_ok=True)
   trainer = train.FinalTrainer(config, dataset)
   data_digest = input_pipeline.digest(dataset)  # kept: a later evaluation checks its data
@@ -313,7 +330,8 @@ def _finalize(workdir: str, top: Optional[int], ensemble: Optional[int],
           "history": history, "seconds": time.perf_counter() - start,
           "dataset": config.dataset.name,
           "input_shape": list(dataset.test_images.shape[1:]),
-          **checkpoints.input_metadata(config, dataset), "data": data_digest,
+          **checkpoints.input_metadata(config, dataset, names=given is None),
+          "data": data_digest,
           "config": json.loads(config.to_json())}, indent=1)  # written last: marks it done
     say(f"final {rank}/{len(best)}: test accuracy {accuracy:.4f} {rec.arch}")
 

@@ -369,6 +369,16 @@ def check(data: Any) -> None:
                        f"channel (of train_images / 255), got shape {mean.shape}")
 
 
+def final_split(data: Dataset) -> Dataset:
+  """A search's split of `data` as the final stage trains on it (`load`'s final=True):
+  train and validation together, normalised by their mean; test as it is."""
+  x = np.concatenate([data.train_images, data.val_images])
+  y = np.concatenate([data.train_labels, data.val_labels]).astype(np.int32)
+  mean = x.reshape(-1, x.shape[-1]).mean(axis=0, dtype=np.float64) / 255.0
+  return dataclasses.replace(data, train_images=x, train_labels=y, val_images=x[:0],
+                             val_labels=y[:0], mean=mean.astype(np.float32))
+
+
 def load_both(config) -> tuple[Dataset, Dataset]:
   """The search's split and the final one (`load`'s final=False and True) from one read
   of the data (two with SVHN's `final_extra`)."""

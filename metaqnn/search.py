@@ -541,6 +541,7 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   # work directory exists, so that bad data leaves nothing behind).
   recorded = store_lib.stored_fingerprint(workdir)  # {} for a new search
   _record_absolute_paths(config, recorded)
+  in_memory = dataset is not None
   if dataset is None:
     _keep_recorded_channels(config, recorded)
     dataset = input_pipeline.resolve(config)
@@ -603,6 +604,8 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     raise
   try:
     store.set_meta("config", json.loads(config.to_json()))  # this run's settings
+    if in_memory:  # config.dataset does not load it: the final stage must be given it
+      store.set_meta(store_lib.DATA_IN_MEMORY, True)
     if rule is not None:
       # Under the soft objective the rule compares rewards in records that say so; one
       # made before (none says) resumes comparing accuracies, as it began.

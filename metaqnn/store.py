@@ -27,6 +27,7 @@ DB_FILE = "metaqnn.db"
 _CREATING = ".metaqnn.db.creating"
 LOCK_FILE = ".lock"
 FORMAT = "metaqnn-search/1"
+DATA_IN_MEMORY = "data_in_memory"  # a meta key: the search was given its data in memory
 
 
 class WorkdirError(UserError):

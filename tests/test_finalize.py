@@ -88,6 +88,44 @@ def test_a_damaged_results_json_is_one_line_in_inspect(finished, tmp_path, damag
   assert "\n" not in str(e.value)
 
 
+def test_a_search_on_data_in_memory_is_finalized_with_that_data(tmp_path):
+  """config.dataset does not load data given in memory: the final stage takes it too, and
+  refuses to guess without it (it used to retrain on config.dataset, or fail on its
+  class count)."""
+  import dataclasses
+  import numpy as np
+  from metaqnn import input_pipeline
+  config = digits_config()
+  config.search.schedule, config.evaluator = "1.0:2", "train"
+  config.train.epochs, config.final.epochs = 1, 1
+  full = input_pipeline.load(config)
+  keep = lambda y: y < 3  # three of the ten classes: not what config.dataset holds
+  data = dataclasses.replace(
+      full, name="mine", num_classes=3,
+      train_images=full.train_images[keep(full.train_labels)],
+      train_labels=full.train_labels[keep(full.train_labels)],
+      val_images=full.val_images[keep(full.val_labels)],
+      val_labels=full.val_labels[keep(full.val_labels)],
+      test_images=full.test_images[keep(full.test_labels)],
+      test_labels=full.test_labels[keep(full.test_labels)])
+  workdir = str(tmp_path / "w")
+  search.run_search(config, workdir, dataset=data, log_interval=1e9, tensorboard=False)
+  with pytest.raises(UserError, match="given its data in memory .*finalize.finalize"
+                     r"\(workdir, dataset=...\)"):
+    finalize.finalize(workdir, top=1, ensemble=1)
+  other = dataclasses.replace(data, test_labels=(data.test_labels + 1) % 3)
+  with pytest.raises(WorkdirError, match="other data"):
+    finalize.finalize(workdir, top=1, ensemble=1, dataset=other)
+  assert not os.path.exists(os.path.join(workdir, "final"))
+  results = finalize.finalize(workdir, top=1, ensemble=1, dataset=data)
+  assert results["test_examples"] == len(data.test_labels)
+  meta = json.load(open(os.path.join(os.path.dirname(results["models"][0]["checkpoint"]),
+                                     "meta.json")))
+  assert meta["class_names"] is None and len(meta["normalization"]["mean"]) == 1
+  merged = np.concatenate([data.train_images, data.val_images])
+  assert meta["normalization"]["mean"][0] == pytest.approx(merged.mean() / 255, rel=1e-5)
+
+
 def test_resume_trains_only_unfinished_models(finished, capsys):
   workdir, results = finished
   metas = [os.path.join(os.path.dirname(m["checkpoint"]), "meta.json")
