@@ -95,8 +95,10 @@ def metadata(path: str) -> dict:
           and len(names) == _classes(out["arch"])):
     raise UserError(f"{meta} is not a final model's meta.json (its class_names are not one "
                     f"name per class of {out['arch']}); {what}")
-  if not (norm is None or isinstance(norm, dict) and isinstance(norm.get("preprocess"), str)
+  from metaqnn.input_pipeline import PREPROCESS
+  if not (norm is None or isinstance(norm, dict) and norm.get("preprocess") in PREPROCESS
           and isinstance(norm.get("mean"), list)
+          and len(norm["mean"]) == out["input_shape"][-1]
           and all(isinstance(m, (int, float)) for m in norm["mean"])):
     raise UserError(f"{meta} is not a final model's meta.json (its normalization is "
                     f"invalid); {what}")

@@ -150,12 +150,19 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
   return c
 
 
+# Settings read where set and not in `base_config` (which would change every record's
+# fingerprint): the search's optimizer, Adam unless set (the final stage's: final.optimizer).
+OPTIONAL_FIELDS = frozenset({"train.optimizer", "train.momentum"})
+
+
 def check_known(config) -> None:
   """Refuses, in one line, a config with a field that no setting has: a typo made in
   Python (`config.train.epoch = 1`) would otherwise be ignored, as the command line's
   `--config.x.y` overrides never are."""
   import difflib
-  known = _fields(base_config(str(config.dataset.name)))
+  # Every data set's config has the same fields; a name no registry knows (data given
+  # in memory may bear any) is not refused here.
+  known = _fields(base_config("digits")) | OPTIONAL_FIELDS
   unknown = sorted(_fields(config) - known)
   if unknown:
     near = difflib.get_close_matches(unknown[0], known, n=1)

@@ -103,8 +103,11 @@ def _final_results(workdir: str) -> Optional[dict]:
   what = f"run python -m metaqnn.finalize --workdir={workdir} to write it again"
   final = files.read_json(path, what)
   number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+  count = lambda v: v is None or type(v) is int
   model_ok = lambda m: (isinstance(m, dict) and type(m.get("rank")) is int
                         and isinstance(m.get("arch"), str)
+                        and isinstance(m.get("checkpoint"), str)
+                        and count(m.get("params")) and count(m.get("flops"))
                         and number(m.get("test_accuracy")) and number(m.get("val_accuracy")))
   ens = final.get("ensemble") if isinstance(final, dict) else None
   if not (isinstance(final, dict) and isinstance(final.get("models"), list)

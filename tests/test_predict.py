@@ -204,7 +204,8 @@ def test_bad_input_is_one_line(folder_model, tmp_path, args, says):
   (tmp_path / "texts" / "meta.json").write_text(json.dumps(dict(saved, input_shape=["8", "8",
                                                                                    "1"])))
   (tmp_path / "names" / "meta.json").write_text(json.dumps(dict(saved, class_names=["a", "b"])))
-  (tmp_path / "norm" / "meta.json").write_text(json.dumps(dict(saved, normalization={})))
+  (tmp_path / "norm" / "meta.json").write_text(json.dumps(dict(saved, normalization=dict(
+      saved["normalization"], mean=[0.5, 0.5]))))  # a mean for 2 channels, on grey images
   fill = dict(model=model, data=test_folder, rgb=tmp_path / "rgb.npz",
               empty=tmp_path / "empty", nothing=tmp_path / "nothing.npz",
               two=tmp_path / "two.npz", none=tmp_path / "none.npz",

@@ -1099,6 +1099,18 @@ def test_data_in_memory_with_the_ray_executor_is_refused(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+def test_data_in_memory_may_bear_any_name(tmp_path):
+  """A name no registry knows is the data's own label (the GPU benchmark's "cifar-like")."""
+  from metaqnn import input_pipeline
+  config = config_lib.base_config("digits")
+  config.dataset.val_fraction, config.search.schedule = 0.2, "1.0:2"
+  config.evaluator = "synthetic"
+  data = input_pipeline.load(config)
+  config.dataset.name = "my-arrays"
+  result = search.run_search(config, str(tmp_path / "w"), dataset=data, log_interval=100)
+  assert result.finished
+
+
 def test_a_misspelt_config_field_from_python_is_refused(tmp_path):
   """Python's ConfigDicts take any new field; a typo was silently ignored (the command
   line's overrides never are)."""
