@@ -98,8 +98,9 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
     raise UserError(str(e)) from None
   init = checkpoints.restore(init_checkpoint) if init_checkpoint else None
   n = len(train.final_learning_rates(config))
-  _say(f"transfer: {request['source_arch']} onto {config.dataset.name}, {n} epochs"
-       f"{' from ' + init_checkpoint if init_checkpoint else ''}; loading the data...")
+  _say(f"transfer: {request['source_arch']} onto {config.dataset.name}, {n} "
+       f"epoch{'s' * (n != 1)}{' from ' + init_checkpoint if init_checkpoint else ''}; "
+       "loading the data...")
   os.makedirs(workdir, exist_ok=True)  # a path that cannot be made fails before training
   try:
     dataset = input_pipeline.load(config, final=True)
