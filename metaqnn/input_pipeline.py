@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import unicodedata
 from typing import Any, Callable
 
 import numpy as np
@@ -689,7 +690,13 @@ def _folder(path: str, ds) -> _Arrays:
   for name in [d for d in subdirs if d != "train"]:
     extra = sorted(set(_subdirs(os.path.join(path, name))) - set(classes))
     if extra:
-      raise DatasetError(f"{label}: {name}/ has classes {', '.join(extra)} that train/ lacks.")
+      nfc = lambda s: unicodedata.normalize("NFC", s)
+      alike = [e for e in extra if nfc(e) in map(nfc, classes)]
+      raise DatasetError(
+          f"{label}: {name}/ has classes {', '.join(extra)} that train/ lacks" + (
+              f" (the folder {alike[0]!r} has a name that train/ spells with other Unicode "
+              "characters, as macOS and zip files write accents: rename one of them)"
+              if alike else "") + ".")
     x, y = _read_folder(label, os.path.join(path, name), classes, ds, required=False)
     if not len(y):  # the search would validate, or the final stage test, on nothing
       raise DatasetError(f"{label}: {name}/ holds no images; add some, or remove {name}/ to "

@@ -808,3 +808,18 @@ def test_an_unreadable_data_digest_is_one_line(tmp_path, value):
   db.close()
   with pytest.raises(store_lib.WorkdirError, match="data digest recorded in .* is unreadable"):
     store_lib.Store(work, {"seed": 0}, {"train": 1, "val": 1, "test": 1, "hash": "a"})
+
+
+def test_a_split_class_spelt_in_another_unicode_form_is_named(tmp_path):
+  """test/café written decomposed (by macOS or a zip file) beside train/café: said so."""
+  import unicodedata
+  from PIL import Image
+  for split, name in (("train", "café"), ("train", "tea"), ("test", "tea"),
+                      ("test", unicodedata.normalize("NFD", "café"))):
+    os.makedirs(tmp_path / "d" / split / name, exist_ok=True)
+    for i in range(6):
+      Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(
+          tmp_path / "d" / split / name / f"{i}.png")
+  with pytest.raises(ip.DatasetError, match="spells with other Unicode characters") as e:
+    ip.load(_config(f"folder:{tmp_path / 'd'}"))
+  assert "\n" not in str(e.value)

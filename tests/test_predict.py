@@ -12,6 +12,7 @@ import pytest
 from metaqnn import finalize
 from metaqnn import input_pipeline
 from metaqnn import predict
+from metaqnn.architecture import parse
 from metaqnn import search
 from test_finalize import digits_config
 
@@ -217,3 +218,16 @@ def test_bad_input_is_one_line(folder_model, tmp_path, args, says):
   out = _run(*[a.format(**fill) for a in args])
   assert out.returncode == 2 and out.stdout == "", out.stdout
   assert len(out.stderr.splitlines()) == 1 and says in out.stderr, out.stderr
+
+
+def test_class_folders_match_in_any_unicode_form():
+  """macOS and zip files write "café" decomposed (e + a combining accent): the same class."""
+  import unicodedata
+  model = predict.FinalModel(arch=parse("[C(4,3,1), SM(2)]"), params=None,
+                             input_shape=(8, 8, 1), preprocess="mean",
+                             mean=np.zeros(1, np.float32), class_names=["café", "thé"])
+  names = [unicodedata.normalize("NFD", "café/1.png"), "thé/2.png"]
+  probs = np.array([[0.9, 0.1], [0.2, 0.8]], np.float32)
+  model.predict = lambda images: probs
+  out = predict.classify(model, names, np.zeros((2, 8, 8, 1), np.uint8))
+  assert out["labelled"] == 2 and out["accuracy"] == 1.0
