@@ -40,6 +40,7 @@ def stop(message: str) -> None:
   after SIGTERM): everything worth keeping is on disk, and work still running in worker
   threads must not hold the exit up."""
   print(message, file=sys.stderr)
+  signals.release_pending()  # a lock that work still running would release: now
   sys.stdout.flush()
   sys.stderr.flush()
   os._exit(signals.exit_status())

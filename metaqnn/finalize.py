@@ -249,7 +249,8 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
                      data_checked, dataset, running)
   finally:
     if running:  # models stopped mid-epoch still finishing (in a notebook): held till then
-      threading.Thread(target=lambda: (running[0].shutdown(wait=True), release()),
+      free = signals.release_once(release)  # (a command exiting at once frees it then)
+      threading.Thread(target=lambda: (running[0].shutdown(wait=True), free()),
                        daemon=True).start()
     else:
       release()

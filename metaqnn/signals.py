@@ -22,6 +22,36 @@ from typing import Callable
 _requested = threading.Event()  # a stop was asked for and has not reached the caller
 _last = [signal.SIGINT]  # the signal that asked for the last stop
 _worker = threading.local()  # in a worker thread: `cancel`, the event that ends its work
+_pending_releases: set = set()  # `release_once`'s not yet run
+_pending_lock = threading.Lock()
+
+
+def release_once(release: Callable[[], None]) -> Callable[[], None]:
+  """`release` (a lock's) made to run once, by whichever comes first: its owner, once the
+  work still running beside a stop ends, or `release_pending`, which a command's stop
+  calls as it exits at once (work threads die with it, and the lock file would stay)."""
+  guard, ran = threading.Lock(), []
+
+  def once() -> None:
+    with guard:
+      if ran:
+        return
+      ran.append(True)
+      with _pending_lock:
+        _pending_releases.discard(once)
+      release()
+
+  with _pending_lock:
+    _pending_releases.add(once)
+  return once
+
+
+def release_pending() -> None:
+  """Runs every `release_once` not yet run (a command exiting at once)."""
+  with _pending_lock:
+    pending = list(_pending_releases)
+  for release in pending:
+    release()
 
 
 class Cancelled(BaseException):

@@ -15,6 +15,7 @@ from metaqnn import finalize
 from metaqnn import inspect as inspect_lib
 from metaqnn import models
 from metaqnn import search
+from metaqnn import signals
 from metaqnn import transfer
 from metaqnn.architecture import parse
 from metaqnn.errors import UserError
@@ -217,6 +218,17 @@ def test_a_stopped_final_stage_holds_its_lock_until_its_models_stop(finished, mo
       break
     time.sleep(0.05)
   assert store_lib.holder(workdir) is None  # released once it ended
+  # A command exits at once on a stop (cli.stop), its threads with it: it frees the lock
+  # then, and the thread that would have done so later does nothing.
+  go.clear()
+  with pytest.raises(KeyboardInterrupt):
+    finalize.finalize(workdir)
+  assert store_lib.holder(workdir)["pid"] == os.getpid()
+  signals.release_pending()
+  assert not os.path.exists(os.path.join(workdir, store_lib.LOCK_FILE))
+  go.set()
+  time.sleep(0.2)  # the thread's own release: nothing left to do
+  store_lib.lock(workdir)()  # free: taken and released again
 
 
 def test_an_unfinished_search_is_said_so_and_paths_are_absolute(tmp_path, monkeypatch, capsys):
