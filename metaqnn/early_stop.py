@@ -380,7 +380,6 @@ def _fractions(name: str, values: Optional[list[str]]) -> list[Optional[float]]:
 def main(argv):
   from absl import flags
   from metaqnn import cli
-  from metaqnn import store as store_lib
   f = flags.FLAGS
   if len(argv) > 1 or not f.workdir:
     raise cli.UserError("usage: python -m metaqnn.early_stop --workdir=DIR [--json] "
@@ -393,11 +392,8 @@ def main(argv):
                   for name, values in (("tau", f.tau), ("delta", f.delta)))
   if f.min_completed is not None and f.min_completed < 5:
     raise cli.UserError(f"--min_completed must be >= 5, got {f.min_completed}")
-  try:
-    rows = [evaluate_offline(f.workdir, tau, delta, f.kind, f.min_completed)
-            for tau in taus for delta in deltas]
-  except store_lib.WorkdirError as e:
-    raise cli.UserError(str(e)) from None
+  rows = [evaluate_offline(f.workdir, tau, delta, f.kind, f.min_completed)
+          for tau in taus for delta in deltas]
   if f.json:
     print("\n".join(json.dumps(s) for s in rows))  # one object per line
   else:

@@ -447,8 +447,6 @@ def main(argv):
   cli.handle_stops()
   try:
     results = finalize(f.workdir, f.top, f.ensemble)
-  except store_lib.WorkdirError as e:
-    raise cli.UserError(str(e)) from None
   except KeyboardInterrupt:
     cli.stop("interrupted; finished final models are kept. Run the same command to resume.")
   print(results_table(results))

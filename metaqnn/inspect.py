@@ -93,7 +93,6 @@ def summarize(workdir: str, top: int = 10) -> dict:
   }
 
 
-
 def _final_results(workdir: str) -> Optional[dict]:
   """DIR/final/results.json, or None before the final stage wrote one; a damaged one (edited
   by hand, or cut short) is one line that says how to write it again."""
@@ -116,6 +115,7 @@ def _final_results(workdir: str) -> Optional[dict]:
                and number(ens.get("test_accuracy")))):
     raise cli.UserError(f"{path} is not a final stage's results.json; {what}")
   return final
+
 
 def _greedy(workdir: str, store, records) -> dict:
   """What the agent has learned, in one architecture: its walk now at epsilon 0 (ties,
@@ -333,14 +333,11 @@ def main(argv: list[str]) -> None:
     raise cli.UserError("--top lists a search's top models: give it with --workdir=DIR")
   if f.top < 1:
     raise cli.UserError(f"--top must be >= 1, got {f.top}")
-  try:
-    if f.checkpoint:
-      summary = checkpoint_summary(f.checkpoint, f.split)
-      print(json.dumps(summary) if f.json else render_checkpoint(summary))
-      return
-    summary = summarize(f.workdir, f.top)
-  except store_lib.WorkdirError as e:
-    raise cli.UserError(str(e)) from None
+  if f.checkpoint:
+    summary = checkpoint_summary(f.checkpoint, f.split)
+    print(json.dumps(summary) if f.json else render_checkpoint(summary))
+    return
+  summary = summarize(f.workdir, f.top)
   print(json.dumps(summary) if f.json else render(summary))
 
 

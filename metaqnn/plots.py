@@ -366,11 +366,8 @@ def main(argv):
   f = flags.FLAGS
   if len(argv) > 1 or not f.workdir or not all(w.strip() for w in f.workdir):
     raise cli.UserError("usage: python -m metaqnn.plots --workdir=DIR[,DIR2,...] [--out=DIR]")
-  try:
-    for path in write_all(f.workdir, f.out):
-      print(path)
-  except store_lib.WorkdirError as e:
-    raise cli.UserError(str(e)) from None
+  for path in write_all(f.workdir, f.out):
+    print(path)
 
 
 if __name__ == "__main__":  # flags only for the command, so the library imports cleanly

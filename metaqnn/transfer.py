@@ -92,10 +92,7 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
     raise UserError(f"{workdir} is a file, not a directory")
   if os.path.isdir(workdir) and set(os.listdir(workdir)) - {"checkpoint"}:
     raise UserError(f"{workdir} is not empty; use a new directory for a transfer run")
-  try:
-    created = store_lib.folders_to_make(workdir)  # removed again if the run is refused
-  except store_lib.WorkdirError as e:
-    raise UserError(str(e)) from None
+  created = store_lib.folders_to_make(workdir)  # removed again if the run is refused
   init = checkpoints.restore(init_checkpoint) if init_checkpoint else None
   n = len(train.final_learning_rates(config))
   _say(f"transfer: {request['source_arch']} onto {config.dataset.name}, {n} "
