@@ -91,8 +91,9 @@ def metadata(path: str) -> dict:
     raise UserError(f"{meta} is not a final model's meta.json (its arch or input_shape is "
                     f"missing or invalid); {what}")
   names, norm = out.get("class_names"), out.get("normalization")
+  k = _classes(out["arch"])  # (None: `load` names the arch that does not parse)
   if not (names is None or isinstance(names, list) and all(isinstance(n, str) for n in names)
-          and len(names) == _classes(out["arch"])):
+          and k in (None, len(names))):
     raise UserError(f"{meta} is not a final model's meta.json (its class_names are not one "
                     f"name per class of {out['arch']}); {what}")
   from metaqnn.input_pipeline import PREPROCESS

@@ -211,23 +211,22 @@ def _load_checked(workdir: str, config, given=None):
   store = store_lib.open_existing(workdir)
   try:
     meta = store.meta()
-    if given is None and store_lib.DATA_IN_MEMORY in meta:
-      raise UserError(f"{workdir}'s search was given its data in memory (run_search("
-                      "dataset=...)), which config.dataset does not load; give the same data "
-                      "from Python: finalize.finalize(workdir, dataset=...)")
     if given is not None:
       input_pipeline.check(given)
       search_split, final = given, input_pipeline.final_split(given)
+    elif store_lib.DATA_IN_MEMORY in meta:
+      raise UserError(f"{workdir}'s search was given its data in memory (run_search("
+                      "dataset=...)), which config.dataset does not load; give the same data "
+                      "from Python: finalize.finalize(workdir, dataset=...)")
     elif "data" not in meta:  # the synthetic evaluator, or an older record
       return input_pipeline.load(config, final=True)
     else:
       search_split, final = input_pipeline.load_both(config)
-    if "data" not in meta:
-      return final
-    name = config.dataset.name if given is None else "the data set given"
-    store.check_data(input_pipeline.digest(search_split), name, harm=(
-        "The final stage would retrain the top models on other data than they were "
-        "ranked on", "Restore the data, or start a new search on the new data"))
+    if "data" in meta:
+      name = config.dataset.name if given is None else "the data set given"
+      store.check_data(input_pipeline.digest(search_split), name, harm=(
+          "The final stage would retrain the top models on other data than they were "
+          "ranked on", "Restore the data, or start a new search on the new data"))
     return final
   finally:
     store.close()

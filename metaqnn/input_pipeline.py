@@ -223,7 +223,6 @@ def _split(config, name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: 
                                  np.random.default_rng([seed, _SUBSET_TAG]))
       rest = rest[keep]
     tr_x, tr_y = train_x[rest], train_y[rest]
-  mean = (tr_x.reshape(-1, tr_x.shape[-1]).mean(axis=0, dtype=np.float64) / 255.0)
   return Dataset(
       name=name,
       train_images=tr_x, train_labels=tr_y.astype(np.int32),
@@ -231,7 +230,13 @@ def _split(config, name: str, train_x: np.ndarray, train_y: np.ndarray, test_x: 
       test_images=test_x, test_labels=test_y.astype(np.int32),
       num_classes=int(num_classes),
       preprocess=str(ds.get("preprocess", "mean")),
-      mean=mean.astype(np.float32))
+      mean=_channel_mean(tr_x))
+
+
+def _channel_mean(images: np.ndarray) -> np.ndarray:
+  """float32 [C]: the per-channel mean of uint8 images / 255 (what 'mean' subtracts)."""
+  return (images.reshape(-1, images.shape[-1]).mean(axis=0, dtype=np.float64) / 255.0
+          ).astype(np.float32)
 
 
 def _carve_val(ds, name: str, train_y: np.ndarray, seed: int
@@ -375,9 +380,8 @@ def final_split(data: Dataset) -> Dataset:
   train and validation together, normalised by their mean; test as it is."""
   x = np.concatenate([data.train_images, data.val_images])
   y = np.concatenate([data.train_labels, data.val_labels]).astype(np.int32)
-  mean = x.reshape(-1, x.shape[-1]).mean(axis=0, dtype=np.float64) / 255.0
   return dataclasses.replace(data, train_images=x, train_labels=y, val_images=x[:0],
-                             val_labels=y[:0], mean=mean.astype(np.float32))
+                             val_labels=y[:0], mean=_channel_mean(x))
 
 
 def load_both(config) -> tuple[Dataset, Dataset]:
@@ -690,8 +694,7 @@ def _folder(path: str, ds) -> _Arrays:
   for name in [d for d in subdirs if d != "train"]:
     extra = sorted(set(_subdirs(os.path.join(path, name))) - set(classes))
     if extra:
-      nfc = lambda s: unicodedata.normalize("NFC", s)
-      alike = [e for e in extra if nfc(e) in map(nfc, classes)]
+      alike = [e for e in extra if unicode_form(e) in map(unicode_form, classes)]
       raise DatasetError(
           f"{label}: {name}/ has classes {', '.join(extra)} that train/ lacks" + (
               f" (the folder {alike[0]!r} has a name that train/ spells with other Unicode "
@@ -753,6 +756,12 @@ def class_names(config) -> list[str] | None:
   path = os.path.expanduser(arg)
   subdirs = _subdirs(path)
   return _subdirs(os.path.join(path, "train")) if _split_layout(subdirs) else subdirs
+
+
+def unicode_form(name: str) -> str:
+  """A folder's name in one Unicode form (NFC): macOS and zip files write "café"
+  decomposed, e and a combining accent, where Linux keeps the name as it was given."""
+  return unicodedata.normalize("NFC", name)
 
 
 def _subdirs(path: str) -> list[str]:

@@ -77,11 +77,6 @@ class FinalModel:
     return self.class_names[k] if self.class_names else str(k)
 
 
-def _nfc(name: str) -> str:
-  import unicodedata
-  return unicodedata.normalize("NFC", name)
-
-
 def load(path: str) -> FinalModel:
   """The final model saved at `path` (its folder, or the checkpoint in it). A model saved
   before its normalisation was kept takes it from its data, as its training did."""
@@ -175,12 +170,11 @@ def classify(model: FinalModel, names: list[str], images: np.ndarray, top: int =
          "predictions": [{"image": n, "top": [{"class": model.name(int(k)),
                                                "probability": float(p[k])} for k in ks]}
                          for n, p, ks in zip(names, probs, order)]}
-  # "" outside folders; names compared in one Unicode form (macOS and zip files write
-  # "café" decomposed, e + a combining accent, where Linux keeps what it was given)
-  folders = [_nfc(os.path.basename(os.path.dirname(n))) for n in names]
+  from metaqnn.input_pipeline import unicode_form  # names compared in one Unicode form
+  folders = [unicode_form(os.path.basename(os.path.dirname(n))) for n in names]  # "": none
   # A folder names a class by its name, or by its index where no class has that name.
   label = {str(k): k for k in range(probs.shape[1])}
-  label.update({_nfc(model.name(k)): k for k in range(probs.shape[1])})
+  label.update({unicode_form(model.name(k)): k for k in range(probs.shape[1])})
   labelled = [i for i, f in enumerate(folders) if f in label]
   if labelled:
     truth = np.array([label[folders[i]] for i in labelled])
