@@ -109,7 +109,7 @@ def load(path: str) -> FinalModel:
 def read_images(path: str, shape: tuple[int, int, int]) -> tuple[list[str], np.ndarray]:
   """(names, uint8 [N, *shape]) of the images at `path`: an image file, a folder of them
   (names relative to it, sorted), or an .npz (names `x[i]`)."""
-  from metaqnn import input_pipeline
+  from metaqnn import sources
   side, channels = int(shape[0]), int(shape[-1])
   path = os.path.expanduser(path)
   if path.lower().endswith(".npz") and os.path.isfile(path):
@@ -123,31 +123,31 @@ def read_images(path: str, shape: tuple[int, int, int]) -> tuple[list[str], np.n
   for root, dirs, files in os.walk(path, followlinks=True):
     dirs[:] = sorted(d for d in dirs if not d.startswith("."))
     names += [os.path.relpath(os.path.join(root, f), path) for f in files
-              if f.lower().endswith(input_pipeline.IMAGE_EXTENSIONS) and not f.startswith(".")]
+              if f.lower().endswith(sources.IMAGE_EXTENSIONS) and not f.startswith(".")]
   names.sort()
   if not names:
     raise UserError(f"{path} holds no image files "
-                    f"({', '.join(input_pipeline.IMAGE_EXTENSIONS)})")
+                    f"({', '.join(sources.IMAGE_EXTENSIONS)})")
   return names, np.stack([_image(os.path.join(path, n), side, channels) for n in names])
 
 
 def _image(file: str, side: int, channels: int) -> np.ndarray:
-  from metaqnn import input_pipeline
+  from metaqnn import sources
   mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(channels)
   if mode is None:
     raise UserError(f"this model takes {channels} channels; image files are read as 1, 3 "
                     "or 4; give an .npz of arrays instead")
-  arr = input_pipeline.read_image(file, mode, "--images")
-  return input_pipeline.resize_all(arr[None], side)[0]
+  arr = sources.read_image(file, mode, "--images")
+  return sources.resize_all(arr[None], side)[0]
 
 
 def _npz_images(path: str, side: int, channels: int) -> tuple[list[str], np.ndarray]:
-  from metaqnn import input_pipeline
+  from metaqnn import sources
   def images_key(names: list[str]) -> list[str]:  # only it is read
     return ([k for k in ("x", "x_test") if k in names] or
             (names if len(names) == 1 else []))[:1]
 
-  files, arrays = input_pipeline.read_npz(path, path, "x=images", images_key)
+  files, arrays = sources.read_npz(path, path, "x=images", images_key)
   keys = list(arrays)
   if not keys:
     raise UserError(f"{path} holds {', '.join(files) or 'nothing'}; put the images under x "
@@ -158,7 +158,7 @@ def _npz_images(path: str, side: int, channels: int) -> tuple[list[str], np.ndar
       or 0 in x.shape[1:]):
     raise UserError(f"{path}: {keys[0]} is {x.dtype} {list(x.shape)}; this model takes "
                     f"uint8 [N, H, W, {channels}], N, H and W >= 1")
-  return [f"{keys[0]}[{i}]" for i in range(len(x))], input_pipeline.resize_all(x, side)
+  return [f"{keys[0]}[{i}]" for i in range(len(x))], sources.resize_all(x, side)
 
 
 def classify(model: FinalModel, names: list[str], images: np.ndarray, top: int = 1) -> dict:
@@ -170,7 +170,7 @@ def classify(model: FinalModel, names: list[str], images: np.ndarray, top: int =
          "predictions": [{"image": n, "top": [{"class": model.name(int(k)),
                                                "probability": float(p[k])} for k in ks]}
                          for n, p, ks in zip(names, probs, order)]}
-  from metaqnn.input_pipeline import unicode_form  # names compared in one Unicode form
+  from metaqnn.sources import unicode_form  # names compared in one Unicode form
   folders = [unicode_form(os.path.basename(os.path.dirname(n))) for n in names]  # "": none
   # A folder names a class by its name, or by its index where no class has that name.
   label = {str(k): k for k in range(probs.shape[1])}

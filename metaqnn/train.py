@@ -38,7 +38,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from metaqnn import input_pipeline, models, signals
+from metaqnn import input_pipeline, models, signals, sources
 from metaqnn.architecture import Architecture, ArchitectureError, parse
 from metaqnn.results import Result
 from metaqnn.errors import UserError
@@ -558,7 +558,7 @@ def final_train_config(config: Any) -> Any:
 def _check_weights_fit(arch: Architecture, params: int) -> None:
   """An `ArchitectureError` where the float32 weights, gradients and momentum of `arch`
   alone would not fit in this machine's memory: refused in one line, not failed in XLA."""
-  need, total = 3 * 4 * params, input_pipeline.memory_bytes()
+  need, total = 3 * 4 * params, sources.memory_bytes()
   if total and need > total:
     raise ArchitectureError(
         f"{arch} has {params:,} parameters: its weights, gradients and momentum alone "

@@ -11,6 +11,7 @@ import pytest
 
 from metaqnn import config_lib
 from metaqnn import input_pipeline as ip
+from metaqnn import sources
 from metaqnn import search
 from metaqnn import search_space
 
@@ -285,16 +286,16 @@ def test_the_memory_check_counts_every_split_before_reading_and_what_changes_onl
   colour); arrays already at the side are not counted, as nothing is made of them."""
   root = _folder(tmp_path / "imgs", layout="split")  # grey 8x8: 36 train + 9 test
   reads = []
-  read = ip.read_image
-  monkeypatch.setattr(ip, "read_image", lambda *a: reads.append(a) or read(*a))
+  read = sources.read_image
+  monkeypatch.setattr(sources, "read_image", lambda *a: reads.append(a) or read(*a))
   grey = 45 * 16 * 16  # bytes resized to 16x16x1
-  monkeypatch.setattr(ip, "memory_bytes", lambda: 2 * grey - 2)
+  monkeypatch.setattr(sources, "memory_bytes", lambda: 2 * grey - 2)
   with pytest.raises(ip.DatasetError, match="45 images resized to 16x16x1 would take"):
     ip.resolve(_config("folder:" + root, resize=True, image_size=16))
   assert len(reads) == 1
-  monkeypatch.setattr(ip, "memory_bytes", lambda: 2 * grey)  # grey: fits (not 3 channels)
+  monkeypatch.setattr(sources, "memory_bytes", lambda: 2 * grey)  # grey: fits (not 3 channels)
   assert ip.resolve(_config("folder:" + root, resize=True, image_size=16))
-  monkeypatch.setattr(ip, "memory_bytes", lambda: 2)  # nothing to make: nothing to refuse
+  monkeypatch.setattr(sources, "memory_bytes", lambda: 2)  # nothing to make: nothing to refuse
   assert ip.resolve(_config("npz:" + _npz(tmp_path / "d.npz"), resize=True, image_size=8))
 
 
@@ -391,7 +392,7 @@ def test_folder_images_read_as_32_bit_integers(tmp_path):
   # dark one reads as dark as with a Pillow that opens it as I;16.
   dark = Image.fromarray(np.full((8, 8), 200, np.int32))
   dark.format = "PNG"
-  assert set(np.asarray(ip.eight_bit(dark, "dark.png")).ravel()) == {1}
+  assert set(np.asarray(sources.eight_bit(dark, "dark.png")).ravel()) == {1}
   Image.fromarray(np.full((8, 8), 70000, np.int32)).save(root / "c1" / "big.tiff")
   with pytest.raises(ip.DatasetError, match="big.tiff is a 32-bit image with pixels "
                      "outside 0..65535"):
@@ -504,16 +505,16 @@ def test_tfds_by_name_reads_the_builder_info(tmp_path, monkeypatch):
     assert len(data.test_labels) == 100  # the builder's own test split
     assert len(data.train_labels) + len(data.val_labels) == 100  # validation carved
     # A data set with a validation split: it is the validation set, train stays whole.
-    monkeypatch.setattr(ip, "tfds_splits", lambda *a: ["train", "validation", "test"])
+    monkeypatch.setattr(sources, "tfds_splits", lambda *a: ["train", "validation", "test"])
     given = ip.load(_config("tfds:fashion_mnist", data_dir=str(tmp_path)))
     assert (len(given.train_labels), len(given.val_labels), len(given.test_labels)) == (
         100, 100, 100)
     # A data set without a test split: test is carved out of train.
-    monkeypatch.setattr(ip, "tfds_splits", lambda *a: ["train"])
+    monkeypatch.setattr(sources, "tfds_splits", lambda *a: ["train"])
     carved = ip.load(_config("tfds:fashion_mnist", data_dir=str(tmp_path)))
     # Resized: every split counted before any is read, grey from the image feature.
-    monkeypatch.setattr(ip, "tfds_splits", lambda *a: ["train", "test"])
-    monkeypatch.setattr(ip, "memory_bytes", lambda: 2 * 200 * 16 * 16 * 1 - 2)
+    monkeypatch.setattr(sources, "tfds_splits", lambda *a: ["train", "test"])
+    monkeypatch.setattr(sources, "memory_bytes", lambda: 2 * 200 * 16 * 16 * 1 - 2)
     with pytest.raises(ip.DatasetError, match="200 images resized to 16x16x1 would take"):
       ip.load(_config("tfds:fashion_mnist", data_dir=str(tmp_path), resize=True,
                       image_size=16))
