@@ -47,6 +47,9 @@ from metaqnn.search_space import Path, SearchSpace
 
 OVER_BUDGET = "over_budget"
 OBJECTIVES = ("", "params", "flops")
+# The largest limit: costs are summed in int64 along paths, with room to spare; a limit
+# this high already lets every architecture through.
+NO_LIMIT = np.iinfo(np.int64).max // 4
 
 
 class BudgetError(UserError):
@@ -80,6 +83,9 @@ class Budget:
   def __post_init__(self):
     if self.max_params < 0 or self.max_flops < 0:
       raise BudgetError("config.budget.max_params and max_flops must be >= 0 (0 = no limit)")
+    if max(self.max_params, self.max_flops) > NO_LIMIT:  # the pruner's int64 sums
+      raise BudgetError(f"config.budget.max_params and max_flops must be at most "
+                        f"{NO_LIMIT:,} (0 = no limit)")
     if not np.isfinite(self.over_budget_reward) or self.over_budget_reward > 1:
       # Above 1, more than any accuracy: it would teach the agent to go over budget.
       raise BudgetError(f"config.budget.over_budget_reward={self.over_budget_reward} must "
@@ -214,9 +220,8 @@ class Pruner:
     self._steps: dict = {}  # node -> (ids, params to finish, flops to finish, next nodes)
     self._layer_cost: dict = {}
     self.start = (0, space.cfg.image_size, self.channels)
-    big = np.iinfo(np.int64).max // 4
-    self.max_params = budget.max_params or big
-    self.max_flops = budget.max_flops or big
+    self.max_params = budget.max_params or NO_LIMIT
+    self.max_flops = budget.max_flops or NO_LIMIT
 
   def _action(self, node, a):
     """(params, flops, next node or None) of action `a` from `node`."""

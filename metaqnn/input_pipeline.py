@@ -422,8 +422,8 @@ def resolve(config) -> Dataset | None:
   batch = int(config.get("train", {}).get("batch_size", 1))
   if len(data.train_labels) < batch:
     raise DatasetError(
-        f"{ds.name} has {len(data.train_labels)} training examples after the validation "
-        f"split, fewer than one batch (config.train.batch_size={batch}); lower the batch "
+        f"{ds.name} has {len(data.train_labels)} training examples once validation and "
+        f"test are set aside, fewer than one batch (config.train.batch_size={batch}); lower the batch "
         "size or add data.")
   ds.image_size = int(data.train_images.shape[1])
   ds.channels = int(data.train_images.shape[3])

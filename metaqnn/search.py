@@ -542,6 +542,8 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   recorded = store_lib.stored_fingerprint(workdir)  # {} for a new search
   _record_absolute_paths(config, recorded)
   in_memory = dataset is not None
+  if not in_memory:
+    _check_workdir_outside_data(config, workdir)
   if dataset is None:
     _keep_recorded_channels(config, recorded)
     dataset = input_pipeline.resolve(config)
@@ -663,6 +665,20 @@ def _record_absolute_paths(config, recorded: dict) -> None:
   input_pipeline.absolute(config)
   if recorded.get("dataset") == name:
     config.dataset.name = name
+
+
+def _check_workdir_outside_data(config, workdir: str) -> None:
+  """Refuses a work directory inside a folder data set: its folders (agent/, plots/...)
+  would be read as a class of images, or as a split, once they exist."""
+  name = str(config.dataset.name)
+  if not name.startswith("folder:"):
+    return
+  data, work = (os.path.realpath(os.path.expanduser(p))
+                for p in (name[len("folder:"):], workdir))
+  if os.path.commonpath([data, work]) == data:
+    raise store_lib.WorkdirError(
+        f"{workdir} lies inside the data folder {data}, where its own folders would be "
+        "read as images of a class; choose a work directory outside the data.")
 
 
 def _keep_recorded_channels(config, recorded: dict) -> None:

@@ -398,10 +398,7 @@ def from_tfds(name: str, tfds_name: str, ds, extra: bool = False) -> Arrays:
   if failure is not None:
     _diagnose(tfds, name, tfds_name, data_dir)  # Outside `except`: no chained traceback.
     raise failure
-  features = train_src.dataset_info.features
-  if "image" not in features or "label" not in features:
-    raise DatasetError(f"{name} is not an image classification data set (its features are "
-                       f"{', '.join(features.keys())}; an image and a label are needed).")
+  features = train_src.dataset_info.features  # an image and a label: see tfds_splits
   num_classes = int(features["label"].num_classes)
   side = int(ds.get("image_size", 0)) if bool(ds.get("resize", False)) else 0
   if side:  # all splits, before any is read (channels: the image feature's, else RGB)
@@ -433,14 +430,30 @@ def tfds_class_names(tfds_name: str, data_dir: str | None) -> list[str] | None:
 
 def tfds_splits(tfds, name: str, tfds_name: str, data_dir: str | None) -> list[str]:
   """The split names in the builder's info ([] when tfds does not know them yet); a
-  one-line DatasetError if tfds has no data set of that name."""
+  one-line DatasetError if tfds has no data set of that name, config or version, or if
+  its features are not an image and a class label (read from the builder's info, which
+  needs no data: a text set is refused before anyone is told to prepare it)."""
   try:
     builder = tfds.builder(tfds_name, data_dir=data_dir)
   except Exception as e:  # pylint: disable=broad-except
-    if type(e).__name__ != "DatasetNotFoundError":
+    if type(e).__name__ == "DatasetNotFoundError":
+      raise DatasetError(f"{name}: tensorflow-datasets has no data set {tfds_name!r} "
+                         "(see https://www.tensorflow.org/datasets/catalog).") from None
+    # A config or version it lacks (ValueError, AssertionError), a name it cannot parse
+    # (ValueError), a builder whose own code needs TensorFlow (ImportError).
+    if not isinstance(e, (ValueError, AssertionError, ImportError, KeyError)):
       raise
-    raise DatasetError(f"{name}: tensorflow-datasets has no data set {tfds_name!r} "
-                       "(see https://www.tensorflow.org/datasets/catalog).") from None
+    # tfds' first line: 'Failed to construct dataset "x", builder_kwargs "{...}": why.'
+    why = (str(e).splitlines() or [""])[0].split('}": ', 1)[-1].split(" Here are ")[0]
+    raise DatasetError(f"{name}: tensorflow-datasets cannot open {tfds_name!r} "
+                       f"({type(e).__name__}: {why[:300].rstrip('.')}).") from None
+  features = builder.info.features
+  names = list(features.keys()) if hasattr(features, "keys") else []
+  if not ("image" in names and "label" in names
+          and hasattr(features["label"], "num_classes")):
+    raise DatasetError(f"{name} is not an image classification data set (its features are "
+                       f"{', '.join(names) or '?'}; an image and a class label are "
+                       "needed).")
   return list(builder.info.splits.keys())
 
 

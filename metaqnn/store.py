@@ -503,7 +503,10 @@ def _recorded(stored: dict, given: dict) -> str:
   if stored.get("budget") != given.get("budget"):
     from metaqnn import budget as budget_lib
     default = budget_lib.Budget().to_json()
-    limits = {k: v for k, v in (stored.get("budget") or {}).items() if v != default.get(k)}
+    given_budget = given.get("budget") or {}
+    # Its settings other than the defaults, and those this run gives otherwise.
+    limits = {k: v for k, v in (stored.get("budget") or {}).items()
+              if v != default.get(k) or v != given_budget.get(k, default.get(k))}
     out += ("; it was made without a budget" if not stored.get("budget") else
             "; it was made with budget " + ", ".join(f"{k}={v}" for k, v in sorted(
                 limits.items())) + ": give those --config.budget flags")

@@ -14,6 +14,7 @@ from metaqnn import input_pipeline as ip
 from metaqnn import sources
 from metaqnn import search
 from metaqnn import search_space
+from metaqnn import store as store_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -528,6 +529,24 @@ def test_tfds_unknown_name_is_one_line(tmp_path):
     ip.load(_config("tfds:no_such_set", data_dir=str(tmp_path)))
 
 
+@pytest.mark.parametrize("tfds_name,why", [
+    ("mnist/no_such_config", "BuilderConfig no_such_config not found"),
+    ("mnist:9.9.9", "cannot be loaded at version 9.9.9"),
+    ("mnist/../x", "Parsing builder name string"),
+    ("imdb_reviews", "not an image classification data set .its features are text, label"),
+])
+def test_tfds_names_it_cannot_open_or_read_are_one_line(tfds_name, why, tmp_path):
+  """A builder config or version tfds lacks, a name it cannot parse, or a set that is not
+  image classification (read from the builder's info, before anyone is told to prepare
+  it): one line, nothing written."""
+  with pytest.raises(ip.DatasetError, match=why) as e:
+    ip.load(_config("tfds:" + tfds_name, data_dir=str(tmp_path)))
+  assert "\n" not in str(e.value) and "tfds build" not in str(e.value)
+  assert e.value.__cause__ is None  # no traceback wall
+  assert e.value.__context__ is None or e.value.__suppress_context__
+  assert list(tmp_path.iterdir()) == []
+
+
 def test_builtin_config_is_checked_not_trusted():
   c = config_lib.base_config("mnist")
   c.dataset.image_size = 32
@@ -553,6 +572,20 @@ def _search_config(name, evaluator="train"):
   c.train.max_restarts = 0
   c.final.run_after_search = False
   return c
+
+
+@pytest.mark.parametrize("inside", ["run", "train/run", "class_0/../run"])
+def test_a_work_directory_inside_the_data_folder_is_refused(tmp_path, inside):
+  """Its agent/ and plots/ would become a class (or a split) of the data once made, and
+  the search could then never be finished: refused at the start, nothing written."""
+  root = _folder(tmp_path / "imgs", layout="split" if "train" in inside else "flat")
+  before = sorted(p for p in (tmp_path / "imgs").rglob("*"))
+  config = _search_config("folder:" + root, evaluator="synthetic")
+  with pytest.raises(store_lib.WorkdirError, match="lies inside the data folder"):
+    search.run_search(config, os.path.join(root, inside), tensorboard=False)
+  assert sorted(p for p in (tmp_path / "imgs").rglob("*")) == before
+  # Beside the data it runs.
+  assert search.run_search(config, str(tmp_path / "imgs_run"), tensorboard=False).finished
 
 
 @pytest.mark.parametrize("kind", ["npz", "folder"])

@@ -1063,6 +1063,12 @@ def test_a_refused_resume_names_the_settings_that_differ(tmp_path):
   with pytest.raises(WorkdirError, match=r"differs in: budget, training.train.epochs; it was "
                      r"made with budget max_params=50000: give those --config.budget flags"):
     store_lib.Store(work, search.fingerprint(longer, "train", 20))
+  # A field changed from its default: its recorded (default) value is named too.
+  reward = small_config("1.0:12")
+  reward.budget.max_params, reward.budget.over_budget_reward = 50_000, 0.3
+  with pytest.raises(WorkdirError, match=r"differs in: budget.over_budget_reward; it was made "
+                     r"with budget max_params=50000, over_budget_reward=0.0: give those"):
+    store_lib.Store(work, search.fingerprint(reward, "train", 20))
 
 
 def test_a_resume_with_fewer_stages_finishes_what_a_later_stage_left_pending(tmp_path,
