@@ -165,12 +165,18 @@ def from_folder(path: str, ds) -> Arrays:
 
 
 def _image_files(folder: str) -> list[str]:
-  """The image files directly in `folder` (none if it is missing), sorted."""
+  """The image files directly in `folder` (none if it is missing), sorted; a link to a
+  missing file is an error, not an image left out without a word."""
   if not os.path.isdir(folder):
     return []
-  return sorted(f for f in os.listdir(folder)
-                if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
-                and os.path.isfile(os.path.join(folder, f)))
+  names = sorted(f for f in os.listdir(folder)
+                 if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS))
+  for f in names:
+    path = os.path.join(folder, f)
+    if os.path.islink(path) and not os.path.exists(path):
+      raise DatasetError(f"the image {path} is a link to a missing file "
+                         f"({os.readlink(path)}); restore it or remove the link.")
+  return [f for f in names if os.path.isfile(os.path.join(folder, f))]
 
 
 def _check_folder_fits(label: str, folders: list[str], ds) -> None:

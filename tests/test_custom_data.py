@@ -470,7 +470,8 @@ def test_folder_layout_mistakes_are_named(tmp_path):
     ("one_class", "at least two"), ("empty_class", "holds no images"),
     ("broken", "cannot read the image"), ("two_channels", "grey \\(1\\) or RGB \\(3\\)"),
     ("nested", "class_1 also holds images in its subfolder more/deeper, which are not read"),
-    ("huge", "has more pixels than PIL reads safely")])
+    ("huge", "has more pixels than PIL reads safely"),
+    ("dangling", "x.png is a link to a missing file")])
 def test_folder_errors(tmp_path, case, match, monkeypatch):
   root = tmp_path / "imgs"
   if case == "file":
@@ -481,6 +482,8 @@ def test_folder_errors(tmp_path, case, match, monkeypatch):
     os.makedirs(root / "class_9")
   if case == "broken":
     (root / "class_0" / "x.png").write_bytes(b"no png")
+  if case == "dangling":  # an image left out without a word, before
+    os.symlink(tmp_path / "gone.png", root / "class_0" / "x.png")
   if case == "nested":  # would be left out of training without a word
     os.makedirs(root / "class_1" / "more" / "deeper")
     os.rename(root / "class_1" / "0.png", root / "class_1" / "more" / "deeper" / "0.png")
