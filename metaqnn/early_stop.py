@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import threading
 from typing import Any, Optional, Sequence
 
@@ -52,7 +53,8 @@ REWARDS = ("predicted", "last")
 
 
 def stop_epoch(epochs: int, tau: float) -> int:
-  """The epoch after which the rule decides: tau of `epochs`, at least 1."""
+  """The epoch after which the rule decides: tau of `epochs` rounded to the nearest epoch
+  (halves to even, as Python rounds: 2.5 -> 2, 1.5 -> 2), at least 1."""
   return max(1, int(round(tau * epochs)))
 
 
@@ -377,6 +379,21 @@ def _fractions(name: str, values: Optional[list[str]]) -> list[Optional[float]]:
   return numbers
 
 
+def _note_shared_epochs(rows: list[dict]) -> None:
+  """Says on stderr which of the taus replayed decide after the same epoch (their rows
+  are then the same rule), since tau x epochs is rounded to a whole epoch."""
+  by_epoch: dict[int, list[float]] = {}
+  for r in rows:
+    taus = by_epoch.setdefault(r["stop_epoch"], [])
+    if r["tau"] not in taus:
+      taus.append(r["tau"])
+  for epoch, taus in sorted(by_epoch.items()):
+    if len(taus) > 1:
+      print(f"note: tau {', '.join(f'{t:g}' for t in taus)} all decide after epoch {epoch} "
+            f"of {rows[0]['epochs']} (tau x epochs is rounded to the nearest epoch, at "
+            "least 1; halves to even)", file=sys.stderr)
+
+
 def main(argv):
   from absl import flags
   from metaqnn import cli
@@ -394,6 +411,7 @@ def main(argv):
     raise cli.UserError(f"--min_completed must be >= 5, got {f.min_completed}")
   rows = [evaluate_offline(f.workdir, tau, delta, f.kind, f.min_completed)
           for tau in taus for delta in deltas]
+  _note_shared_epochs(rows)
   if f.json:
     print("\n".join(json.dumps(s) for s in rows))  # one object per line
   else:

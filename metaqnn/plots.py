@@ -346,6 +346,10 @@ def write_all(workdirs: Sequence[str], out: str | None = None) -> list[str]:
     path = os.path.join(out, tag + "learning_curves.png")
     if plot_curves(records, path, f"{name}: learning curves"):
       written.append(path)
+    else:
+      print(f"{tag}learning_curves.png not written: {workdir} holds no learning curves "
+            "(its models were not trained by metaqnn's trainer, or were recorded before "
+            "curves were kept)", file=sys.stderr)
   datasets = sorted({config.dataset.name for _, config, _, _ in loaded})
   rewards = {json.dumps(_reward_rule(config, store_lib.stored_fingerprint(w).get(
       "evaluator", "train")), sort_keys=True) for w, config, _, _ in loaded}

@@ -112,11 +112,16 @@ def fingerprint(config, evaluator_kind: str, replay_samples: int) -> dict:
     fp["training"] = json.loads(json.dumps({"dataset": data, "train": train}))
   # Early stopping sets the rewards of the models it stops: resumed with other settings
   # (or with none, by leaving its flags off), a search would mix two rules.
-  rule = dict(config.get("early_stop") or {"kind": "none"})
+  fp["early_stop"] = _rule_fingerprint(config.get("early_stop"))
+  return fp
+
+
+def _rule_fingerprint(early_stop) -> dict:
+  """The settings of an early stopping rule that set its rewards (none: the paper's)."""
+  rule = dict(early_stop or {"kind": "none"})
   unused = {"none": set(rule) - {"kind"},  # what each rule ignores
             "median": {"delta", "reward", "refit_every"}}.get(rule["kind"], set())
-  fp["early_stop"] = json.loads(json.dumps({k: v for k, v in rule.items() if k not in unused}))
-  return fp
+  return json.loads(json.dumps({k: v for k, v in rule.items() if k not in unused}))
 
 
 # What a damaged snapshot can raise while it is read (JSON, npz, or their contents).
@@ -582,14 +587,23 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   # directory, so that missing data leaves nothing behind; a resumed one checks the
   # work directory first, so that a refused one costs no data loading.
   new = not os.path.exists(os.path.join(workdir, store_lib.DB_FILE))
-  # A record made before early stopping joined the fingerprint: it resumes with any
-  # early_stop settings, and with the budget objective's rule of then (fully trained
-  # models only are scaled).
+  # A record made before early stopping joined the fingerprint: it resumes with the
+  # rule its settings name (below), and with the budget objective's rule of then (fully
+  # trained models only are scaled).
   legacy = bool(recorded) and "early_stop" not in recorded
   if not new and kind == "train":
     _keep_recorded_precision(config, recorded)
   fp = fingerprint(config, kind, replay_samples)
   if legacy:
+    # Its rule is the one its last run recorded in its settings (none, for a record made
+    # before early stopping existed): another would mix two rules' rewards.
+    was = _rule_fingerprint(store_lib.stored_config(workdir).get("early_stop"))
+    if was != fp["early_stop"]:
+      raise store_lib.WorkdirError(
+          f"the work directory {workdir} was made for another search (differs in: "
+          f"early_stop; it was made with early_stop "
+          f"{', '.join(f'{k}={v}' for k, v in sorted(was.items()))}: give those "
+          "--config.early_stop flags); it was left untouched")
     del fp["early_stop"]
   if new and on_start is not None:
     on_start(True, 0)

@@ -183,7 +183,7 @@ class Store:
       raise WorkdirError(
           f"the work directory {os.path.dirname(self.path)} was made for another search "
           f"(differs in: {', '.join(diff)}{_recorded(stored, given)}); it was left "
-          "untouched. Use a new --workdir")
+          "untouched. Resume it with the settings it was made with, or use a new --workdir")
     return self._check_data(meta, fingerprint, data)
 
   def _check_data(self, meta: dict, fingerprint: dict, data: Optional[dict],
@@ -569,6 +569,15 @@ def stored_fingerprint(workdir: str) -> dict:
   text = stored_meta(workdir).get("fingerprint", "{}")  # (a WorkdirError is raised)
   try:
     return json.loads(text)
+  except ValueError:
+    return {}
+
+
+def stored_config(workdir: str) -> dict:
+  """The settings of the last run of `workdir`'s record (meta "config"); {} if there is
+  none or it cannot be read."""
+  try:
+    return json.loads(stored_meta(workdir).get("config", "{}"))
   except ValueError:
     return {}
 

@@ -849,6 +849,20 @@ def test_the_early_stopping_rule_is_part_of_the_search(tmp_path):
     db.execute("UPDATE meta SET value=? WHERE key='fingerprint'", (json.dumps(stored),))
   db.close()
   assert search.run_search(config, work, log_interval=100, tensorboard=False).finished
+  # Such a record resumes under the rule its settings name (none, made before early
+  # stopping existed), not under whatever a resume gives.
+  train = small_config("1.0:12")
+  train.evaluator = "train"
+  made = search.fingerprint(train, "train", 20)
+  del made["early_stop"]
+  store = store_lib.Store(str(tmp_path / "old"), made)
+  store.set_meta("config", {k: v for k, v in json.loads(train.to_json()).items()
+                            if k != "early_stop"})
+  store.close()
+  train.early_stop.update(kind="median", min_completed=5)
+  with pytest.raises(WorkdirError, match=r"differs in: early_stop; it was made with "
+                     r"early_stop kind=none: give those --config.early_stop flags\)"):
+    search.run_search(train, str(tmp_path / "old"), tensorboard=False)
 
 
 def test_one_search_process_per_workdir(tmp_path):
