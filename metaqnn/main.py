@@ -21,7 +21,9 @@ from metaqnn import signals
 from metaqnn import store
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Work directory: the record, the agent, logs.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Work directory: the record, the agent, TensorBoard logs, plots, final "
+    "models.")
 
 
 def _announce(config, workdir: str):

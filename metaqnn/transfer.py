@@ -166,5 +166,6 @@ if __name__ == "__main__":
   flags.DEFINE_string("arch", None, "Architecture in the paper's notation.")
   flags.DEFINE_string("from_workdir", None, "Take the best model of this search instead.")
   flags.DEFINE_string("init_checkpoint", None, "Fine-tune from this checkpoint.")
-  flags.DEFINE_string("workdir", None, "Output directory (new).")
+  flags.DEFINE_string("workdir", None, "Output directory: new, or this same run's (which "
+                      "it finishes, or reports if finished).")
   cli.run(main)
