@@ -21,7 +21,12 @@ def save(path: str, params: Any) -> None:
 
 def checkpoint_dir(path: str) -> str:
   """The checkpoint of a final model (or transfer run) given its folder or the
-  `checkpoint` folder in it, as users name either."""
+  `checkpoint` folder in it, as users name either; a search's work directory is said to
+  be one, in one line."""
+  path = os.path.expanduser(path)
+  if os.path.isfile(os.path.join(path, "metaqnn.db")):  # (store.DB_FILE)
+    raise UserError(f"{path} is a search's work directory; give one of its final models, "
+                    f"{os.path.join(path, 'final', '<hash>')}")
   inner = os.path.join(path, "checkpoint")
   # (a model folder whose checkpoint is missing: named, for "no checkpoint at ...")
   return inner if os.path.isdir(inner) or os.path.isfile(os.path.join(path, "meta.json")) \

@@ -83,10 +83,9 @@ def load(path: str) -> FinalModel:
   from metaqnn import checkpoints
   from metaqnn.architecture import parse
   path = os.path.expanduser(path)
+  if not os.path.exists(path):  # not "no meta.json beside it": nothing is there
+    raise FileNotFoundError(2, "No such file or directory", path)
   path = checkpoints.checkpoint_dir(path)
-  if os.path.isfile(os.path.join(path, "metaqnn.db")):
-    raise UserError(f"{path} is a search's work directory; give one of its final models, "
-                    f"{os.path.join(path, 'final', '<hash>')}")
   meta, params = checkpoints.load(path)
   norm, names = meta.get("normalization"), meta.get("class_names")
   if norm is None:  # saved before models kept these: from the data, as training had them

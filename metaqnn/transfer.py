@@ -49,16 +49,27 @@ def _normal(arch: Optional[str]) -> Optional[str]:
 
 
 def best_of(workdir: str) -> str:
+  """The best model of the search in `workdir`; said on stderr when that search is not
+  finished, or ranked its models by scores that are no validation accuracies."""
   from metaqnn import finalize
-  _, best = finalize.top_models(workdir, 1)
+  config, best = finalize.top_models(workdir, 1)
   if not best:
     raise UserError(f"{workdir} holds no successfully trained model")
+  done, total = finalize._progress(workdir, config)  # pylint: disable=protected-access
+  if done < total:
+    _say(f"transfer: the search in {workdir} is not finished ({done} of {total} unique "
+         "models): its best so far is taken")
+  evaluator = store_lib.stored_fingerprint(workdir).get("evaluator", "train")
+  if evaluator != "train":
+    _say(f"transfer: the search in {workdir} ranked its models by the {evaluator} "
+         "evaluator's scores, not by trained accuracies")
   return best[0].arch
 
 
 def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = None) -> dict:
-  """Trains `arch` on `config`'s data set with its final schedule; returns the metrics."""
-  from metaqnn import checkpoints, finalize, input_pipeline, models, progress, train
+  """Trains `arch` on `config`'s data set with its final schedule; returns the metrics.
+  A run into a work directory that holds it finished returns its metrics again."""
+  from metaqnn import checkpoints, input_pipeline
   # Paths are recorded absolute, as a search records them; runs recorded before that
   # hold them as they were typed, which matches too.
   typed = {"dataset": config.dataset.name, "init_checkpoint": init_checkpoint}
@@ -70,58 +81,96 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
   request = {"source_arch": str(arch_lib.parse(arch)), "dataset": config.dataset.name,
              "init_checkpoint": init_checkpoint}
   meta_path = os.path.join(workdir, "meta.json")
-  if os.path.exists(meta_path):
-    meta = files.read_json(meta_path, f"move {workdir} aside, or use a new --workdir")
-    recorded = {k: meta.get(k) for k in request} | {
-        "source_arch": _normal(meta.get("source_arch"))}
-    differs = [k for k in request if recorded[k] not in (request[k], typed.get(k, ""))]
-    differs += finalize.settings_differ(meta.get("config") or {}, config)
-    if differs:
-      raise UserError(f"{workdir} holds another transfer run ({meta.get('arch')} on "
-                       f"{meta.get('dataset')}; differs in: {', '.join(differs)}); use a "
-                       "new --workdir")
-    if "data" in meta:  # (runs recorded before transfer kept a digest have none)
-      _say(f"transfer: {workdir} holds this run, finished; checking that "
-           f"{config.dataset.name} is the data it trained on...")
-      if input_pipeline.digest(input_pipeline.load(config, final=True)) != meta["data"]:
-        raise UserError(f"{workdir} holds this transfer run on other data: "
-                        f"{config.dataset.name} changed since; restore it, or use a new "
-                        "--workdir")
-    return meta  # done before: nothing is trained twice
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f"{workdir} is a file, not a directory")
-  if os.path.isdir(workdir) and set(os.listdir(workdir)) - {"checkpoint"}:
-    raise UserError(f"{workdir} is not empty; use a new directory for a transfer run")
+  _check_empty(workdir)  # before its lock file is made in it (and again once locked)
   created = store_lib.folders_to_make(workdir)  # removed again if the run is refused
+  os.makedirs(workdir, exist_ok=True)  # a path that cannot be made fails before training
+  try:
+    release = store_lib.lock(workdir)  # one run at a time: both would write its files
+  except store_lib.WorkdirError:
+    _remove_empty(created)
+    raise UserError(f"another metaqnn process is running a transfer into {workdir}; wait "
+                    "for it to finish, or use another --workdir") from None
+  try:
+    if os.path.exists(meta_path):
+      return _finished(meta_path, workdir, config, request, typed)
+    _check_empty(workdir)
+    return _run(config, arch, workdir, init_checkpoint, request)
+  except BaseException:
+    release()
+    release = None
+    _remove_empty(created)  # a refused or stopped run leaves nothing behind
+    raise
+  finally:
+    if release is not None:
+      release()
+
+
+def _check_empty(workdir: str) -> None:
+  """Refuses a directory that holds anything but an unfinished run's (its checkpoint, or
+  the lock file of one killed); one that holds a finished run (meta.json) is checked
+  against this run instead."""
+  if (os.path.isdir(workdir) and not os.path.exists(os.path.join(workdir, "meta.json"))
+      and set(os.listdir(workdir)) - {"checkpoint", store_lib.LOCK_FILE}):
+    raise UserError(f"{workdir} is not empty; use a new directory for a transfer run")
+
+
+def _remove_empty(folders: list[str]) -> None:
+  for folder in folders:
+    if os.path.isdir(folder) and not os.listdir(folder):
+      os.rmdir(folder)
+
+
+def _finished(meta_path: str, workdir: str, config, request: dict, typed: dict) -> dict:
+  """The metrics of the run finished in `workdir`, if it is this one (and on this data)."""
+  from metaqnn import finalize, input_pipeline
+  meta = files.read_json(meta_path, f"move {workdir} aside, or use a new --workdir")
+  recorded = {k: meta.get(k) for k in request} | {
+      "source_arch": _normal(meta.get("source_arch"))}
+  differs = [k for k in request if recorded[k] not in (request[k], typed.get(k, ""))]
+  differs += finalize.settings_differ(meta.get("config") or {}, config)
+  if differs:
+    raise UserError(f"{workdir} holds another transfer run ({meta.get('arch')} on "
+                    f"{meta.get('dataset')}; differs in: {', '.join(differs)}); use a "
+                    "new --workdir")
+  if "data" in meta:  # (runs recorded before transfer kept a digest have none)
+    _say(f"transfer: {workdir} holds this run, finished; checking that "
+         f"{config.dataset.name} is the data it trained on...")
+    if input_pipeline.digest(input_pipeline.load(config, final=True)) != meta["data"]:
+      raise UserError(f"{workdir} holds this transfer run on other data: "
+                      f"{config.dataset.name} changed since; restore it, or use a new "
+                      "--workdir")
+  return meta  # done before: nothing is trained twice
+
+
+def _run(config, arch: str, workdir: str, init_checkpoint: Optional[str],
+         request: dict) -> dict:
+  """Trains and tests the transferred network; writes its checkpoint, then meta.json."""
+  from metaqnn import checkpoints, input_pipeline, models, progress, train
+  meta_path = os.path.join(workdir, "meta.json")
   init = checkpoints.restore(init_checkpoint) if init_checkpoint else None
   n = len(train.final_learning_rates(config))
   _say(f"transfer: {request['source_arch']} onto {config.dataset.name}, {n} "
        f"epoch{'s' * (n != 1)}{' from ' + init_checkpoint if init_checkpoint else ''}; "
        "loading the data...")
-  os.makedirs(workdir, exist_ok=True)  # a path that cannot be made fails before training
-  try:
-    dataset = input_pipeline.load(config, final=True)
-    # The data's own classes (configs/custom.py leaves num_classes to it).
-    target = with_classes(arch_lib.parse(arch), dataset.num_classes)
-    models.layer_summary(target, dataset.test_images.shape[1:])  # fits these images?
-    if init is not None:
-      shapes = models.param_shapes(models.CNN(target), dataset.test_images.shape[1:])
-      fit, total = train.pretrained_fit(shapes, init)
-      if not fit:
-        raise UserError(f"none of the {init_checkpoint} tensors fits {target} on these "
-                        "images; give a checkpoint of this architecture, or train from "
-                        "scratch without --init_checkpoint")
-      _say(f"fine-tuning: {fit} of {total} weight tensors start from the checkpoint, "
-           "the others fresh")
-    trainer = train.FinalTrainer(config, dataset)
-    start = time.perf_counter()
-    params, history = trainer.fit(target, init_params=init, on_epoch=progress.epoch_lines(
-        _say, "transfer", n))
-  except BaseException:
-    for folder in created:  # a refused or stopped run leaves nothing behind
-      if not os.listdir(folder):
-        os.rmdir(folder)
-    raise
+  dataset = input_pipeline.load(config, final=True)
+  # The data's own classes (configs/custom.py leaves num_classes to it).
+  target = with_classes(arch_lib.parse(arch), dataset.num_classes)
+  models.layer_summary(target, dataset.test_images.shape[1:])  # fits these images?
+  if init is not None:
+    shapes = models.param_shapes(models.CNN(target), dataset.test_images.shape[1:])
+    fit, total = train.pretrained_fit(shapes, init)
+    if not fit:
+      raise UserError(f"none of the {init_checkpoint} tensors fits {target} on these "
+                      "images; give a checkpoint of this architecture, or train from "
+                      "scratch without --init_checkpoint")
+    _say(f"fine-tuning: {fit} of {total} weight tensors start from the checkpoint"
+         + (", the others fresh" if fit < total else ""))
+  trainer = train.FinalTrainer(config, dataset)
+  start = time.perf_counter()
+  params, history = trainer.fit(target, init_params=init, on_epoch=progress.epoch_lines(
+      _say, "transfer", n))
   probs = trainer.predict(target, params, dataset.test_images)
   checkpoints.save(os.path.join(workdir, "checkpoint"), params)
   meta = dict(request, arch=str(target))

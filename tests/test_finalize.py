@@ -3,6 +3,7 @@
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -380,6 +381,15 @@ def test_transfer_from_scratch_and_fine_tuned(finished, tmp_path, capsys):
   assert transfer.with_classes(parse("[C(8,3,1), GAP(10), SM(10)]"), 100) == parse(
       "[C(8,3,1), GAP(100), SM(100)]")
   assert transfer.best_of(workdir) == inspect_lib.summarize(workdir)["top"][0]["arch"]
+  err = capsys.readouterr().err  # what the best was chosen by, said
+  assert "ranked its models by the synthetic evaluator's scores" in err
+  assert "not finished" not in err
+  unfinished = str(tmp_path / "unfinished")
+  search.run_search(digits_config(), unfinished, log_interval=1e9, tensorboard=False,
+                    max_models=3)
+  transfer.best_of(unfinished)
+  assert re.search(r"is not finished \(\d of 12 unique models\): its best so far is taken",
+                   capsys.readouterr().err)
   # A checkpoint of which nothing fits is refused, not silently trained from scratch.
   with pytest.raises(ValueError, match="none of the .* tensors fits"):
     transfer.transfer(config, "[FC(7), SM(10)]", str(tmp_path / "nothing"),
@@ -454,6 +464,23 @@ def test_transfer_into_a_path_it_cannot_use_fails_before_training(finished, tmp_
   with pytest.raises(ValueError, match="window 2x2 is larger than its 1x1 input"):
     transfer.transfer(digits_config(), "[P(2,2), P(2,2), P(2,2), P(2,2), SM(10)]",
                       str(tmp_path / "deep"))
+  # A search's work directory given as the checkpoint: named so (not "damaged").
+  with pytest.raises(ValueError, match="is a search's work directory; give one of its final"):
+    transfer.transfer(digits_config(), results["models"][0]["arch"], str(tmp_path / "from"),
+                      init_checkpoint=workdir)
+  assert not (tmp_path / "from").exists()
+  # Another run into the same directory (its lock held): refused, nothing trained, and
+  # the directory left as it was.
+  from metaqnn import store as store_lib
+  os.makedirs(tmp_path / "busy")
+  release = store_lib.lock(str(tmp_path / "busy"))
+  try:
+    with pytest.raises(ValueError, match="another metaqnn process is running a transfer "
+                       "into .*busy; wait for it to finish"):
+      transfer.transfer(digits_config(), results["models"][0]["arch"], str(tmp_path / "busy"))
+    assert os.listdir(tmp_path / "busy") == [store_lib.LOCK_FILE]  # the holder's
+  finally:
+    release()
   monkeypatch.setattr(train.FinalTrainer, "fit", lambda *a, **k: (_ for _ in ()).throw(
       KeyboardInterrupt()))
   with pytest.raises(KeyboardInterrupt):

@@ -161,6 +161,7 @@ def test_classes_by_name_or_by_index(folder_model, tmp_path):
 @pytest.mark.parametrize("args,says", [
     (["--images={data}"], "usage"),
     (["--model={model}", "--images=/no/such/path"], "No such file"),
+    (["--model=/no/such/model", "--images={data}"], "/no/such/model: No such file"),
     (["--model={data}", "--images={data}"], "not a metaqnn checkpoint"),
     (["--model={model}", "--images={rgb}"], "this model takes uint8 [N, H, W, 1]"),
     (["--model={model}", "--images={empty}"], "holds no image files"),
