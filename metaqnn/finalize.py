@@ -90,8 +90,11 @@ def check_config(config) -> None:
       raise UserError(f"final.top must be >= 1 and final.ensemble >= 0, got {top} and "
                        f"{ensemble}; to skip the final stage, set "
                        "final.run_after_search=False")
-    from metaqnn import train  # pylint: disable=import-outside-toplevel
-    train.check_settings(config, final=True)
+  # Checked whatever the evaluator, and when the final stage is left for later: the record
+  # stores them, and `finalize` (which also trains a synthetic search's top models) has
+  # no flags to mend its schedule.
+  from metaqnn import train  # pylint: disable=import-outside-toplevel
+  train.check_settings(config, final=True)
 
 
 # Config fields that do not change a final model (or a transfer run): where the data is
@@ -105,7 +108,10 @@ _IRRELEVANT = {"dataset": {"name", "data_dir", "download", "val_size", "val_frac
                          "restart_lr_factor", "restart_threshold", "optimizer", "momentum",
                          "augment", "weight_decay", "dtype"},
                "final": {"top", "ensemble", "num_workers", "run_after_search", "plots",
-                         "schedule", "epochs", "learning_rate"}}
+                         "schedule", "epochs", "learning_rate", "dtype"}}
+
+# final.dtype is compared as the precision it trains in ("auto" is float32 on CPUs):
+# `precision_differs`.
 
 # How `settings_differ` names the final schedule (final.schedule, or final.epochs,
 # final.learning_rate and the decay), compared as the rate of each epoch.
@@ -138,11 +144,18 @@ def _shared(a: dict, b: dict) -> tuple[dict, dict]:
   return out_a, out_b
 
 
-def settings_differ(saved: dict, config) -> list[str]:
+def settings_differ(saved: dict, config, precision: Optional[str] = None) -> list[str]:
   """The settings (dotted paths) in which a saved model's config (as JSON) and `config`
-  would train a different final model."""
-  return store_lib.differences(*_shared(_settings(saved), _settings(json.loads(
+  would train a different final model; `precision`: the one the saved model trained in,
+  where its meta.json says (else its final.dtype as this machine would resolve it)."""
+  from metaqnn import train
+  differs = store_lib.differences(*_shared(_settings(saved), _settings(json.loads(
       config.to_json()))))
+  if "final" in saved:
+    was = precision or train.resolved_precision(ml_collections.ConfigDict(saved), "final")
+    if was != train.resolved_precision(config, "final"):
+      differs.append(f"final.dtype (it trained in {was})")
+  return differs
 
 
 def _damaged(path: str) -> str:
@@ -179,7 +192,14 @@ def _check_kept(root: str, best, config) -> None:
     meta = os.path.join(model_dir(root, rec.arch), "meta.json")
     if not os.path.exists(meta):
       continue
-    differs = settings_differ(_meta(meta).get("config") or {}, config)
+    folder = os.path.dirname(meta)
+    missing = [f for f in ("checkpoint", "test_probs.npy")
+               if not os.path.exists(os.path.join(folder, f))]
+    if missing:  # (removed by hand: meta.json is written last) found before any training
+      raise UserError(f"the final model {folder} is incomplete (no {' or '.join(missing)}); "
+                      f"{_damaged(meta)}")
+    saved = _meta(meta)
+    differs = settings_differ(saved.get("config") or {}, config, saved.get("precision"))
     if differs:
       raise UserError(f"{root} holds final models trained with other settings (differs "
                       f"in: {', '.join(differs)}); to train these, move {root} aside (it "
@@ -262,10 +282,13 @@ def _finalize(workdir: str, top: Optional[int], ensemble: Optional[int],
   config, _ = top_models(workdir, 0)
   if config_overrides:
     config.update_from_flattened_dict(config_overrides)
+  stored = [f"final.{k}" for k, v in (("top", top), ("ensemble", ensemble)) if v is None]
   top = int(config.final.top if top is None else top)
   ensemble = int(config.final.ensemble if ensemble is None else ensemble)
   if top < 1 or ensemble < 0:
-    raise UserError("--top must be >= 1 and --ensemble >= 0")
+    raise UserError(f"--top must be >= 1 and --ensemble >= 0, got {top} and {ensemble}" + (
+        f" (the search's {' and '.join(stored)}: give --top and --ensemble)"
+        if stored else ""))
   _, best = top_models(workdir, top)
   if not best:
     raise store_lib.WorkdirError(f"{workdir} holds no successfully trained model yet")
@@ -301,9 +324,10 @@ def _finalize(workdir: str, top: Optional[int], ensemble: Optional[int],
         f"{len(todo)}")
   if ensemble > len(best):
     models = f"{len(best)} final model{'s' * (len(best) != 1)}"
+    fewer = (f"the top {top} (final.top, or --top)" if len(best) == top else
+             f"the {len(best)} model{'s' * (len(best) != 1)} of the search that trained fully")
     say(f"the ensemble takes all {models}: {ensemble} were asked (final.ensemble, or "
-        f"finalize's --ensemble), more than the top {top} (final.top, or --top) or the fully "
-        "trained models")
+        f"finalize's --ensemble), more than {fewer}")
 
   def train_one(rank: int, rec, after: Optional[str] = None) -> None:
     say(f"final {rank}/{len(best)}: training {rec.arch}...")
@@ -330,6 +354,7 @@ def _finalize(workdir: str, top: Optional[int], ensemble: Optional[int],
           "history": history, "seconds": time.perf_counter() - start,
           "dataset": config.dataset.name,
           "input_shape": list(dataset.test_images.shape[1:]),
+          "precision": train.resolved_precision(config, "final"),
           **checkpoints.input_metadata(config, dataset, names=given is None),
           "data": data_digest,
           "config": json.loads(config.to_json())}, indent=1)  # written last: marks it done
@@ -355,7 +380,8 @@ def _finalize(workdir: str, top: Optional[int], ensemble: Optional[int],
         raise FileNotFoundError("no checkpoint")
     except (KeyError, OSError, ValueError) as e:
       raise UserError(f"the final model {path} is incomplete or damaged "
-                      f"({type(e).__name__}: {str(e)[:80]}); {_damaged(meta_path)}") from None
+                      f"({type(e).__name__}: {(str(e).splitlines() or [''])[0]}); "
+                      f"{_damaged(meta_path)}") from None
     models.append(kept | {"flops": budget_lib.cost(rec.arch, dataset.test_images.shape[1:])[1],
                           "checkpoint": os.path.join(path, "checkpoint"), "rank": rank})
   # The ensemble: the top M models whose final training did not diverge.

@@ -129,7 +129,7 @@ def _finished(meta_path: str, workdir: str, config, request: dict, typed: dict) 
   recorded = {k: meta.get(k) for k in request} | {
       "source_arch": _normal(meta.get("source_arch"))}
   differs = [k for k in request if recorded[k] not in (request[k], typed.get(k, ""))]
-  differs += finalize.settings_differ(meta.get("config") or {}, config)
+  differs += finalize.settings_differ(meta.get("config") or {}, config, meta.get("precision"))
   if differs:
     raise UserError(f"{workdir} holds another transfer run ({meta.get('arch')} on "
                     f"{meta.get('dataset')}; differs in: {', '.join(differs)}); use a "
@@ -179,6 +179,7 @@ def _run(config, arch: str, workdir: str, init_checkpoint: Optional[str],
               test_accuracy=float((probs.argmax(-1) == dataset.test_labels).mean()),
               history=history, seconds=time.perf_counter() - start,
               input_shape=list(dataset.test_images.shape[1:]),
+              precision=train.resolved_precision(config, "final"),
               **checkpoints.input_metadata(config, dataset),
               data=input_pipeline.digest(dataset),
               config=json.loads(config.to_json()))

@@ -270,6 +270,16 @@ def test_a_damaged_meta_json_is_one_line(finished):
   finally:
     with open(probs, "wb") as f:
       f.write(kept)
+  # Removed: found before any model is trained (a model asked for beside it is not).
+  os.rename(probs, probs + ".aside")
+  try:
+    with pytest.raises(UserError, match=f"the final model {os.path.dirname(meta)} is "
+                       "incomplete \\(no test_probs.npy\\); move .* aside"):
+      finalize.finalize(workdir, top=4, ensemble=2)
+  finally:
+    os.rename(probs + ".aside", probs)
+  assert not os.path.exists(os.path.join(workdir, "final", finalize.model_dir(
+      "", finalize.top_models(workdir, 4)[1][3].arch)))
 
 
 def test_final_models_of_other_settings_are_not_passed_off_as_these(finished, capsys):
@@ -312,6 +322,11 @@ def test_final_models_of_other_settings_are_not_passed_off_as_these(finished, ca
   assert finalize.finalize(workdir, top=3, ensemble=2, config_overrides={
       "final.num_workers": 1, "train.dtype": "float32", "train.epochs": 2})["models"] == \
       results["models"]
+  # final.dtype compared as the precision it trains in: on CPUs "auto" is float32.
+  assert finalize.finalize(workdir, top=3, ensemble=2, config_overrides={
+      "final.dtype": "float32"})["models"] == results["models"]
+  with pytest.raises(ValueError, match=r"differs in: final.dtype \(it trained in float32\)"):
+    finalize.finalize(workdir, top=3, ensemble=2, config_overrides={"final.dtype": "bfloat16"})
 
 
 def test_the_same_command_again_keeps_its_final_models(tmp_path, capsys):
@@ -561,7 +576,7 @@ def test_with_a_soft_objective_the_final_stage_reports_validation_accuracy(tmp_p
     assert m["val_accuracy"] == pytest.approx(rec["best_val_accuracy"])
 
 
-def test_an_ensemble_larger_than_the_final_models_is_said(finished, capsys):
+def test_an_ensemble_larger_than_the_final_models_is_said(finished, capsys, tmp_path):
   """Nothing is trained again (all three are finished); the ensemble is capped, and said."""
   workdir, results = finished
   again = finalize.finalize(workdir, top=3, ensemble=5)
@@ -570,6 +585,14 @@ def test_an_ensemble_larger_than_the_final_models_is_said(finished, capsys):
       "finalize's --ensemble), more than the top 3" in out
   assert "training" not in out and again["ensemble"]["size"] == 3
   finalize.finalize(workdir, top=3, ensemble=2)  # as the other tests expect it
+  # Fewer models trained fully than the top asked: that is the limit said, not the top.
+  copy = str(tmp_path / "w")
+  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns(".lock"))
+  n = len(finalize.top_models(copy, 100)[1])
+  finalize.finalize(copy, top=n + 1, ensemble=n + 1)
+  assert (f"the ensemble takes all {n} final models: {n + 1} were asked (final.ensemble, "
+          f"or finalize's --ensemble), more than the {n} models of the search that trained "
+          "fully") in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -619,3 +642,24 @@ def test_a_run_its_final_stage_would_refuse_changes_nothing(tmp_path):
   assert open(os.path.join(work, "metaqnn.db"), "rb").read() == stored
   final = run("-m", "metaqnn.finalize", f"--workdir={work}")
   assert final.returncode == 0 and "nothing to train" in final.stdout, final.stderr
+
+
+def test_final_settings_that_cannot_train_are_refused_before_the_search(tmp_path):
+  """Left for a later `finalize` (run_after_search=False) or not, the record would store
+  them, and `finalize` has no flags to mend a schedule: refused at the start."""
+  config = digits_config()
+  config.final.run_after_search = False
+  config.final.epochs = 0
+  with pytest.raises(UserError, match="the final schedule must have at least one epoch"):
+    search.run_search(config, str(tmp_path / "w"), tensorboard=False)
+  assert not (tmp_path / "w").exists()
+
+
+def test_a_stored_top_that_cannot_rank_names_where_it_came_from(finished, tmp_path):
+  workdir, _ = finished
+  copy = str(tmp_path / "w")
+  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("final", ".lock"))
+  with pytest.raises(UserError, match=r"got 0 and 2 \(the search's final.top: give --top"):
+    finalize.finalize(copy, ensemble=2, config_overrides={"final.top": 0})
+  with pytest.raises(UserError, match=r"got 0 and 2$"):  # given: no more to say
+    finalize.finalize(copy, top=0, ensemble=2)

@@ -102,3 +102,17 @@ def test_sweep_plots_every_seed_of_an_outdir_with_commas_and_quotes(tmp_path):
   plots = shlex.split([l for l in dry.stdout.splitlines() if "metaqnn.plots" in l][0])
   value = [a for a in plots if a.startswith("--workdir=")][0][len("--workdir="):]
   assert flags.ListParser().parse(value) == [f"{out_dir}/seed0", f"{out_dir}/seed1"]
+
+
+def test_a_python_without_the_dependencies_is_one_line(tmp_path):
+  """No .venv and a system python3 without absl: said in one line, not a traceback."""
+  bare = tmp_path / "python"
+  bare.write_text("#!/bin/sh\nexit 1\n")  # imports nothing
+  bare.chmod(0o755)
+  out = subprocess.run(["bash", os.path.join(ROOT, "launch", "sweep_seeds.sh"),
+                        "configs/digits.py", str(tmp_path / "o"), "1"], cwd=tmp_path,
+                       env=dict(os.environ, PYTHON=str(bare), DRY_RUN="0"),
+                       capture_output=True, text=True)
+  assert out.returncode == 2 and len(out.stderr.splitlines()) == 1, out.stderr
+  assert "cannot import metaqnn's dependencies" in out.stderr and "PYTHON=" in out.stderr
+  assert not (tmp_path / "o").exists()
