@@ -5,13 +5,16 @@
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PYTHON" ] || PYTHON=python3
-if [ "${DRY_RUN:-0}" != 1 ] && ! "$PYTHON" -c "import absl, ml_collections" 2>/dev/null; then
-  echo "error: $PYTHON cannot import metaqnn's dependencies; install them (README: python3 -m venv .venv && .venv/bin/pip install -r requirements.txt) or set PYTHON=/path/to/python" >&2
-  exit 2
-fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-run() {
-  if [ "${DRY_RUN:-0}" = 1 ]; then printf '%q ' "$@"; echo; else "$@"; fi
+PYTHON_CHECKED=0
+run() {  # (the first command checks that PYTHON has the dependencies: one line, not a traceback)
+  if [ "${DRY_RUN:-0}" = 1 ]; then printf '%q ' "$@"; echo; return; fi
+  if [ "$PYTHON_CHECKED" = 0 ] && ! "$PYTHON" -c "import absl, ml_collections" 2>/dev/null; then
+    echo "error: $PYTHON cannot import metaqnn's dependencies; install them (README: python3 -m venv .venv && .venv/bin/pip install -r requirements.txt) or set PYTHON=/path/to/python" >&2
+    exit 2
+  fi
+  PYTHON_CHECKED=1
+  "$@"
 }
 config_path() {  # a config file as given, else the repository's (configs/x.py from anywhere);
   local file="${1%%:*}"  # (configs/custom.py:ARG passes ARG to its get_config)

@@ -93,7 +93,7 @@ def parse_flags(argv: list[str]) -> list[str]:
                      message)
     if whole:  # not int()'s own words: the field takes a whole number
       message = (f"{whole.group(1)}: this setting takes a whole number (1e8 may be written "
-                 "for 100000000), at most 2**63 - 1")
+                 "for 100000000)")
     group = re.match(r"flag (--config\.[\w.]+)=.* as a ConfigDict", message)
     if group:  # ml_collections would name the parser's internals (an ast node)
       message = (f"{group.group(1)} is a group of settings, not one value; set its fields "

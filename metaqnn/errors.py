@@ -9,6 +9,6 @@ class UserError(ValueError):
   `sources.DatasetError` (also `input_pipeline.DatasetError`) and `store.WorkdirError`.
   Besides these, a path that does not exist is an OSError (FileNotFoundError), and a
   search that cannot go on raises `search.SearchStalled` or `search.WorkersLost`
-  (RuntimeErrors); the commands report all of them in one line. Anything else that goes wrong is a bug, and the commands show its
-  traceback.
+  (RuntimeErrors); the commands report all of them in one line. Anything else that goes
+  wrong is a bug, and the commands show its traceback.
   """

@@ -111,7 +111,7 @@ _IRRELEVANT = {"dataset": {"name", "data_dir", "download", "val_size", "val_frac
                          "schedule", "epochs", "learning_rate", "dtype"}}
 
 # final.dtype is compared as the precision it trains in ("auto" is float32 on CPUs):
-# `precision_differs`.
+# `settings_differ`.
 
 # How `settings_differ` names the final schedule (final.schedule, or final.epochs,
 # final.learning_rate and the decay), compared as the rate of each epoch.
@@ -151,7 +151,10 @@ def settings_differ(saved: dict, config, precision: Optional[str] = None) -> lis
   from metaqnn import train
   differs = store_lib.differences(*_shared(_settings(saved), _settings(json.loads(
       config.to_json()))))
-  if "final" in saved:
+  given = str(config.final.get("dtype", "auto"))
+  if "final" in saved and str(saved["final"].get("dtype", "auto")) != given:
+    # Another setting may name the same precision ("auto" is float32 on CPUs). (The same
+    # setting passes: "auto" of a model finalized on a GPU, read again on a CPU.)
     was = precision or train.resolved_precision(ml_collections.ConfigDict(saved), "final")
     if was != train.resolved_precision(config, "final"):
       differs.append(f"final.dtype (it trained in {was})")
@@ -282,13 +285,15 @@ def _finalize(workdir: str, top: Optional[int], ensemble: Optional[int],
   config, _ = top_models(workdir, 0)
   if config_overrides:
     config.update_from_flattened_dict(config_overrides)
-  stored = [f"final.{k}" for k, v in (("top", top), ("ensemble", ensemble)) if v is None]
+  stored = {"top": top is None, "ensemble": ensemble is None}  # not given: the record's
   top = int(config.final.top if top is None else top)
   ensemble = int(config.final.ensemble if ensemble is None else ensemble)
   if top < 1 or ensemble < 0:
+    bad = [k for k, ok in (("top", top >= 1), ("ensemble", ensemble >= 0))
+           if not ok and stored[k]]
     raise UserError(f"--top must be >= 1 and --ensemble >= 0, got {top} and {ensemble}" + (
-        f" (the search's {' and '.join(stored)}: give --top and --ensemble)"
-        if stored else ""))
+        f" (the search's final.{' and final.'.join(bad)}: give "
+        f"{' and '.join('--' + k for k in bad)})" if bad else ""))
   _, best = top_models(workdir, top)
   if not best:
     raise store_lib.WorkdirError(f"{workdir} holds no successfully trained model yet")

@@ -295,6 +295,17 @@ def absolute(config) -> None:
     ds.data_dir = local(str(ds.data_dir))
 
 
+def folder_holding(config, path: str) -> str | None:
+  """The data folder of a folder: data set that `path` lies in (a work or output
+  directory there would be read as a class of images once made), else None."""
+  name = str(config.dataset.name)
+  if not name.startswith("folder:"):
+    return None
+  data, inner = (os.path.realpath(os.path.expanduser(p))
+                 for p in (name[len("folder:"):], path))
+  return data if os.path.commonpath([data, inner]) == data else None
+
+
 def load(config, final: bool = False) -> Dataset:
   """The data set named by `config.dataset.name`, split for the search (or final training).
 
@@ -422,8 +433,8 @@ def resolve(config) -> Dataset | None:
   batch = int(config.get("train", {}).get("batch_size", 1))
   if len(data.train_labels) < batch:
     raise DatasetError(
-        f"{ds.name} has {len(data.train_labels)} training examples once validation and "
-        f"test are set aside, fewer than one batch (config.train.batch_size={batch}); lower the batch "
+        f"{ds.name} has {len(data.train_labels)} examples left to train on, fewer than "
+        f"one batch (config.train.batch_size={batch}); lower the batch "
         "size or add data.")
   ds.image_size = int(data.train_images.shape[1])
   ds.channels = int(data.train_images.shape[3])

@@ -684,12 +684,9 @@ def _record_absolute_paths(config, recorded: dict) -> None:
 def _check_workdir_outside_data(config, workdir: str) -> None:
   """Refuses a work directory inside a folder data set: its folders (agent/, plots/...)
   would be read as a class of images, or as a split, once they exist."""
-  name = str(config.dataset.name)
-  if not name.startswith("folder:"):
-    return
-  data, work = (os.path.realpath(os.path.expanduser(p))
-                for p in (name[len("folder:"):], workdir))
-  if os.path.commonpath([data, work]) == data:
+  from metaqnn import input_pipeline  # pylint: disable=import-outside-toplevel
+  data = input_pipeline.folder_holding(config, workdir)
+  if data:
     raise store_lib.WorkdirError(
         f"{workdir} lies inside the data folder {data}, where its own folders would be "
         "read as images of a class; choose a work directory outside the data.")

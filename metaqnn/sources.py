@@ -164,9 +164,9 @@ def from_folder(path: str, ds) -> Arrays:
   return tr_x, tr_y, None, None, len(classes), val
 
 
-def _image_files(folder: str) -> list[str]:
+def _image_files(folder: str, label: str) -> list[str]:
   """The image files directly in `folder` (none if it is missing), sorted; a link to a
-  missing file is an error, not an image left out without a word."""
+  missing file is an error (prefixed `label`), not an image left out without a word."""
   if not os.path.isdir(folder):
     return []
   names = sorted(f for f in os.listdir(folder)
@@ -174,7 +174,7 @@ def _image_files(folder: str) -> list[str]:
   for f in names:
     path = os.path.join(folder, f)
     if os.path.islink(path) and not os.path.exists(path):
-      raise DatasetError(f"the image {path} is a link to a missing file "
+      raise DatasetError(f"{label}: the image {path} is a link to a missing file "
                          f"({os.readlink(path)}); restore it or remove the link.")
   return [f for f in names if os.path.isfile(os.path.join(folder, f))]
 
@@ -185,13 +185,10 @@ def _check_folder_fits(label: str, folders: list[str], ds) -> None:
   side = int(ds.get("image_size", 0))
   if not (bool(ds.get("resize", False)) and side > 0):
     return
-  files = [os.path.join(d, f) for d in folders for f in _image_files(d)]
+  files = [os.path.join(d, f) for d in folders for f in _image_files(d, label)]
   if files:
     channels = int(ds.get("channels", 0)) or read_image(files[0], None, label).shape[-1]
     check_fits_memory(label, len(files), side, channels)
-
-
-# A folder's split subfolders and the splits they hold.
 
 
 # A folder's split subfolders and the splits they hold.
@@ -233,7 +230,7 @@ def _read_folder(label: str, root: str, classes: list[str], ds, required: bool =
   images, labels, first = [], [], {}
   for k, cls in enumerate(classes):
     folder = os.path.join(root, cls)
-    files = _image_files(folder)
+    files = _image_files(folder, label)
     if not files and required:
       raise DatasetError(_no_images(label, folder))
     if files:
@@ -342,9 +339,6 @@ def _no_images(label: str, folder: str) -> str:
           "images; the layouts are PATH/<class>/<image> and PATH/train/<class>/<image> "
           "with optional PATH/validation/<class>/<image> (or val/) and "
           "PATH/test/<class>/<image>.")
-
-
-# Records read per `__getitems__` call: batched reads from array_record, bounded memory.
 
 
 # Records read per `__getitems__` call: batched reads from array_record, bounded memory.

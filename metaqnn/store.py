@@ -422,14 +422,18 @@ def _lock(workdir: str):
 
 
 def _unlock(f) -> None:
-  os.remove(f.name)  # still ours: removed before the flock is released
-  f.close()
+  try:
+    os.remove(f.name)  # still ours: removed before the flock is released
+  except FileNotFoundError:  # its folder removed meanwhile: nothing to remove
+    pass
+  finally:
+    f.close()
 
 
 def lock(workdir: str) -> Callable[[], None]:
   """Takes `workdir`'s lock, as a search does (for the final stage, which must not run
-  beside the search or another final stage: both would train the same models); returns
-  what releases it."""
+  beside the search or another final stage: both would train the same models; and for a
+  transfer run's output folder); returns what releases it."""
   f = _lock(workdir)
   return lambda: _unlock(f)
 

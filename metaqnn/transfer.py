@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from metaqnn import architecture as arch_lib
 from metaqnn import files
@@ -50,7 +50,7 @@ def _normal(arch: Optional[str]) -> Optional[str]:
 
 def best_of(workdir: str) -> str:
   """The best model of the search in `workdir`; said on stderr when that search is not
-  finished, or ranked its models by scores that are no validation accuracies."""
+  finished, or ranked its models by scores other than the trainer's accuracies."""
   from metaqnn import finalize
   config, best = finalize.top_models(workdir, 1)
   if not best:
@@ -61,8 +61,9 @@ def best_of(workdir: str) -> str:
          "models): its best so far is taken")
   evaluator = store_lib.stored_fingerprint(workdir).get("evaluator", "train")
   if evaluator != "train":
-    _say(f"transfer: the search in {workdir} ranked its models by the {evaluator} "
-         "evaluator's scores, not by trained accuracies")
+    _say(f"transfer: the search in {workdir} ranked its models by "
+         + ("the synthetic evaluator's made-up scores, not by trained accuracies"
+            if evaluator == "synthetic" else "the scores of its own evaluate function"))
   return best[0].arch
 
 
@@ -83,28 +84,43 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
   meta_path = os.path.join(workdir, "meta.json")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f"{workdir} is a file, not a directory")
+  if os.path.exists(meta_path):  # finished (meta.json is written last): only read
+    return _finished(meta_path, workdir, config, request, typed)
   _check_empty(workdir)  # before its lock file is made in it (and again once locked)
+  inside = input_pipeline.folder_holding(config, workdir)
+  if inside:  # its checkpoint/ would be read as a class of the data
+    raise UserError(f"{workdir} lies inside the data folder {inside}; choose an output "
+                    "directory outside the data")
   created = store_lib.folders_to_make(workdir)  # removed again if the run is refused
-  os.makedirs(workdir, exist_ok=True)  # a path that cannot be made fails before training
+  release = None
   try:
-    release = store_lib.lock(workdir)  # one run at a time: both would write its files
-  except store_lib.WorkdirError:
-    _remove_empty(created)
-    raise UserError(f"another metaqnn process is running a transfer into {workdir}; wait "
-                    "for it to finish, or use another --workdir") from None
-  try:
-    if os.path.exists(meta_path):
+    os.makedirs(workdir, exist_ok=True)  # a path that cannot be made fails before training
+    release = _lock(workdir)  # one run at a time: both would write its files
+    if os.path.exists(meta_path):  # finished by another run since
       return _finished(meta_path, workdir, config, request, typed)
     _check_empty(workdir)
-    return _run(config, arch, workdir, init_checkpoint, request)
+    meta = _run(config, arch, workdir, init_checkpoint, request)
   except BaseException:
-    release()
-    release = None
-    _remove_empty(created)  # a refused or stopped run leaves nothing behind
+    try:
+      if release is not None:
+        release()
+    finally:
+      _remove_empty(created)  # a refused or stopped run leaves nothing behind
     raise
-  finally:
-    if release is not None:
-      release()
+  release()
+  return meta
+
+
+def _lock(workdir: str) -> Callable[[], None]:
+  """`workdir`'s lock (the search's), or a one-line error naming who holds it."""
+  try:
+    return store_lib.lock(workdir)
+  except store_lib.WorkdirError:
+    if (store_lib.holder(workdir) or {}).get("pid") == os.getpid():
+      raise UserError(f"this process is already running a transfer into {workdir} (another "
+                      "thread, or an earlier call); let it finish first") from None
+    raise UserError(f"another metaqnn process is running a transfer into {workdir}; wait "
+                    "for it to finish, or use another --workdir") from None
 
 
 def _check_empty(workdir: str) -> None:
@@ -216,6 +232,6 @@ if __name__ == "__main__":
   flags.DEFINE_string("arch", None, "Architecture in the paper's notation.")
   flags.DEFINE_string("from_workdir", None, "Take the best model of this search instead.")
   flags.DEFINE_string("init_checkpoint", None, "Fine-tune from this checkpoint.")
-  flags.DEFINE_string("workdir", None, "Output directory: new, or this same run's (which "
-                      "it finishes, or reports if finished).")
+  flags.DEFINE_string("workdir", None, "Output directory: new, or this same run's (reported "
+                      "if finished, else started again).")
   cli.run(main)

@@ -397,7 +397,7 @@ def test_transfer_from_scratch_and_fine_tuned(finished, tmp_path, capsys):
       "[C(8,3,1), GAP(100), SM(100)]")
   assert transfer.best_of(workdir) == inspect_lib.summarize(workdir)["top"][0]["arch"]
   err = capsys.readouterr().err  # what the best was chosen by, said
-  assert "ranked its models by the synthetic evaluator's scores" in err
+  assert "ranked its models by the synthetic evaluator's made-up scores" in err
   assert "not finished" not in err
   unfinished = str(tmp_path / "unfinished")
   search.run_search(digits_config(), unfinished, log_interval=1e9, tensorboard=False,
@@ -437,7 +437,11 @@ def test_transfer_refuses_a_different_run_in_the_same_directory(finished, tmp_pa
   longer.final.epochs = 2  # another final schedule is another run, not the same one
   with pytest.raises(ValueError, match="another transfer run .*differs in: final schedule"):
     transfer.transfer(longer, arch, str(tmp_path / "t"))
-  # The same run, given from another directory with a relative path: done already.
+  # The same run, given from another directory with a relative path: done already, and
+  # only read (a finished run in a read-only folder is reported too).
+  from metaqnn import store as store_lib
+  for name in ("lock", "folders_to_make"):
+    monkeypatch.setattr(store_lib, name, lambda *a: pytest.fail("a finished run written to"))
   monkeypatch.chdir(tmp_path)
   assert transfer.transfer(config, arch, "t")["arch"] == parse(arch).__str__()
   # Settings that change nothing of the result are not another run: where the data is,
@@ -487,15 +491,28 @@ def test_transfer_into_a_path_it_cannot_use_fails_before_training(finished, tmp_
   # Another run into the same directory (its lock held): refused, nothing trained, and
   # the directory left as it was.
   from metaqnn import store as store_lib
-  os.makedirs(tmp_path / "busy")
-  release = store_lib.lock(str(tmp_path / "busy"))
+  busy = str(tmp_path / "busy")
+  os.makedirs(busy)
+  other = subprocess.Popen(
+      [sys.executable, "-c", "import sys; from metaqnn import store; r = store.lock(sys.argv[1]); "
+       "print('held', flush=True); sys.stdin.read()", busy],
+      cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE, text=True)
   try:
+    assert other.stdout.readline() == "held\n"
     with pytest.raises(ValueError, match="another metaqnn process is running a transfer "
                        "into .*busy; wait for it to finish"):
-      transfer.transfer(digits_config(), results["models"][0]["arch"], str(tmp_path / "busy"))
-    assert os.listdir(tmp_path / "busy") == [store_lib.LOCK_FILE]  # the holder's
+      transfer.transfer(digits_config(), results["models"][0]["arch"], busy)
+    assert os.listdir(busy) == [store_lib.LOCK_FILE]  # the holder's
+  finally:
+    other.communicate("")
+  release = store_lib.lock(busy)  # this process's own (a notebook's earlier call)
+  try:
+    with pytest.raises(ValueError, match="this process is already running a transfer into"):
+      transfer.transfer(digits_config(), results["models"][0]["arch"], busy)
   finally:
     release()
+  assert os.listdir(busy) == []
   monkeypatch.setattr(train.FinalTrainer, "fit", lambda *a, **k: (_ for _ in ()).throw(
       KeyboardInterrupt()))
   with pytest.raises(KeyboardInterrupt):
@@ -663,3 +680,17 @@ def test_a_stored_top_that_cannot_rank_names_where_it_came_from(finished, tmp_pa
     finalize.finalize(copy, ensemble=2, config_overrides={"final.top": 0})
   with pytest.raises(UserError, match=r"got 0 and 2$"):  # given: no more to say
     finalize.finalize(copy, top=0, ensemble=2)
+
+
+def test_final_precision_is_compared_as_trained():
+  """final.dtype as the precision a model trained in: "auto" is float32 on CPUs; the same
+  setting is the same model wherever it is read (auto finalized on a GPU, read on a CPU)."""
+  config = digits_config()
+  saved = json.loads(config.to_json())
+  f32 = copy.deepcopy(config)
+  f32.final.dtype = "float32"
+  assert finalize.settings_differ(saved, config) == []
+  assert finalize.settings_differ(saved, f32) == []
+  assert finalize.settings_differ(saved, config, precision="bfloat16") == []
+  assert finalize.settings_differ(saved, f32, precision="bfloat16") == [
+      "final.dtype (it trained in bfloat16)"]
