@@ -7,6 +7,7 @@ import decimal
 import os
 import re
 import signal
+import sqlite3
 import sys
 from typing import Callable
 
@@ -69,6 +70,9 @@ def run(main: Callable[[list[str]], int | None]) -> None:
       _fail(lines[0])
     except (UserError,) + _lazy_user_errors() as e:  # anything else is a bug: traceback
       _fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    except sqlite3.DatabaseError as e:  # a record damaged, or not writable, once opened
+      from metaqnn import store  # pylint: disable=import-outside-toplevel
+      _fail(store.unusable("the work directory's metaqnn.db", e))
 
   app.run(wrapped, flags_parser=parse_flags)
 

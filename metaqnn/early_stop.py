@@ -253,7 +253,9 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
     config = store.config()
     records = [r for r in store.models() if not r.resampled]
     # "train", "synthetic", or "function" (a user's evaluate), as the search recorded it
-    evaluator = json.loads(store.meta().get("fingerprint", "{}")).get("evaluator")
+    meta = store.meta()
+    evaluator = (store_lib.meta_json(meta, "fingerprint", store.path)
+                 if "fingerprint" in meta else {}).get("evaluator")
   finally:
     store.close()
   if "early_stop" not in config:

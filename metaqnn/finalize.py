@@ -31,6 +31,7 @@ from metaqnn import files
 from metaqnn import progress
 from metaqnn import signals
 from metaqnn import store as store_lib
+from metaqnn.architecture import parse
 from metaqnn.errors import UserError
 
 FINAL_DIR = "final"
@@ -380,7 +381,11 @@ def _finalize(workdir: str, top: Optional[int], ensemble: Optional[int],
     try:  # a model kept from an earlier run, damaged since: named, not a traceback
       kept = {k: meta[k] for k in ("arch", "params", "val_accuracy", "test_accuracy",
                                    "diverged")}
-      probs.append(np.load(os.path.join(path, "test_probs.npy")))
+      p = np.load(os.path.join(path, "test_probs.npy"))
+      if p.shape != (len(dataset.test_labels), parse(rec.arch).num_classes) or not np.all(np.isfinite(p)):
+        raise ValueError(f"test_probs.npy holds {p.dtype} {list(p.shape)}, not finite "
+                         f"probabilities of the {len(dataset.test_labels)} test images")
+      probs.append(p)
       if not os.path.isdir(os.path.join(path, "checkpoint")):
         raise FileNotFoundError("no checkpoint")
     except (KeyError, OSError, ValueError) as e:

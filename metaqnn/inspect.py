@@ -34,7 +34,8 @@ def summarize(workdir: str, top: int = 10) -> dict:
     greedy = _greedy(workdir, store, records) if "config" in meta else None
   finally:
     store.close()
-  config = json.loads(meta["config"]) if "config" in meta else {}
+  config = (store_lib.meta_json(meta, "config", os.path.join(workdir, store_lib.DB_FILE))
+            if "config" in meta else {})
   budget = budget_lib.Budget.from_config(config)
   schedule_text = config.get("search", {}).get("schedule")
   over = [r for r in records if r.status == "over_budget"]  # re-samples included
@@ -114,6 +115,10 @@ def _final_results(workdir: str) -> Optional[dict]:
           and (ens is None or isinstance(ens, dict) and type(ens.get("size")) is int
                and number(ens.get("test_accuracy")))):
     raise cli.UserError(f"{path} is not a final stage's results.json; {what}")
+  from metaqnn import finalize  # pylint: disable=import-outside-toplevel
+  for m in final["models"]:  # where they are now: the work directory may have moved
+    m["checkpoint"] = os.path.join(finalize.model_dir(os.path.dirname(path), m["arch"]),
+                                   "checkpoint")
   return final
 
 

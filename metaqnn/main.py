@@ -10,6 +10,7 @@ Any config field can be overridden, e.g. `--config.seed=1`,
 from __future__ import annotations
 
 import os
+import shlex
 
 from absl import flags
 from ml_collections import config_flags
@@ -65,7 +66,7 @@ def main(argv: list[str]) -> None:
   if result.already_finished:
     print(f"this search was already finished: {result.unique_models} unique models, "
           f"{result.iterations} iterations; {best}. Nothing to "
-          "train; plots and final models that are missing are made now")
+          "train; the plots are drawn again, and final models that are missing trained now")
   else:
     status = "finished" if result.finished else "stopped"
     print(f"search {status}: {result.unique_models} unique models, {result.iterations} "
@@ -93,7 +94,8 @@ def main(argv: list[str]) -> None:
     if kept:  # the top one that trained (a diverged one is left out of the ensemble too)
       print(f"classify images with the top final model: {cli.python()} -m metaqnn.predict "
             f"--model={os.path.dirname(kept[0]['checkpoint'])} --images=PATH")
-  print(f"inspect it with: {cli.python()} -m metaqnn.inspect --workdir={workdir}")
+  print(f"inspect it with: {cli.python()} -m metaqnn.inspect "
+        f"--workdir={shlex.quote(workdir)}")
 
 
 if __name__ == "__main__":

@@ -130,6 +130,7 @@ class Store:
       # left byte for byte as it was (a writable connection could checkpoint its WAL).
       view = sqlite3.connect(f"file:{self.path}?immutable=1", uri=True)
       try:
+        _check_pages(view, self.path)
         recorded_data = self._check(view, fingerprint, data)
       finally:
         view.close()
@@ -158,7 +159,7 @@ class Store:
     except BaseException as e:
       self.close()
       if isinstance(e, sqlite3.DatabaseError):
-        raise WorkdirError(f"{self.path} is not a readable metaqnn record ({e})") from None
+        raise WorkdirError(unusable(self.path, e)) from None
       raise
 
   def _check_sqlite_header(self) -> None:
@@ -176,7 +177,7 @@ class Store:
     meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
     if meta.get("format") != FORMAT:
       raise WorkdirError(f"{self.path} is not a {FORMAT} record")
-    stored = _comparable(json.loads(meta["fingerprint"]))
+    stored = _comparable(meta_json(meta, "fingerprint", self.path))
     given = _comparable(json.loads(json.dumps(fingerprint, sort_keys=True)))
     if stored != given:
       diff = differences(stored, given)
@@ -304,7 +305,7 @@ class Store:
     meta = self.meta()
     if "config" not in meta:
       raise WorkdirError(f"{os.path.dirname(self.path)} has no stored config")
-    return ml_collections.ConfigDict(json.loads(meta["config"]))
+    return ml_collections.ConfigDict(meta_json(meta, "config", self.path))
 
   def count(self) -> int:
     return self.db.execute("SELECT COUNT(*) FROM models").fetchone()[0]
@@ -586,6 +587,37 @@ def stored_config(workdir: str) -> dict:
     return {}
 
 
+def unusable(path: str, e: sqlite3.DatabaseError) -> str:
+  """One line on a record SQLite cannot use: damaged, or not writable where it must be."""
+  why = (str(e).splitlines() or [type(e).__name__])[0]
+  if "readonly" in why:
+    return f"{path} cannot be written ({why}); make it and its folder writable"
+  if "unable to open" in why:
+    return (f"{path} cannot be opened ({why}); its folder must be readable, and writable "
+            "where SQLite's -wal and -shm files are missing")
+  return (f"{path} is not a readable metaqnn record ({why}); the work directory is damaged: "
+          "restore it from a copy")
+
+
+def _check_pages(db: sqlite3.Connection, path: str) -> None:
+  """SQLite's own quick check of every page of the record (milliseconds for a search's):
+  a damaged one is refused in one line before anything is read, or written to it."""
+  result = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+  if result != "ok":
+    why = [l for l in result.splitlines() if l.strip() and not l.startswith("***")]
+    raise WorkdirError(f"{path} is damaged (SQLite's check: {(why or [result])[0].strip()}); "
+                       "restore it from a copy (the work directory was left untouched)")
+
+
+def meta_json(meta: dict, key: str, path: str):
+  """A JSON value of the record's meta table; a damaged one is a WorkdirError."""
+  try:
+    return json.loads(meta[key])
+  except ValueError:
+    raise WorkdirError(f"{path}: its stored {key} is damaged (not JSON); restore the work "
+                       "directory from a copy") from None
+
+
 def open_existing(workdir: str) -> Store:
   """Opens a record for reading without a fingerprint check (inspection)."""
   path = os.path.join(workdir, DB_FILE)
@@ -596,6 +628,7 @@ def open_existing(workdir: str) -> Store:
   store._check_sqlite_header()
   with store._closed_on_failure():  # pylint: disable=protected-access
     store.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    _check_pages(store.db, path)
     if store.meta().get("format") != FORMAT:
       raise WorkdirError(f"{path} is not a {FORMAT} record")
   return store

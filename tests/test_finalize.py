@@ -76,6 +76,16 @@ def test_results_json_and_table(finished):
   assert summary["final"]["ensemble"]["size"] == 2
 
 
+def test_inspect_names_the_checkpoints_of_a_moved_work_directory(finished, tmp_path):
+  workdir, results = finished
+  moved = str(tmp_path / "moved")
+  shutil.copytree(workdir, moved, ignore=shutil.ignore_patterns(".lock"))
+  final = inspect_lib.summarize(moved)["final"]
+  assert [m["checkpoint"] for m in final["models"]] == [
+      m["checkpoint"].replace(workdir, moved) for m in results["models"]]
+  assert all(os.path.isdir(m["checkpoint"]) for m in final["models"])
+
+
 @pytest.mark.parametrize("damage", ["{bad", '{"models": 5}', '{"models": [{"arch": 1}]}',
                                     '{"models": [], "ensemble": "x"}', "no_checkpoint"])
 def test_a_damaged_results_json_is_one_line_in_inspect(finished, tmp_path, damage):
@@ -267,6 +277,19 @@ def test_a_damaged_meta_json_is_one_line(finished):
     with pytest.raises(UserError, match=f"the final model {os.path.dirname(meta)} is "
                        "incomplete or damaged \\(ValueError"):
       finalize.finalize(workdir, top=3, ensemble=2)
+  finally:
+    with open(probs, "wb") as f:
+      f.write(kept)
+  # Not finite (garbled in place): refused, not averaged into the ensemble's figure.
+  import numpy as np
+  good = np.load(probs)
+  try:
+    np.save(probs, np.where(np.arange(good.size).reshape(good.shape) % 7, good, np.nan))
+    results_json = open(os.path.join(workdir, "final", "results.json")).read()
+    with pytest.raises(UserError, match="incomplete or damaged \\(ValueError: test_probs.npy "
+                       "holds float32 .* not finite probabilities"):
+      finalize.finalize(workdir, top=3, ensemble=2)
+    assert open(os.path.join(workdir, "final", "results.json")).read() == results_json
   finally:
     with open(probs, "wb") as f:
       f.write(kept)

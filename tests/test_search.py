@@ -1261,3 +1261,47 @@ def test_a_search_where_no_model_trained_ends_without_an_error(tmp_path):
   assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
   assert "iterations (re-samples included); no model trained successfully" in out.stdout
   assert "final stage skipped: no model of the search trained successfully" in out.stdout
+
+
+def test_a_damaged_record_is_one_line_and_left_as_it_is(tmp_path):
+  """A garbled page inside metaqnn.db (the header intact), a damaged JSON value of its
+  meta table, or a table gone: every command says so in one line, exit 2, and the resume
+  writes nothing to the record first."""
+  work = tmp_path / "w"
+  search.run_search(small_config("1.0:40"), str(work), log_interval=100, tensorboard=False)
+  good = (work / "metaqnn.db").read_bytes()
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  run = lambda *a: subprocess.run([sys.executable, "-m", *a], cwd=tmp_path, env=env,
+                                  capture_output=True, text=True, timeout=300)
+  pages = bytearray(good)
+  pages[3 * 4096:4 * 4096] = bytes(range(256)) * 16
+  (work / "metaqnn.db").write_bytes(bytes(pages))
+  config = os.path.join(tmp_path, "c.py")
+  with open(config, "w") as f:
+    f.write("from metaqnn import config_lib\nimport json\n"
+            f"def get_config():\n  return config_lib.ml_collections.ConfigDict("
+            f"json.loads({small_config('1.0:40').to_json()!r}))\n")
+  for command in (["metaqnn.inspect", "--workdir=w"], ["metaqnn.early_stop", "--workdir=w"],
+                  ["metaqnn.space", "sample", "--workdir=w"],
+                  ["metaqnn.main", f"--config={config}", "--workdir=w"]):
+    out = run(*command)
+    assert out.returncode == 2 and len(out.stderr.splitlines()) == 1, (command, out.stderr)
+    assert "w/metaqnn.db is damaged (SQLite's check: " in out.stderr, out.stderr
+  assert (work / "metaqnn.db").read_bytes() == bytes(pages)  # nothing written
+  (work / "metaqnn.db").write_bytes(good)
+  db = sqlite3.connect(work / "metaqnn.db")
+  with db:
+    db.execute("UPDATE meta SET value='{bad' WHERE key='config'")
+  db.close()
+  out = run("metaqnn.inspect", "--workdir=w", "--json")
+  assert out.returncode == 2 and out.stderr.splitlines() == [
+      "error: w/metaqnn.db: its stored config is damaged (not JSON); restore the work "
+      "directory from a copy"], out.stderr
+  db = sqlite3.connect(work / "metaqnn.db")
+  with db:
+    db.execute("DROP TABLE models")
+  db.close()
+  out = run("metaqnn.inspect", "--workdir=w")
+  assert out.returncode == 2 and len(out.stderr.splitlines()) == 1, out.stderr
+  assert "metaqnn.db is not a readable metaqnn record (" in out.stderr, out.stderr
+  assert "restore it from a copy" in out.stderr and "Traceback" not in out.stderr
