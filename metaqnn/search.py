@@ -163,38 +163,61 @@ def restore_agent(agent: agent_lib.Agent, store: store_lib.Store, agent_dir: str
                   replay_samples: int, set_aside: bool = False) -> None:
   """Brings the agent to the journal's last event: snapshot, then replay the rest.
 
-  The record is the source of truth: a snapshot that cannot be read is ignored and the
-  agent is rebuilt from the whole record, with one line saying so. With `set_aside`
-  (the search), the damaged files are moved to `agent.damaged-<time>/`, never deleted.
+  The record is the source of truth: a snapshot that cannot be read, or whose replay
+  then diverges from the record (another search's, copied in), is ignored and the agent
+  is rebuilt from the whole record, with one line saying so. With `set_aside` (the
+  search), the damaged files are moved to `agent.damaged-<time>/`, never deleted.
   """
   if os.path.exists(os.path.join(agent_dir, agent_lib.STATE_FILE)):
+    # What a rebuild starts from (the search space is shared, never changed).
+    fresh = {k: v if k == "space" else copy.deepcopy(v) for k, v in agent.__dict__.items()}
     try:
       _not_ahead(agent_dir, store)
       agent.load(agent_dir)  # all or nothing: a failed load leaves the agent fresh
-    except _DAMAGED as e:
-      why = " ".join(f"{type(e).__name__}: {e}".split())[:160]
-      kept = ""
-      if set_aside:
-        aside = f"{agent_dir}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
-        while os.path.exists(aside):
-          aside += "+"
-        os.rename(agent_dir, aside)
-        kept = f"; the damaged files are kept in {aside}"
-      print(f"the agent snapshot in {agent_dir} cannot be used ({why}); rebuilding the "
-            f"agent from the record ({store.last_event() + 1} events){kept}", file=sys.stderr)
-  seen = agent.meta.get("event", -1)
-  for event, item in store.events(after=seen):
+      _replay(agent, store, replay_samples)
+      return
+    except (_Diverged,) + _DAMAGED as e:
+      agent.__dict__.update(fresh)
+      _snapshot_unusable(agent_dir, store, e, set_aside)
+  try:
+    _replay(agent, store, replay_samples)
+  except _Diverged as e:
+    raise WorkdirError(f"{e}; the record was not made by this configuration") from None
+
+
+class _Diverged(Exception):
+  """A replayed sample that is not the one recorded."""
+
+
+def _replay(agent: agent_lib.Agent, store: store_lib.Store, replay_samples: int) -> None:
+  """Replays the record's events after the agent's last one: samples drawn again (each
+  must be the recorded one), results learned."""
+  for event, item in store.events(after=agent.meta.get("event", -1)):
     if isinstance(item, Sample):
       path = agent.sample(item.epsilon)
       if str(path.architecture) != item.arch:
-        raise WorkdirError(
-            f"replaying the record diverged at sample {item.id} (sampled "
-            f"{path.architecture}, recorded {item.arch}); the record was not made by this "
-            "configuration")
+        raise _Diverged(f"replaying the record diverged at sample {item.id} (sampled "
+                        f"{path.architecture}, recorded {item.arch})")
     else:
       agent.learn(item.arch, item.accuracy, new=_counts(item),
                   replay_samples=replay_samples)
     agent.meta["event"] = event
+
+
+def _snapshot_unusable(agent_dir: str, store: store_lib.Store, e: Exception,
+                       set_aside: bool) -> None:
+  """Says that the snapshot in `agent_dir` is not used (and, `set_aside`, moves it to
+  `agent.damaged-<time>/`)."""
+  why = " ".join(f"{type(e).__name__}: {e}".split())[:160]
+  kept = ""
+  if set_aside:
+    aside = f"{agent_dir}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+    while os.path.exists(aside):
+      aside += "+"
+    os.rename(agent_dir, aside)
+    kept = f"; the damaged files are kept in {aside}"
+  print(f"the agent snapshot in {agent_dir} cannot be used ({why}); rebuilding the "
+        f"agent from the record ({store.last_event() + 1} events){kept}", file=sys.stderr)
 
 
 def _counts(rec: ModelRecord) -> bool:

@@ -161,7 +161,8 @@ def test_clean_stops_never_count_as_a_crash_and_kill_9_counts_once(tmp_path, sig
 
 
 @pytest.mark.parametrize("damage", ["truncated json", "garbage npz", "truncated npz",
-                                    "missing npz", "ahead of the record"])
+                                    "missing npz", "ahead of the record",
+                                    "another search's"])
 def test_a_damaged_agent_snapshot_is_rebuilt_from_the_record(tmp_path, capsys, damage):
   config = small_config()
   work, intact = tmp_path / "w", tmp_path / "intact"
@@ -178,6 +179,13 @@ def test_a_damaged_agent_snapshot_is_rebuilt_from_the_record(tmp_path, capsys, d
     npz.write_bytes(npz.read_bytes()[:200])
   elif damage == "missing npz":
     npz.unlink()
+  elif damage == "another search's":  # copied in by hand: its replay diverges
+    other = small_config()
+    other.seed = 7
+    search.run_search(other, str(tmp_path / "other"), log_interval=100, max_models=15,
+                      tensorboard=False)
+    shutil.rmtree(agent_dir)
+    shutil.copytree(tmp_path / "other" / "agent", agent_dir)
   else:  # the record's last commits lost (a power cut), the snapshot synced before
     db = sqlite3.connect(work / "metaqnn.db")
     (last,) = db.execute("SELECT MAX(event) FROM samples").fetchone()
