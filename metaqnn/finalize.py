@@ -382,7 +382,9 @@ def _finalize(workdir: str, top: Optional[int], ensemble: Optional[int],
       kept = {k: meta[k] for k in ("arch", "params", "val_accuracy", "test_accuracy",
                                    "diverged")}
       p = np.load(os.path.join(path, "test_probs.npy"))
-      if p.shape != (len(dataset.test_labels), parse(rec.arch).num_classes) or not np.all(np.isfinite(p)):
+      # (a model whose training diverged has NaNs: it stays out of the ensemble)
+      if p.shape != (len(dataset.test_labels), parse(rec.arch).num_classes) or not (
+          kept["diverged"] or np.all(np.isfinite(p))):
         raise ValueError(f"test_probs.npy holds {p.dtype} {list(p.shape)}, not finite "
                          f"probabilities of the {len(dataset.test_labels)} test images")
       probs.append(p)

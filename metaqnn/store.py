@@ -528,6 +528,11 @@ def check_workdir(workdir: str) -> None:
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f"{workdir} is a file, not a directory")
   if os.path.exists(os.path.join(workdir, DB_FILE)):
+    for folder in ("agent", "tensorboard", "plots", "final"):  # where the search writes
+      path = os.path.join(workdir, folder)
+      if os.path.exists(path) and not os.path.isdir(path):
+        raise WorkdirError(f"{path} is a file, not a folder: the search writes there; move "
+                           "it aside (the record is left untouched)")
     return
   if os.path.isdir(workdir) and set(os.listdir(workdir)) - {_CREATING}:
     raise WorkdirError(f"{workdir} is not empty and holds no metaqnn search "

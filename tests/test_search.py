@@ -3,6 +3,7 @@
 import json
 import os
 import shlex
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -1305,3 +1306,17 @@ def test_a_damaged_record_is_one_line_and_left_as_it_is(tmp_path):
   assert out.returncode == 2 and len(out.stderr.splitlines()) == 1, out.stderr
   assert "metaqnn.db is not a readable metaqnn record (" in out.stderr, out.stderr
   assert "restore it from a copy" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("folder", ["agent", "tensorboard"])
+def test_a_file_where_the_search_writes_a_folder_is_refused_at_the_start(tmp_path, folder):
+  """Not after training every model left (the agent's snapshot at the end, say)."""
+  work = tmp_path / "w"
+  search.run_search(small_config("1.0:10"), str(work), log_interval=100, max_models=4)
+  shutil.rmtree(work / folder, ignore_errors=True)
+  (work / folder).write_text("mine")
+  record = (work / "metaqnn.db").read_bytes()
+  with pytest.raises(WorkdirError, match=f"w/{folder} is a file, not a folder"):
+    search.run_search(small_config("1.0:10"), str(work), log_interval=100,
+                      evaluate=lambda arch: pytest.fail("trained"))
+  assert (work / "metaqnn.db").read_bytes() == record and (work / folder).read_text() == "mine"
