@@ -140,7 +140,8 @@ def _whole_number(arg: str) -> str:
   except decimal.InvalidOperation:
     return arg
   whole = number.is_finite() and number == number.to_integral_value()
-  return f"{name}={int(number)}" if whole and abs(number) < 2**63 else arg
+  # (beyond 10**30 no count is meant: left as given, for the setting's own refusal)
+  return f"{name}={int(number)}" if whole and abs(number) < 10**30 else arg
 
 
 def _one_line(message) -> str:

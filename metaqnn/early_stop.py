@@ -391,7 +391,8 @@ def _note_shared_epochs(rows: list[dict]) -> None:
       taus.append(r["tau"])
   for epoch, taus in sorted(by_epoch.items()):
     if len(taus) > 1:
-      print(f"note: tau {', '.join(f'{t:g}' for t in taus)} all decide after epoch {epoch} "
+      print(f"note: tau {', '.join(f'{t:g}' for t in taus)} "
+            f"{'both' if len(taus) == 2 else 'all'} decide after epoch {epoch} "
             f"of {rows[0]['epochs']} (tau x epochs is rounded to the nearest epoch, at "
             "least 1; halves to even)", file=sys.stderr)
 

@@ -208,14 +208,15 @@ def _snapshot_unusable(agent_dir: str, store: store_lib.Store, e: Exception,
                        set_aside: bool) -> None:
   """Says that the snapshot in `agent_dir` is not used (and, `set_aside`, moves it to
   `agent.damaged-<time>/`)."""
-  why = " ".join(f"{type(e).__name__}: {e}".split())[:160]
+  why = (f"{e}: it does not match the record, another search's perhaps"
+         if isinstance(e, _Diverged) else " ".join(f"{type(e).__name__}: {e}".split())[:160])
   kept = ""
   if set_aside:
     aside = f"{agent_dir}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
     while os.path.exists(aside):
       aside += "+"
     os.rename(agent_dir, aside)
-    kept = f"; the damaged files are kept in {aside}"
+    kept = f"; its files are kept in {aside}"
   print(f"the agent snapshot in {agent_dir} cannot be used ({why}); rebuilding the "
         f"agent from the record ({store.last_event() + 1} events){kept}", file=sys.stderr)
 

@@ -11,6 +11,8 @@ Every problem with the data is a one-line DatasetError.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import unicodedata
 from typing import Callable
@@ -434,7 +436,9 @@ def tfds_splits(tfds, name: str, tfds_name: str, data_dir: str | None) -> list[s
   its features are not an image and a class label (read from the builder's info, which
   needs no data: a text set is refused before anyone is told to prepare it)."""
   try:
-    builder = tfds.builder(tfds_name, data_dir=data_dir)
+    # (a builder whose code imports TensorFlow prints a banner on stdout: not ours to show)
+    with contextlib.redirect_stdout(io.StringIO()):
+      builder = tfds.builder(tfds_name, data_dir=data_dir)
   except Exception as e:  # pylint: disable=broad-except
     if type(e).__name__ == "DatasetNotFoundError":
       raise DatasetError(f"{name}: tensorflow-datasets has no data set {tfds_name!r} "

@@ -522,8 +522,9 @@ def final_learning_rates(config: Any) -> list[float]:
     lrs = [float(f.learning_rate) * float(t.lr_decay) ** (e // int(t.lr_decay_every))
            for e in range(int(f.epochs))]
   if not lrs or not all(0 < lr < math.inf for lr in lrs):
-    raise UserError("the final schedule must have at least one epoch and positive, finite "
-                    "rates")
+    raise UserError("the final schedule (config.final.epochs and learning_rate, or "
+                    "config.final.schedule) must have at least one epoch and positive, "
+                    "finite rates")
   return lrs
 
 

@@ -456,7 +456,8 @@ def test_the_space_command_counts_and_walks_within_a_budget():
   assert "--config.budget is a group of settings, not one value" in refused.stderr
   # Limits that are not whole numbers, or beyond any cost, are said to be so (not in
   # int()'s words, which blamed the notation).
-  for value, said in (("1e20", "takes a whole number"), ("100000.0", "takes a whole number"),
+  for value, said in (("1e20", "must be at most 2,305,843,009,213,693,951"),
+                      ("100000.0", "takes a whole number"), ("abc", "takes a whole number"),
                       ("99999999999999999999", "must be at most 2,305,843,009,213,693,951")):
     refused = run("stats", f"--config.budget.max_flops={value}")
     assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr

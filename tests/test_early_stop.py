@@ -98,7 +98,7 @@ def test_offline_command_json_and_errors(curved_search, tmp_path):
   assert "note:" not in grid.stderr
   shared = run(f"--workdir={curved_search}", "--json", "--tau=0.25,0.3")  # 2 and 2.4 epochs
   assert shared.returncode == 0 and len(shared.stdout.splitlines()) == 2
-  assert "note: tau 0.25, 0.3 all decide after epoch 2 of 8" in shared.stderr, shared.stderr
+  assert "note: tau 0.25, 0.3 both decide after epoch 2 of 8" in shared.stderr, shared.stderr
   later = run(f"--workdir={curved_search}", "--json", "--min_completed=30")
   assert later.returncode == 0, later.stderr
   later = json.loads(later.stdout)

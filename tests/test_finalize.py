@@ -690,7 +690,8 @@ def test_final_settings_that_cannot_train_are_refused_before_the_search(tmp_path
   config = digits_config()
   config.final.run_after_search = False
   config.final.epochs = 0
-  with pytest.raises(UserError, match="the final schedule must have at least one epoch"):
+  with pytest.raises(UserError, match="the final schedule .config.final.epochs and "
+                     "learning_rate, or config.final.schedule. must have at least one epoch"):
     search.run_search(config, str(tmp_path / "w"), tensorboard=False)
   assert not (tmp_path / "w").exists()
 
