@@ -134,7 +134,8 @@ def _check_structure(layers: tuple[Layer, ...]) -> None:
           f"layer {i + 1} ({layers[i]}): a convolution or pooling layer cannot follow FC")
 
 
-_TOKEN = re.compile(r"\s*(?:(?P<name>[A-Za-z]+)|(?P<int>\d+)|(?P<punct>[\[\](),]))")
+# ASCII digits only: \d would take other scripts' digits ("٣") and read them as 3.
+_TOKEN = re.compile(r"\s*(?:(?P<name>[A-Za-z]+)|(?P<int>[0-9]+)|(?P<punct>[\[\](),]))")
 
 
 def parse(text: str) -> Architecture:

@@ -82,7 +82,7 @@ def metadata(path: str) -> dict:
   path = os.path.abspath(path)
   meta = os.path.join(os.path.dirname(path.rstrip("/")), "meta.json")
   if not os.path.exists(meta):
-    raise FileNotFoundError(f"{path} is not a metaqnn checkpoint (no meta.json beside it)")
+    raise UserError(f"{path} is not a metaqnn checkpoint (no meta.json beside it)")
   what = (f"move {os.path.dirname(meta)} aside and run the final stage (or transfer) again "
           "to train it anew")
   out = files.read_json(meta, what)

@@ -316,6 +316,8 @@ def _run_names(workdirs: Sequence[str]) -> list[str]:
 
 def write_all(workdirs: Sequence[str], out: str | None = None) -> list[str]:
   """Writes every figure that the given work directories support; returns the paths."""
+  if not workdirs:
+    raise cli.UserError("plots need at least one work directory")
   out = out or os.path.join(workdirs[0], "plots")
   loaded = []
   for workdir in workdirs:  # all read first: a bad work directory leaves nothing behind

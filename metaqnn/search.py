@@ -555,6 +555,7 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
       kept from other final settings).
   """
   config_lib.check_known(config)  # a typo made in Python, not silently ignored
+  _check_arguments(workdir, evaluate, max_models)
   schedule = agent_lib.Schedule.parse(config.search.schedule)
   store_lib.check_workdir(workdir)  # before any data is read
   replay_samples = int(config.search.replay_samples)
@@ -692,6 +693,27 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     if executor is not None:
       executor.close()
     store.close()
+
+
+def _check_arguments(workdir, evaluate, max_models) -> None:
+  """Refuses, before anything is written, what a caller in Python can get wrong that the
+  commands cannot: no path, an evaluate that is no function of one architecture, a
+  model count below one."""
+  if not isinstance(workdir, (str, os.PathLike)) or not str(workdir).strip():
+    raise UserError(f"workdir must be a path (a new or this search's work directory), not "
+                    f"{workdir!r}")
+  if evaluate is not None:
+    import inspect as inspect_lib  # pylint: disable=import-outside-toplevel
+    try:
+      inspect_lib.signature(evaluate).bind(None)
+    except TypeError:  # not callable, or not with one argument
+      raise UserError("evaluate must be a function of one architecture that returns its "
+                      f"accuracy, got {evaluate!r}") from None
+    except ValueError:  # a builtin without a signature: taken as it is
+      pass
+  if max_models is not None and int(max_models) < 1:
+    raise UserError(f"max_models must be >= 1 (or None: the whole schedule), got "
+                    f"{max_models}")
 
 
 def _record_absolute_paths(config, recorded: dict) -> None:

@@ -22,6 +22,9 @@ from metaqnn.errors import UserError
 
 START, CONV, POOL, FCL = "start", "conv", "pool", "fc"
 _KIND_ORDER = {START: 0, CONV: 1, POOL: 2, FCL: 3}
+# The deepest space enumerated (the paper's reach 18): counting it takes about 4 s at
+# 160 layers, and time grows faster than the depth (minutes at 1,000).
+MAX_DEPTH = 100
 
 
 class State(NamedTuple):
@@ -88,6 +91,9 @@ class SpaceConfig:
                        f"with 1, e.g. (8, 4, 1); got {self.size_bins!r}")
     if self.max_depth < 0 or self.max_fc < 0:
       raise UserError("space.max_depth and space.max_fc must be >= 0")
+    if self.max_depth > MAX_DEPTH:  # the enumerated graph (and its counts) grow with it
+      raise UserError(f"space.max_depth={self.max_depth} is more than {MAX_DEPTH}; the "
+                      "paper's are 12 (MNIST, SVHN) and 18 (CIFAR-10)")
     if self.image_size < 1 or self.num_classes < 1:
       raise UserError("image_size and num_classes must be positive")
 

@@ -140,6 +140,8 @@ def sampler(space: search_space.SearchSpace, config, seed: int, uniform: bool = 
 def cost_percentiles(draw: Callable[[], search_space.Path], shape: Sequence[int],
                      num: int) -> dict:
   """The percentiles (`PERCENTILES`) of the params and FLOPs of `num` drawn paths."""
+  if num < 1:
+    raise cli.UserError(f"the percentiles need at least one sample, not {num}")
   costs = np.array([budget_lib.cost(draw().architecture, shape) for _ in range(num)])
   table = lambda values: {str(q): int(np.percentile(values, q)) for q in PERCENTILES}
   return {"samples": num, "params": table(costs[:, 0]), "flops": table(costs[:, 1])}

@@ -44,6 +44,8 @@ def test_terminal():
     ("[C(128,3,1), SM(10)] x", 21, "end of input"),
     ("[FC(512,2), SM(10)]", 7, "')'"),
     ("", 0, "'['"),
+    ("[C(\u0663,3,1), SM(10)]", 3, "an integer"),  # an Arabic-Indic 3: not read as 3
+    ("[C(\uff14,3,1), SM(10)]", 3, "an integer"),  # a full-width 4
 ])
 def test_malformed_names_position_and_expectation(text, position, expected):
   with pytest.raises(A.ArchitectureError) as e:

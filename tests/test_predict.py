@@ -232,3 +232,11 @@ def test_class_folders_match_in_any_unicode_form():
   model.predict = lambda images: probs
   out = predict.classify(model, names, np.zeros((2, 8, 8, 1), np.uint8))
   assert out["labelled"] == 2 and out["accuracy"] == 1.0
+
+
+def test_a_path_that_is_no_model_is_a_user_error_in_python(tmp_path):
+  """As the command says it in one line: a UserError (a ValueError), not an OSError."""
+  from metaqnn.errors import UserError
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(UserError, match="empty is not a metaqnn checkpoint"):
+    predict.load(str(tmp_path / "empty"))

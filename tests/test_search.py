@@ -1320,3 +1320,27 @@ def test_a_file_where_the_search_writes_a_folder_is_refused_at_the_start(tmp_pat
     search.run_search(small_config("1.0:10"), str(work), log_interval=100,
                       evaluate=lambda arch: pytest.fail("trained"))
   assert (work / "metaqnn.db").read_bytes() == record and (work / folder).read_text() == "mine"
+
+
+def test_python_callers_mistakes_are_refused_before_anything_is_written(tmp_path):
+  """What the commands cannot get wrong but a notebook can: no path, an evaluate that is
+  no function of one architecture, a model count below one."""
+  work = tmp_path / "w"
+  for kwargs, says in (({"evaluate": 5}, "evaluate must be a function of one architecture"),
+                       ({"evaluate": lambda: 0.5}, "evaluate must be a function"),
+                       ({"max_models": 0}, "max_models must be >= 1"),
+                       ({"max_models": -1}, "max_models must be >= 1")):
+    with pytest.raises(UserError, match=says):
+      search.run_search(small_config("1.0:3"), str(work), **kwargs)
+    assert not work.exists()
+  with pytest.raises(UserError, match="workdir must be a path"):
+    search.run_search(small_config("1.0:3"), "")
+  deep = small_config("1.0:3")
+  deep.space.max_depth = 1000
+  with pytest.raises(UserError, match="space.max_depth=1000 is more than 100"):
+    search.run_search(deep, str(work))
+  from metaqnn import plots, space
+  with pytest.raises(UserError, match="at least one work directory"):
+    plots.write_all([])
+  with pytest.raises(UserError, match="at least one sample"):
+    space.cost_percentiles(lambda: None, (8, 8, 1), 0)
