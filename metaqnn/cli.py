@@ -54,6 +54,9 @@ def run(main: Callable[[list[str]], int | None]) -> None:
   def wrapped(argv):
     if not flags.FLAGS["verbosity"].present:  # libraries' logs only when asked for
       logging.set_verbosity(logging.ERROR)    # (--verbosity=0 shows them)
+    # SIGTERM stops every command as Ctrl-C does: one line and status 143, not a silent
+    # death (the long commands also catch the Ctrl-C that Python drops: handle_stops).
+    signal.signal(signal.SIGTERM, signals.handler)
     try:
       return main(argv)
     except KeyboardInterrupt:  # a command's own message is more precise: it catches first
@@ -80,8 +83,13 @@ def run(main: Callable[[list[str]], int | None]) -> None:
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing with a bad flag, a `--config.x.y=...` override or a config file
   that cannot be loaded reported as one line."""
+  if not any(a.startswith("--verbosity") for a in argv):  # (its warnings, while parsing)
+    logging.set_verbosity(logging.ERROR)
   try:
-    return flags.FLAGS(_whole_numbers(argv))
+    rest = flags.FLAGS(_whole_numbers(argv))
+  except SyntaxError as e:  # the config file's own code
+    _fail(f"cannot load the config file: SyntaxError: {e.msg} ({e.filename}, line "
+          f"{e.lineno})")
   except (KeyError, AttributeError) as e:  # ml_collections: no such config field
     _fail("bad --config override: unknown field " + _one_line(e.args[0] if e.args else e))
   except OSError as e:  # ml_collections: the config file (met while applying an override)
@@ -103,6 +111,13 @@ def parse_flags(argv: list[str]) -> list[str]:
       message = (f"{group.group(1)} is a group of settings, not one value; set its fields "
                  f"({group.group(1)}.FIELD=VALUE; metaqnn/config_lib.py lists them)")
     _fail(message)
+  if "config" in flags.FLAGS and flags.FLAGS["config"].present:
+    import ml_collections  # pylint: disable=import-outside-toplevel
+    value = flags.FLAGS["config"].value
+    if not isinstance(value, ml_collections.ConfigDict):  # (None: a forgotten return)
+      _fail(f"the config file's get_config() must return an ml_collections.ConfigDict, "
+            f"not {type(value).__name__}")
+  return rest
 
 
 def _last_line(e: BaseException) -> str:

@@ -384,9 +384,33 @@ def test_a_config_file_that_cannot_load_is_its_last_line(tmp_path):
   run = lambda config: subprocess.run(
       [sys.executable, "-m", "metaqnn.space", "stats", f"--config={config}"], cwd=ROOT,
       env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
+  (tmp_path / "syntax.py").write_text("def get_config(:\n  pass\n")
   for config, says in ((tmp_path / "broken.py", "ValueError: bad thing"),
-                       ("configs/digits.py:foo", "only configs/custom.py takes an argument")):
+                       ("configs/digits.py:foo", "only configs/custom.py takes an argument"),
+                       (tmp_path / "syntax.py", "SyntaxError: invalid syntax (")):
     out = run(config)
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert out.stderr.startswith("error: cannot load the config file: ") and says in \
         out.stderr, out.stderr
+  # A get_config that returns something else (a dict, or nothing): said, not an
+  # AttributeError later (nor absl's warnings first).
+  for name, body, kind in (("dict", "return {'a': 1}", "dict"), ("none", "pass", "NoneType")):
+    (tmp_path / f"{name}.py").write_text(f"def get_config():\n  {body}\n")
+    out = run(tmp_path / f"{name}.py")
+    assert out.returncode == 2 and out.stderr.splitlines() == [
+        "error: the config file's get_config() must return an ml_collections.ConfigDict, "
+        f"not {kind}"], out.stderr
+
+
+def test_sigterm_stops_a_read_only_command_in_one_line():
+  """Not a silent death: one line and the shell's status, as Ctrl-C gives."""
+  import signal
+  import time
+  p = subprocess.Popen([sys.executable, "-m", "metaqnn.space", "costs",
+                        "--config=configs/cifar10.py", "--uniform", "--num=10000000"],
+                       cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  time.sleep(12)  # imported (seconds on a loaded machine), and drawing
+  p.send_signal(signal.SIGTERM)
+  out, err = p.communicate(timeout=60)
+  assert p.returncode == 143 and err == "interrupted\n" and out == "", (p.returncode, err)
