@@ -391,8 +391,9 @@ def _existing_columns(db: sqlite3.Connection) -> set[str]:
   return {row[1] for row in db.execute("PRAGMA table_info(models)")}
 
 
-def _lock(workdir: str):
-  """An exclusive lock on the work directory: one search process at a time.
+def _lock(workdir: str, what: str = "a search or its final stage in"):
+  """An exclusive lock on the work directory: one search process at a time (`what` runs
+  there, for the refusal's words).
 
   The holder removes the lock file when it closes cleanly, so a lock won on a file that
   has since been removed (or replaced) is no lock: try again on the file now there."""
@@ -405,11 +406,11 @@ def _lock(workdir: str):
       f.close()
       if (holder(workdir) or {}).get("pid") == os.getpid():  # a notebook's earlier cell
         raise WorkdirError(
-            f"this process is already running a search or its final stage in {workdir} "
-            "(another thread, or an earlier call whose store was never closed); let it "
-            "finish, or restart the process") from None
-      raise WorkdirError(f"another metaqnn process is running a search or its final stage "
-                         f"in {workdir}; wait for it to stop (or stop it) first") from None
+            f"this process is already running {what} {workdir} (another thread, or an "
+            "earlier call whose store was never closed); let it finish, or restart the "
+            "process") from None
+      raise WorkdirError(f"another metaqnn process is running {what} {workdir}; wait for "
+                         "it to finish (or stop it) first") from None
     try:
       if os.fstat(f.fileno()).st_ino == os.stat(path).st_ino:
         os.ftruncate(f.fileno(), 0)  # who holds it, and since when: for `holder`
@@ -431,11 +432,11 @@ def _unlock(f) -> None:
     f.close()
 
 
-def lock(workdir: str) -> Callable[[], None]:
+def lock(workdir: str, what: str = "a search or its final stage in") -> Callable[[], None]:
   """Takes `workdir`'s lock, as a search does (for the final stage, which must not run
   beside the search or another final stage: both would train the same models; and for a
   transfer run's output folder); returns what releases it."""
-  f = _lock(workdir)
+  f = _lock(workdir, what)
   return lambda: _unlock(f)
 
 

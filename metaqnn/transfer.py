@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import time
-from typing import Callable, Optional
+from typing import Optional
 
 from metaqnn import architecture as arch_lib
 from metaqnn import files
@@ -95,7 +95,7 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
   release = None
   try:
     os.makedirs(workdir, exist_ok=True)  # a path that cannot be made fails before training
-    release = _lock(workdir)  # one run at a time: both would write its files
+    release = store_lib.lock(workdir, "a transfer into")  # one run at a time
     if os.path.exists(meta_path):  # finished by another run since
       return _finished(meta_path, workdir, config, request, typed)
     _check_empty(workdir)
@@ -109,18 +109,6 @@ def transfer(config, arch: str, workdir: str, init_checkpoint: Optional[str] = N
     raise
   release()
   return meta
-
-
-def _lock(workdir: str) -> Callable[[], None]:
-  """`workdir`'s lock (the search's), or a one-line error naming who holds it."""
-  try:
-    return store_lib.lock(workdir)
-  except store_lib.WorkdirError:
-    if (store_lib.holder(workdir) or {}).get("pid") == os.getpid():
-      raise UserError(f"this process is already running a transfer into {workdir} (another "
-                      "thread, or an earlier call); let it finish first") from None
-    raise UserError(f"another metaqnn process is running a transfer into {workdir}; wait "
-                    "for it to finish, or use another --workdir") from None
 
 
 def _check_empty(workdir: str) -> None:
