@@ -174,6 +174,7 @@ def restore_agent(agent: agent_lib.Agent, store: store_lib.Store, agent_dir: str
     try:
       _not_ahead(agent_dir, store)
       agent.load(agent_dir)  # all or nothing: a failed load leaves the agent fresh
+      _check_memory(agent, store)
       _replay(agent, store, replay_samples)
       return
     except (_Diverged,) + _DAMAGED as e:
@@ -187,6 +188,18 @@ def restore_agent(agent: agent_lib.Agent, store: store_lib.Store, agent_dir: str
 
 class _Diverged(Exception):
   """A replayed sample that is not the one recorded."""
+
+
+def _check_memory(agent: agent_lib.Agent, store: store_lib.Store) -> None:
+  """_Diverged unless the snapshot's replay memory is the record's results up to its
+  event: another search's snapshot with as many events would replay nothing to diverge."""
+  seen = agent.meta.get("event", -1)
+  learned = [(r.arch, float(r.accuracy)) for e, r in store.events()
+             if e <= seen and not isinstance(r, Sample)]
+  if agent.replay != learned:
+    at = next((i for i, (a, b) in enumerate(zip(agent.replay, learned)) if a != b),
+              min(len(agent.replay), len(learned)))
+    raise _Diverged(f"its replay memory differs from the record's results at result {at}")
 
 
 def _replay(agent: agent_lib.Agent, store: store_lib.Store, replay_samples: int) -> None:
