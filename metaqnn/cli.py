@@ -91,6 +91,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     _fail(f"cannot load the config file: SyntaxError: {e.msg} ({e.filename}, line "
           f"{e.lineno})")
   except (KeyError, AttributeError) as e:  # ml_collections: no such config field
+    if "has no attribute 'get_config'" in str(e):  # (a module, not a field)
+      _fail("cannot load the config file: it defines no get_config() function")
     _fail("bad --config override: unknown field " + _one_line(e.args[0] if e.args else e))
   except OSError as e:  # ml_collections: the config file (met while applying an override)
     _fail(f"cannot load the config file: {_last_line(e)}")

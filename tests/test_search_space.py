@@ -385,7 +385,9 @@ def test_a_config_file_that_cannot_load_is_its_last_line(tmp_path):
       [sys.executable, "-m", "metaqnn.space", "stats", f"--config={config}"], cwd=ROOT,
       env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
   (tmp_path / "syntax.py").write_text("def get_config(:\n  pass\n")
+  (tmp_path / "nofunction.py").write_text("x = 1\n")  # not a field of an override: no function
   for config, says in ((tmp_path / "broken.py", "ValueError: bad thing"),
+                       (tmp_path / "nofunction.py", "it defines no get_config() function"),
                        ("configs/digits.py:foo", "only configs/custom.py takes an argument"),
                        (tmp_path / "syntax.py", "SyntaxError: invalid syntax (")):
     out = run(config)
