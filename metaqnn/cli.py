@@ -36,6 +36,12 @@ def handle_stops() -> None:
   sys.unraisablehook = signals.quiet_drops(sys.unraisablehook)
 
 
+def _flushed_line(message: str) -> None:
+  print(message, file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+
+
 def stop(message: str) -> None:
   """Exits at once after an interrupt, with the shell's status (130 after Ctrl-C, 143
   after SIGTERM): everything worth keeping is on disk, and work still running in worker
@@ -58,7 +64,13 @@ def run(main: Callable[[list[str]], int | None]) -> None:
     # death (the long commands also catch the Ctrl-C that Python drops: handle_stops).
     signal.signal(signal.SIGTERM, signals.handler)
     try:
-      return main(argv)
+      status = main(argv)
+      # A stop while Python exits after the work: one line, not a traceback or silence.
+      late = signals.after_work(lambda: _flushed_line(
+          "interrupted as it exited; its work was done"))
+      for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, late)
+      return status
     except KeyboardInterrupt:  # a command's own message is more precise: it catches first
       stop("interrupted")
     except BrokenPipeError:  # output piped into `head`: not an error

@@ -14,6 +14,7 @@ raises `Cancelled` once the pool that runs it was closed (`cancelled_when`).
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -64,6 +65,20 @@ def handler(signum, frame):
   _last[0] = signal.Signals(signum)
   _requested.set()
   raise KeyboardInterrupt
+
+
+def after_work(say: Callable[[], None]) -> Callable:
+  """A handler for once a command's work is done and Python is exiting (joining threads,
+  freeing JAX), where a KeyboardInterrupt would be dropped or print a traceback: `say`
+  (one line), then exit at once with the shell's status."""
+
+  def stopped(signum, frame):
+    _last[0] = signal.Signals(signum)
+    say()
+    release_pending()  # a lock that a thread still ending would release
+    os._exit(exit_status())
+
+  return stopped
 
 
 def exit_status() -> int:

@@ -404,6 +404,28 @@ def test_a_config_file_that_cannot_load_is_its_last_line(tmp_path):
         f"not {kind}"], out.stderr
 
 
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_stop_while_a_command_exits_after_its_work_is_one_line(tmp_path, sig):
+  """Python still exiting (joining threads, freeing JAX): not a dropped stop with an
+  "Exception ignored" traceback, nor silence with status 0."""
+  import signal
+  import time
+  script = tmp_path / "late.py"
+  script.write_text("import atexit, time\nfrom metaqnn import cli\n"
+                    "def main(argv):\n  atexit.register(time.sleep, 30)\n"
+                    "  print('done', flush=True)\n"
+                    "cli.run(main)\n")
+  p = subprocess.Popen([sys.executable, str(script)], cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+  assert p.stdout.readline() == "done\n"
+  time.sleep(0.5)  # main has returned: the process is in its atexit sleep
+  p.send_signal(getattr(signal, sig))
+  out, err = p.communicate(timeout=20)
+  assert err == "interrupted as it exited; its work was done\n" and out == "", err
+  assert p.returncode == 128 + getattr(signal, sig)
+
+
 def test_sigterm_stops_a_read_only_command_in_one_line():
   """Not a silent death: one line and the shell's status, as Ctrl-C gives."""
   import signal
