@@ -16,12 +16,15 @@ Sources (`config.dataset.name`):
                and y_val, x_test and y_test.
   folder:PATH  one subfolder per class (PATH/cat/*.png, PATH/dog/*.jpg), or tfds' ImageFolder
                layout PATH/train/<class>/ with optional PATH/validation/<class>/ (or
-               val/) and PATH/test/<class>/. Read with Pillow (tfds' ImageFolder needs
+               val/, valid/) and PATH/test/<class>/, in any case. Read with Pillow (tfds' ImageFolder needs
                TensorFlow). Class i is the i-th folder name sorted as a
                string, as in tfds and torchvision: folders 0..11 give "10" the label 2.
                Files are taken by extension (any case: .png, .JPG, ...); names starting
                with "." and other files (Thumbs.db, README.txt) are skipped.
-The data's own validation split (tfds' "validation", validation/ or val/, x_val) is the
+               16-bit images are scaled to 8 bits as x / 257, whatever range they use:
+               12-bit data (0..4095, as microscopes and scanners write) keeps 17 grey
+               levels, so stretch it to 0..65535 first.
+The data's own validation split (tfds' "validation", validation/, val/ or valid/, x_val) is the
 search's validation set; without one, val_fraction of train is carved out (stratified,
 seeded by config.seed). A missing test split is carved out of train: a stratified 20%,
 with a fixed seed.

@@ -465,7 +465,8 @@ def _conform(name: str, ds, tr_x, tr_y, te_x, te_y, k, val: sources.Val = None):
                          "handles 1 (grey), 3 (RGB) or 4 (RGBA).")
   if resize:  # side > 0: see _check_config
     changed = [x for x in (tr_x, va_x, te_x) if x.shape[1:3] != (side, side)]
-    sources.check_fits_memory(name, sum(map(len, changed)), side, int(tr_x.shape[-1]))
+    sources.check_fits_memory(name, sum(map(len, changed)),
+                              (side, side, int(tr_x.shape[-1])))
     tr_x, va_x, te_x = (sources.resize_all(x, side) for x in (tr_x, va_x, te_x))
   for what, x in (("training", tr_x), ("validation", va_x), ("test", te_x)):
     if x.ndim != 4 or x.shape[1] != x.shape[2]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import unicodedata
 from typing import Callable
@@ -29,8 +30,11 @@ Val = tuple[np.ndarray, np.ndarray] | None
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, int, Val]
 
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
-                    ".pgm")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".webp", ".tif",
+                    ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".avif", ".heic", ".heif")
+# Read where Pillow has a plugin for them; listed so that a folder of them is refused in
+# one line where it has none, not left out without a word.
+_PLUGIN_EXTENSIONS = (".avif", ".heic", ".heif")
 
 
 def digits() -> Arrays:
@@ -76,6 +80,9 @@ def from_npz(path: str) -> Arrays:
     if y.ndim != 1 or len(y) != n or not np.issubdtype(y.dtype, np.integer):
       raise DatasetError(f"{label}: {key} must be {n} integer labels (shape [{n}]), got "
                          f"{y.dtype} {y.shape}.")
+    if len(y) and int(y.max()) > np.iinfo(np.int64).max:  # (uint64) not wrapped round
+      raise DatasetError(f"{label}: {key} runs up to {int(y.max())}; labels must be class "
+                         "indices 0..k-1.")
     return y.astype(np.int64)
   tr_x = images("x_train")
   tr_y = labels("y_train", len(tr_x))
@@ -111,6 +118,9 @@ def read_npz(path: str, label: str, keys: str,
   try:
     with z:
       return list(z.files), {k: z[k] for k in pick(list(z.files))}
+  except MemoryError as e:  # np's own says how much it needed
+    raise DatasetError(f"{label} holds arrays larger than this machine's memory "
+                       f"({' '.join(str(e).split())[:120]}).") from None
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
     if "allow_pickle" in str(e):  # never unpickled: loading a pickle can run code
       raise DatasetError(f"{label} holds object arrays (pickled Python objects), which are "
@@ -121,8 +131,8 @@ def read_npz(path: str, label: str, keys: str,
 
 def from_folder(path: str, ds) -> Arrays:
   """Image files in PATH/<class>/ (no test split), or in tfds' ImageFolder
-  layout PATH/train/<class>/ with optional PATH/validation/<class>/ (or val/) and
-  PATH/test/<class>/. Classes: train's folder names sorted as strings (as tfds'
+  layout PATH/train/<class>/ with optional PATH/validation/<class>/ (or val/, valid/) and
+  PATH/test/<class>/, split folders named in any case. Classes: train's folder names sorted as strings (as tfds'
   ImageFolder and torchvision do; "10" comes before "2").
 
   Not tfds' ImageFolder builder: it reads through tf.data and needs TensorFlow.
@@ -135,18 +145,20 @@ def from_folder(path: str, ds) -> Arrays:
     raise DatasetError(f"{label}: config.dataset.channels={ds.channels}, but image files are "
                        "read as grey (1) or RGB (3); set 1, 3, or 0 to take it from the data.")
   subdirs = _subdirs(path)
-  split_layout = _split_layout(subdirs)
-  classes = _subdirs(os.path.join(path, "train")) if split_layout else subdirs
-  roots = [os.path.join(path, d) for d in subdirs] if split_layout else [path]
+  splits = _split_folders(subdirs)
+  classes = _subdirs(os.path.join(path, splits["train"])) if splits else subdirs
+  roots = [os.path.join(path, d) for d in subdirs] if splits else [path]
   _check_folder_fits(label, [os.path.join(r, c) for r in roots for c in classes], ds)
-  if not split_layout:
+  if not splits:
     tr_x, tr_y = _read_folder(label, path, classes, ds)
     return tr_x, tr_y, None, None, len(classes), None
-  if {"validation", "val"} <= set(subdirs):
-    raise DatasetError(f"{label} has both validation/ and val/; keep one.")
-  tr_x, tr_y = _read_folder(label, os.path.join(path, "train"), classes, ds)
+  for kind in set(map(_split_of, subdirs)):
+    alike = [d + "/" for d in subdirs if _split_of(d) == kind]
+    if len(alike) > 1:
+      raise DatasetError(f"{label} has {' and '.join(alike)}, which are one split; keep one.")
+  tr_x, tr_y = _read_folder(label, os.path.join(path, splits["train"]), classes, ds)
   split = {}
-  for name in [d for d in subdirs if d != "train"]:
+  for name in [d for d in subdirs if d != splits["train"]]:
     extra = sorted(set(_subdirs(os.path.join(path, name))) - set(classes))
     if extra:
       alike = [e for e in extra if unicode_form(e) in map(unicode_form, classes)]
@@ -158,8 +170,8 @@ def from_folder(path: str, ds) -> Arrays:
     x, y = _read_folder(label, os.path.join(path, name), classes, ds, required=False)
     if not len(y):  # the search would validate, or the final stage test, on nothing
       raise DatasetError(f"{label}: {name}/ holds no images; add some, or remove {name}/ to "
-                         f"have a {_SPLIT_FOLDERS[name]} split carved out of train/.")
-    split[_SPLIT_FOLDERS[name]] = x, y
+                         f"have a {_split_of(name)} split carved out of train/.")
+    split[_split_of(name)] = x, y
   val = split.get("validation")
   if "test" in split:
     return tr_x, tr_y, *split["test"], len(classes), val
@@ -182,31 +194,43 @@ def _image_files(folder: str, label: str) -> list[str]:
 
 
 def _check_folder_fits(label: str, folders: list[str], ds) -> None:
-  """`check_fits_memory` for the images of `folders` resized, before any is read (the
-  channels: the config's, else the first image's, as `_read_folder` reads it)."""
-  side = int(ds.get("image_size", 0))
-  if not (bool(ds.get("resize", False)) and side > 0):
-    return
+  """`check_fits_memory` for the images of `folders`, before any is read: resized, or
+  each the first one's size (the channels: the config's, else the first image's, as
+  `_read_folder` reads it)."""
   files = [os.path.join(d, f) for d in folders for f in _image_files(d, label)]
-  if files:
-    channels = int(ds.get("channels", 0)) or read_image(files[0], None, label).shape[-1]
-    check_fits_memory(label, len(files), side, channels)
+  if not files:
+    return
+  side, channels = int(ds.get("image_size", 0)), int(ds.get("channels", 0))
+  resize = bool(ds.get("resize", False)) and side > 0
+  first = None if resize and channels else read_image(
+      files[0], {1: "L", 3: "RGB"}.get(channels), label).shape
+  shape = (side, side, channels or first[-1]) if resize else first
+  check_fits_memory(label, len(files), shape, resized=resize)
 
 
-# A folder's split subfolders and the splits they hold.
+# A folder's split subfolders (in any case: Train/ too) and the splits they hold.
 _SPLIT_FOLDERS = {"train": "train", "validation": "validation", "val": "validation",
-                  "test": "test"}
+                  "valid": "validation", "test": "test"}
 
 
-def _split_layout(subdirs: list[str]) -> bool:
-  """Whether a folder's subfolders are splits (train/, test/...), not classes."""
-  return bool(subdirs) and set(subdirs) <= set(_SPLIT_FOLDERS) and "train" in subdirs
+def _split_of(folder: str) -> str | None:
+  return _SPLIT_FOLDERS.get(folder.lower())
+
+
+def _split_folders(subdirs: list[str]) -> dict[str, str]:
+  """{split: its folder} where a folder's subfolders are splits (train/, test/...), not
+  classes; else {}."""
+  if not subdirs or not all(map(_split_of, subdirs)):
+    return {}
+  splits = {_split_of(d): d for d in reversed(subdirs)}  # (two alike: refused by the reader)
+  return splits if "train" in splits else {}
 
 
 def folder_classes(path: str) -> list[str]:
   """A folder data set's class names, in label order (`from_folder`'s)."""
   subdirs = _subdirs(path)
-  return _subdirs(os.path.join(path, "train")) if _split_layout(subdirs) else subdirs
+  splits = _split_folders(subdirs)
+  return _subdirs(os.path.join(path, splits["train"])) if splits else subdirs
 
 
 def unicode_form(name: str) -> str:
@@ -224,8 +248,12 @@ def _read_folder(label: str, root: str, classes: list[str], ds, required: bool =
                  ) -> tuple[np.ndarray, np.ndarray]:
   """Every image under root/<class>/ as uint8 [N, H, W, C] and labels (class index)."""
   if len(classes) < 2:
+    inner = os.path.join(root, classes[0]) if classes else ""
+    deeper = inner and len(_subdirs(inner)) > 1 and not _image_files(inner, label)
     raise DatasetError(f"{label}: {root} has {len(classes)} class folder(s); one subfolder "
-                       "per class is needed, at least two.")
+                       "per class is needed, at least two" + (
+                           f" (if {inner} holds the class folders, give folder:{inner})"
+                           if deeper else "") + ".")
   channels = int(ds.get("channels", 0))
   resize = bool(ds.get("resize", False))
   side = int(ds.get("image_size", 0))
@@ -242,22 +270,34 @@ def _read_folder(label: str, root: str, classes: list[str], ds, required: bool =
       arr = read_image(file, {1: "L", 3: "RGB"}.get(channels), label)
       if resize and side > 0:
         arr = _resize(arr, side)
+      elif first and arr.shape not in first:  # said at once, not after reading them all
+        raise _unlike(label, *next(iter(first.items())), arr.shape, file)
+      elif arr.shape[0] != arr.shape[1]:
+        raise DatasetError(
+            f"{label}: {file} is {arr.shape[0]}x{arr.shape[1]}, not square; the search "
+            "space needs square images: set --config.dataset.resize=True and "
+            "--config.dataset.image_size=N.")
       first.setdefault(arr.shape, file)
       images.append(arr)
       labels.append(k)
-  if len(first) > 1:
+  if len(first) > 1:  # resized, with channels taken from the data
     (s1, f1), (s2, f2) = list(first.items())[:2]
-    if s1[-1] != s2[-1]:
-      raise DatasetError(f"{label}: {f1} has {s1[-1]} channel(s) but {f2} {s2[-1]}; set "
-                         "--config.dataset.channels=1 or 3 to convert them all.")
-    raise DatasetError(
-        f"{label}: images of different sizes ({f1} is {s1[0]}x{s1[1]}, {f2} is "
-        f"{s2[0]}x{s2[1]}); set --config.dataset.resize=True and "
-        "--config.dataset.image_size=N to resize them all to NxN.")
+    raise _unlike(label, s1, f1, s2, f2)
   if not images:
     c = channels or 3
     return np.zeros((0, side or 1, side or 1, c), np.uint8), np.zeros((0,), np.int64)
   return np.stack(images), np.asarray(labels, np.int64)
+
+
+def _unlike(label: str, s1: tuple, f1: str, s2: tuple, f2: str) -> DatasetError:
+  """Two images of a folder, of other shapes, that one array cannot hold."""
+  if s1[-1] != s2[-1]:
+    return DatasetError(f"{label}: {f1} has {s1[-1]} channel(s) but {f2} {s2[-1]}; set "
+                        "--config.dataset.channels=1 or 3 to convert them all.")
+  return DatasetError(
+      f"{label}: images of different sizes ({f1} is {s1[0]}x{s1[1]}, {f2} is "
+      f"{s2[0]}x{s2[1]}); set --config.dataset.resize=True and "
+      "--config.dataset.image_size=N to resize them all to NxN.")
 
 
 def read_image(file: str, mode: str | None, label: str) -> np.ndarray:
@@ -271,6 +311,9 @@ def read_image(file: str, mode: str | None, label: str) -> np.ndarray:
       # A large image is read (PIL warns from MAX_IMAGE_PIXELS, as it opens or loads it)
       # up to twice that, where it is refused below.
       warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      # Nor PIL's notes on a file it reads all the same (a TIFF tag past its end), which
+      # would not name the file.
+      warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
       with Image.open(file) as im:
         im = eight_bit(im, f"{label}: {file}")
         if im.mode == "P" and "transparency" in im.info:  # through RGBA, as PIL asks
@@ -284,6 +327,10 @@ def read_image(file: str, mode: str | None, label: str) -> np.ndarray:
     raise DatasetError(f"{label}: the image {file} has more pixels than PIL reads safely "
                        f"({2 * Image.MAX_IMAGE_PIXELS:,}); shrink it or leave it out.") from None
   except (OSError, UnidentifiedImageError, ValueError) as e:
+    ext = os.path.splitext(file)[1].lower()
+    if isinstance(e, UnidentifiedImageError) and ext in _PLUGIN_EXTENSIONS:
+      raise DatasetError(f"{label}: cannot read the image {file}: this Pillow has no plugin "
+                         f"for {ext} files; convert them to PNG or JPEG.") from None
     raise DatasetError(f"{label}: cannot read the image {file} ({type(e).__name__}).") \
         from None
   return arr[..., None] if arr.ndim == 2 else arr
@@ -332,14 +379,14 @@ def _check_not_nested(label: str, folder: str) -> None:
 
 def _no_images(label: str, folder: str) -> str:
   """Why a class folder holds no images; a folder of folders is a layout mistake (images
-  one level too deep, or split folders other than train/, validation/, val/ and test/), and
-  is named so."""
+  one level too deep, or split folders other than train/, validation/, val/, valid/ and
+  test/), and is named so."""
   inner = _subdirs(folder)
   if not inner:
     return f"{label}: class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})."
   return (f"{label}: class folder {folder} holds folders ({', '.join(inner[:5])}), not "
           "images; the layouts are PATH/<class>/<image> and PATH/train/<class>/<image> "
-          "with optional PATH/validation/<class>/<image> (or val/) and "
+          "with optional PATH/validation/<class>/<image> (or val/, valid/) and "
           "PATH/test/<class>/<image>.")
 
 
@@ -405,8 +452,8 @@ def from_tfds(name: str, tfds_name: str, ds, extra: bool = False) -> Arrays:
   side = int(ds.get("image_size", 0)) if bool(ds.get("resize", False)) else 0
   if side:  # all splits, before any is read (channels: the image feature's, else RGB)
     shape = getattr(features["image"], "shape", None) or (None, None, 3)
-    check_fits_memory(name, len(train_src) + sum(map(len, rest)), side,
-                      int(shape[-1] or 3))
+    check_fits_memory(name, len(train_src) + sum(map(len, rest)),
+                      (side, side, int(shape[-1] or 3)))
   test_src = rest.pop(0) if has_test else None
   val = _read_all(rest.pop(0), name, side) if has_val else None
   tr_x, tr_y = _read_all(train_src, name, side)
@@ -520,16 +567,20 @@ def memory_bytes() -> int | None:
     return None
 
 
-def check_fits_memory(label: str, count: int, side: int, channels: int) -> None:
-  """A one-line DatasetError where `count` uint8 images resized to side x side x channels
-  would take more than half of this machine's memory: refused before they are made,
-  rather than killed by the OS on the way."""
-  need, total = count * side * side * channels, memory_bytes()
+def check_fits_memory(label: str, count: int, shape: tuple[int, int, int],
+                      resized: bool = True) -> None:
+  """A one-line DatasetError where `count` uint8 images of `shape` (H, W, C: resized to
+  it, or as the first one read) would take more than half of this machine's memory:
+  refused before they are made, rather than killed by the OS on the way."""
+  need, total = count * math.prod(shape), memory_bytes()
   if total and need > total // 2:
+    size = "x".join(map(str, shape))
     raise DatasetError(
-        f"{label}: {count:,} images resized to {side}x{side}x{channels} would take "
-        f"{need / 2**30:,.1f} GiB, more than half of this machine's {total / 2**30:,.0f} GiB "
-        "of memory; choose a smaller --config.dataset.image_size.")
+        f"{label}: {count:,} images {'resized to' if resized else 'of'} {size}"
+        f"{'' if resized else ' (the first one read)'} would take {need / 2**30:,.1f} GiB, "
+        f"more than half of this machine's {total / 2**30:,.0f} GiB of memory; "
+        + ("choose a smaller --config.dataset.image_size." if resized else
+           "set --config.dataset.resize=True and a smaller --config.dataset.image_size."))
 
 
 def resize_all(x: np.ndarray, side: int) -> np.ndarray:

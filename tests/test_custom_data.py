@@ -134,6 +134,30 @@ def test_npz_bad_data_is_one_line(tmp_path, override, dataset, match):
   assert "\n" not in str(e.value)
 
 
+def test_npz_arrays_beyond_the_memory_are_one_line(tmp_path):
+  """A header that says 3 PiB (a file of a kilobyte, or a real set larger than the RAM)."""
+  import io
+  import zipfile
+  header = io.BytesIO()
+  np.lib.format.write_array_header_1_0(
+      header, {"descr": "|u1", "fortran_order": False, "shape": (10**12, 32, 32, 3)})
+  labels = io.BytesIO()
+  np.save(labels, np.zeros(10, np.int64))
+  with zipfile.ZipFile(tmp_path / "huge.npz", "w") as z:
+    z.writestr("x_train.npy", header.getvalue() + bytes(1024))
+    z.writestr("y_train.npy", labels.getvalue())
+  with pytest.raises(ip.DatasetError, match="huge.npz holds arrays larger than this "
+                     "machine's memory") as e:
+    ip.resolve(_config(f"npz:{tmp_path / 'huge.npz'}"))
+  assert "\n" not in str(e.value)
+
+
+def test_npz_uint64_labels_beyond_int64_are_named_as_they_are(tmp_path):
+  y = np.array([0, 2**63 + 1] * 30, np.uint64)
+  with pytest.raises(ip.DatasetError, match=f"y_train runs up to {2**63 + 1}; labels"):
+    ip.resolve(_config("npz:" + _npz(tmp_path / "d.npz", y_train=y)))
+
+
 def test_npz_given_a_folder_says_so(tmp_path):
   with pytest.raises(ip.DatasetError, match="is a folder, not an .npz file"):
     ip.resolve(_config(f"npz:{tmp_path}"))
@@ -268,8 +292,23 @@ def test_a_folder_with_validation_and_val_is_refused(tmp_path):
   root = _folder(tmp_path / "imgs", layout="split")
   for name in ("validation", "val"):
     shutil.copytree(os.path.join(root, "test"), os.path.join(root, name))
-  with pytest.raises(ip.DatasetError, match="both validation/ and val/"):
+  with pytest.raises(ip.DatasetError, match="has val/ and validation/, which are one split"):
     ip.resolve(_config(f"folder:{root}"))
+
+
+@pytest.mark.parametrize("names", [("Train", "Test"), ("train", "valid"), ("TRAIN", "Val")])
+def test_split_folders_in_any_case_and_valid(tmp_path, names):
+  """Kaggle's and Roboflow's train/valid/test, and Train/ and Test/: not class folders."""
+  root = _folder(tmp_path / "imgs", layout="split")
+  for old, new in zip(("train", "test"), names):
+    os.rename(os.path.join(root, old), os.path.join(root, new))
+  data = ip.load(_config(f"folder:{root}"))
+  assert sources.folder_classes(root) == ["class_0", "class_1", "class_2"]
+  assert len(data.train_labels) + len(data.val_labels) + len(data.test_labels) == 45
+  if names[1].lower() == "test":
+    assert len(data.test_labels) == 9  # the test folder's own
+  else:
+    assert len(data.val_labels) == 9  # the validation folder's own
 
 
 def test_a_resize_beyond_memory_is_refused_before_it_is_made(tmp_path):
@@ -452,17 +491,65 @@ def test_a_folder_search_recorded_in_rgb_resumes_in_rgb(tmp_path):
 
 
 def test_folder_layout_mistakes_are_named(tmp_path):
-  """train/ beside valid/ (not a split name read here), or images one folder too deep,
+  """train/ beside dev/ (not a split name read here), or images one folder too deep,
   are said to be folders, not "no images"; a folder named like an image is skipped."""
   root = _folder(tmp_path / "imgs", layout="split")
-  os.rename(os.path.join(root, "test"), os.path.join(root, "valid"))
-  with pytest.raises(ip.DatasetError, match="train holds folders \\(class_0, class_1, "
+  os.rename(os.path.join(root, "test"), os.path.join(root, "dev"))
+  with pytest.raises(ip.DatasetError, match="dev holds folders \\(class_0, class_1, "
                      "class_2\\), not images; the layouts are") as e:
     ip.resolve(_config(f"folder:{root}"))
   assert "\n" not in str(e.value)
   root = _folder(tmp_path / "flat")
   os.makedirs(os.path.join(root, "class_0", "odd.png"))
   assert len(ip.load(_config(f"folder:{root}")).train_labels) > 0
+  # The folder above the class folders: the one to give is named.
+  above = _folder(tmp_path / "above" / "data")
+  with pytest.raises(ip.DatasetError, match=f"has 1 class folder.* at least two \\(if "
+                     f"{above} holds the class folders, give folder:{above}\\)"):
+    ip.load(_config(f"folder:{tmp_path / 'above'}"))
+
+
+def test_folder_images_of_other_sizes_are_refused_at_the_first_one(tmp_path, monkeypatch):
+  """Not after every image is read (a folder of photos can outgrow the memory first);
+  nor are they read where the first one's size, times their number, does not fit."""
+  from PIL import Image
+  root = _folder(tmp_path / "imgs")  # grey 8x8: 36
+  Image.new("L", (8, 6)).save(root + "/class_1/0.png")  # the 13th read
+  reads = []
+  read = sources.read_image
+  monkeypatch.setattr(sources, "read_image", lambda *a: reads.append(a) or read(*a))
+  with pytest.raises(ip.DatasetError, match="images of different sizes .*class_0/0.png is "
+                     "8x8, .*class_1/0.png is 6x8"):
+    ip.load(_config(f"folder:{root}"))
+  assert len(reads) == 1 + 13  # the first one peeked at for the memory check, then 13
+  Image.new("L", (8, 6)).save(root + "/class_0/0.png")  # the first
+  reads.clear()
+  with pytest.raises(ip.DatasetError, match="class_0/0.png is 6x8, not square"):
+    ip.load(_config(f"folder:{root}"))
+  assert len(reads) == 2
+  reads.clear()
+  monkeypatch.setattr(sources, "memory_bytes", lambda: 2 * 36 * 48 - 2)
+  with pytest.raises(ip.DatasetError, match="36 images of 6x8x1 \\(the first one read\\) "
+                     "would take .* set --config.dataset.resize=True"):
+    ip.load(_config(f"folder:{root}"))
+  assert len(reads) == 1
+
+
+def test_folder_image_extensions_pillow_reads_and_those_it_may_not(tmp_path):
+  """.jfif, .jpe, .pbm, .pnm are read; a format that needs a plugin (.heic) is refused
+  in one line that says so, not left out without a word."""
+  from PIL import Image
+  root = _folder(tmp_path / "imgs")
+  for i, (ext, fmt) in enumerate([(".jfif", "JPEG"), (".JPE", "JPEG"), (".pnm", "PPM")]):
+    Image.new("L", (8, 8), 200).save(f"{root}/class_2/extra{i}{ext}", format=fmt)
+  data = ip.load(_config(f"folder:{root}", val_fraction=0.25))
+  assert len(data.train_labels) + len(data.val_labels) + len(data.test_labels) == 39
+  with open(f"{root}/class_0/photo.heic", "wb") as f:
+    f.write(b"\x00\x00\x00\x18ftypheic" + bytes(64))
+  plugin = ".heic" in Image.registered_extensions()  # (pillow-heif, where installed)
+  with pytest.raises(ip.DatasetError, match="cannot read the image .*photo.heic" + (
+      "" if plugin else ": this Pillow has no plugin for .heic files; convert them")):
+    ip.load(_config(f"folder:{root}"))
 
 
 @pytest.mark.parametrize("case,match", [
