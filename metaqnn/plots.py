@@ -87,26 +87,44 @@ def _short(name: str) -> str:
   return f"{kind}:{base}" if kind in ("npz", "folder") and base else name
 
 
+def epsilon_runs(records) -> list[tuple[float, int, int, float]]:
+  """(epsilon, first iteration, end, mean reward) of each run of consecutive samples
+  under one epsilon, in iteration order. One per stage in a plain search; a schedule
+  reshaped on a resume can come back to an epsilon, and with several workers results of
+  two stages interleave where they meet: each run is drawn where it was."""
+  runs = []
+  for i, r in enumerate(records):
+    if runs and runs[-1][0] == r.epsilon:
+      runs[-1][2] = i + 1
+      runs[-1][3].append(r.accuracy)
+    else:
+      runs.append([r.epsilon, i, i + 1, [r.accuracy]])
+  return [(eps, start, end, float(np.mean(values))) for eps, start, end, values in runs]
+
+
 def plot_rolling(records, path: str, title: str, what: str = "validation accuracy",
                  window: int = 100) -> None:
   """Figure 3: rolling mean of the rewards (`what`: validation accuracies in the paper's
-  setting), and their mean in each epsilon stage."""
+  setting), and their mean over each run of one epsilon (`epsilon_runs`)."""
   plt = _pyplot()
   acc = np.array([r.accuracy for r in records])
   fig, ax = plt.subplots(figsize=(9, 4.5))
-  start = 0
-  for i, (eps, values) in enumerate(_by_epsilon(records).items()):
-    end = start + len(values)
-    ax.bar((start + end) / 2, np.mean(values), width=end - start, color="tab:blue",
+  runs = epsilon_runs(records)
+  longest = collections.defaultdict(int)
+  for eps, start, end, _ in runs:
+    longest[eps] = max(longest[eps], end - start)
+  labelled = set()  # each epsilon at its longest run, and every run of 5% or more
+  for i, (eps, start, end, mean) in enumerate(runs):
+    ax.bar((start + end) / 2, mean, width=end - start, color="tab:blue",
            alpha=0.15 + 0.1 * (i % 2), edgecolor="none",
            label=f"mean {what} per epsilon stage" if i == 0 else None)
-    ax.text((start + end) / 2, np.mean(values) + 0.01, f"ε={eps:g}", ha="center",
-            fontsize=8)
-    start = end
+    if end - start >= len(acc) / 20 or (eps not in labelled and end - start == longest[eps]):
+      ax.text((start + end) / 2, mean + 0.01, f"ε={eps:g}", ha="center", fontsize=8)
+      labelled.add(eps)
   w = max(1, min(window, len(acc) // 5))  # the paper's 100, shorter for short searches
   rolling = np.convolve(acc, np.ones(w) / w, mode="valid")
   ax.plot(np.arange(w - 1, len(acc)), rolling, color="tab:blue",
-          label=f"rolling mean over {w} models")
+          label=f"rolling mean over {w} samples")
   ax.set(xlabel="iteration", ylabel=what, title=title,
          xlim=(0, len(acc)), ylim=(min(0.0, acc.min()), 1))  # a penalty can be < 0
   ax.legend(loc="lower right")

@@ -198,3 +198,18 @@ def test_one_epoch_curves_are_drawn_and_epochs_are_whole_numbers(tmp_path, monke
   assert len(every.lines) == 4 and all(l.get_marker() == "." for l in every.lines)
   for ax in (top, every):
     assert all(float(t).is_integer() for t in ax.get_xticks()), ax.get_xticks()
+
+
+def test_epsilon_bars_stand_where_each_epsilon_ran():
+  """A schedule reshaped on a resume comes back to epsilon 1, and several workers
+  interleave two stages where they meet: each run of one epsilon is drawn where it was
+  (the bars were laid end to end per epsilon, under the wrong iterations)."""
+  import collections
+  R = collections.namedtuple("R", "epsilon accuracy")
+  records = ([R(1.0, 0.2)] * 8 + [R(0.5, 0.5)] * 6 + [R(0.1, 0.9)] * 14 + [R(1.0, 0.3)] * 7
+             + [R(0.1, 0.8), R(1.0, 0.4)])
+  runs = plots.epsilon_runs(records)
+  assert [r[:3] for r in runs] == [(1.0, 0, 8), (0.5, 8, 14), (0.1, 14, 28), (1.0, 28, 35),
+                                   (0.1, 35, 36), (1.0, 36, 37)]
+  assert [r[3] for r in runs] == pytest.approx([0.2, 0.5, 0.9, 0.3, 0.8, 0.4])
+  assert plots.epsilon_runs([]) == []
