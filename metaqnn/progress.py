@@ -80,7 +80,9 @@ class Progress:
 
   def update(self, rec: ModelRecord, unique_models: int) -> None:
     self._follow(rec)
-    if not rec.resampled:
+    # The rate counts models trained here: not an over-budget sample (never trained), nor
+    # a candidate recorded as crashed as the search resumed (it took no time).
+    if not rec.resampled and rec.status not in ("over_budget", "crashed"):
       self.trained_here += 1
     now = time.perf_counter()
     finished = self.schedule.stage(unique_models) is None

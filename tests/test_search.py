@@ -962,6 +962,15 @@ def test_progress_shows_a_model_under_the_stage_it_was_sampled_in():
   line = prog.line(last_of_stage_1, unique_models=20)
   assert line.startswith("[eps 1, stage 1/3: 20/20 models | unique 20/40 | sample 25]"), line
   assert "| ? models/min ETA ? |" in line  # nothing trained in this run yet: no rate, not 0
+  # Nor after an over-budget sample (never trained) or a candidate recorded as crashed
+  # as the search resumed: each took no time, and made a rate of a thousand a minute.
+  for status in ("over_budget", "crashed"):
+    prog.update(ModelRecord(arch="[SM(10)]", accuracy=0.1, iteration=25, sample=25,
+                            epsilon=1.0, stage=0, status=status), unique_models=20)
+    assert "| ? models/min ETA ? |" in prog.line(last_of_stage_1, unique_models=20)
+  prog.update(ModelRecord(arch="[SM(10)]", accuracy=0.5, iteration=26, sample=26,
+                          epsilon=1.0, stage=0), unique_models=21)
+  assert "| ? models/min" not in prog.line(last_of_stage_1, unique_models=21)
 
 
 def test_final_training_says_its_epochs_at_most_every_interval(monkeypatch):
