@@ -64,9 +64,12 @@ def main(argv: list[str]) -> None:
   best = ("no model trained successfully" if result.best_accuracy is None
           else f"best {result.best_accuracy:.4f} {result.best_arch}")
   if result.already_finished:
+    after = [what for what, on in (("the plots are drawn again", config.final.plots), (
+        "final models that are missing trained now",
+        final_stage and result.best_arch is not None)) if on]
     print(f"this search was already finished: {result.unique_models} unique models, "
-          f"{result.iterations} iterations; {best}. Nothing to "
-          "train; the plots are drawn again, and final models that are missing trained now")
+          f"{result.iterations} iterations; {best}. Nothing to train"
+          + (f"; {', and '.join(after)}" if after else ""))
   else:
     status = "finished" if result.finished else "stopped"
     print(f"search {status}: {result.unique_models} unique models, {result.iterations} "

@@ -404,6 +404,11 @@ def test_main_and_inspect_commands(tmp_path):
   assert ran.returncode == 0 and "top 10 fully trained models" in ran.stdout, ran.stderr
   again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
   assert again.returncode == 0 and "already finished" in again.stdout
+  # It says what it does: plots (synthetic rewards have no final stage), or nothing.
+  assert "Nothing to train; the plots are drawn again\n" in again.stdout, again.stdout
+  quiet = subprocess.run(cmd + ["--config.final.plots=False"], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+  assert "Nothing to train\n" in quiet.stdout and "plots" not in quiet.stdout, quiet.stdout
   assert sorted(os.listdir(work)) == ["agent", "metaqnn.db", "plots", "tensorboard"]
   js = subprocess.run([sys.executable, "-m", "metaqnn.inspect", f"--workdir={work}", "--json"],
                       cwd=ROOT, env=env, capture_output=True, text=True)
