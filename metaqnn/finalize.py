@@ -394,8 +394,11 @@ def _finalize(workdir: str, top: Optional[int], ensemble: Optional[int],
       raise UserError(f"the final model {path} is incomplete or damaged "
                       f"({type(e).__name__}: {(str(e).splitlines() or [''])[0]}); "
                       f"{_damaged(meta_path)}") from None
+    # (val_accuracy is the search's: the candidate's, before it was retrained; the
+    # reward is what ranked it, an objective's where one was set)
     models.append(kept | {"flops": budget_lib.cost(rec.arch, dataset.test_images.shape[1:])[1],
-                          "checkpoint": os.path.join(path, "checkpoint"), "rank": rank})
+                          "checkpoint": os.path.join(path, "checkpoint"), "rank": rank,
+                          "search_reward": rec.accuracy})
   # The ensemble: the top M models whose final training did not diverge.
   members = [i for i, m in enumerate(models) if not m["diverged"]][:ensemble]
   ens = None
@@ -456,16 +459,25 @@ def results_table(results: dict) -> str:
   """A Markdown table in the spirit of the paper's Table 3 (test error, %)."""
   scored = {"synthetic": "synthetic score", "function": "search score"}.get(
       results.get("evaluator"))  # ranked by scores that are no validation accuracies
+  # Ranked by a budget objective's rewards: they are shown (else the order looks wrong).
+  rewarded = not scored and any(
+      abs(m.get("search_reward", m["val_accuracy"]) - m["val_accuracy"]) > 1e-9
+      for m in results["models"])
   lines = [f"# Final models: {results['dataset']}", "",
-           f"| rank | model architecture | params | FLOPs | "
-           f"{scored or 'val. error (%)'} | test error (%) |",
-           "|---|---|---|---|---|---|"]
+           "| rank | model architecture | params | FLOPs | "
+           + ("search reward | " if rewarded else "")
+           + f"{scored or 'search val. error (%)'} | test error (%) |",
+           "|---|---|---|---|---|---|" + "---|" * rewarded]
   for m in results["models"]:
     test = "diverged" if m["diverged"] else f"{100 * (1 - m['test_accuracy']):.2f}"
     flops = "-" if m.get("flops") is None else _count(m["flops"])  # (older results: none)
     val = f"{m['val_accuracy']:.4f}" if scored else f"{100 * (1 - m['val_accuracy']):.2f}"
+    reward = f"{m['search_reward']:.4f} | " if rewarded else ""
     lines.append(f"| {m['rank']} | `{m['arch']}` | {_count(m['params'])} | {flops} | "
-                 f"{val} | {test} |")
+                 f"{reward}{val} | {test} |")
+  if not scored:
+    lines += ["", "Search val.: the validation accuracy the model reached in the search, "
+              "before it was retrained; test: the retrained model's."]
   e = results["ensemble"]
   if e:
     lines += ["", f"Ensemble of the top {e['size']} (mean of predicted probabilities): "

@@ -246,8 +246,12 @@ def render(s: dict) -> str:
   if s.get("final"):
     lines.append("\nfinal models (retrained, test accuracy):")
     for m in s["final"]["models"]:
-      lines.append(f"  {m['rank']:2d}. test {m['test_accuracy']:.4f}  val {m['val_accuracy']:.4f}"
-                   f"  {size(m['params']):>10} params  {size(m.get('flops')):>12} FLOPs  "
+      reward = m.get("search_reward", m["val_accuracy"])
+      lines.append(f"  {m['rank']:2d}. test {m['test_accuracy']:.4f}  search val "
+                   f"{m['val_accuracy']:.4f}"
+                   + (f" (reward {reward:.4f})" if abs(reward - m["val_accuracy"]) > 1e-9
+                      else "")
+                   + f"  {size(m['params']):>10} params  {size(m.get('flops')):>12} FLOPs  "
                    f"{m['arch']}  {m['checkpoint']}")
     if s["final"].get("ensemble"):
       e = s["final"]["ensemble"]

@@ -74,6 +74,10 @@ def test_results_json_and_table(finished):
   assert "Ensemble of the top 2" in table
   summary = inspect_lib.summarize(workdir)
   assert summary["final"]["ensemble"]["size"] == 2
+  assert [m["search_reward"] for m in results["models"]] == val  # no objective: the same
+  first = results["models"][0]
+  assert (f" 1. test {first['test_accuracy']:.4f}  search val {first['val_accuracy']:.4f}  "
+          in inspect_lib.render(summary))
 
 
 def test_inspect_names_the_checkpoints_of_a_moved_work_directory(finished, tmp_path):
@@ -193,6 +197,22 @@ def test_a_search_scored_by_a_users_function_is_not_shown_as_validation_errors(t
   results = finalize.finalize(work, top=1, ensemble=0)
   assert results["evaluator"] == "function"
   assert "| search score |" in finalize.results_table(results)
+
+
+def test_final_models_ranked_by_an_objective_show_the_reward_that_ranked_them():
+  """Else rank 1 at 15% validation error above rank 2 at 9% reads as a wrong order; and
+  the validation accuracy is named as the search's, not the retrained model's."""
+  def model(rank, val, reward):
+    return {"rank": rank, "arch": "[SM(10)]", "params": 650, "flops": 1300,
+            "val_accuracy": val, "test_accuracy": 0.8, "diverged": False,
+            "search_reward": reward, "checkpoint": f"/w/final/{rank}/checkpoint"}
+  results = {"dataset": "digits", "evaluator": "train", "test_examples": 359,
+             "ensemble": None, "models": [model(1, 0.8472, 0.9280), model(2, 0.9132, 0.9010)]}
+  table = finalize.results_table(results)
+  assert "| search reward | search val. error (%) | test error (%) |" in table, table
+  assert "| 0.9280 | 15.28 | 20.00 |" in table and "before it was retrained" in table
+  results["models"] = [model(1, 0.9132, 0.9132)]  # no objective: no reward column
+  assert "search reward" not in finalize.results_table(results)
 
 
 def test_the_early_check_of_final_settings_lets_a_record_without_a_config_resume(tmp_path):
@@ -364,7 +384,7 @@ def test_the_same_command_again_keeps_its_final_models(tmp_path, capsys):
     search.run_search(config, workdir, log_interval=1e9, tensorboard=False)
     results = finalize.finalize(workdir, top=1, ensemble=0)
   assert "nothing to train" in capsys.readouterr().out and len(results["models"]) == 1
-  assert results["evaluator"] == "train" and "| val. error (%) |" in finalize.results_table(
+  assert results["evaluator"] == "train" and "| search val. error (%) |" in finalize.results_table(
       results)
 
 
