@@ -240,7 +240,9 @@ def render(s: dict) -> str:
     lines.append(f"\nthe agent cannot be rebuilt from the record: {g['error']}")
   elif g:
     seen = ("never sampled" if g["iteration"] is None else
-            f"sample #{g['iteration'] + 1}: {g['accuracy']:.4f} ({g['status']})")
+            f"sample #{g['iteration'] + 1}: "
+            + ("reward " if s["reward_kind"] == "reward" else "")
+            + f"{g['accuracy']:.4f} ({g['status']})")
     lines.append(f"\nthe agent's choice now (epsilon 0): {g['arch']}; {seen}")
     lines.append("  Q-values along it: " + " ".join(f"{q:.4f}" for q in g["q_values"]))
   if s.get("final"):

@@ -203,11 +203,16 @@ def plot_curves(records, path: str, title: str, top: int = 10) -> bool:
   plt = _pyplot()
   fig, (ax_top, ax_all) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
   full = [r for r in trained if r.status == "ok"]  # not stopped: a predicted or partial accuracy
+  rewarded = False  # ranked by a budget objective's rewards, not validation accuracies
   for r in sorted(full, key=lambda r: -r.accuracy)[:top]:
     acc = r.curves[-1]["val_accuracy"]
-    label = f"#{r.iteration + 1} {r.accuracy:.3f}"  # the sample number, as in the log
+    val = r.accuracy if r.best_val_accuracy is None else r.best_val_accuracy
+    label = f"#{r.iteration + 1} {val:.3f}"  # the sample number, as in the log
+    if abs(val - r.accuracy) > 1e-9:
+      label, rewarded = label + f" (reward {r.accuracy:.3f})", True
     ax_top.plot(range(1, len(acc) + 1), acc, marker=".", label=label)
-  ax_top.set(title=f"top {min(top, len(full))} fully trained models", xlabel="epoch",
+  ax_top.set(title=f"top {min(top, len(full))} fully trained models"
+             + (" by reward" if rewarded else ""), xlabel="epoch",
              ylabel="validation accuracy")
   if full:
     ax_top.legend(fontsize=7)

@@ -290,6 +290,10 @@ def test_soft_objective_in_a_search(tmp_path):
   # The log and inspect's table give the model the same sample number.
   assert f"| sample {rec.iteration + 1}]" in line
   assert f"#{rec.iteration + 1:<8d} {top['arch']}" in text
+  # The agent's choice now, when it was sampled: its reward is named so.
+  summary["greedy"].update(iteration=rec.iteration, accuracy=top["accuracy"], status="ok")
+  assert (f"sample #{rec.iteration + 1}: reward {top['accuracy']:.4f} (ok)"
+          in inspect_lib.render(summary))
 
 
 def test_soft_objective_scales_every_reward_training_earned(tmp_path):

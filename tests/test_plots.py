@@ -164,7 +164,7 @@ def test_curves_of_a_search_where_only_stopped_models_have_curves(tmp_path):
   import types
   import warnings
   records = [types.SimpleNamespace(resampled=False, status="stopped", accuracy=0.4,
-                                   iteration=i, epsilon=1.0,
+                                   iteration=i, epsilon=1.0, best_val_accuracy=None,
                                    curves=[{"val_accuracy": [0.3 + 0.01 * i]}])
              for i in range(3)]
   with warnings.catch_warnings():
@@ -190,11 +190,21 @@ def test_one_epoch_curves_are_drawn_and_epochs_are_whole_numbers(tmp_path, monke
   saved = []
   monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: saved.append(fig))
   records = [types.SimpleNamespace(resampled=False, status="ok", accuracy=0.5 + 0.01 * i,
-                                   iteration=i, epsilon=1.0,
+                                   iteration=i, epsilon=1.0, best_val_accuracy=None,
                                    curves=[{"val_accuracy": [0.5 + 0.01 * i]}])
              for i in range(4)]
   assert plots.plot_curves(records, str(tmp_path / "c.png"), "one epoch")
   top, every = saved[0].axes[:2]
+  assert [t.get_text() for t in top.get_legend().get_texts()] == [
+      "#4 0.530", "#3 0.520", "#2 0.510", "#1 0.500"]
+  # Ranked by a budget objective: the legend names the reward beside the accuracy that
+  # the axis shows (it showed the reward alone, on a validation accuracy axis).
+  records[0].accuracy, records[0].best_val_accuracy = 0.9, 0.5
+  assert plots.plot_curves(records, str(tmp_path / "c.png"), "objective")
+  top = saved[1].axes[0]
+  assert top.get_legend().get_texts()[0].get_text() == "#1 0.500 (reward 0.900)"
+  assert top.get_title().endswith("by reward")
+  top = saved[0].axes[0]
   assert len(every.lines) == 4 and all(l.get_marker() == "." for l in every.lines)
   for ax in (top, every):
     assert all(float(t).is_integer() for t in ax.get_xticks()), ax.get_xticks()
