@@ -430,7 +430,12 @@ class Trainer:
     return result
 
   def _fail(self, result: Result, status: str, message: str) -> None:
-    result.accuracy, result.best_val_accuracy = self.chance, self.chance
+    """The chance reward; `best_val_accuracy` stays what was measured (the best epoch of
+    any attempt: above chance, perhaps, yet under the threshold), None if nothing was (or
+    only with non-finite weights, whose accuracy means nothing)."""
+    seen = [a for c in result.curves for a in c["val_accuracy"]
+            if np.isfinite(a) and status != "nan"]
+    result.accuracy, result.best_val_accuracy = self.chance, max(seen, default=None)
     result.status, result.message = status, (message.splitlines() or [""])[0]
 
   def _train(self, arch: Architecture, result: Result, start: float) -> None:
