@@ -70,13 +70,19 @@ def _what(config, records) -> str:
 
 
 def _reward_rule(config, evaluator: str) -> dict:
-  """What a run's rewards are: its evaluator's ("train", "synthetic", or a user's
-  "function", as recorded), shaped by its budget and its early stopping's rule."""
+  """What a run's rewards are, flat: its evaluator's ("train", "synthetic", or a user's
+  "function", as recorded), shaped by its budget and its early stopping's rule, and the
+  training and split that give its accuracies (not its time limit or batch for eval)."""
   stop = config.get("early_stop") or {}
-  return {"evaluator": evaluator,
+  rule = {"evaluator": evaluator,
           "budget": budget_lib.Budget.from_config(config).shaping(),
           "early_stop": ([stop.get("kind"), stop.get("reward")]
                          if stop.get("kind", "none") != "none" else None)}
+  rule.update({f"train.{k}": v for k, v in config.train.items()
+               if k not in ("max_seconds", "eval_batch_size")})
+  rule.update({f"dataset.{k}": config.dataset.get(k) for k in (
+      "val_size", "val_fraction", "train_fraction", "preprocess", "resize", "image_size")})
+  return json.loads(json.dumps(rule))
 
 
 def _short(name: str) -> str:
@@ -316,7 +322,9 @@ def plot_stability(runs: Sequence[tuple[str, list]], path: str,
   ax2.legend(fontsize=7)
   for a in (ax, ax2):
     a.set_xticks(x, [f"{e:g}" for e in eps_all])
-  best = [max(r.accuracy for r in recs) for _, recs in runs]
+  # Of fully trained models, as inspect ranks them (not a stopped model's prediction).
+  best = [max((r.accuracy for r in recs if r.status == "ok"), default=max(
+      r.accuracy for r in recs)) for _, recs in runs]
   fig.suptitle(f"Q-learning stability: best {'reward' if what == 'reward' else 'model'} "
                f"{np.mean(best):.4f} ± {np.std(best):.4f}")
   fig.tight_layout()
@@ -376,14 +384,16 @@ def write_all(workdirs: Sequence[str], out: str | None = None) -> list[str]:
             "(its models were not trained by metaqnn's trainer, or were recorded before "
             "curves were kept)", file=sys.stderr)
   datasets = sorted({config.dataset.name for _, config, _, _ in loaded})
-  rewards = {json.dumps(_reward_rule(config, store_lib.stored_fingerprint(w).get(
-      "evaluator", "train")), sort_keys=True) for w, config, _, _ in loaded}
+  rules = [_reward_rule(config, store_lib.stored_fingerprint(w).get("evaluator", "train"))
+           for w, config, _, _ in loaded]
+  differ = sorted(k for k in set().union(*rules) if len({json.dumps(r.get(k)) for r in rules}) > 1)
   if len(datasets) > 1:  # accuracies on different data do not average into anything
     print(f"stability.png not written: the runs are on different data sets "
           f"({', '.join(datasets)})", file=sys.stderr)
-  elif len(rewards) > 1:  # nor do rewards defined differently
-    print("stability.png not written: the runs' rewards are defined differently (their "
-          "evaluators, budgets or early stopping differ)", file=sys.stderr)
+  elif differ:  # nor do rewards defined differently
+    print("stability.png not written: the runs' rewards are defined differently (they "
+          f"differ in {', '.join(differ[:4])}{', ...' if len(differ) > 4 else ''})",
+          file=sys.stderr)
   elif len(runs) > 1:
     path = os.path.join(out, "stability.png")
     plot_stability(runs, path, _what(loaded[0][1], [r for _, recs in runs for r in recs]))

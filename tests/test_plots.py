@@ -148,7 +148,16 @@ def test_no_stability_figure_across_rewards_defined_differently(tmp_path, capsys
                     evaluate=lambda arch: 0.5 + 0.01 * len(arch.layers))
   paths = plots.write_all([run(tmp_path, 0), user], str(tmp_path / "out2"))
   assert not any(p.endswith("stability.png") for p in paths)
-  assert "rewards are defined differently" in capsys.readouterr().err
+  assert "rewards are defined differently (they differ in evaluator)" in capsys.readouterr().err
+  # Nor accuracies of other training (a seed study keeps all but the seed), named so.
+  config = config_lib.base_config("mnist")
+  config.evaluator, config.search.schedule = "synthetic", "1.0:40,0.5:20,0.1:20"
+  config.train.epochs, config.seed = 2, 1
+  short = str(tmp_path / "short")
+  search.run_search(config, short, log_interval=1e9, tensorboard=False)
+  paths = plots.write_all([run(tmp_path, 0), short], str(tmp_path / "out3"))
+  assert not any(p.endswith("stability.png") for p in paths)
+  assert "(they differ in train.epochs)" in capsys.readouterr().err
 
 
 def test_titles_name_your_data_by_its_file_not_its_recorded_path():
