@@ -361,6 +361,15 @@ class SearchSpace:
     """Exact number of distinct architectures (paths) for this input size."""
     return self._completions()[(0, self.cfg.image_size)]
 
+  def _unused_options(self) -> dict:
+    used = [self.actions[a] for a in np.flatnonzero(self.allowed.any(axis=0))]
+    out = {"conv_kernels": [k for k in self.cfg.conv_kernels
+                            if not any(isinstance(a, Conv) and a.kernel == k for a in used)],
+           "pools": [list(p) for p in self.cfg.pools
+                     if not any(isinstance(a, Pool) and (a.kernel, a.stride) == tuple(p)
+                                for a in used)]}
+    return {k: v for k, v in out.items() if v}
+
   def stats(self) -> dict:
     """A summary of the space for a researcher (the `space stats` command)."""
     by_kind = collections.Counter(s.kind for s in self.states)
@@ -381,6 +390,9 @@ class SearchSpace:
         "states_by_depth": {str(d): by_depth[d] for d in sorted(by_depth)},
         "stochastic_state_actions": stochastic,
         "true_side_nodes": len(self._nodes),
+        # Options of the config that no allowed action takes (5x5 kernels where every
+        # size bin is 4 or less): listed, but never in an architecture.
+        "unused_options": self._unused_options(),
         "config": self.cfg.to_json(),
         "definitions": ("states: non-terminal states incl. start; state-actions: allowed "
                         "(state, action) pairs incl. terminations (SM, GAP)"),

@@ -438,3 +438,12 @@ def test_sigterm_stops_a_read_only_command_in_one_line():
   p.send_signal(signal.SIGTERM)
   out, err = p.communicate(timeout=60)
   assert p.returncode == 143 and err == "interrupted\n" and out == "", (p.returncode, err)
+
+
+def test_stats_name_options_no_architecture_can_take():
+  """The digits config lists 5x5 kernels, which no size bin (4 or less) allows: said,
+  rather than left for a reader of the Q-value figure to wonder."""
+  from configs import digits, cifar10
+  stats = S.from_config(digits.get_config()).stats()
+  assert stats["unused_options"] == {"conv_kernels": [5]}
+  assert S.from_config(cifar10.get_config()).stats()["unused_options"] == {}
