@@ -148,14 +148,14 @@ def from_folder(path: str, ds) -> Arrays:
   splits = _split_folders(subdirs)
   classes = _subdirs(os.path.join(path, splits["train"])) if splits else subdirs
   roots = [os.path.join(path, d) for d in subdirs] if splits else [path]
+  for kind in set(map(_split_of, subdirs)) if splits else ():
+    alike = [d + "/" for d in subdirs if _split_of(d) == kind]
+    if len(alike) > 1:
+      raise DatasetError(f"{label} has {' and '.join(alike)}, which are one split; keep one.")
   _check_folder_fits(label, [os.path.join(r, c) for r in roots for c in classes], ds)
   if not splits:
     tr_x, tr_y = _read_folder(label, path, classes, ds)
     return tr_x, tr_y, None, None, len(classes), None
-  for kind in set(map(_split_of, subdirs)):
-    alike = [d + "/" for d in subdirs if _split_of(d) == kind]
-    if len(alike) > 1:
-      raise DatasetError(f"{label} has {' and '.join(alike)}, which are one split; keep one.")
   tr_x, tr_y = _read_folder(label, os.path.join(path, splits["train"]), classes, ds)
   split = {}
   for name in [d for d in subdirs if d != splits["train"]]:
