@@ -69,19 +69,20 @@ def _what(config, records) -> str:
                              (r.status for r in records))
 
 
-def _reward_rule(config, evaluator: str) -> dict:
+def _reward_rule(config, fingerprint: dict) -> dict:
   """What a run's rewards are, flat: its evaluator's ("train", "synthetic", or a user's
-  "function", as recorded), shaped by its budget and its early stopping's rule, and the
-  training and split that give its accuracies (not its time limit or batch for eval)."""
+  "function", as recorded), shaped by its budget and its early stopping's rule; trained,
+  the training and split that give its accuracies, as its record's fingerprint holds
+  them (what a resume compares, and made comparable for records of earlier versions)."""
   stop = config.get("early_stop") or {}
+  evaluator = fingerprint.get("evaluator", "train")
   rule = {"evaluator": evaluator,
           "budget": budget_lib.Budget.from_config(config).shaping(),
           "early_stop": ([stop.get("kind"), stop.get("reward")]
                          if stop.get("kind", "none") != "none" else None)}
-  rule.update({f"train.{k}": v for k, v in config.train.items()
-               if k not in ("max_seconds", "eval_batch_size")})
-  rule.update({f"dataset.{k}": config.dataset.get(k) for k in (
-      "val_size", "val_fraction", "train_fraction", "preprocess", "resize", "image_size")})
+  if evaluator == "train":
+    for group, fields in fingerprint.get("training", {}).items():
+      rule.update({f"{group}.{k}": v for k, v in fields.items()})
   return json.loads(json.dumps(rule))
 
 
@@ -384,8 +385,7 @@ def write_all(workdirs: Sequence[str], out: str | None = None) -> list[str]:
             "(its models were not trained by metaqnn's trainer, or were recorded before "
             "curves were kept)", file=sys.stderr)
   datasets = sorted({config.dataset.name for _, config, _, _ in loaded})
-  rules = [_reward_rule(config, store_lib.stored_fingerprint(w).get("evaluator", "train"))
-           for w, config, _, _ in loaded]
+  rules = [_reward_rule(config, store_lib.stored_fingerprint(w)) for w, config, _, _ in loaded]
   differ = sorted(k for k in set().union(*rules) if len({json.dumps(r.get(k)) for r in rules}) > 1)
   if len(datasets) > 1:  # accuracies on different data do not average into anything
     print(f"stability.png not written: the runs are on different data sets "

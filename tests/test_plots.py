@@ -1,5 +1,6 @@
 """The analysis figures: written as PNGs from work directories; Q-value summaries."""
 
+import json
 import os
 
 import pytest
@@ -149,13 +150,39 @@ def test_no_stability_figure_across_rewards_defined_differently(tmp_path, capsys
   paths = plots.write_all([run(tmp_path, 0), user], str(tmp_path / "out2"))
   assert not any(p.endswith("stability.png") for p in paths)
   assert "rewards are defined differently (they differ in evaluator)" in capsys.readouterr().err
-  # Nor accuracies of other training (a seed study keeps all but the seed), named so.
+  # Made-up rewards ignore the training settings: such runs average.
   config = config_lib.base_config("mnist")
   config.evaluator, config.search.schedule = "synthetic", "1.0:40,0.5:20,0.1:20"
   config.train.epochs, config.seed = 2, 1
   short = str(tmp_path / "short")
   search.run_search(config, short, log_interval=1e9, tensorboard=False)
   paths = plots.write_all([run(tmp_path, 0), short], str(tmp_path / "out3"))
+  assert any(p.endswith("stability.png") for p in paths)
+
+
+def test_no_stability_figure_across_trainings(tmp_path, capsys):
+  """Accuracies of other training do not average (a seed study keeps all but the seed),
+  and the differing setting is named; a record of an earlier version, whose stored
+  settings lack later fields, still averages with a new one."""
+  import sqlite3
+
+  def trained(name, epochs, seed):
+    c = config_lib.base_config("digits")
+    c.dataset.val_fraction, c.space.max_depth = 0.2, 2
+    c.search.schedule, c.search.replay_samples = "1.0:2", 2
+    c.train.epochs, c.train.batch_size, c.seed = epochs, 64, seed
+    search.run_search(c, str(tmp_path / name), log_interval=1e9, tensorboard=False)
+    return str(tmp_path / name)
+
+  a, b, longer = trained("a", 1, 0), trained("b", 1, 1), trained("longer", 2, 2)
+  db = sqlite3.connect(os.path.join(b, "metaqnn.db"))  # as an earlier version stored it
+  config = json.loads(db.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()[0])
+  del config["train"]["dtype"], config["dataset"]["resize"]
+  with db:
+    db.execute("UPDATE meta SET value = ? WHERE key = 'config'", (json.dumps(config),))
+  db.close()
+  assert any(p.endswith("stability.png") for p in plots.write_all([a, b], str(tmp_path / "o")))
+  paths = plots.write_all([a, longer], str(tmp_path / "o2"))
   assert not any(p.endswith("stability.png") for p in paths)
   assert "(they differ in train.epochs)" in capsys.readouterr().err
 
