@@ -11,10 +11,12 @@ Every problem with the data is a one-line DatasetError.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import math
 import os
+import sys
 import unicodedata
 from typing import Callable
 
@@ -32,9 +34,18 @@ Arrays = tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, int
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".webp", ".tif",
                     ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".avif", ".heic", ".heif")
-# Read where Pillow has a plugin for them; listed so that a folder of them is refused in
-# one line where it has none, not left out without a word.
+# Read where Pillow has a plugin for them; where it has none, a folder's are left out
+# with one line that says so (`_read_folder`), not without a word.
 _PLUGIN_EXTENSIONS = (".avif", ".heic", ".heif")
+
+
+def _readable(name: str) -> bool:
+  """Whether this Pillow opens files named so (it has the plugin their format needs)."""
+  ext = os.path.splitext(name)[1].lower()
+  if ext not in _PLUGIN_EXTENSIONS:
+    return True
+  from PIL import Image
+  return ext in Image.registered_extensions()
 
 
 def digits() -> Arrays:
@@ -184,7 +195,8 @@ def _image_files(folder: str, label: str) -> list[str]:
   if not os.path.isdir(folder):
     return []
   names = sorted(f for f in os.listdir(folder)
-                 if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS))
+                 if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
+                 and _readable(f))
   for f in names:
     path = os.path.join(folder, f)
     if os.path.islink(path) and not os.path.exists(path):
@@ -257,10 +269,13 @@ def _read_folder(label: str, root: str, classes: list[str], ds, required: bool =
   channels = int(ds.get("channels", 0))
   resize = bool(ds.get("resize", False))
   side = int(ds.get("image_size", 0))
-  images, labels, first = [], [], {}
+  images, labels, first, unread = [], [], {}, collections.Counter()
   for k, cls in enumerate(classes):
     folder = os.path.join(root, cls)
     files = _image_files(folder, label)
+    if os.path.isdir(folder):
+      unread.update(os.path.splitext(f)[1].lower() for f in os.listdir(folder)
+                    if f.lower().endswith(_PLUGIN_EXTENSIONS) and not _readable(f))
     if not files and required:
       raise DatasetError(_no_images(label, folder))
     if files:
@@ -283,6 +298,10 @@ def _read_folder(label: str, root: str, classes: list[str], ds, required: bool =
   if len(first) > 1:  # resized, with channels taken from the data
     (s1, f1), (s2, f2) = list(first.items())[:2]
     raise _unlike(label, s1, f1, s2, f2)
+  if unread:
+    print(f"{label}: left out {sum(unread.values())} image(s) of {root} in formats this "
+          f"Pillow has no plugin for ({', '.join(sorted(unread))}); convert them to PNG or "
+          "JPEG to include them", file=sys.stderr)
   if not images:
     c = channels or 3
     return np.zeros((0, side or 1, side or 1, c), np.uint8), np.zeros((0,), np.int64)

@@ -214,7 +214,8 @@ class Store:
     raise WorkdirError(
         f"the data of {fingerprint.get('dataset')} differs from what this search began "
         f"on ({what}): files changed or added, other arrays given, or the same files read "
-        f"differently after a Pillow, NumPy or tfds upgrade. {harm}; the work directory "
+        f"differently after a Pillow, NumPy, tfds or metaqnn upgrade (folders: .jfif, .jpe, "
+        f".pbm, .pnm and .avif images are read since 2026-11-29). {harm}; the work directory "
         f"was left {'as it was' if opened else 'untouched'}. {way_out}")
 
   def _add_missing_columns(self) -> None:
