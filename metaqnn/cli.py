@@ -36,20 +36,23 @@ def handle_stops() -> None:
   sys.unraisablehook = signals.quiet_drops(sys.unraisablehook)
 
 
-def _flushed_line(message: str) -> None:
-  print(message, file=sys.stderr)
-  sys.stdout.flush()
-  sys.stderr.flush()
+def _say_before_exit(message: str) -> None:
+  """`message` on stderr and both streams flushed, before an exit at once (which
+  flushes nothing); a reader gone (output piped into `head`) is no error then."""
+  try:
+    print(message, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+  except OSError:
+    pass
 
 
 def stop(message: str) -> None:
   """Exits at once after an interrupt, with the shell's status (130 after Ctrl-C, 143
   after SIGTERM): everything worth keeping is on disk, and work still running in worker
   threads must not hold the exit up."""
-  print(message, file=sys.stderr)
   signals.release_pending()  # a lock that work still running would release: now
-  sys.stdout.flush()
-  sys.stderr.flush()
+  _say_before_exit(message)
   os._exit(signals.exit_status())
 
 
@@ -66,7 +69,7 @@ def run(main: Callable[[list[str]], int | None]) -> None:
     try:
       status = main(argv)
       # A stop while Python exits after the work: one line, not a traceback or silence.
-      late = signals.after_work(lambda: _flushed_line(
+      late = signals.after_work(lambda: _say_before_exit(
           "interrupted as it exited; its work was done"))
       for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, late)

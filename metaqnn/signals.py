@@ -74,9 +74,11 @@ def after_work(say: Callable[[], None]) -> Callable:
 
   def stopped(signum, frame):
     _last[0] = signal.Signals(signum)
-    say()
-    release_pending()  # a lock that a thread still ending would release
-    os._exit(exit_status())
+    try:
+      say()
+    finally:
+      release_pending()  # a lock that a thread still ending would release
+      os._exit(exit_status())
 
   return stopped
 
