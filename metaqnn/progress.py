@@ -17,6 +17,7 @@ import sys
 import time
 from typing import Callable, Optional, Sequence, TextIO
 
+from metaqnn import budget as budget_lib
 from metaqnn import files
 from metaqnn import signals
 from metaqnn.agent import Schedule
@@ -82,7 +83,7 @@ class Progress:
     self._follow(rec)
     # The rate counts models trained here: not an over-budget sample (never trained), nor
     # a candidate recorded as crashed as the search resumed (it took no time).
-    if not rec.resampled and rec.status not in ("over_budget", "crashed"):
+    if not rec.resampled and rec.status not in (budget_lib.OVER_BUDGET, "crashed"):
       self.trained_here += 1
     now = time.perf_counter()
     finished = self.schedule.stage(unique_models) is None
@@ -132,7 +133,8 @@ class Progress:
     # soft objective; an early-stopped model's prediction).
     score = f"acc {rec.accuracy:.4f}"
     val = rec.best_val_accuracy
-    if val is not None and abs(val - rec.accuracy) > 1e-9:
+    if (val is not None and abs(val - rec.accuracy) > 1e-9
+        and rec.status in ("ok", "stopped", "timeout")):  # (a failure's reward: chance)
       score = f"reward {rec.accuracy:.4f} (val acc {val:.4f})"
     return (f"[eps {rec.epsilon:g}, {where} | unique {unique_models}/{self.schedule.total}"
             f" | sample {rec.iteration + 1}] {score} ({what}) best "

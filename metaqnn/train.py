@@ -432,9 +432,10 @@ class Trainer:
   def _fail(self, result: Result, status: str, message: str) -> None:
     """The chance reward; `best_val_accuracy` stays what was measured (the best epoch of
     any attempt: above chance, perhaps, yet under the threshold), None if nothing was (or
-    only with non-finite weights, whose accuracy means nothing)."""
-    seen = [a for c in result.curves for a in c["val_accuracy"]
-            if np.isfinite(a) and status != "nan"]
+    only by attempts whose loss was not finite: their weights, and accuracies, mean
+    nothing)."""
+    seen = [a for c in result.curves if np.all(np.isfinite(c["train_loss"]))
+            for a in c["val_accuracy"]]
     result.accuracy, result.best_val_accuracy = self.chance, max(seen, default=None)
     result.status, result.message = status, (message.splitlines() or [""])[0]
 

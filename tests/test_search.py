@@ -976,6 +976,11 @@ def test_progress_shows_a_model_under_the_stage_it_was_sampled_in():
   prog.update(ModelRecord(arch="[SM(10)]", accuracy=0.5, iteration=26, sample=26,
                           epsilon=1.0, stage=0), unique_models=21)
   assert "| ? models/min" not in prog.line(last_of_stage_1, unique_models=21)
+  # A failure's line gives its chance reward alone, as the log always did, though its
+  # record keeps the accuracy it measured.
+  failed = ModelRecord(arch="[SM(10)]", accuracy=0.1, best_val_accuracy=0.1234,
+                       iteration=27, sample=27, epsilon=1.0, stage=0, status="no_learning")
+  assert "] acc 0.1000 (no_learning) best" in prog.line(failed, unique_models=22)
 
 
 def test_final_training_says_its_epochs_at_most_every_interval(monkeypatch):

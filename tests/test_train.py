@@ -90,6 +90,20 @@ def test_nan_loss_is_a_status_not_a_crash(dataset):
   assert "not finite" in result.message
 
 
+def test_a_failure_keeps_what_its_finite_attempts_measured(dataset):
+  """An attempt whose loss was not finite measured nothing (its weights are NaN); one
+  whose loss was finite did, whatever the last attempt's status."""
+  from metaqnn.results import Result
+  trainer = train.Trainer(tiny_config(), dataset)
+  nan, fine = ({"val_accuracy": [0.3], "train_loss": [float("nan")]},
+               {"val_accuracy": [0.12], "train_loss": [2.3]})
+  for curves, status, best in (([nan, fine], "no_learning", 0.12),
+                               ([fine, nan], "nan", 0.12), ([nan, nan], "nan", None)):
+    result = Result(accuracy=0.0, curves=curves)
+    trainer._fail(result, status, "why")
+    assert (result.accuracy, result.best_val_accuracy) == (pytest.approx(0.1), best)
+
+
 @pytest.mark.parametrize("error,status", [
     (RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 1 bytes"), "oom"),
     (RuntimeError("compile failed\nsecond line"), "error"),
