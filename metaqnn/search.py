@@ -193,9 +193,7 @@ class _Diverged(Exception):
 def _check_memory(agent: agent_lib.Agent, store: store_lib.Store) -> None:
   """_Diverged unless the snapshot's replay memory is the record's results up to its
   event: another search's snapshot with as many events would replay nothing to diverge."""
-  seen = agent.meta.get("event", -1)
-  learned = [(r.arch, float(r.accuracy)) for e, r in store.events()
-             if e <= seen and not isinstance(r, Sample)]
+  learned = store.learned(through=agent.meta.get("event", -1))
   if agent.replay != learned:
     at = next((i for i, (a, b) in enumerate(zip(agent.replay, learned)) if a != b),
               min(len(agent.replay), len(learned)))

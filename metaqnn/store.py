@@ -341,6 +341,12 @@ class Store:
     out += [(r[0], self._record(r[1:])) for r in models]
     return sorted(out, key=lambda e: e[0])
 
+  def learned(self, through: int) -> list[tuple[str, float]]:
+    """(arch, reward) of the results up to event `through`, in the order the agent
+    learned them: its replay memory then."""
+    return [(a, float(r)) for a, r in self.db.execute(
+        "SELECT arch, accuracy FROM models WHERE event <= ? ORDER BY event", (through,))]
+
   def last_event(self) -> int:
     return self._next_event() - 1
 
