@@ -130,8 +130,9 @@ def read_npz(path: str, label: str, keys: str,
     with z:
       return list(z.files), {k: z[k] for k in pick(list(z.files))}
   except MemoryError as e:  # np's own says how much it needed
-    raise DatasetError(f"{label} holds arrays larger than this machine's memory "
-                       f"({' '.join(str(e).split())[:120]}).") from None
+    why = " ".join(str(e).split())[:120]
+    raise DatasetError(f"{label} holds arrays larger than this machine's memory"
+                       + (f" ({why})." if why else ".")) from None
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
     if "allow_pickle" in str(e):  # never unpickled: loading a pickle can run code
       raise DatasetError(f"{label} holds object arrays (pickled Python objects), which are "
@@ -141,10 +142,10 @@ def read_npz(path: str, label: str, keys: str,
 
 
 def from_folder(path: str, ds) -> Arrays:
-  """Image files in PATH/<class>/ (no test split), or in tfds' ImageFolder
-  layout PATH/train/<class>/ with optional PATH/validation/<class>/ (or val/, valid/) and
-  PATH/test/<class>/, split folders named in any case. Classes: train's folder names sorted as strings (as tfds'
-  ImageFolder and torchvision do; "10" comes before "2").
+  """Image files in PATH/<class>/ (no test split), or in tfds' ImageFolder layout
+  PATH/train/<class>/ with optional PATH/validation/<class>/ (or val/, valid/) and
+  PATH/test/<class>/, split folders named in any case. Classes: train's folder names
+  sorted as strings (as tfds' ImageFolder and torchvision do; "10" comes before "2").
 
   Not tfds' ImageFolder builder: it reads through tf.data and needs TensorFlow.
   """
@@ -159,7 +160,7 @@ def from_folder(path: str, ds) -> Arrays:
   splits = _split_folders(subdirs)
   classes = _subdirs(os.path.join(path, splits["train"])) if splits else subdirs
   roots = [os.path.join(path, d) for d in subdirs] if splits else [path]
-  for kind in set(map(_split_of, subdirs)) if splits else ():
+  for kind in sorted(set(map(_split_of, subdirs))) if splits else ():
     alike = [d + "/" for d in subdirs if _split_of(d) == kind]
     if len(alike) > 1:
       raise DatasetError(f"{label} has {' and '.join(alike)}, which are one split; keep one.")
@@ -173,15 +174,16 @@ def from_folder(path: str, ds) -> Arrays:
     extra = sorted(set(_subdirs(os.path.join(path, name))) - set(classes))
     if extra:
       alike = [e for e in extra if unicode_form(e) in map(unicode_form, classes)]
+      train = splits["train"]
       raise DatasetError(
-          f"{label}: {name}/ has classes {', '.join(extra)} that train/ lacks" + (
-              f" (the folder {alike[0]!r} has a name that train/ spells with other Unicode "
+          f"{label}: {name}/ has classes {', '.join(extra)} that {train}/ lacks" + (
+              f" (the folder {alike[0]!r} has a name that {train}/ spells with other Unicode "
               "characters, as macOS and zip files write accents: rename one of them)"
               if alike else "") + ".")
     x, y = _read_folder(label, os.path.join(path, name), classes, ds, required=False)
     if not len(y):  # the search would validate, or the final stage test, on nothing
       raise DatasetError(f"{label}: {name}/ holds no images; add some, or remove {name}/ to "
-                         f"have a {_split_of(name)} split carved out of train/.")
+                         f"have a {_split_of(name)} split carved out of {splits['train']}/.")
     split[_split_of(name)] = x, y
   val = split.get("validation")
   if "test" in split:
