@@ -37,6 +37,7 @@ Costs are computed here without JAX, in microseconds: the search loop checks eac
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -96,9 +97,10 @@ class Budget:
     if self.objective and not 0 < self.target < np.inf:
       raise BudgetError(f"config.budget.objective={self.objective!r} needs a finite "
                         "config.budget.target > 0 (the cost the reward is centred on)")
-    if self.objective and not -np.inf < self.weight < 0:
-      # NaN made every reward 1 (min(1, nan)); a positive weight rewards bigger models.
-      raise BudgetError(f"config.budget.weight={self.weight} must be a finite number < 0 "
+    if self.objective and not -10 <= self.weight < 0:
+      # NaN made every reward 1 (min(1, nan)); a positive weight rewards bigger models;
+      # below -10, halving the cost would multiply the reward by more than 1,000.
+      raise BudgetError(f"config.budget.weight={self.weight} must be in [-10, 0) "
                         "(MnasNet's is -0.07)")
 
   @classmethod
@@ -148,7 +150,10 @@ class Budget:
     if not self.objective:
       return 1.0
     cost = max(params if self.objective == "params" else flops, 1)
-    return float((cost / self.target) ** self.weight)
+    try:
+      return float((cost / self.target) ** self.weight)
+    except OverflowError:  # a cost far below the target: the reward is capped at 1 anyway
+      return sys.float_info.max
 
   def reward(self, accuracy: float, params: int, flops: int) -> float:
     """The soft objective's reward for a trained model (the accuracy without one)."""

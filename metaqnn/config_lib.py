@@ -155,6 +155,13 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
 OPTIONAL_FIELDS = frozenset({"train.optimizer", "train.momentum"})
 
 
+def check_seed(config) -> None:
+  """Refuses, in one line, a seed that NumPy's and JAX's generators do not take: they
+  take 0..2**32-1 (a larger one failed every candidate, each recorded as an error)."""
+  if not 0 <= int(config.seed) < 2**32:
+    raise UserError(f"seed must be in 0..{2**32 - 1}, got {config.seed}")
+
+
 def check_known(config) -> None:
   """Refuses, in one line, a config with a field that no setting has: a typo made in
   Python (`config.train.epoch = 1`) would otherwise be ignored, as the command line's

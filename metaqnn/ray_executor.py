@@ -16,6 +16,7 @@ import time
 from typing import Callable, Optional
 
 from metaqnn import evaluators
+from metaqnn.errors import UserError
 from metaqnn.executors import Lost, WorkerPool
 
 
@@ -45,8 +46,13 @@ class RayExecutor(WorkerPool):
     r = config.ray
     if not ray.is_initialized():
       before = signal.getsignal(signal.SIGTERM)
-      ray.init(address=r.address or None, include_dashboard=False, log_to_driver=False,
-               num_cpus=None if r.address else max(self.capacity * r.cpus_per_worker, 1))
+      try:
+        ray.init(address=r.address or None, include_dashboard=False, log_to_driver=False,
+                 num_cpus=None if r.address else max(self.capacity * r.cpus_per_worker, 1))
+      except (ConnectionError, ValueError, RuntimeError) as e:  # no cluster there
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"cannot start or join Ray at ray.address={r.address!r}: {why}") \
+            from None
       if before is not None and threading.current_thread() is threading.main_thread():
         # ray.init makes SIGTERM exit the driver (sys.exit); the search's clean stop,
         # which also survives being dropped (`metaqnn.signals`), is kept instead.

@@ -503,6 +503,13 @@ class _Search:
       self.collect()
 
 
+# Replays of the memory after each result: the paper's 100, and room to study more; a
+# value beyond is a typo, which would stall every step.
+MAX_REPLAY_SAMPLES = 1_000_000
+# Workers at once: more than any machine runs candidates side by side.
+MAX_WORKERS = 4096
+
+
 def check_executor(config) -> None:
   """Refuses, in one line, an executor, worker count or parallel mode that cannot run."""
   kind = str(config.get("executor", "local"))
@@ -512,10 +519,16 @@ def check_executor(config) -> None:
   if kind == "ray" and stop is not None and stop.kind != "none":
     raise UserError("early_stop.kind needs the local executor (the rule lives beside "
                     "the record); use --config.executor=local")
-  if int(config.num_workers) < 0:
-    raise UserError(f"num_workers must be >= 1 (or 0 = auto), got {config.num_workers}")
+  if not 0 <= int(config.num_workers) <= MAX_WORKERS:
+    raise UserError(f"num_workers must be in 1..{MAX_WORKERS} (or 0 = auto), got "
+                    f"{config.num_workers}")
   if config.parallel not in ("data", "candidate"):
     raise UserError(f"parallel must be data or candidate, got {config.parallel!r}")
+  if kind == "ray":
+    for field in ("cpus_per_worker", "gpus_per_worker"):  # (Ray's own refusal: a traceback)
+      value = float(config.ray[field])
+      if not 0 <= value < 2**20:
+        raise UserError(f"ray.{field} must be a finite number >= 0, got {config.ray[field]}")
 
 
 def make_executor(config, evaluate: Optional[Callable], early_stop=None, dataset=None):
@@ -570,10 +583,10 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   schedule = agent_lib.Schedule.parse(config.search.schedule)
   store_lib.check_workdir(workdir)  # before any data is read
   replay_samples = int(config.search.replay_samples)
-  if replay_samples < 0:
-    raise UserError("search.replay_samples must be >= 0")
-  if int(config.seed) < 0:  # NumPy's generators take non-negative seeds only
-    raise UserError(f"seed must be >= 0, got {config.seed}")
+  if not 0 <= replay_samples <= MAX_REPLAY_SAMPLES:
+    raise UserError(f"search.replay_samples must be in 0..{MAX_REPLAY_SAMPLES:,} (the "
+                    f"paper: 100), got {replay_samples}")
+  config_lib.check_seed(config)
   budget_lib.check_config(config)  # the config alone: before any data is read
   kind = evaluators.kind_of(config, evaluate)
   from metaqnn import input_pipeline  # pylint: disable=import-outside-toplevel

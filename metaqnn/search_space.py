@@ -25,6 +25,8 @@ _KIND_ORDER = {START: 0, CONV: 1, POOL: 2, FCL: 3}
 # The deepest space enumerated (the paper's reach 18): counting it takes about 4 s at
 # 160 layers, and time grows faster than the depth (minutes at 1,000).
 MAX_DEPTH = 100
+# The most filters, units, or pixels of a kernel, pool or size bin a space may list.
+MAX_WIDTH = 2**20
 
 
 class State(NamedTuple):
@@ -78,6 +80,8 @@ class SpaceConfig:
       if not values or any(not isinstance(v, int) or v < 1 for v in values):
         raise UserError(f"space.{name} must be a non-empty list of positive integers, "
                          f"got {values!r}")
+      if max(values) > MAX_WIDTH:  # (a typo, whose parameter counts SQLite cannot hold)
+        raise UserError(f"space.{name} holds {max(values)}; at most {MAX_WIDTH:,}")
     positive("conv_filters", self.conv_filters)
     positive("conv_kernels", self.conv_kernels)
     positive("fc_units", self.fc_units) if self.max_fc > 0 else None
@@ -89,8 +93,8 @@ class SpaceConfig:
     if list(self.size_bins) != sorted(set(self.size_bins), reverse=True) or self.size_bins[-1] != 1:
       raise UserError("space.size_bins must be strictly decreasing lower bounds ending "
                        f"with 1, e.g. (8, 4, 1); got {self.size_bins!r}")
-    if self.max_depth < 0 or self.max_fc < 0:
-      raise UserError("space.max_depth and space.max_fc must be >= 0")
+    if self.max_depth < 0 or self.max_fc < 0 or self.fc_max_side < 0:
+      raise UserError("space.max_depth, space.max_fc and space.fc_max_side must be >= 0")
     if self.max_depth > MAX_DEPTH:  # the enumerated graph (and its counts) grow with it
       raise UserError(f"space.max_depth={self.max_depth} is more than {MAX_DEPTH}; the "
                       "paper's are 12 (MNIST, SVHN) and 18 (CIFAR-10)")

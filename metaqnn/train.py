@@ -515,16 +515,21 @@ def final_learning_rates(config: Any) -> list[float]:
   """
   f = config.final
   if f.schedule:
-    lrs = []
+    parts = []
     for part in str(f.schedule).replace(" ", "").split(","):
       try:
         lr, epochs = part.split(":")
-        lrs += [float(lr)] * int(epochs)
+        parts.append((float(lr), int(epochs)))
       except ValueError:
         raise UserError(f"bad final.schedule {f.schedule!r}: expected lr:epochs pairs "
                          "such as 0.025:40,0.0125:40") from None
+    _check_epochs("final.schedule", sum(n for _, n in parts))
+    lrs = [lr for lr, n in parts for _ in range(n)]
   else:
     t = config.train
+    _check_epochs("final.epochs", int(f.epochs))
+    if int(t.lr_decay_every) < 1:  # (the final schedule decays on the search's steps)
+      raise UserError(f"config.train.lr_decay_every={t.lr_decay_every} must be >= 1")
     lrs = [float(f.learning_rate) * float(t.lr_decay) ** (e // int(t.lr_decay_every))
            for e in range(int(f.epochs))]
   if not lrs or not all(0 < lr < math.inf for lr in lrs):
@@ -589,15 +594,26 @@ def check_settings(config: Any, final: bool) -> None:
     final_learning_rates(config)
 
 
+# More epochs than any run of this method trains (the paper's: 20 per candidate, 350 in
+# the final stage): a value beyond is a typo, which would train for ever.
+MAX_EPOCHS = 100_000
+
+
+def _check_epochs(field: str, epochs: int) -> None:
+  if epochs > MAX_EPOCHS:
+    raise UserError(f"config.{field} asks for {epochs:,} epochs; at most {MAX_EPOCHS:,}")
+
+
 def _check_schedule(t: Any) -> None:
   """Refuses, in one line, a search's epochs, decay, restarts, rates, optimizer or time
   limit that cannot train."""
   for field in ("epochs", "lr_decay_every"):
     if int(t[field]) < 1:
       raise UserError(f"config.train.{field}={t[field]} must be >= 1")
+  _check_epochs("train.epochs", int(t.epochs))
   if int(t.max_restarts) < 0:
     raise UserError(f"config.train.max_restarts={t.max_restarts} must be >= 0")
-  if float(t.get("max_seconds", 0)) < 0:
+  if not float(t.get("max_seconds", 0)) >= 0:  # (nan too)
     raise UserError(f"config.train.max_seconds={t.max_seconds} must be >= 0 (0 = none)")
   _check_ranges(t, final=False)
 

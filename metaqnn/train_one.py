@@ -29,7 +29,10 @@ def main(argv: list[str]) -> None:
     raise cli.UserError("give --config=configs/<name>.py and --arch=\"[...]\"")
   cli.handle_stops()  # Ctrl-C or SIGTERM: one line, even where Python drops the interrupt
   config = _CONFIG.value
+  from metaqnn import config_lib
+  config_lib.check_seed(config)
   from metaqnn import train  # Imports JAX: only when there is work to do.
+  train.check_settings(config, final=False)  # as a search checks them
   trainer = train.Trainer(config, on_epoch=_print_epoch)
   trainer.check(_ARCH.value)
   print(f"training {_ARCH.value} on {config.dataset.name} ({config.train.epochs} epochs); "

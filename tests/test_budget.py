@@ -245,15 +245,20 @@ def test_soft_objective():
   assert b.reward(0.8, 4000, 0) == pytest.approx(0.4)
   assert b.reward(0.8, 250, 0) == 1.0  # capped
   assert budget_lib.Budget().reward(0.7, 10**9, 10**9) == 0.7
+  # The steepest weight, a cost far below the target: capped, not an overflow that
+  # crashed the search after its first model (nor a zero accuracy rewarded).
+  steep = budget_lib.Budget(objective="params", target=1e40, weight=-10)
+  assert steep.reward(0.5, 1, 0) == 1.0 and steep.reward(0.0, 1, 0) == 0.0
 
 
 @pytest.mark.parametrize("setting,match", [
     (dict(target=float("inf")), "finite config.budget.target > 0"),
     (dict(target=float("nan")), "finite config.budget.target > 0"),
     (dict(target=-3.0), "finite config.budget.target > 0"),
-    (dict(target=1000, weight=float("nan")), "weight=nan must be a finite number < 0"),
-    (dict(target=1000, weight=0.5), "weight=0.5 must be a finite number < 0"),
-    (dict(target=1000, weight=float("-inf")), "must be a finite number < 0")])
+    (dict(target=1000, weight=float("nan")), "weight=nan must be in \\[-10, 0\\)"),
+    (dict(target=1000, weight=0.5), "weight=0.5 must be in \\[-10, 0\\)"),
+    (dict(target=1000, weight=float("-inf")), "must be in \\[-10, 0\\)"),
+    (dict(target=1000, weight=-1e30), "must be in \\[-10, 0\\)")])
 def test_soft_objective_bad_settings_are_one_line(setting, match):
   """An infinite target divided by zero mid-search (a traceback, the work directory
   made); a NaN weight gave every model the reward 1."""

@@ -269,6 +269,10 @@ def test_train_one_stops_in_one_line():
     ["--config=configs/no_such_config.py", f"--arch={SMALL}"],
     ["--config=configs/digits.py", "--arch=[C(99999999999999999999,3,1), SM(10)]"],
     ["--config=configs/digits.py", f"--arch={SMALL}", "--config.train.learning_rate=inf"],
+    # Checked as a search checks them (a NumPy traceback; a NaN limit taken).
+    ["--config=configs/digits.py", f"--arch={SMALL}", "--config.seed=-1"],
+    ["--config=configs/digits.py", f"--arch={SMALL}", "--config.seed=4294967296"],
+    ["--config=configs/digits.py", f"--arch={SMALL}", "--config.train.max_seconds=nan"],
 ])
 def test_train_one_cli_errors_are_one_line(args):
   proc = _run("metaqnn.train_one", *args)
