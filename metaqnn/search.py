@@ -784,7 +784,12 @@ def _enable_compile_cache(path: str) -> None:
   """JAX's persistent compilation cache in `path`, for every program however quick to
   compile (a candidate's programs take seconds; autotuning results are kept with them)."""
   import jax
-  os.makedirs(path, exist_ok=True)
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"compile_cache_dir={path}: {e.strerror or e}") from None
+  if not os.access(path, os.W_OK):
+    raise UserError(f"compile_cache_dir={path} cannot be written")
   jax.config.update("jax_compilation_cache_dir", os.path.abspath(path))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 

@@ -589,7 +589,9 @@ def check_settings(config: Any, final: bool) -> None:
   else:
     _check_schedule(t)
   make_optimizer(t, 0.0)
-  compute_dtype(str(t.get("dtype", "auto")), "cpu")
+  if str(t.get("dtype", "auto")) not in PRECISIONS:  # named by its field
+    raise UserError(f"config.{'final' if final else 'train'}.dtype={t.get('dtype')!r} is "
+                    f"no precision; use {', '.join(PRECISIONS)}")
   if final:
     final_learning_rates(config)
 

@@ -305,7 +305,11 @@ def run_main(tmp_path, *overrides):
      "bad final.schedule"),
     (["--config.evaluator=train", "--config.final.optimizer=rmsprop"],
      "unknown optimizer 'rmsprop'"),
-    (["--config.evaluator=train", "--config.final.dtype=float8"], "unknown precision"),
+    (["--config.evaluator=train", "--config.final.dtype=float8"],
+     "config.final.dtype='float8' is no precision"),
+    (["--config.evaluator=train", "--config.train.dtype=fp16"],
+     "config.train.dtype='fp16' is no precision"),
+    (["--config.compile_cache_dir=/dev/null"], "compile_cache_dir=/dev/null: File exists"),
     # Rates and optimizer settings out of range: a search of NaNs or of restarts only.
     (["--config.evaluator=train", "--config.train.learning_rate=inf"], "learning_rate=inf"),
     (["--config.evaluator=train", "--config.train.lr_decay=-1"], "lr_decay=-1.0 must be"),
