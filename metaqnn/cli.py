@@ -120,9 +120,14 @@ def parse_flags(argv: list[str]) -> list[str]:
           if "get_config() takes 0 positional arguments" in last else ""))
     whole = re.match(r"flag (--config\.[\w.]+=\S*): invalid literal for int\(\) with base 10",
                      message)
-    if whole:  # not int()'s own words: the field takes a whole number
+    if whole and _too_large(whole.group(1).partition("=")[2]):  # past any count meant
+      message = f"{whole.group(1)}: too large for this setting"
+    elif whole:  # not int()'s own words: the field takes a whole number
       message = (f"{whole.group(1)}: this setting takes a whole number (1e8 may be written "
                  "for 100000000)")
+    booly = re.match(r"flag (--config\.[\w.]+=\S*): \('Non-boolean argument", message)
+    if booly:  # not a tuple's repr
+      message = f"{booly.group(1)}: this setting takes True or False"
     group = re.match(r"flag (--config\.[\w.]+)=.* as a ConfigDict", message)
     if group:  # ml_collections would name the parser's internals (an ast node)
       message = (f"{group.group(1)} is a group of settings, not one value; set its fields "
@@ -174,6 +179,15 @@ def _whole_number(arg: str) -> str:
   whole = number.is_finite() and number == number.to_integral_value()
   # (beyond 10**30 no count is meant: left as given, for the setting's own refusal)
   return f"{name}={int(number)}" if whole and abs(number) < 10**30 else arg
+
+
+def _too_large(value: str) -> bool:
+  """Whether `value` is a whole number beyond the 10**30 that `_whole_number` rewrites."""
+  try:
+    number = decimal.Decimal(value)
+  except decimal.InvalidOperation:
+    return False
+  return number.is_finite() and number == number.to_integral_value() and abs(number) >= 10**30
 
 
 def _one_line(message) -> str:

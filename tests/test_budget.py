@@ -463,11 +463,15 @@ def test_the_space_command_counts_and_walks_within_a_budget():
     refused = run(*args)
     assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
   assert "--config.budget is a group of settings, not one value" in refused.stderr
+  refused = run("stats", "--config.budget.prune=2")  # not a tuple's repr
+  assert refused.stderr == "error: --config.budget.prune=2: this setting takes True or False\n"
   # Limits that are not whole numbers, or beyond any cost, are said to be so (not in
   # int()'s words, which blamed the notation).
   for value, said in (("1e20", "must be at most 2,305,843,009,213,693,951"),
                       ("100000.0", "takes a whole number"), ("abc", "takes a whole number"),
-                      ("99999999999999999999", "must be at most 2,305,843,009,213,693,951")):
+                      ("99999999999999999999", "must be at most 2,305,843,009,213,693,951"),
+                      ("1e30", "=1e30: too large for this setting"),  # whole, not "takes one"
+                      ("1e300", "=1e300: too large for this setting")):
     refused = run("stats", f"--config.budget.max_flops={value}")
     assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
     assert said in refused.stderr and "int()" not in refused.stderr
