@@ -61,6 +61,7 @@ def run(main: Callable[[list[str]], int | None]) -> None:
   stop as one line, with the shell's status."""
 
   def wrapped(argv):
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # (metaqnn/__init__.py's)
     if not flags.FLAGS["verbosity"].present:  # libraries' logs only when asked for
       logging.set_verbosity(logging.ERROR)    # (--verbosity=0 shows them)
     # SIGTERM stops every command as Ctrl-C does: one line and status 143, not a silent

@@ -457,3 +457,20 @@ def test_stats_name_options_no_architecture_can_take():
   stats = S.from_config(digits.get_config()).stats()
   assert stats["unused_options"] == {"conv_kernels": [5]}
   assert S.from_config(cifar10.get_config()).stats()["unused_options"] == {}
+
+
+def test_a_ctrl_c_while_a_command_imports_is_one_line():
+  """`python -m metaqnn.<command>`: the package, imported first, catches a Ctrl-C in the
+  seconds JAX takes to import (Python printed a KeyboardInterrupt traceback); a library
+  import (a notebook's) keeps Python's own handler."""
+  script = ("import sys; sys.argv = ['-m']\n"  # as `python -m` has it while importing
+            "import metaqnn, os, signal, time\n"
+            "os.kill(os.getpid(), signal.SIGINT); time.sleep(20)\n")
+  out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                       text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=60)
+  assert (out.returncode, out.stderr) == (130, "interrupted\n"), out.stderr
+  lib = subprocess.run([sys.executable, "-c", "import metaqnn, signal; "
+                        "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"],
+                       cwd=ROOT, capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT), timeout=60)
+  assert lib.stdout == "True\n", lib.stderr
