@@ -42,9 +42,9 @@ def _input_shape(values: list[str]) -> tuple[int, ...]:
     shape = tuple(int(v) for v in values)
   except ValueError:
     shape = ()
-  if len(shape) != 3 or min(shape) < 1:
-    raise UserError(f"--input_shape must be three positive integers H,W,C, got "
-                     f"{','.join(values)!r}")
+  if len(shape) != 3 or min(shape) < 1 or max(shape) > 2**31 - 1:  # (XLA's sizes)
+    raise UserError(f"--input_shape must be three positive integers H,W,C (each at most "
+                    f"{2**31 - 1:,}), got {','.join(values)!r}")
   return shape
 
 

@@ -137,6 +137,15 @@ def parse_flags(argv: list[str]) -> list[str]:
   if "config" in flags.FLAGS and flags.FLAGS["config"].present:
     import ml_collections  # pylint: disable=import-outside-toplevel
     value = flags.FLAGS["config"].value
+    if type(value).__name__ == "_ErrorConfig":  # ml_collections' stand-in for a file it
+      error = object.__getattribute__(value, "_error")  # could not load (missing, a folder)
+      path = flags.FLAGS["config"].config_filename
+      if not path:
+        _fail("--config is empty; give a config file, e.g. --config=configs/digits.py")
+      name = path.split(":", 1)[0]  # (custom.py:ARG)
+      why = ("no such file" if not os.path.exists(name) else
+             "a folder, not a file" if os.path.isdir(name) else _last_line(error))
+      _fail(f"cannot load the config file {path}: {why}")
     if not isinstance(value, ml_collections.ConfigDict):  # (None: a forgotten return)
       _fail(f"the config file's get_config() must return an ml_collections.ConfigDict, "
             f"not {type(value).__name__}")

@@ -57,6 +57,8 @@ def main(argv: list[str]) -> None:
     raise cli.UserError(f"usage: python -m metaqnn.space {{{'|'.join(COMMANDS)}}} "
                         "--config=configs/<name>.py [--num=N --seed=S --uniform] "
                         "(or --workdir=DIR [--epsilon=E] instead of --config)")
+  if _WORKDIR.value is not None and not _WORKDIR.value.strip():
+    raise cli.UserError("--workdir is empty; give a search's work directory")
   if (_CONFIG.value is None) == (_WORKDIR.value is None):
     raise cli.UserError("give --config (e.g. --config=configs/cifar10.py) or --workdir (a "
                         "search's), one of them")

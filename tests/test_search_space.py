@@ -394,6 +394,18 @@ def test_a_config_file_that_cannot_load_is_its_last_line(tmp_path):
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert out.stderr.startswith("error: cannot load the config file: ") and says in \
         out.stderr, out.stderr
+  # A file that is not there, a folder, or none: said so, not "get_config() must return
+  # a ConfigDict, not _ErrorConfig" (ml_collections' stand-in).
+  for config, says in ((tmp_path / "none.py", f"config file {tmp_path}/none.py: no such file"),
+                       (tmp_path, f"config file {tmp_path}: a folder, not a file"),
+                       ("", "--config is empty")):
+    out = run(config)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and says in out.stderr, \
+        out.stderr
+  out = subprocess.run([sys.executable, "-m", "metaqnn.space", "sample", "--workdir="],
+                       cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True,
+                       text=True)
+  assert out.stderr == "error: --workdir is empty; give a search's work directory\n"
   # A get_config that returns something else (a dict, or nothing): said, not an
   # AttributeError later (nor absl's warnings first).
   for name, body, kind in (("dict", "return {'a': 1}", "dict"), ("none", "pass", "NoneType")):

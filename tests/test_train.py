@@ -299,6 +299,7 @@ def test_arch_cli_json():
     ["params", "[P(9,2), SM(10)]", "--input_shape=8,8,1"],
     ["params", "[C(8,3,1), SM(10)]", "--num_classes=100"],
     ["params", "[C(8,3,1), SM(10)]", "--input_shape=8,x,1"],
+    ["params", "[C(8,3,1), SM(10)]", "--input_shape=99999999999999999999,99999999999999999999,3"],
 ])
 def test_arch_cli_errors_are_one_line(args):
   proc = _run("metaqnn.arch", *args)
