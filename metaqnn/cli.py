@@ -182,22 +182,25 @@ def _whole_number(arg: str) -> str:
   name, eq, value = arg.partition("=")
   if not (name.startswith("--config.") and eq and "e" in value.lower()):
     return arg
+  number = _whole(value)
+  # (beyond 10**30 no count is meant: left as given, for `_too_large`'s refusal)
+  return f"{name}={int(number)}" if number is not None and not _too_large(value) else arg
+
+
+def _whole(value: str) -> decimal.Decimal | None:
+  """`value` where it is a whole number in any notation (exact, and kept a Decimal: 1e9999
+  made an int would take a while), else None."""
   try:
     number = decimal.Decimal(value)
   except decimal.InvalidOperation:
-    return arg
-  whole = number.is_finite() and number == number.to_integral_value()
-  # (beyond 10**30 no count is meant: left as given, for the setting's own refusal)
-  return f"{name}={int(number)}" if whole and abs(number) < 10**30 else arg
+    return None
+  return number if number.is_finite() and number == number.to_integral_value() else None
 
 
 def _too_large(value: str) -> bool:
   """Whether `value` is a whole number beyond the 10**30 that `_whole_number` rewrites."""
-  try:
-    number = decimal.Decimal(value)
-  except decimal.InvalidOperation:
-    return False
-  return number.is_finite() and number == number.to_integral_value() and abs(number) >= 10**30
+  number = _whole(value)  # (its exponent compared: 1e999999999 < 10**30 overflows Decimal)
+  return number is not None and not number.is_zero() and number.adjusted() >= 30
 
 
 def _one_line(message) -> str:

@@ -471,7 +471,8 @@ def test_the_space_command_counts_and_walks_within_a_budget():
                       ("100000.0", "takes a whole number"), ("abc", "takes a whole number"),
                       ("99999999999999999999", "must be at most 2,305,843,009,213,693,951"),
                       ("1e30", "=1e30: too large for this setting"),  # whole, not "takes one"
-                      ("1e300", "=1e300: too large for this setting")):
+                      ("1e300", "=1e300: too large for this setting"),
+                      ("1e999999999", "too large")):  # (Decimal overflowed against 10**30)
     refused = run("stats", f"--config.budget.max_flops={value}")
     assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
     assert said in refused.stderr and "int()" not in refused.stderr
