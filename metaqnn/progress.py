@@ -19,6 +19,7 @@ from typing import Callable, Optional, Sequence, TextIO
 
 from metaqnn import budget as budget_lib
 from metaqnn import files
+from metaqnn import results
 from metaqnn import signals
 from metaqnn.agent import Schedule
 from metaqnn.store import ModelRecord
@@ -134,7 +135,7 @@ class Progress:
     score = f"acc {rec.accuracy:.4f}"
     val = rec.best_val_accuracy
     if (val is not None and abs(val - rec.accuracy) > 1e-9
-        and rec.status in ("ok", "stopped", "timeout")):  # (a failure's reward: chance)
+        and rec.status in results.TRAINED):  # (a failure's reward: chance)
       score = f"reward {rec.accuracy:.4f} (val acc {val:.4f})"
     return (f"[eps {rec.epsilon:g}, {where} | unique {unique_models}/{self.schedule.total}"
             f" | sample {rec.iteration + 1}] {score} ({what}) best "

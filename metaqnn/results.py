@@ -19,6 +19,7 @@ from typing import Any, Optional
 # reward their message explains).
 STATUSES = ("ok", "stopped", "timeout", "no_learning", "nan", "oom", "error", "invalid",
             "lost", "crashed", "over_budget")
+TRAINED = STATUSES[:3]  # those whose reward training can earn (a timeout: if it learned)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -51,8 +52,7 @@ def earned(result: Result, chance: float) -> bool:
   """Whether training earned `result`'s reward: fully trained, stopped early, or stopped
   by the time limit after learning (a timeout before any attempt learned has the chance
   reward of a model that did not learn)."""
-  return result.status in ("ok", "stopped") or (result.status == "timeout"
-                                                and result.accuracy > chance)
+  return result.status in TRAINED and (result.status != "timeout" or result.accuracy > chance)
 
 
 def reward_kind(objective: Optional[str], statuses) -> str:
