@@ -83,7 +83,7 @@ def _reward_rule(config, fingerprint: dict) -> dict:
   if evaluator == "train":
     for group, fields in fingerprint.get("training", {}).items():
       rule.update({f"{group}.{k}": v for k, v in fields.items()})
-  return json.loads(json.dumps(rule))
+  return rule
 
 
 def _short(name: str) -> str:
@@ -386,7 +386,8 @@ def write_all(workdirs: Sequence[str], out: str | None = None) -> list[str]:
             "curves were kept)", file=sys.stderr)
   datasets = sorted({config.dataset.name for _, config, _, _ in loaded})
   rules = [_reward_rule(config, store_lib.stored_fingerprint(w)) for w, config, _, _ in loaded]
-  differ = sorted(k for k in set().union(*rules) if len({json.dumps(r.get(k)) for r in rules}) > 1)
+  differ = sorted(k for k in set().union(*rules)
+                  if len({json.dumps(r.get(k), sort_keys=True) for r in rules}) > 1)
   if len(datasets) > 1:  # accuracies on different data do not average into anything
     print(f"stability.png not written: the runs are on different data sets "
           f"({', '.join(datasets)})", file=sys.stderr)
