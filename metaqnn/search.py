@@ -105,6 +105,9 @@ def fingerprint(config, evaluator_kind: str, replay_samples: int) -> dict:
     # existed, is left out so that they still resume.
     train = {k: v for k, v in config.train.to_dict().items()
              if k not in ("dtype", "max_seconds")}
+    if train.get("optimizer", "adam") == "adam":  # the default, and momentum unused: left
+      train.pop("optimizer", None)                 # out, as in records made before the
+      train.pop("momentum", None)                  # search's optimizer could be set
     from metaqnn import train as train_lib
     precision = train_lib.resolved_precision(config)
     if precision != "float32":

@@ -263,6 +263,28 @@ def test_max_seconds_may_be_set_on_resume(tmp_path):
   assert search.fingerprint(config, "train", 20) == fp
 
 
+def test_the_search_optimizer_is_in_the_fingerprint_only_when_not_adam():
+  """Adam (the default) leaves the fingerprint as records made before the search's
+  optimizer was a setting (they still resume); SGD and its momentum are in it."""
+  config = small_config()
+  adam = search.fingerprint(config, "train", 20)["training"]["train"]
+  assert "optimizer" not in adam and "momentum" not in adam
+  config.train.momentum = 0.5  # (unused by Adam)
+  assert search.fingerprint(config, "train", 20)["training"]["train"] == adam
+  config.train.optimizer = "sgd"
+  sgd = search.fingerprint(config, "train", 20)["training"]["train"]
+  assert (sgd["optimizer"], sgd["momentum"]) == ("sgd", 0.5)
+
+
+def test_the_search_optimizer_is_set_from_the_command_line(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "metaqnn.train_one", "--config=configs/digits.py",
+                        "--arch=[SM(10)]", "--config.train.epochs=1",
+                        "--config.train.optimizer=sgd", "--config.train.momentum=1.5"],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2
+  assert out.stderr.strip() == "error: config.train.momentum=1.5 must be in [0, 1) (and finite)"
+
+
 def run_main(tmp_path, *overrides):
   work = tmp_path / "w"
   out = subprocess.run([sys.executable, "-m", "metaqnn.main", "--config=configs/digits.py",
@@ -422,13 +444,11 @@ def test_the_final_stage_in_threads_stops_the_others_when_one_fails():
 
 
 def test_an_unknown_train_optimizer_is_refused_before_the_search(tmp_path):
-  """Set through the Python API (the config files have no train.optimizer): refused at
-  the start, not recorded as an error for every candidate."""
+  """Refused at the start, not recorded as an error for every candidate."""
   from metaqnn import errors
   config = config_lib.base_config("digits")
   config.search.schedule = "1.0:3"
-  with config.unlocked():
-    config.train.optimizer = "rmsprop"
+  config.train.optimizer = "rmsprop"
   with pytest.raises(errors.UserError, match="unknown optimizer 'rmsprop'"):
     search.run_search(config, str(tmp_path / "w"), tensorboard=False)
   assert not (tmp_path / "w").exists()
