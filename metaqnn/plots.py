@@ -193,7 +193,10 @@ def plot_q_values(agent, path: str, title: str) -> None:
     for name, per_depth in data.items():
       ax.plot(list(per_depth), list(per_depth.values()), marker="o", label=name)
     ax.set(xlabel="layer depth", ylabel="mean Q-value", title=f"by {what}")
-    ax.legend(fontsize=8)
+    if data:  # (a space without convolutions: that panel is empty)
+      ax.legend(fontsize=8)
+    else:
+      ax.text(0.5, 0.5, "none in this space", ha="center", transform=ax.transAxes)
   fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=120)

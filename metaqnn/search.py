@@ -811,6 +811,10 @@ def check_config(config, schedule: agent_lib.Schedule, space) -> None:
     raise UserError(f"the search space holds {n} distinct architectures, but the schedule "
                      f"asks for {schedule.total} unique models; shorten search.schedule, or "
                      "enlarge config.space (in a new work directory: the space is recorded)")
+  if space.unused_options().get("conv_kernels") == list(space.cfg.conv_kernels):
+    print(f"warning: no convolution fits this space: every kernel of config.space."
+          f"conv_kernels {tuple(space.cfg.conv_kernels)} is larger than the image side "
+          f"{space.cfg.image_size} or its size bins", file=sys.stderr)
   if int(config.search.get("max_crashes", 2)) < 1:
     raise UserError(f"search.max_crashes must be >= 1, got {config.search.max_crashes}")
   for name, value in (("train.max_seconds", config.train.get("max_seconds", 0.0)),

@@ -365,7 +365,9 @@ class SearchSpace:
     """Exact number of distinct architectures (paths) for this input size."""
     return self._completions()[(0, self.cfg.image_size)]
 
-  def _unused_options(self) -> dict:
+  def unused_options(self) -> dict:
+    """The kernels and pools of the config that no allowed action takes (a kernel larger
+    than every size bin), by field."""
     used = [self.actions[a] for a in np.flatnonzero(self.allowed.any(axis=0))]
     out = {"conv_kernels": [k for k in self.cfg.conv_kernels
                             if not any(isinstance(a, Conv) and a.kernel == k for a in used)],
@@ -396,7 +398,7 @@ class SearchSpace:
         "true_side_nodes": len(self._nodes),
         # Options of the config that no allowed action takes (5x5 kernels where every
         # size bin is 4 or less): listed, but never in an architecture.
-        "unused_options": self._unused_options(),
+        "unused_options": self.unused_options(),
         "config": self.cfg.to_json(),
         "definitions": ("states: non-terminal states incl. start; state-actions: allowed "
                         "(state, action) pairs incl. terminations (SM, GAP)"),

@@ -1363,3 +1363,19 @@ def test_python_callers_mistakes_are_refused_before_anything_is_written(tmp_path
     plots.write_all([])
   with pytest.raises(UserError, match="at least one sample"):
     space.cost_percentiles(lambda: None, (8, 8, 1), 0)
+
+
+def test_a_space_without_convolutions_is_named_and_still_plotted(tmp_path, capsys):
+  """Kernels larger than every side leave only [SM] and [GAP, SM]: a warning says so, and
+  the plots of such a search are drawn without matplotlib's own warnings."""
+  import warnings
+  from metaqnn import plots
+  config = small_config("1.0:2", dataset="digits")
+  config.space.conv_kernels = (9,)
+  search.run_search(config, str(tmp_path / "w"), tensorboard=False)
+  err = capsys.readouterr().err
+  assert ("warning: no convolution fits this space: every kernel of config.space."
+          "conv_kernels (9,) is larger than the image side 8") in err
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert plots.write_all([str(tmp_path / "w")])
