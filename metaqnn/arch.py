@@ -49,10 +49,9 @@ def _input_shape(values: list[str]) -> tuple[int, ...]:
 
 
 def main(argv: list[str]) -> None:
-  from metaqnn import cli
   if len(argv) != 3 or argv[1] not in COMMANDS:
-    raise cli.UserError(f"usage: python -m metaqnn.arch {'|'.join(COMMANDS)} "
-                        "\"<architecture>\" [--input_shape=H,W,C] [--num_classes=K]")
+    raise UserError(f"usage: python -m metaqnn.arch {'|'.join(COMMANDS)} "
+                    "\"<architecture>\" [--input_shape=H,W,C] [--num_classes=K]")
   print(json.dumps(describe(argv[2], _input_shape(_INPUT_SHAPE.value), _NUM_CLASSES.value)))
 
 

@@ -138,8 +138,11 @@ def _check_structure(layers: tuple[Layer, ...]) -> None:
 _TOKEN = re.compile(r"\s*(?:(?P<name>[A-Za-z]+)|(?P<int>[0-9]+)|(?P<punct>[\[\](),]))")
 
 
-def parse(text: str) -> Architecture:
-  """Parses the paper's notation; raises `ArchitectureError` naming position and expectation."""
+def parse(text: str | Architecture) -> Architecture:
+  """Parses the paper's notation; raises `ArchitectureError` naming position and expectation.
+  An `Architecture` is returned as it is (callers take either)."""
+  if isinstance(text, Architecture):
+    return text
   if not isinstance(text, str):
     raise ArchitectureError(f"expected an architecture string, got {type(text).__name__}")
   pos = 0

@@ -195,7 +195,7 @@ def input_shape(config) -> tuple[int, int, int]:
 
 def cost(arch: Architecture | str, input_shape: Sequence[int]) -> tuple[int, int]:
   """(params, forward FLOPs per example) of `arch` on (H, W, C) inputs."""
-  arch = parse(arch) if isinstance(arch, str) else arch
+  arch = parse(arch)
   h, w, width, flat = int(input_shape[0]), int(input_shape[1]), int(input_shape[2]), False
   params = flops = 0
   for i, layer in enumerate(arch.layers):
@@ -242,7 +242,7 @@ class Pruner:
   def minimum(self, node) -> tuple[int, int]:
     """The fewest params and the fewest FLOPs of any completion from `node` (each alone)."""
     if node not in self._min:
-      ids, p, f, _ = self.steps(node)
+      _, p, f, _ = self.steps(node)
       self._min[node] = (int(p.min()), int(f.min()))
     return self._min[node]
 

@@ -59,7 +59,7 @@ def stop_epoch(epochs: int, tau: float) -> int:
 
 
 def check_config(config: Any) -> None:
-  """Raises ValueError (one line) for bad `config.early_stop` values."""
+  """Raises UserError (one line) for bad `config.early_stop` values."""
   e = config.get("early_stop")
   if e is None:
     return
@@ -178,7 +178,7 @@ class Rule:
     return float(max(accuracies[:self.epoch]))
 
   def features(self, arch: Architecture | str, accuracies: Sequence[float]) -> list[float]:
-    arch = parse(arch) if isinstance(arch, str) else arch
+    arch = parse(arch)
     return arch_features(arch, self.input_shape) + curve_features(accuracies[:self.epoch])
 
   def observe(self, record: Any) -> None:

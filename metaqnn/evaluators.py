@@ -97,10 +97,10 @@ class Evaluator:
 
 def _train_evaluator(config, *, devices=None, dataset=None, shared=None, early_stop=None):
   from metaqnn import train  # JAX and the data set only when training for real
-  trainer = train.Trainer(config, dataset=dataset, devices=devices, shared=shared,
-                          early_stop=early_stop,
-                          early_stop_epoch=early_stop.epoch if early_stop is not None else 0)
-  return trainer  # called per candidate; its `prepare` compiles a likely next one early
+  # Called per candidate; its `prepare` compiles a likely next one early.
+  return train.Trainer(config, dataset=dataset, devices=devices, shared=shared,
+                       early_stop=early_stop,
+                       early_stop_epoch=early_stop.epoch if early_stop is not None else 0)
 
 
 # The evaluators a config can name (`config.evaluator`): kind -> builder of fn(arch).

@@ -415,7 +415,7 @@ def resolve(config) -> Dataset | None:
   bins follow the image side.
   """
   ds = config.dataset
-  kind, _ = source_of(ds.name)
+  source_of(ds.name)  # (an unknown name refused here, in one line)
   if ds.name in DATASETS:
     known = DATASETS[ds.name]
     for field in ("image_size", "channels", "num_classes"):

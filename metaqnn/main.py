@@ -52,11 +52,11 @@ def main(argv: list[str]) -> None:
   config, workdir = _CONFIG.value, _WORKDIR.value
   final_stage = config.final.run_after_search and config.evaluator == "train"
   # On a resume, before the run stores its settings: refused, it changes nothing.
-  kept = (lambda settings: finalize.check_kept_before(workdir, settings)) if final_stage \
-      else None
+  check_final = (lambda settings: finalize.check_kept_before(workdir, settings)) \
+      if final_stage else None
   try:
     result = search.run_search(config, workdir, on_start=_announce(config, workdir),
-                               check_resume=kept)
+                               check_resume=check_final)
   except KeyboardInterrupt:
     if not os.path.exists(os.path.join(workdir, store.DB_FILE)):  # still loading the data
       cli.stop("interrupted before the search began. Run the same command to start it.")
@@ -91,12 +91,12 @@ def main(argv: list[str]) -> None:
       results = finalize.finalize(workdir, data_checked=True)  # by the search just run
     except KeyboardInterrupt:
       cli.stop("interrupted; finished final models are kept. Run the same command (or "
-            f"{cli.python()} -m metaqnn.finalize --workdir={workdir}) to resume.")
+            f"{cli.python()} -m metaqnn.finalize --workdir={shlex.quote(workdir)}) to resume.")
     print(finalize.results_table(results))
     kept = [m for m in results.get("models", []) if not m.get("diverged")]
     if kept:  # the top one that trained (a diverged one is left out of the ensemble too)
       print(f"classify images with the top final model: {cli.python()} -m metaqnn.predict "
-            f"--model={os.path.dirname(kept[0]['checkpoint'])} --images=PATH")
+            f"--model={shlex.quote(os.path.dirname(kept[0]['checkpoint']))} --images=PATH")
   print(f"inspect it with: {cli.python()} -m metaqnn.inspect "
         f"--workdir={shlex.quote(workdir)}")
 

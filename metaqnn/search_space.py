@@ -301,9 +301,7 @@ class SearchSpace:
 
   def path(self, arch: Architecture | str) -> Path:
     """The state/action path of an architecture; `ArchitectureError` if outside the space."""
-    if isinstance(arch, str):
-      arch = arch_lib.parse(arch)
-    layers = list(arch.layers)
+    layers = list(arch_lib.parse(arch).layers)
     if len(layers) >= 2 and isinstance(layers[-2], GAP):
       layers = layers[:-1]
     if arch.num_classes != self.cfg.num_classes:

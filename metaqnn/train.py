@@ -393,7 +393,7 @@ class Trainer:
 
   def check(self, arch: Architecture | str) -> Architecture:
     """The parsed `arch` if it fits this data set; else `ArchitectureError`."""
-    arch = parse(arch) if isinstance(arch, str) else arch
+    arch = parse(arch)
     params = models.count_params(arch, self.input_shape)
     if arch.num_classes != self.num_classes:
       raise ArchitectureError(f"{arch} ends in SM({arch.num_classes}) but the data set has "
@@ -663,12 +663,12 @@ class FinalTrainer:
     self.input_shape = self.core.input_shape
 
   def count_params(self, arch: Architecture | str) -> int:
-    arch = parse(arch) if isinstance(arch, str) else arch
+    arch = parse(arch)
     return models.count_params(arch, self.input_shape)
 
   def prepare(self, arch: Architecture | str) -> None:
     """Compiles `arch` in the background, for the `fit` after the current one."""
-    self.core.prepare(parse(arch) if isinstance(arch, str) else arch, eval_split=None)
+    self.core.prepare(parse(arch), eval_split=None)
 
   def fit(self, arch: Architecture | str, init_params: Any = None,
           seed: int | None = None,
@@ -677,7 +677,7 @@ class FinalTrainer:
     returns (host parameters, per-epoch history); `on_epoch` gets each history entry.
     Stops early if the loss diverges: the last history entry then has a non-finite loss
     (see `diverged`)."""
-    arch = parse(arch) if isinstance(arch, str) else arch
+    arch = parse(arch)
     seed = int(self.config.seed if seed is None else seed)
     programs = self.core.programs(arch, eval_split=None)
     state = self.core.init_state(programs, [seed, 1_000_003], init_params)
@@ -694,7 +694,7 @@ class FinalTrainer:
 
   def predict(self, arch: Architecture | str, params: Any, images: np.ndarray) -> np.ndarray:
     """Class probabilities of `images` (uint8, stored form) under `params`."""
-    arch = parse(arch) if isinstance(arch, str) else arch
+    arch = parse(arch)
     fn = build_predict(self.core.model(arch), self.core.mesh,
                        int(self.config.train.eval_batch_size), len(images),
                        self.core.normalize)
