@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 
 from configs import digits  # noqa: E402
 from metaqnn import budget as budget_lib  # noqa: E402
+from metaqnn.results import OVER_BUDGET  # noqa: E402
 from metaqnn import search  # noqa: E402
 from metaqnn import search_space  # noqa: E402
 from metaqnn import space as space_cmd  # noqa: E402
@@ -69,7 +70,7 @@ def share_by_epsilon(recs) -> dict:
   out = {}
   for r in recs:
     n, k = out.get(r.epsilon, (0, 0))
-    out[r.epsilon] = (n + 1, k + (r.status == budget_lib.OVER_BUDGET))
+    out[r.epsilon] = (n + 1, k + (r.status == OVER_BUDGET))
   return {e: (k / n, n) for e, (n, k) in out.items()}
 
 

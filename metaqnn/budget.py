@@ -46,7 +46,6 @@ from metaqnn.errors import UserError
 from metaqnn.architecture import FC, GAP, Architecture, Conv, Pool, Softmax, parse
 from metaqnn.search_space import Path, SearchSpace
 
-OVER_BUDGET = "over_budget"
 OBJECTIVES = ("", "params", "flops")
 # The largest limit: costs are summed in int64 along paths, with room to spare; a limit
 # this high already lets every architecture through.

@@ -17,7 +17,6 @@ import sys
 import time
 from typing import Callable, Optional, Sequence, TextIO
 
-from metaqnn import budget as budget_lib
 from metaqnn import files
 from metaqnn import results
 from metaqnn import signals
@@ -84,7 +83,7 @@ class Progress:
     self._follow(rec)
     # The rate counts models trained here: not an over-budget sample (never trained), nor
     # a candidate recorded as crashed as the search resumed (it took no time).
-    if not rec.resampled and rec.status not in (budget_lib.OVER_BUDGET, "crashed"):
+    if results.counts_toward_schedule(rec.status, rec.resampled) and rec.status != "crashed":
       self.trained_here += 1
     now = time.perf_counter()
     finished = self.schedule.stage(unique_models) is None

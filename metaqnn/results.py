@@ -20,6 +20,7 @@ from typing import Any, Optional
 STATUSES = ("ok", "stopped", "timeout", "no_learning", "nan", "oom", "error", "invalid",
             "lost", "crashed", "over_budget")
 TRAINED = STATUSES[:3]  # those whose reward training can earn (a timeout: if it learned)
+OVER_BUDGET = "over_budget"  # a sample over a hard budget: recorded, never trained
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -48,6 +49,12 @@ class Result:
     return dataclasses.asdict(self) | {"curves": _json_curves(self.curves)}
 
 
+def counts_toward_schedule(status: str, resampled: bool) -> bool:
+  """Whether a result advances the schedule: a new model that was trained (a re-sample
+  or an over-budget sample, never trained, does not). `Store.unique_count` is its SQL."""
+  return not resampled and status != OVER_BUDGET
+
+
 def earned(result: Result, chance: float) -> bool:
   """Whether training earned `result`'s reward: fully trained, stopped early, or stopped
   by the time limit after learning (a timeout before any attempt learned has the chance
@@ -59,7 +66,7 @@ def reward_kind(objective: Optional[str], statuses) -> str:
   """What a search's rewards are: "validation accuracy", as in the paper, or "reward"
   when some are not (a budget's objective scales them, an over-budget sample gets a set
   reward, a model stopped early its prediction). Plots and `inspect` label them so."""
-  shaped = bool(objective) or any(s in ("over_budget", "stopped") for s in statuses)
+  shaped = bool(objective) or any(s in (OVER_BUDGET, "stopped") for s in statuses)
   return "reward" if shaped else "validation accuracy"
 
 

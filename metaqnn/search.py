@@ -43,7 +43,7 @@ from metaqnn import progress as progress_lib
 from metaqnn import search_space
 from metaqnn import signals
 from metaqnn import store as store_lib
-from metaqnn.results import Result, earned
+from metaqnn.results import OVER_BUDGET, Result, counts_toward_schedule, earned
 from metaqnn.store import ModelRecord, Sample, WorkdirError
 from metaqnn.errors import UserError
 
@@ -236,9 +236,7 @@ def _snapshot_unusable(agent_dir: str, store: store_lib.Store, e: Exception,
 
 
 def _counts(rec: ModelRecord) -> bool:
-  """Whether a result advances the schedule: a new model that was trained (a re-sample
-  or an over-budget sample, never trained, does not)."""
-  return not rec.resampled and rec.status != budget_lib.OVER_BUDGET
+  return counts_toward_schedule(rec.status, rec.resampled)
 
 
 class _Search:
@@ -313,7 +311,7 @@ class _Search:
       self._learn(rec)
     elif over:
       self._learn(_record(Result(
-          accuracy=self.budget.over_budget_reward, status=budget_lib.OVER_BUDGET,
+          accuracy=self.budget.over_budget_reward, status=OVER_BUDGET,
           message=f"not trained: {over}", params=params, flops=flops), sample))
     elif sample.arch in self.in_flight:
       self.in_flight[sample.arch].append(sample)

@@ -301,7 +301,8 @@ class SearchSpace:
 
   def path(self, arch: Architecture | str) -> Path:
     """The state/action path of an architecture; `ArchitectureError` if outside the space."""
-    layers = list(arch_lib.parse(arch).layers)
+    arch = arch_lib.parse(arch)
+    layers = list(arch.layers)
     if len(layers) >= 2 and isinstance(layers[-2], GAP):
       layers = layers[:-1]
     if arch.num_classes != self.cfg.num_classes:

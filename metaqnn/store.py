@@ -312,10 +312,9 @@ class Store:
     return self.db.execute("SELECT COUNT(*) FROM models").fetchone()[0]
 
   def unique_count(self) -> int:
-    """Unique models toward the schedule: re-samples and over-budget samples (never
-    trained) do not count."""
+    """Unique models toward the schedule (`results.counts_toward_schedule`)."""
     return self.db.execute("SELECT COUNT(*) FROM models WHERE resampled = 0 "
-                           "AND status != 'over_budget'").fetchone()[0]
+                           "AND status != ?", (results.OVER_BUDGET,)).fetchone()[0]
 
   def trained(self, arch: str) -> Optional[ModelRecord]:
     """The first (non re-sampled) record of `arch`, if it was evaluated before (trained

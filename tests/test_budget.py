@@ -11,6 +11,7 @@ from metaqnn import budget as budget_lib
 from metaqnn import config_lib
 from metaqnn import evaluators
 from metaqnn import inspect as inspect_lib
+from metaqnn import results
 from metaqnn import search
 from metaqnn import search_space
 from metaqnn import store as store_lib
@@ -167,7 +168,7 @@ def test_over_budget_is_never_trained_and_quotas_stay_exact(tmp_path, prune):
                              tensorboard=False)
   assert result.finished
   recs = _records(tmp_path / "w")
-  over = [r for r in recs if r.status == budget_lib.OVER_BUDGET]
+  over = [r for r in recs if r.status == results.OVER_BUDGET]
   ok = [r for r in recs if r.status == "ok" and not r.resampled]
   assert all(r.params <= cap for r in ok) and len(ok) == len(set(trained)) == 60
   assert all(budget_lib.cost(a, (8, 8, 1))[0] <= cap for a in trained)
@@ -182,7 +183,7 @@ def test_over_budget_is_never_trained_and_quotas_stay_exact(tmp_path, prune):
   before = 0
   for r in recs:
     assert r.epsilon == (1.0 if before < 30 else 0.5 if before < 45 else 0.1)
-    before += (not r.resampled and r.status != budget_lib.OVER_BUDGET)
+    before += (not r.resampled and r.status != results.OVER_BUDGET)
   summary = inspect_lib.summarize(str(tmp_path / "w"))
   assert summary["unique_models"] == 60 and summary["schedule"]["finished"]
   assert summary["over_budget"] == len(over)
