@@ -11,6 +11,9 @@ from metaqnn import config_lib
 def get_config():
   config = config_lib.base_config("cifar100")
   config.space.max_depth = 18
+  # The paper names global contrast normalisation for the final phase and says nothing
+  # of the search's inputs; one preprocessing for both (a data set has one) ranks the
+  # candidates on the inputs their final training sees.
   config.dataset.preprocess = "gcn"
   # Final training as the paper reports it (SPEC section 4), with moderate augmentation.
   config.final.schedule = "0.025:40,0.0125:40,0.0001:160,0.00001:60"
