@@ -23,6 +23,7 @@ from metaqnn.search_space import Path, SearchSpace
 from metaqnn.errors import UserError
 
 STATE_FILE = "agent.json"
+FORMAT = "metaqnn-agent/1"  # the snapshot's format, checked when it is read
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +169,7 @@ class Agent:
 
   def state_dict(self) -> dict:
     return {
-        "format": "metaqnn-agent/1",
+        "format": FORMAT,
         "alpha": self.alpha, "gamma": self.gamma, "q_init": self.q_init,
         "unique_models": self.unique_models,
         "iterations": self.iterations,
@@ -204,7 +205,7 @@ class Agent:
     """
     with open(os.path.join(directory, STATE_FILE)) as f:
       meta = json.load(f)
-    if not isinstance(meta, dict) or meta.get("format") != "metaqnn-agent/1":
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
       raise ValueError(f"{directory} does not hold a metaqnn agent")
     if meta["space"] != self.space.cfg.to_json():
       raise ValueError(f"the agent in {directory} was made for another search space")

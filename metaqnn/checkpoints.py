@@ -24,9 +24,10 @@ def checkpoint_dir(path: str) -> str:
   `checkpoint` folder in it, as users name either; a search's work directory is said to
   be one, in one line."""
   path = os.path.expanduser(path)
-  if os.path.isfile(os.path.join(path, "metaqnn.db")):  # (store.DB_FILE)
+  from metaqnn import store  # pylint: disable=import-outside-toplevel
+  if os.path.isfile(os.path.join(path, store.DB_FILE)):
     raise UserError(f"{path} is a search's work directory; give one of its final models, "
-                    f"{os.path.join(path, 'final', '<hash>')}")
+                    f"{os.path.join(path, store.FINAL_DIR, '<hash>')}")
   inner = os.path.join(path, "checkpoint")
   # (a model folder whose checkpoint is missing: named, for "no checkpoint at ...")
   return inner if os.path.isdir(inner) or os.path.isfile(os.path.join(path, "meta.json")) \

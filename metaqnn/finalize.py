@@ -34,8 +34,6 @@ from metaqnn import store as store_lib
 from metaqnn.architecture import parse
 from metaqnn.errors import UserError
 
-FINAL_DIR = "final"
-
 
 def top_models(workdir: str, n: int) -> tuple[ml_collections.ConfigDict, list]:
   """The stored config and the top `n` distinct, successfully trained models."""
@@ -186,7 +184,7 @@ def check_kept_before(workdir: str, config) -> None:
   if "config" not in store_lib.stored_meta(workdir):  # killed before it stored one
     return
   _, best = top_models(workdir, int(config.final.top))
-  _check_kept(os.path.join(workdir, FINAL_DIR), best, config)
+  _check_kept(os.path.join(workdir, store_lib.FINAL_DIR), best, config)
 
 
 def _check_kept(root: str, best, config) -> None:
@@ -298,7 +296,7 @@ def _finalize(workdir: str, top: Optional[int], ensemble: Optional[int],
   _, best = top_models(workdir, top)
   if not best:
     raise store_lib.WorkdirError(f"{workdir} holds no successfully trained model yet")
-  root = os.path.join(workdir, FINAL_DIR)
+  root = os.path.join(workdir, store_lib.FINAL_DIR)
   _check_kept(root, best, config)
   n = len(train.final_learning_rates(config))
   epochs = f"{n} epoch{'s' * (n != 1)}"
@@ -499,7 +497,7 @@ def main(argv):
   except KeyboardInterrupt:
     cli.stop("interrupted; finished final models are kept. Run the same command to resume.")
   print(results_table(results))
-  print(f"results: {os.path.join(f.workdir, FINAL_DIR, 'results.json')}")
+  print(f"results: {os.path.join(f.workdir, store_lib.FINAL_DIR, 'results.json')}")
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ def summarize(workdir: str, top: int = 10) -> dict:
 def _final_results(workdir: str) -> Optional[dict]:
   """DIR/final/results.json, or None before the final stage wrote one; a damaged one (edited
   by hand, or cut short) is one line that says how to write it again."""
-  path = os.path.join(workdir, "final", "results.json")
+  path = os.path.join(workdir, store_lib.FINAL_DIR, "results.json")
   if not os.path.exists(path):
     return None
   what = f"run python -m metaqnn.finalize --workdir={workdir} to write it again"

@@ -353,7 +353,7 @@ def write_all(workdirs: Sequence[str], out: str | None = None) -> list[str]:
   """Writes every figure that the given work directories support; returns the paths."""
   if not workdirs:
     raise cli.UserError("plots need at least one work directory")
-  out = out or os.path.join(workdirs[0], "plots")
+  out = out or os.path.join(workdirs[0], store_lib.PLOTS_DIR)
   loaded = []
   for workdir in workdirs:  # all read first: a bad work directory leaves nothing behind
     config, records, agent = load_run(workdir)

@@ -47,7 +47,6 @@ from metaqnn.results import OVER_BUDGET, Result, counts_toward_schedule, earned
 from metaqnn.store import ModelRecord, Sample, WorkdirError
 from metaqnn.errors import UserError
 
-AGENT_DIR = "agent"
 # Samples in a row that found no new architecture before a stage is declared stuck: the
 # space (as budgets constrain it) holds no architecture the agent can still find.
 MAX_STALL = 10_000
@@ -147,7 +146,7 @@ def agent_of(workdir: str, store: store_lib.Store) -> agent_lib.Agent:
   (plots, inspect): nothing in the work directory is changed."""
   config = store.config()
   agent = agent_lib.Agent.from_config(search_space.from_config(config), config)
-  restore_agent(agent, store, os.path.join(workdir, AGENT_DIR),
+  restore_agent(agent, store, os.path.join(workdir, store_lib.AGENT_DIR),
                 int(config.search.replay_samples))
   return agent
 
@@ -678,9 +677,9 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
       if store.count() == 0:
         store.set_meta("stop_by_reward", True)
       rule.by_reward = "stop_by_reward" in store.meta()
-    agent_dir = os.path.join(workdir, AGENT_DIR)
+    agent_dir = os.path.join(workdir, store_lib.AGENT_DIR)
     restore_agent(agent, store, agent_dir, replay_samples, set_aside=True)
-    tensorboard_dir = os.path.join(workdir, "tensorboard") if tensorboard else None
+    tensorboard_dir = os.path.join(workdir, store_lib.TENSORBOARD_DIR) if tensorboard else None
     if schedule.stage(store.unique_count()) is None and not store.pending():
       if tensorboard_dir and not progress_lib.complete(tensorboard_dir, store.count()):
         # the run that ended it was killed before it closed them

@@ -23,7 +23,9 @@ from metaqnn import results
 from metaqnn.errors import UserError
 from metaqnn.results import Result
 
+# The work directory: the record, and the folders the search and its commands write.
 DB_FILE = "metaqnn.db"
+AGENT_DIR, TENSORBOARD_DIR, PLOTS_DIR, FINAL_DIR = "agent", "tensorboard", "plots", "final"
 _CREATING = ".metaqnn.db.creating"
 LOCK_FILE = ".lock"
 FORMAT = "metaqnn-search/1"
@@ -535,7 +537,7 @@ def check_workdir(workdir: str) -> None:
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f"{workdir} is a file, not a directory")
   if os.path.exists(os.path.join(workdir, DB_FILE)):
-    for folder in ("agent", "tensorboard", "plots", "final"):  # where the search writes
+    for folder in (AGENT_DIR, TENSORBOARD_DIR, PLOTS_DIR, FINAL_DIR):
       path = os.path.join(workdir, folder)
       if os.path.exists(path) and not os.path.isdir(path):
         raise WorkdirError(f"{path} is a file, not a folder: the search writes there; move "
