@@ -248,16 +248,13 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
                      min_completed: Optional[int] = None) -> dict:
   """Replays the rule on a search trained without early stopping (see the module doc)."""
   from metaqnn import store as store_lib
-  store = store_lib.open_existing(workdir)
-  try:
+  with store_lib.open_existing(workdir) as store:
     config = store.config()
     records = [r for r in store.models() if not r.resampled]
     # "train", "synthetic", or "function" (a user's evaluate), as the search recorded it
     meta = store.meta()
     evaluator = (store_lib.meta_json(meta, "fingerprint", store.path)
                  if "fingerprint" in meta else {}).get("evaluator")
-  finally:
-    store.close()
   if "early_stop" not in config:
     from metaqnn import config_lib
     config.early_stop = config_lib.base_config("digits").early_stop

@@ -37,12 +37,9 @@ from metaqnn.errors import UserError
 
 def top_models(workdir: str, n: int) -> tuple[ml_collections.ConfigDict, list]:
   """The stored config and the top `n` distinct, successfully trained models."""
-  store = store_lib.open_existing(workdir)
-  try:
+  with store_lib.open_existing(workdir) as store:
     config = store.config()
     records = [r for r in store.models() if not r.resampled and r.status == "ok"]
-  finally:
-    store.close()
   if "final" not in config:  # made before the final stage had settings: the defaults
     from metaqnn import config_lib
     config.final = config_lib.base_config(config.dataset.name).final
@@ -51,14 +48,11 @@ def top_models(workdir: str, n: int) -> tuple[ml_collections.ConfigDict, list]:
   return config, records[:n]
 
 
-def _progress(workdir: str, config) -> tuple[int, int]:
+def schedule_progress(workdir: str, config) -> tuple[int, int]:
   """(unique models done, the schedule's total) of the search in `workdir`."""
   from metaqnn.agent import Schedule
-  store = store_lib.open_existing(workdir)
-  try:
+  with store_lib.open_existing(workdir) as store:
     done = store.unique_count()
-  finally:
-    store.close()
   return done, Schedule.parse(config.search.schedule).total
 
 
@@ -230,8 +224,7 @@ def _load_checked(workdir: str, config, given=None):
   search split, read here from the same load). `given`: the search's split, where the
   search was given it in memory; a search given its data so is refused without it."""
   from metaqnn import input_pipeline
-  store = store_lib.open_existing(workdir)
-  try:
+  with store_lib.open_existing(workdir) as store:
     meta = store.meta()
     if given is not None:
       input_pipeline.check(given)
@@ -250,8 +243,6 @@ def _load_checked(workdir: str, config, given=None):
           "The final stage would retrain the top models on other data than they were "
           "ranked on", "Restore the data, or start a new search on the new data"))
     return final
-  finally:
-    store.close()
 
 
 def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = None,
@@ -302,7 +293,7 @@ def _finalize(workdir: str, top: Optional[int], ensemble: Optional[int],
   epochs = f"{n} epoch{'s' * (n != 1)}"
   models = (f"the top model of {workdir}, {epochs}" if len(best) == 1
             else f"the top {len(best)} models of {workdir}, {epochs} each")
-  done, total = _progress(workdir, config)
+  done, total = schedule_progress(workdir, config)
   if done < total:  # a search stopped before its end: what it has ranked so far
     models += f" (its search is not finished: {done} of {total} unique models)"
   print(f"final stage: {models}; loading the data...", flush=True)

@@ -24,16 +24,13 @@ from metaqnn.agent import Schedule
 
 def summarize(workdir: str, top: int = 10) -> dict:
   """Everything `inspect` shows, as one JSON-ready dict."""
-  store = store_lib.open_existing(workdir)
-  try:
+  with store_lib.open_existing(workdir) as store:
     meta = store.meta()
     records = list(store.models())
     attempts = store.attempts()
     pending = {p.arch for p in store.pending()}
     running = store_lib.holder(workdir)  # a search (or final stage) running now
     greedy = _greedy(workdir, store, records) if "config" in meta else None
-  finally:
-    store.close()
   config = (store_lib.meta_json(meta, "config", os.path.join(workdir, store_lib.DB_FILE))
             if "config" in meta else {})
   budget = budget_lib.Budget.from_config(config)

@@ -44,13 +44,10 @@ def _pyplot():
 
 def load_run(workdir: str):
   """(config, records, agent) of a work directory; the agent brought up to the record."""
-  store = store_lib.open_existing(workdir)
-  try:
+  with store_lib.open_existing(workdir) as store:
     config = store.config()
     records = list(store.models())
     agent = search.agent_of(workdir, store)
-  finally:
-    store.close()
   return config, records, agent
 
 

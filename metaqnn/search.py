@@ -154,11 +154,8 @@ def agent_of(workdir: str, store: store_lib.Store) -> agent_lib.Agent:
 def load_agent(workdir: str) -> tuple[object, agent_lib.Agent]:
   """(config, agent) of a work directory, the agent brought up to the record's last
   event (`agent_of`); nothing there is changed."""
-  store = store_lib.open_existing(workdir)
-  try:
+  with store_lib.open_existing(workdir) as store:
     return store.config(), agent_of(workdir, store)
-  finally:
-    store.close()
 
 
 def restore_agent(agent: agent_lib.Agent, store: store_lib.Store, agent_dir: str,

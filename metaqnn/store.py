@@ -379,6 +379,12 @@ class Store:
     return ModelRecord(**{name: results.from_sql(f, values.get(name))
                           for name, f in _COLUMNS.items()})
 
+  def __enter__(self) -> "Store":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
   def close(self) -> None:
     """Closes the record. The writer leaves one file behind: its WAL is folded into the
     database (rollback mode until the next search opens it) and its lock is removed."""

@@ -55,7 +55,7 @@ def best_of(workdir: str) -> str:
   config, best = finalize.top_models(workdir, 1)
   if not best:
     raise UserError(f"{workdir} holds no successfully trained model")
-  done, total = finalize._progress(workdir, config)  # pylint: disable=protected-access
+  done, total = finalize.schedule_progress(workdir, config)
   if done < total:
     _say(f"transfer: the search in {workdir} is not finished ({done} of {total} unique "
          "models): its best so far is taken")
