@@ -159,15 +159,17 @@ def num_workers(config, evaluate: Optional[Callable] = None) -> int:
 def local(config, evaluate: Optional[Callable], make: Callable) -> SerialExecutor | ThreadExecutor:
   """The local executor a config asks for; `make(devices_or_None)` builds an evaluator.
 
-  With `parallel="data"` every worker trains on all local devices, and the workers share
-  one device copy of the data set. A user `evaluate` function is then called from several
-  threads at once.
+  With `parallel="data"` every worker trains on all local devices (as many as the batch
+  sizes divide among: `train.dividing_devices`), and the workers share one device copy of
+  the data set; with "candidate", each on one device. With several workers a user
+  `evaluate` function is called from several threads at once.
   """
   workers = num_workers(config, evaluate)  # parallel: checked by search.check_executor
-  if workers == 1:
-    return SerialExecutor(make(None))
   if evaluate is not None or config.evaluator != "train" or config.parallel == "data":
-    return ThreadExecutor(lambda i: make(None), workers)
+    return SerialExecutor(make(None)) if workers == 1 else \
+        ThreadExecutor(lambda i: make(None), workers)
   import jax
-  devices = jax.local_devices()
+  devices = jax.local_devices()  # one candidate per device, one worker included
+  if workers == 1:
+    return SerialExecutor(make(devices[:1]))
   return ThreadExecutor(lambda i: make([devices[i % len(devices)]]), workers)

@@ -132,6 +132,28 @@ def test_indivisible_batch_raises(dataset):
     train.Trainer(tiny_config(eval_batch_size=66), dataset, devices=jax.devices()[:4])
 
 
+def test_batch_sizes_that_all_devices_do_not_divide_train_on_fewer(dataset, capsys):
+  """On all local devices (4 here), as a data-parallel search and the final stage train: a
+  batch of 30 trains on 2 of them, said once, instead of being refused (a record's batch
+  sizes are fixed; a machine's device count is not)."""
+  for _ in range(2):
+    trainer = train.Trainer(tiny_config(batch_size=30), dataset)  # (and eval 64)
+    assert trainer.core.mesh.size == 2
+  assert capsys.readouterr().err.count("divide among 2 of the 4 devices: training on 2") == 1
+  assert trainer.evaluate(SMALL).status == "ok"
+  assert train.Trainer(tiny_config(), dataset).core.mesh.size == 4
+
+
+def test_one_candidate_worker_trains_on_one_device(dataset):
+  """parallel=candidate with one worker: one device, as asked (it used to take all)."""
+  from metaqnn import executors
+  config = tiny_config(batch_size=30)  # (which 4 devices would not divide)
+  config.parallel, config.num_workers = "candidate", 1
+  made = []
+  executors.local(config, None, lambda devices: made.append(devices))
+  assert made == [jax.local_devices()[:1]]
+
+
 def test_bfloat16_candidate_learns_with_float32_params(dataset):
   """Mixed precision: bfloat16 compute, float32 parameters and optimiser state."""
   trainer = train.Trainer(tiny_config(epochs=3, dtype="bfloat16"), dataset)
