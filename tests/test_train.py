@@ -154,6 +154,24 @@ def test_one_candidate_worker_trains_on_one_device(dataset):
   assert made == [jax.local_devices()[:1]]
 
 
+def test_jax_caches_are_cleared_every_few_candidates(dataset, monkeypatch):
+  """JAX's tracing caches keep about 0.8 MiB of every program (BENCHMARKS.md, memory):
+  the trainer clears them every `CLEAR_CACHES_EVERY` candidates, failed ones included,
+  and a candidate trained after a clear trains as before."""
+  cleared = []
+  monkeypatch.setattr(train, "CLEAR_CACHES_EVERY", 2)
+  monkeypatch.setattr(train, "_trained", [0])
+  real = jax.clear_caches
+  monkeypatch.setattr(jax, "clear_caches", lambda: (cleared.append(1), real()))
+  trainer = train.Trainer(tiny_config(epochs=1), dataset)
+  first = trainer.evaluate(SMALL)
+  assert not cleared
+  assert trainer.evaluate("[FC(8), SM(7)]").status == "error" and len(cleared) == 1
+  again = trainer.evaluate(SMALL)
+  assert again.status == "ok" and again.curves == first.curves
+  assert len(cleared) == 1
+
+
 def test_bfloat16_candidate_learns_with_float32_params(dataset):
   """Mixed precision: bfloat16 compute, float32 parameters and optimiser state."""
   trainer = train.Trainer(tiny_config(epochs=3, dtype="bfloat16"), dataset)
