@@ -586,27 +586,10 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   config_lib.check_seed(config)
   budget_lib.check_config(config)  # the config alone: before any data is read
   kind = evaluators.kind_of(config, evaluate)
-  from metaqnn import input_pipeline  # pylint: disable=import-outside-toplevel
   config = copy.deepcopy(config)
-  # The data's image side, channels and classes (custom data is read here, before the
-  # work directory exists, so that bad data leaves nothing behind).
   recorded = store_lib.stored_fingerprint(workdir)  # {} for a new search
-  _record_absolute_paths(config, recorded)
   in_memory = dataset is not None
-  if not in_memory:
-    _check_workdir_outside_data(config, workdir)
-  if dataset is None:
-    _keep_recorded_channels(config, recorded)
-    dataset = input_pipeline.resolve(config)
-  elif str(config.get("executor", "local")) == "ray" and kind == "train":
-    raise UserError("data in memory (dataset=...) stays in this process, and Ray workers "
-                    "load config.dataset; use the local executor, or save the arrays as "
-                    ".npz and set dataset.name=npz:PATH")
-  else:  # data in memory: checked as read data is, and the config's data fields follow it
-    input_pipeline.check(dataset)
-    config.dataset.image_size = int(dataset.train_images.shape[1])
-    config.dataset.channels = int(dataset.train_images.shape[3])
-    config.dataset.num_classes = int(dataset.num_classes)
+  dataset = _resolve_data(config, workdir, dataset, kind, recorded)
   space = search_space.from_config(config)
   budget = budget_lib.Budget.from_config(config)
   check_config(config, schedule, space)
@@ -615,18 +598,7 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     train_lib.check_settings(config, final=False)
   budget_lib.check_space(space, config, schedule.total)  # said at the start, not spun on
   agent = agent_lib.Agent.from_config(space, config)  # refuses a bad agent config
-  rule = None
-  if config.get("early_stop") is not None and config.early_stop.kind != "none":
-    if kind != "train":
-      raise UserError("early stopping needs the train evaluator (it watches learning "
-                      "curves); set early_stop.kind=none")
-    from metaqnn import early_stop
-    rule = early_stop.Rule(config)  # rebuilt from the record below, never pickled
-    if not recorded and rule.min_completed >= schedule.total:  # (a record resumes as made)
-      raise UserError(f"early_stop.min_completed={rule.min_completed} waits for as many "
-                      f"fully trained models as the schedule's {schedule.total} unique "
-                      "models: the rule would never act; lower it (at least 5) or lengthen "
-                      "the schedule")
+  rule = _early_stop_rule(config, kind, recorded, schedule)
   if config.get("compile_cache_dir"):
     _enable_compile_cache(str(config.compile_cache_dir))
   # A new search builds its executor (loads the data) before it creates the work
@@ -656,6 +628,7 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
   executor = make_executor(config, evaluate, rule, dataset) if new else None
   try:
     signals.check()  # a stop dropped while the data loaded: nothing is written yet
+    from metaqnn import input_pipeline  # pylint: disable=import-outside-toplevel
     data = (input_pipeline.digest(dataset)  # only then do the rewards depend on the data
             if dataset is not None and kind == "train" else None)
     store = store_lib.Store(workdir, fp, data, check=check_resume and (
@@ -714,6 +687,45 @@ def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
     if executor is not None:
       executor.close()
     store.close()
+
+
+def _resolve_data(config, workdir: str, dataset, kind: str, recorded: dict):
+  """The search's data (`dataset` if given in memory), with `config.dataset`'s image side,
+  channels and classes set from it. Custom data is read here, before the work directory
+  exists, so that bad data leaves nothing behind; a built-in set is only checked (None)."""
+  from metaqnn import input_pipeline  # pylint: disable=import-outside-toplevel
+  _record_absolute_paths(config, recorded)
+  if dataset is None:
+    _check_workdir_outside_data(config, workdir)
+    _keep_recorded_channels(config, recorded)
+    return input_pipeline.resolve(config)
+  if str(config.get("executor", "local")) == "ray" and kind == "train":
+    raise UserError("data in memory (dataset=...) stays in this process, and Ray workers "
+                    "load config.dataset; use the local executor, or save the arrays as "
+                    ".npz and set dataset.name=npz:PATH")
+  input_pipeline.check(dataset)  # checked as read data is; the config's fields follow it
+  config.dataset.image_size = int(dataset.train_images.shape[1])
+  config.dataset.channels = int(dataset.train_images.shape[3])
+  config.dataset.num_classes = int(dataset.num_classes)
+  return dataset
+
+
+def _early_stop_rule(config, kind: str, recorded: dict, schedule: agent_lib.Schedule):
+  """The early stopping rule `config.early_stop` asks for (None: the paper's search),
+  rebuilt from the record later, never pickled; refused where it could never act."""
+  if config.get("early_stop") is None or config.early_stop.kind == "none":
+    return None
+  if kind != "train":
+    raise UserError("early stopping needs the train evaluator (it watches learning "
+                    "curves); set early_stop.kind=none")
+  from metaqnn import early_stop  # pylint: disable=import-outside-toplevel
+  rule = early_stop.Rule(config)
+  if not recorded and rule.min_completed >= schedule.total:  # (a record resumes as made)
+    raise UserError(f"early_stop.min_completed={rule.min_completed} waits for as many "
+                    f"fully trained models as the schedule's {schedule.total} unique "
+                    "models: the rule would never act; lower it (at least 5) or lengthen "
+                    "the schedule")
+  return rule
 
 
 def _check_arguments(workdir, evaluate, max_models) -> None:
