@@ -362,6 +362,19 @@ def _finalize(workdir: str, top: Optional[int], ensemble: Optional[int],
         train_one(rank, rec, todo[i + 1][1].arch if i + 1 < len(todo) else None)
     else:  # models train independently: the same results as one after another
       _in_threads(train_one, todo, workers, running)
+  # "evaluator": what ranked them: validation accuracies ("train"), made-up scores
+  # ("synthetic": a dry run) or a user's evaluate ("function"), as recorded.
+  results = {"dataset": config.dataset.name, **_collect(root, best, dataset, ensemble),
+             "evaluator": store_lib.stored_fingerprint(workdir).get("evaluator", "train")}
+  files.write_json(os.path.join(root, "results.json"), results, indent=1)
+  with open(os.path.join(root, "results.md"), "w") as f:
+    f.write(results_table(results))
+  return results
+
+
+def _collect(root: str, best: list, dataset, ensemble: int) -> dict:
+  """The final models of `best` as their folders under `root` hold them (each checked),
+  and the ensemble of the top `ensemble` that did not diverge, tested."""
   models, probs = [], []
   for rank, rec in enumerate(best, 1):
     path = model_dir(root, rec.arch)
@@ -395,15 +408,7 @@ def _finalize(workdir: str, top: Optional[int], ensemble: Optional[int],
     avg = np.mean([probs[i] for i in members], axis=0)
     ens = {"size": len(members), "members": [models[i]["arch"] for i in members],
            "test_accuracy": float(np.mean(avg.argmax(-1) == dataset.test_labels))}
-  results = {"dataset": config.dataset.name, "models": models, "ensemble": ens,
-             "test_examples": int(len(dataset.test_labels)),
-             # what ranked them: validation accuracies ("train"), made-up scores
-             # ("synthetic": a dry run) or a user's evaluate ("function"), as recorded
-             "evaluator": store_lib.stored_fingerprint(workdir).get("evaluator", "train")}
-  files.write_json(os.path.join(root, "results.json"), results, indent=1)
-  with open(os.path.join(root, "results.md"), "w") as f:
-    f.write(results_table(results))
-  return results
+  return {"models": models, "ensemble": ens, "test_examples": int(len(dataset.test_labels))}
 
 
 def _in_threads(train_one: Callable, todo: list, workers: int, running_after: list) -> None:
