@@ -34,7 +34,9 @@ import dataclasses
 import os
 from typing import Any
 
+import ml_collections
 import numpy as np
+
 from metaqnn import sources
 from metaqnn.errors import UserError
 from metaqnn.sources import DatasetError  # re-exported: the data's one error type
@@ -306,7 +308,7 @@ def folder_holding(config, path: str) -> str | None:
   return data if os.path.commonpath([data, inner]) == data else None
 
 
-def load(config, final: bool = False) -> Dataset:
+def load(config: ml_collections.ConfigDict, final: bool = False) -> Dataset:
   """The data set named by `config.dataset.name`, split for the search (or final training).
 
   final=False: train (optionally a stratified `train_fraction` subset), validation, and
@@ -372,7 +374,7 @@ def final_split(data: Dataset) -> Dataset:
                              val_labels=y[:0], mean=_channel_mean(x))
 
 
-def load_both(config) -> tuple[Dataset, Dataset]:
+def load_both(config: ml_collections.ConfigDict) -> tuple[Dataset, Dataset]:
   """The search's split and the final one (`load`'s final=False and True) from one read
   of the data (two with SVHN's `final_extra`)."""
   _check_config(config.dataset)
@@ -405,7 +407,7 @@ def _read(config, final: bool) -> tuple:
   return _conform(name, ds, tr_x, tr_y, te_x, te_y, k, val)
 
 
-def resolve(config) -> Dataset | None:
+def resolve(config: ml_collections.ConfigDict) -> Dataset | None:
   """Makes `config.dataset`'s image_size, channels and num_classes match the data.
 
   A built-in data set is checked against the registry (no data is read); any other is

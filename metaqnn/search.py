@@ -30,8 +30,9 @@ import os
 import sys
 import time
 import zipfile
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
+import ml_collections
 from absl import logging
 
 from metaqnn import agent as agent_lib
@@ -46,6 +47,9 @@ from metaqnn import store as store_lib
 from metaqnn.results import OVER_BUDGET, Result, counts_toward_schedule, earned
 from metaqnn.store import ModelRecord, Sample, WorkdirError
 from metaqnn.errors import UserError
+
+if TYPE_CHECKING:  # (the data pipeline loads JAX: imported where a search trains)
+  from metaqnn.input_pipeline import Dataset
 
 # Samples in a row that found no new architecture before a stage is declared stuck: the
 # space (as budgets constrain it) holds no architecture the agent can still find.
@@ -528,7 +532,9 @@ def check_executor(config) -> None:
         raise UserError(f"ray.{field} must be a finite number >= 0, got {config.ray[field]}")
 
 
-def make_executor(config, evaluate: Optional[Callable], early_stop=None, dataset=None):
+def make_executor(config: ml_collections.ConfigDict, evaluate: Optional[Callable],
+                  early_stop=None, dataset: Optional[Dataset] = None
+                  ) -> executors.SerialExecutor | executors.WorkerPool:
   """The executor of `config.executor` (local or ray) and `config.num_workers`, settings
   `check_config` has accepted; `dataset` (an `input_pipeline.Dataset`) replaces loading
   `config.dataset`."""
@@ -546,9 +552,10 @@ def make_executor(config, evaluate: Optional[Callable], early_stop=None, dataset
       early_stop=early_stop))
 
 
-def run_search(config, workdir: str, evaluate: Optional[Callable] = None, *,
+def run_search(config: ml_collections.ConfigDict, workdir: str,
+               evaluate: Optional[Callable] = None, *,
                log_interval: Optional[float] = None, tensorboard: bool = True,
-               max_models: Optional[int] = None, dataset=None,
+               max_models: Optional[int] = None, dataset: Optional[Dataset] = None,
                on_start: Optional[Callable[[bool, int], None]] = None,
                check_resume: Optional[Callable[[object], None]] = None) -> SearchResult:
   """Runs (or resumes) the whole search of `config` in `workdir`.
