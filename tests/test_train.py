@@ -304,7 +304,7 @@ def test_train_one_stops_in_one_line():
 @pytest.mark.parametrize("args", [
     ["--config=configs/digits.py", "--arch=[C(8,3,1), P(9,2), SM(10)]"],
     ["--config=configs/digits.py", "--arch=[C(8,3,1)"],
-    ["--config=configs/digits.py", f"--arch={SMALL}", "--config.train.batch_size=30"],
+    ["--config=configs/digits.py", f"--arch={SMALL}", "--config.train.batch_size=0"],
     ["--config=configs/digits.py", f"--arch={SMALL}", "--config.train.no_such_field=1"],
     ["--config=configs/no_such_config.py", f"--arch={SMALL}"],
     ["--config=configs/digits.py", "--arch=[C(99999999999999999999,3,1), SM(10)]"],
