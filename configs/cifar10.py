@@ -2,7 +2,8 @@
 
   python -m metaqnn.main --config=configs/cifar10.py --workdir=/tmp/metaqnn_cifar10
 
-The full schedule is 2,700 unique models of 20 epochs each: days on one GPU.
+The full schedule is 2,700 unique models of 20 epochs each: BENCHMARKS.md estimates
+14-23 H200-hours for CIFAR-10's search (the final stage apart).
 """
 
 from metaqnn import config_lib

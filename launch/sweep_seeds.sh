@@ -2,7 +2,8 @@
 # Usage: launch/sweep_seeds.sh CONFIG OUTDIR SEEDS [--config.x=y ...]
 #   Runs SEEDS independent searches (seeds 0..SEEDS-1) one after another into
 #   OUTDIR/seed<N>, then writes the stability plot over all of them to OUTDIR/plots.
-#   Re-run to resume; finished seeds are skipped by the search itself.
+#   Each search runs its final stage too, as main does (--config.final.run_after_search=False
+#   skips it). Re-run to resume; finished seeds are skipped by the search itself.
 # Example:
 #   launch/sweep_seeds.sh configs/mnist.py runs/mnist_seeds 5 --config.num_workers=4
 set -euo pipefail

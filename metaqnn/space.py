@@ -151,7 +151,8 @@ def cost_percentiles(draw: Callable[[], search_space.Path], shape: Sequence[int]
 
 if __name__ == "__main__":  # flags only for the command, so the library imports cleanly
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
-  _NUM = flags.DEFINE_integer("num", 10, "sample: number of architectures.")
+  _NUM = flags.DEFINE_integer("num", 10, "sample: number of architectures; costs: number of "
+                              "samples (default there: 2,000).")
   _SEED = flags.DEFINE_integer("seed", None, "sample: random seed (default: config.seed).",
                                lower_bound=0)
   _EPSILON = flags.DEFINE_float("epsilon", 1.0, "sample, costs: epsilon of the walks (1 = "

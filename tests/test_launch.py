@@ -65,6 +65,7 @@ def test_dry_runs_show_the_commands(tmp_path):
   out = launch("stability_study.sh", str(tmp_path), "3", dry=True)
   assert out.stdout.count("metaqnn.main") == 3
   assert "train_fraction=0.1" in out.stdout and "1.0:1000" in out.stdout
+  assert out.stdout.count("--config.final.run_after_search=False") == 3  # searches only
   out = launch("all_datasets.sh", str(tmp_path), dry=True)
   assert all(f"configs/{n}.py" in out.stdout for n in ("mnist", "svhn", "cifar10", "cifar100"))
 
