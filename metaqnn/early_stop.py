@@ -316,9 +316,11 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
           "delta": None if kind == "median" else float(config.early_stop.delta),
           "models": len(full),
           "min_completed": rule.min_completed,
-          # None where R^2 is undefined (every model ends at the same accuracy): JSON has
-          # no NaN.
-          "r2": r2 if math.isfinite(r2) else None, "stopped": len(stopped),
+          # The predictor's R^2 whatever the rule (the median rule predicts nothing; the
+          # JSON says so in "r2_of"); None where it is undefined (every model ends at the
+          # same accuracy): JSON has no NaN.
+          "r2": r2 if math.isfinite(r2) else None, "r2_of": "predictor",
+          "stopped": len(stopped),
           "epochs_saved": saved / total_epochs if total_epochs else 0.0,
           "oracle_epochs_saved": (oracle * (rule.epochs - rule.epoch) / total_epochs
                                   if total_epochs else 0.0),

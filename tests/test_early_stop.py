@@ -89,6 +89,7 @@ def test_offline_command_json_and_errors(curved_search, tmp_path):
   assert out.returncode == 0, out.stderr
   s = json.loads(out.stdout)
   assert {"r2", "epochs_saved", "oracle_epochs_saved", "top10_stopped", "best_stopped"} <= set(s)
+  assert s["r2_of"] == "predictor"  # (with --kind=median too: that rule predicts nothing)
   grid = run(f"--workdir={curved_search}", "--json", "--tau=0.125,0.25", "--delta=0.05,0.5")
   assert grid.returncode == 0, grid.stderr
   rows = [json.loads(line) for line in grid.stdout.splitlines()]
