@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -141,3 +142,18 @@ def test_budget_pool_refuses_what_it_cannot_compare_in_one_line(tmp_path, pool, 
                         timeout=300)
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
   assert says in proc.stderr.strip().splitlines()[-1]
+
+
+def test_harder_digits_writes_the_same_images_as_npz_and_folder(tmp_path):
+  """The untuned data set of BENCHMARKS.md's acceptance runs: both forms, one task."""
+  from PIL import Image
+  proc = subprocess.run([sys.executable, "benchmarks/harder_digits.py", f"--out={tmp_path}"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  arrays = np.load(tmp_path / "harder_digits.npz")
+  assert arrays["x_train"].shape == (1800, 16, 16) and arrays["x_test"].shape == (400, 16, 16)
+  assert sorted(set(arrays["y_train"].tolist())) == list(range(10))
+  assert sum(len(files) for _, _, files in os.walk(tmp_path / "folder")) == 2200
+  names = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+  first = tmp_path / "folder" / "test" / names[arrays["y_test"][0]] / "test_00000.png"
+  assert (np.asarray(Image.open(first)) == arrays["x_test"][0]).all()
