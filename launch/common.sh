@@ -6,6 +6,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PYTHON" ] || PYTHON=python3
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+# Long searches: glibc's per-thread malloc arenas fragment as candidates compile on other
+# threads (BENCHMARKS.md, memory: 0.28 -> 0.12 MiB of RSS per candidate with 2 arenas).
+export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-2}"
 PYTHON_CHECKED=0
 run() {  # (the first command checks that PYTHON has the dependencies: one line, not a traceback)
   if [ "${DRY_RUN:-0}" = 1 ]; then printf '%q ' "$@"; echo; return; fi
