@@ -248,6 +248,7 @@ class _Search:
     self.agent, self.store, self.schedule = agent, store, schedule
     self.early_stop = early_stop
     self.budget, self.input_shape = budget, input_shape
+    self.chance = 1.0 / agent.space.cfg.num_classes  # the reward of what never learned
     # Records made when the soft objective scaled fully trained models only go on so.
     self.objective_ok_only = objective_ok_only
     self._costs: dict[str, tuple[int, int]] = {}
@@ -373,7 +374,7 @@ class _Search:
               f"(search.max_crashes={self.max_crashes}): recorded as crashed, not evaluated "
               "again", file=sys.stderr)
         self._learn(_record(Result(
-            accuracy=1.0 / self.agent.space.cfg.num_classes, status="crashed", message=(
+            accuracy=self.chance, status="crashed", message=(
                 f"the search process died {crashes} times while evaluating it (an abort, "
                 "a segfault, an out-of-memory kill, or a kill -9); not evaluated again "
                 f"(search.max_crashes={self.max_crashes})")), sample))
@@ -422,15 +423,14 @@ class _Search:
       if crashes < self.max_crashes:
         self.executor.submit(key, search_space.arch_lib.parse(arch))
         return
-      out = Result(accuracy=1.0 / self.agent.space.cfg.num_classes, status="lost",
+      out = Result(accuracy=self.chance, status="lost",
                    arch=arch, message=f"its evaluation crashed {crashes} times "
                    f"(search.max_crashes={self.max_crashes}); last: {out.message}")
     else:
       self.lost_streak = 0
     waiting = self.in_flight.pop(arch)
     params, flops = self.cost(arch)
-    chance = 1.0 / self.agent.space.cfg.num_classes
-    scaled = out.status == "ok" if self.objective_ok_only else earned(out, chance)
+    scaled = out.status == "ok" if self.objective_ok_only else earned(out, self.chance)
     if self.budget.objective and scaled:  # the soft, MnasNet-style reward
       out.accuracy = self.budget.reward(out.accuracy, params, flops)
     out.params = out.params if out.params is not None else params
