@@ -105,13 +105,11 @@ class Budget:
   @classmethod
   def from_config(cls, config) -> "Budget":
     """The budget of a run config; none for configs made before budgets existed."""
-    b = config.get("budget", None)
-    if b is None:
-      return cls()
-    return cls(max_params=int(b.get("max_params", 0)), max_flops=int(b.get("max_flops", 0)),
-               over_budget_reward=float(b.get("over_budget_reward", 0.0)),
-               prune=bool(b.get("prune", True)), objective=str(b.get("objective", "")),
-               target=float(b.get("target", 0.0)), weight=float(b.get("weight", -0.07)))
+    b = config.get("budget", None) or {}
+    # Each field as its type; a field the config lacks (made before it existed) as the
+    # default above.
+    return cls(**{f.name: type(f.default)(b[f.name])
+                  for f in dataclasses.fields(cls) if f.name in b})
 
   def shaping(self) -> dict:
     """The settings that shape the rewards: the limits and the over-budget reward when a
