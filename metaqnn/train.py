@@ -621,7 +621,7 @@ def check_settings(config: Any, final: bool) -> None:
   """Refuses, in one line, an optimizer, precision or (`final`) final schedule that
   training would refuse only when it starts: before a search spends hours."""
   t = final_train_config(config) if final else config.train
-  for field in ("batch_size", "eval_batch_size"):  # (a multiple of the devices: Trainer)
+  for field in ("batch_size", "eval_batch_size"):  # (devices: `dividing_devices`)
     if int(t[field]) < 1:
       raise UserError(f"config.train.{field}={t[field]} must be >= 1")
   if final:
