@@ -5,11 +5,13 @@ own data, budgets and early stopping (BENCHMARKS.md) without a network.
 
 scikit-learn's digits at 16x16 (bilinear), each rotated by up to 25 degrees, shifted by up
 to 2 px, dimmed to 50-100% contrast, with Gaussian noise (sigma 0.18) and, on half of them,
-a sine grating behind: 2,200 grey images (drawn with replacement from the 1,797), 10
-classes, 1,800 train and 400 test. Written as OUT/harder_digits.npz (x_train, y_train,
-x_test, y_test; uint8) and as OUT/folder/{train,test}/<class name>/*.png, the same images,
-so `--config=configs/custom.py:npz:OUT/harder_digits.npz` and
-`--config=configs/custom.py:folder:OUT/folder` search the same task. Fixed seed.
+a sine grating behind: 2,200 grey images, 10 classes. The 1,797 source digits are first
+split into disjoint train, validation and test sources, so that no augmented copy of a
+training digit is validated or tested on; each split then draws its images from its own
+sources: 1,400 train, 400 validation, 400 test. Written as OUT/harder_digits.npz (x_train,
+y_train, x_val, y_val, x_test, y_test; uint8) and as OUT/folder/{train,validation,test}/
+<class name>/*.png, the same images, so `--config=configs/custom.py:npz:OUT/harder_digits.npz`
+and `--config=configs/custom.py:folder:OUT/folder` search the same task. Fixed seed.
 """
 
 from __future__ import annotations
@@ -23,44 +25,57 @@ from scipy import ndimage
 from sklearn.datasets import load_digits
 
 NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# (split, source digits, images drawn from them)
+SPLITS = (("train", 1197, 1400), ("val", 300, 400), ("test", 300, 400))
 
 
-def make(seed: int = 12345, count: int = 2200) -> tuple[np.ndarray, np.ndarray]:
-  """(images uint8 [count, 16, 16], labels uint8 [count])."""
+def augment(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """One 16x16 uint8 image of an 8x8 digit (values 0..16)."""
+  im = ndimage.zoom(digit / 16.0, 2, order=1)
+  im = ndimage.rotate(im, rng.uniform(-25, 25), reshape=False, order=1)
+  im = ndimage.shift(im, rng.uniform(-2, 2, size=2), order=1)
+  im = im * rng.uniform(0.5, 1.0) + rng.normal(0, 0.18, im.shape)
+  if rng.random() < 0.5:  # a grating of random orientation and frequency behind
+    yy, xx = np.mgrid[:16, :16]
+    angle = rng.uniform(0, np.pi)
+    im += 0.15 * np.sin((np.cos(angle) * xx + np.sin(angle) * yy) * rng.uniform(0.5, 1.5))
+  return (np.clip(im, 0, 1) * 255).astype(np.uint8)
+
+
+def make(seed: int = 12345) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """{split: (images uint8 [n, 16, 16], labels uint8 [n], the source digit of each)}, the
+  splits drawn from disjoint source digits."""
   rng = np.random.default_rng(seed)
   digits = load_digits()
-  images, labels = [], []
-  for i in rng.choice(len(digits.images), count, replace=True):
-    im = ndimage.zoom(digits.images[i] / 16.0, 2, order=1)
-    im = ndimage.rotate(im, rng.uniform(-25, 25), reshape=False, order=1)
-    im = ndimage.shift(im, rng.uniform(-2, 2, size=2), order=1)
-    im = im * rng.uniform(0.5, 1.0) + rng.normal(0, 0.18, im.shape)
-    if rng.random() < 0.5:  # a grating of random orientation and frequency behind
-      yy, xx = np.mgrid[:16, :16]
-      angle = rng.uniform(0, np.pi)
-      im += 0.15 * np.sin((np.cos(angle) * xx + np.sin(angle) * yy) * rng.uniform(0.5, 1.5))
-    images.append((np.clip(im, 0, 1) * 255).astype(np.uint8))
-    labels.append(digits.target[i])
-  return np.stack(images), np.array(labels, dtype=np.uint8)
+  order = rng.permutation(len(digits.images))
+  out, start = {}, 0
+  for split, sources, count in SPLITS:
+    pool = order[start:start + sources]
+    start += sources
+    picks = rng.choice(pool, count, replace=True)
+    out[split] = (np.stack([augment(digits.images[i], rng) for i in picks]),
+                  digits.target[picks].astype(np.uint8), picks)
+  return out
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", required=True, help="folder to write the data set into")
   out = parser.parse_args().out
-  x, y = make()
-  test = 400
+  splits = {split: (x, y) for split, (x, y, _) in make().items()}
   os.makedirs(out, exist_ok=True)
-  np.savez(os.path.join(out, "harder_digits.npz"), x_train=x[test:], y_train=y[test:],
-           x_test=x[:test], y_test=y[:test])
-  for split, part in (("train", slice(test, None)), ("test", slice(0, test))):
-    for k, (im, label) in enumerate(zip(x[part], y[part])):
-      folder = os.path.join(out, "folder", split, NAMES[label])
+  np.savez(os.path.join(out, "harder_digits.npz"),
+           **{f"{a}_{split}": xy[i] for split, xy in splits.items()
+              for i, a in enumerate("xy")})
+  for split, (x, y) in splits.items():
+    for k, (im, label) in enumerate(zip(x, y)):
+      folder = os.path.join(out, "folder", "validation" if split == "val" else split,
+                            NAMES[label])
       os.makedirs(folder, exist_ok=True)
       Image.fromarray(im, "L").save(os.path.join(folder, f"{split}_{k:05d}.png"))
-  print(f"{len(x)} images of 16x16, classes {np.bincount(y).tolist()}: "
-        f"{os.path.join(out, 'harder_digits.npz')} and {os.path.join(out, 'folder')}")
-
+  total = sum(len(y) for _, y in splits.values())
+  print(f"{total} images of 16x16 ({', '.join(f'{s} {len(y)}' for s, (_, y) in splits.items())}"
+        f"): {os.path.join(out, 'harder_digits.npz')} and {os.path.join(out, 'folder')}")
 
 if __name__ == "__main__":
   main()

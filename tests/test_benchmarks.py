@@ -145,15 +145,22 @@ def test_budget_pool_refuses_what_it_cannot_compare_in_one_line(tmp_path, pool, 
 
 
 def test_harder_digits_writes_the_same_images_as_npz_and_folder(tmp_path):
-  """The untuned data set of BENCHMARKS.md's acceptance runs: both forms, one task."""
+  """The untuned data set of BENCHMARKS.md's acceptance runs: both forms, one task, and
+  no digit behind a validation or test image is behind a training image."""
   from PIL import Image
+  import benchmarks.harder_digits as hd  # (the folder is on sys.path: conftest)
   proc = subprocess.run([sys.executable, "benchmarks/harder_digits.py", f"--out={tmp_path}"],
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   arrays = np.load(tmp_path / "harder_digits.npz")
-  assert arrays["x_train"].shape == (1800, 16, 16) and arrays["x_test"].shape == (400, 16, 16)
+  assert {k: arrays[k].shape[0] for k in ("x_train", "x_val", "x_test")} == {
+      "x_train": 1400, "x_val": 400, "x_test": 400}
   assert sorted(set(arrays["y_train"].tolist())) == list(range(10))
   assert sum(len(files) for _, _, files in os.walk(tmp_path / "folder")) == 2200
-  names = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-  first = tmp_path / "folder" / "test" / names[arrays["y_test"][0]] / "test_00000.png"
+  first = tmp_path / "folder" / "test" / hd.NAMES[arrays["y_test"][0]] / "test_00000.png"
   assert (np.asarray(Image.open(first)) == arrays["x_test"][0]).all()
+  splits = hd.make()
+  assert (splits["test"][0] == arrays["x_test"]).all()
+  sources = {split: set(picks.tolist()) for split, (_, _, picks) in splits.items()}
+  assert not sources["train"] & (sources["val"] | sources["test"])
+  assert not sources["val"] & sources["test"]
