@@ -84,8 +84,9 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
                                    # evaluator on GPUs/TPUs 2 per device group (one compiles
                                    # while the other trains), else 1. 1 = strictly sequential
                                    # (a seed reruns bit for bit).
-  c.parallel = "data"              # "data": each candidate data-parallel over all local
-                                   # devices; "candidate": one candidate per device.
+  c.parallel = "data"              # "data": each candidate data-parallel over the local
+                                   # devices (as many as the batch sizes divide among);
+                                   # "candidate": one candidate per device.
   c.compile_cache_dir = ""         # A folder for JAX's persistent compilation cache: on
                                    # GPUs it also keeps XLA's autotuning results, which
                                    # candidates share (their convolution shapes repeat),

@@ -492,25 +492,33 @@ def _flock_held(st: os.stat_result, pid: int) -> Optional[bool]:
 
 
 def _comparable(fp: dict) -> dict:
-  """A fingerprint without what changes nothing: the soft objective's target and weight
-  when there is no objective (applied to both sides, so records that stored them match)."""
+  """A fingerprint without what changes nothing (applied to both sides, so records that
+  stored them match): the soft objective's target and weight when there is no objective;
+  the search's optimizer when it is Adam, the default, with SGD's momentum, unused then
+  (a record made in Python with train.optimizer="adam" stored them)."""
   b = fp.get("budget")
   if b and not b.get("objective"):
     fp = dict(fp, budget={k: v for k, v in b.items() if k not in ("target", "weight")})
+  t = fp.get("training", {}).get("train")
+  if t and t.get("optimizer", "adam") == "adam":
+    fp = dict(fp, training=dict(fp["training"], train={
+        k: v for k, v in t.items() if k not in ("optimizer", "momentum")}))
   return fp
 
 
 def differences(stored: dict, given: dict, prefix: str = "") -> list[str]:
   """The settings (dotted paths, e.g. training.train.epochs) in which two fingerprints
-  differ; a section whose fields differ too (another early stopping rule) by its name.
-  The training settings' copy of the data set's name is left out: "dataset" says it."""
+  differ; a section whose fields differ too (another early stopping rule) by its name,
+  except the training settings, named field by field (one set only on one side, such as
+  train.optimizer, too). Their copy of the data set's name is left out: "dataset" says it."""
   out = []
   for k in sorted(set(stored) | set(given)):
     a, b = stored.get(k), given.get(k)
     if a == b or prefix + k == "training.dataset.name":
       continue
-    same_keys = isinstance(a, dict) and isinstance(b, dict) and set(a) == set(b)
-    out += differences(a, b, f"{prefix}{k}.") if same_keys else [prefix + k]
+    nested = isinstance(a, dict) and isinstance(b, dict) and (
+        set(a) == set(b) or (prefix + k).startswith("training"))
+    out += differences(a, b, f"{prefix}{k}.") if nested else [prefix + k]
   return out
 
 

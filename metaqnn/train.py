@@ -104,8 +104,10 @@ def dividing_devices(train_config: Any) -> list[jax.Device]:
   devices = jax.local_devices()
   sizes = (int(train_config.batch_size), int(train_config.eval_batch_size))
   n = max(k for k in range(1, len(devices) + 1) if all(s % k == 0 for s in sizes))
-  if n < len(devices) and (n, len(devices), sizes) not in _NOTED:
+  with _trained_lock:  # (workers build their trainers at once)
+    new = n < len(devices) and (n, len(devices), sizes) not in _NOTED
     _NOTED.add((n, len(devices), sizes))
+  if new:
     print(f"note: batch sizes {sizes[0]} and {sizes[1]} (config.train.batch_size, "
           f"eval_batch_size) divide among {n} of the {len(devices)} devices: training on "
           f"{n}; sizes that {len(devices)} divides would use all",
@@ -296,7 +298,8 @@ class Core:
       value = int(train_config[field])
       if value < 1 or value % n_dev:
         raise UserError(f"config.train.{field}={value} must be a positive multiple of the "
-                         f"number of devices ({n_dev})")
+                         f"number of devices given ({n_dev}); without devices, as many "
+                         "as the batch sizes divide among are used")
     if int(train_config.batch_size) > len(dataset.train_labels):
       raise UserError(f"config.train.batch_size={train_config.batch_size} is larger than "
                        f"the {len(dataset.train_labels)} training examples")
@@ -402,8 +405,9 @@ EarlyStop = Callable[[Architecture, list], Optional[tuple[float, Optional[float]
 class Trainer:
   """Trains candidates one after another on a data set held on the devices.
 
-  `devices` (default: all local devices) form the data-parallel mesh; the training and
-  evaluation batch sizes must divide over them. `early_stop(arch, val_accuracies)` is
+  `devices` form the data-parallel mesh; the training and evaluation batch sizes must
+  divide over them (default: as many local devices as they divide among,
+  `dividing_devices`). `early_stop(arch, val_accuracies)` is
   asked once, after `early_stop_epoch` epochs: (reward, predicted final accuracy or None)
   stops the candidate there, None lets it train on (`metaqnn.early_stop.Rule`).
   `on_epoch(attempt, epoch, val_accuracy, train_loss)` is called after every epoch.

@@ -69,7 +69,8 @@ def best_of(workdir: str) -> str:
   return best[0].arch
 
 
-def transfer(config: ml_collections.ConfigDict, arch: str, workdir: str, init_checkpoint: Optional[str] = None) -> dict:
+def transfer(config: ml_collections.ConfigDict, arch: str, workdir: str,
+             init_checkpoint: Optional[str] = None) -> dict:
   """Trains `arch` on `config`'s data set with its final schedule; returns the metrics.
   A run into a work directory that holds it finished returns its metrics again."""
   from metaqnn import checkpoints, input_pipeline

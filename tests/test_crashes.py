@@ -276,6 +276,23 @@ def test_the_search_optimizer_is_in_the_fingerprint_only_when_not_adam():
   assert (sgd["optimizer"], sgd["momentum"]) == ("sgd", 0.5)
 
 
+def test_a_record_that_stored_adam_resumes_and_sgd_is_named(tmp_path):
+  """A record made in Python with train.optimizer="adam" (and a momentum) stored them in
+  its fingerprint: it resumes under the default. Another optimizer is named by field."""
+  from metaqnn import store as store_lib
+  config = small_config()
+  fp = search.fingerprint(config, "train", 20)
+  old = json.loads(json.dumps(fp))
+  old["training"]["train"].update(optimizer="adam", momentum=0.5)
+  work = str(tmp_path / "w")
+  store_lib.Store(work, old).close()
+  store_lib.Store(work, fp).close()  # resumes
+  config.train.optimizer = "sgd"
+  with pytest.raises(store_lib.WorkdirError, match=r"differs in: training\.train\.momentum, "
+                     r"training\.train\.optimizer\)"):
+    store_lib.Store(work, search.fingerprint(config, "train", 20))
+
+
 def test_the_search_optimizer_is_set_from_the_command_line(tmp_path):
   out = subprocess.run([sys.executable, "-m", "metaqnn.train_one", "--config=configs/digits.py",
                         "--arch=[SM(10)]", "--config.train.epochs=1",

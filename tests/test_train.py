@@ -132,10 +132,12 @@ def test_indivisible_batch_raises(dataset):
     train.Trainer(tiny_config(eval_batch_size=66), dataset, devices=jax.devices()[:4])
 
 
-def test_batch_sizes_that_all_devices_do_not_divide_train_on_fewer(dataset, capsys):
+def test_batch_sizes_that_all_devices_do_not_divide_train_on_fewer(dataset, capsys,
+                                                                  monkeypatch):
   """On all local devices (4 here), as a data-parallel search and the final stage train: a
   batch of 30 trains on 2 of them, said once, instead of being refused (a record's batch
   sizes are fixed; a machine's device count is not)."""
+  monkeypatch.setattr(train, "_NOTED", set())  # (said once per process)
   for _ in range(2):
     trainer = train.Trainer(tiny_config(batch_size=30), dataset)  # (and eval 64)
     assert trainer.core.mesh.size == 2
