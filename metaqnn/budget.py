@@ -65,7 +65,8 @@ def check_config(config) -> None:
   given = [f"config.budget.{k}={b.get(k)}" for k in ("target", "weight")
            if float(b.get(k, getattr(Budget, k))) != getattr(Budget, k)]
   if given:
-    raise BudgetError(f"{' and '.join(given)} shape the soft objective only; set "
+    raise BudgetError(f"{' and '.join(given)} shape{'s' * (len(given) == 1)} the soft "
+                      "objective only; set "
                       "config.budget.objective=params or flops too, or leave them unset")
 
 

@@ -40,7 +40,10 @@ class Progress:
                tensorboard_dir: Optional[str] = None, out: Optional[TextIO] = None):
     """`history`: the record so far, in order, each with the unique models after it."""
     # sys.stdout as it is now (a notebook or a test may have redirected it)
-    self.schedule, self.best, self.out = schedule, 0.0, out or sys.stdout
+    # The best reward of a fully trained model (as the search's result and `inspect` rank
+    # them), None before the first.
+    self.schedule, self.out = schedule, out or sys.stdout
+    self.best: Optional[float] = None
     self.log_interval = log_interval
     self.start = time.perf_counter()
     self.trained_here = 0
@@ -76,7 +79,8 @@ class Progress:
       raise
 
   def _follow(self, rec: ModelRecord) -> None:
-    self.best = max(self.best, rec.accuracy)
+    if rec.status == "ok":
+      self.best = rec.accuracy if self.best is None else max(self.best, rec.accuracy)
     self.recent.append(rec.accuracy)
 
   def update(self, rec: ModelRecord, unique_models: int) -> None:
@@ -97,8 +101,8 @@ class Progress:
 
   def _scalars(self, rec: ModelRecord, unique_models: int) -> None:
     step = rec.iteration
-    scalars = [("search/accuracy", rec.accuracy, step),
-               ("search/best_accuracy", self.best, step),
+    scalars = [("search/accuracy", rec.accuracy, step)] + (
+        [("search/best_accuracy", self.best, step)] if self.best is not None else []) + [
                ("search/epsilon", rec.epsilon, step),
                ("search/unique_models", unique_models, step),
                ("search/rolling_mean_accuracy", sum(self.recent) / len(self.recent), step)]
@@ -133,12 +137,15 @@ class Progress:
     # soft objective; an early-stopped model's prediction).
     score = f"acc {rec.accuracy:.4f}"
     val = rec.best_val_accuracy
-    if (val is not None and abs(val - rec.accuracy) > 1e-9
-        and rec.status in results.TRAINED):  # (a failure's reward: chance)
+    if rec.status == results.OVER_BUDGET:  # never trained: a reward, no accuracy
+      score = f"reward {rec.accuracy:.4f}"
+    elif (val is not None and abs(val - rec.accuracy) > 1e-9
+          and rec.status in results.TRAINED):  # (a failure's reward: chance)
       score = f"reward {rec.accuracy:.4f} (val acc {val:.4f})"
+    best = "-" if self.best is None else f"{self.best:.4f}"
     return (f"[eps {rec.epsilon:g}, {where} | unique {unique_models}/{self.schedule.total}"
-            f" | sample {rec.iteration + 1}] {score} ({what}) best "
-            f"{self.best:.4f} | {speed} models/min ETA {eta} | {rec.arch}")
+            f" | sample {rec.iteration + 1}] {score} ({what}) best {best} | {speed} "
+            f"models/min ETA {eta} | {rec.arch}")
 
   def close(self) -> None:
     """Flushes and closes TensorBoard; a stop waits for its end (close is one more put

@@ -220,7 +220,7 @@ def test_budget_is_in_the_fingerprint_only_when_set(tmp_path):
   # Without an objective its target and weight would change nothing: given, they are a
   # mistake, said as such (not as another search).
   unused = small_config(schedule="1.0:5", max_flops=10**6, target=1000, weight=-0.5)
-  with pytest.raises(budget_lib.BudgetError, match="shape the soft objective only"):
+  with pytest.raises(budget_lib.BudgetError, match="shapes? the soft objective only"):
     search.run_search(unused, str(tmp_path / "b"))
   with pytest.raises(WorkdirError, match="differs in: budget"):  # with one, they count
     search.run_search(small_config(schedule="1.0:5", max_flops=10**6, objective="params",
@@ -503,7 +503,7 @@ def test_objective_settings_without_an_objective_are_refused(tmp_path):
   for field, value in (("target", 20000.0), ("weight", -0.2)):
     config = small_config("1.0:5")
     config.budget[field] = value
-    with pytest.raises(budget_lib.BudgetError, match=f"config.budget.{field}=.* shape the "
+    with pytest.raises(budget_lib.BudgetError, match=f"config.budget.{field}=.* shapes the "
                        "soft objective only; set config.budget.objective"):
       search.run_search(config, str(tmp_path / "w"))
     assert not os.path.exists(tmp_path / "w")

@@ -969,13 +969,18 @@ def test_progress_shows_a_model_under_the_stage_it_was_sampled_in():
   assert "| ? models/min ETA ? |" in line  # nothing trained in this run yet: no rate, not 0
   # Nor after an over-budget sample (never trained) or a candidate recorded as crashed
   # as the search resumed: each took no time, and made a rate of a thousand a minute.
+  # Their rewards are no accuracies, and no fully trained model's: not the best.
   for status in ("over_budget", "crashed"):
-    prog.update(ModelRecord(arch="[SM(10)]", accuracy=0.1, iteration=25, sample=25,
-                            epsilon=1.0, stage=0, status=status), unique_models=20)
+    over = ModelRecord(arch="[SM(10)]", accuracy=0.1, iteration=25, sample=25,
+                       epsilon=1.0, stage=0, status=status)
+    prog.update(over, unique_models=20)
     assert "| ? models/min ETA ? |" in prog.line(last_of_stage_1, unique_models=20)
+    assert f"] {'reward' if status == 'over_budget' else 'acc'} 0.1000 ({status}) best - |" \
+        in prog.line(over, unique_models=20)
   prog.update(ModelRecord(arch="[SM(10)]", accuracy=0.5, iteration=26, sample=26,
                           epsilon=1.0, stage=0), unique_models=21)
   assert "| ? models/min" not in prog.line(last_of_stage_1, unique_models=21)
+  assert "best 0.5000 |" in prog.line(last_of_stage_1, unique_models=21)
   # A failure's line gives its chance reward alone, as the log always did, though its
   # record keeps the accuracy it measured.
   failed = ModelRecord(arch="[SM(10)]", accuracy=0.1, best_val_accuracy=0.1234,
