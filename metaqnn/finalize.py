@@ -21,7 +21,7 @@ import json
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
 import ml_collections
 import numpy as np
@@ -33,9 +33,7 @@ from metaqnn import signals
 from metaqnn import store as store_lib
 from metaqnn.architecture import parse
 from metaqnn.errors import UserError
-
-if TYPE_CHECKING:  # (the data pipeline loads JAX: imported where the stage trains)
-  from metaqnn import input_pipeline
+from metaqnn.input_pipeline import Dataset
 
 
 def top_models(workdir: str, n: int) -> tuple[ml_collections.ConfigDict, list]:
@@ -250,7 +248,7 @@ def _load_checked(workdir: str, config, given=None):
 
 def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = None,
              config_overrides: Optional[dict] = None, data_checked: bool = False,
-             dataset: Optional[input_pipeline.Dataset] = None) -> dict:
+             dataset: Optional[Dataset] = None) -> dict:
   """Runs (or resumes) the final stage of a finished search; returns results.json's
   content. `data_checked`: the caller (the search just run) has checked the data.
   `dataset`: the `input_pipeline.Dataset` the search was given in memory

@@ -30,7 +30,7 @@ import os
 import sys
 import time
 import zipfile
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
 import ml_collections
 from absl import logging
@@ -47,9 +47,7 @@ from metaqnn import store as store_lib
 from metaqnn.results import OVER_BUDGET, Result, counts_toward_schedule, earned
 from metaqnn.store import ModelRecord, Sample, WorkdirError
 from metaqnn.errors import UserError
-
-if TYPE_CHECKING:  # (the data pipeline loads JAX: imported where a search trains)
-  from metaqnn.input_pipeline import Dataset
+from metaqnn.input_pipeline import Dataset
 
 # Samples in a row that found no new architecture before a stage is declared stuck: the
 # space (as budgets constrain it) holds no architecture the agent can still find.
