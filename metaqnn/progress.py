@@ -159,6 +159,9 @@ class Progress:
 
 
 _COMPLETE = "complete.json"
+# What the scalars mean; logs closed under another meaning are rebuilt on resume (2:
+# search/best_accuracy is the best fully trained model's, absent before the first).
+_SCALARS = 2
 
 
 def complete(tensorboard_dir: str, records: int) -> bool:
@@ -167,11 +170,13 @@ def complete(tensorboard_dir: str, records: int) -> bool:
 
 
 def _complete(tensorboard_dir: str) -> Optional[int]:
-  """How many records the scalars in `tensorboard_dir` hold, if a run closed them cleanly."""
+  """How many records the scalars in `tensorboard_dir` hold, if a run closed them cleanly
+  and they mean what this version's do."""
   try:
     with open(os.path.join(tensorboard_dir, _COMPLETE)) as f:
-      return int(json.load(f)["records"])
-  except (OSError, ValueError, KeyError, TypeError):  # missing or damaged: rebuilt
+      state = json.load(f)
+    return int(state["records"]) if state.get("scalars") == _SCALARS else None
+  except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing or damaged
     return None
 
 
@@ -182,7 +187,7 @@ def _mark(tensorboard_dir: str, records: Optional[int]) -> None:
     if os.path.exists(path):
       os.remove(path)
   else:
-    files.write_json(path, {"records": records})
+    files.write_json(path, {"records": records, "scalars": _SCALARS})
 
 
 def epoch_lines(say: Callable[[str], None], prefix: str, epochs: int,

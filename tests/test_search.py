@@ -144,6 +144,11 @@ def test_tensorboard_is_rebuilt_after_a_run_that_did_not_close_it(tmp_path, caps
   search.run_search(config, str(work), log_interval=100)
   assert "rebuilding" not in capsys.readouterr().out
   assert len(os.listdir(work / "tensorboard")) == 2  # the rebuilt file: none added since
+  # Closed by an earlier version, whose best_accuracy meant another thing: rebuilt too.
+  with open(work / "tensorboard" / "complete.json", "w") as f:
+    json.dump({"records": len(records(work))}, f)
+  search.run_search(config, str(work), log_interval=100)
+  assert "rebuilding" in capsys.readouterr().out and scalars(work) == scalars(tmp_path / "ref")
 
 
 def test_a_stop_between_a_models_scalars_is_rebuilt_on_resume(tmp_path, monkeypatch):
