@@ -28,12 +28,12 @@ import numpy as np
 
 from metaqnn import budget as budget_lib
 from metaqnn import files
+from metaqnn import input_pipeline
 from metaqnn import progress
 from metaqnn import signals
 from metaqnn import store as store_lib
 from metaqnn.architecture import parse
 from metaqnn.errors import UserError
-from metaqnn.input_pipeline import Dataset
 
 
 def top_models(workdir: str, n: int) -> tuple[ml_collections.ConfigDict, list]:
@@ -224,7 +224,6 @@ def _load_checked(workdir: str, config, given=None):
   is, when the data changed since (a record of the train evaluator keeps a digest of its
   search split, read here from the same load). `given`: the search's split, where the
   search was given it in memory; a search given its data so is refused without it."""
-  from metaqnn import input_pipeline
   with store_lib.open_existing(workdir) as store:
     meta = store.meta()
     if given is not None:
@@ -248,7 +247,7 @@ def _load_checked(workdir: str, config, given=None):
 
 def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = None,
              config_overrides: Optional[dict] = None, data_checked: bool = False,
-             dataset: Optional[Dataset] = None) -> dict:
+             dataset: Optional[input_pipeline.Dataset] = None) -> dict:
   """Runs (or resumes) the final stage of a finished search; returns results.json's
   content. `data_checked`: the caller (the search just run) has checked the data.
   `dataset`: the `input_pipeline.Dataset` the search was given in memory
@@ -272,7 +271,7 @@ def finalize(workdir: str, top: Optional[int] = None, ensemble: Optional[int] = 
 def _finalize(workdir: str, top: Optional[int], ensemble: Optional[int],
               config_overrides: Optional[dict], data_checked: bool, given,
               running: list) -> dict:
-  from metaqnn import checkpoints, input_pipeline, train  # JAX only when needed
+  from metaqnn import checkpoints, train  # JAX only when needed
   config, _ = top_models(workdir, 0)
   if config_overrides:
     config.update_from_flattened_dict(config_overrides)

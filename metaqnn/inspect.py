@@ -36,7 +36,7 @@ def summarize(workdir: str, top: int = 10) -> dict:
   budget = budget_lib.Budget.from_config(config)
   schedule_text = config.get("search", {}).get("schedule")
   over = [r for r in records if r.status == results.OVER_BUDGET]  # re-samples included
-  unique = [r for r in records if results.counts_toward_schedule(r.status, r.resampled)]
+  unique = [r for r in records if results.counts_toward_schedule(r)]
   by_eps = collections.defaultdict(list)  # every sample (what the agent chose)
   unique_by_eps = collections.Counter(r.epsilon for r in unique)
   for r in records:

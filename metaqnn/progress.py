@@ -87,7 +87,7 @@ class Progress:
     self._follow(rec)
     # The rate counts models trained here: not an over-budget sample (never trained), nor
     # a candidate recorded as crashed as the search resumed (it took no time).
-    if results.counts_toward_schedule(rec.status, rec.resampled) and rec.status != "crashed":
+    if results.counts_toward_schedule(rec) and rec.status != "crashed":
       self.trained_here += 1
     now = time.perf_counter()
     finished = self.schedule.stage(unique_models) is None

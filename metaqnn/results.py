@@ -49,10 +49,11 @@ class Result:
     return dataclasses.asdict(self) | {"curves": _json_curves(self.curves)}
 
 
-def counts_toward_schedule(status: str, resampled: bool) -> bool:
-  """Whether a result advances the schedule: a new model that was trained (a re-sample
-  or an over-budget sample, never trained, does not). `Store.unique_count` is its SQL."""
-  return not resampled and status != OVER_BUDGET
+def counts_toward_schedule(record: Any) -> bool:
+  """Whether a record (its `status` and `resampled`) advances the schedule: a new model
+  that was trained (a re-sample or an over-budget sample, never trained, does not).
+  `Store.unique_count` is its SQL."""
+  return not record.resampled and record.status != OVER_BUDGET
 
 
 def earned(result: Result, chance: float) -> bool:

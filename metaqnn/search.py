@@ -40,6 +40,7 @@ from metaqnn import budget as budget_lib
 from metaqnn import config_lib
 from metaqnn import evaluators
 from metaqnn import executors
+from metaqnn import input_pipeline
 from metaqnn import progress as progress_lib
 from metaqnn import search_space
 from metaqnn import signals
@@ -47,7 +48,6 @@ from metaqnn import store as store_lib
 from metaqnn.results import OVER_BUDGET, Result, counts_toward_schedule, earned
 from metaqnn.store import ModelRecord, Sample, WorkdirError
 from metaqnn.errors import UserError
-from metaqnn.input_pipeline import Dataset
 
 # Samples in a row that found no new architecture before a stage is declared stuck: the
 # space (as budgets constrain it) holds no architecture the agent can still find.
@@ -211,7 +211,7 @@ def _replay(agent: agent_lib.Agent, store: store_lib.Store, replay_samples: int)
         raise _Diverged(f"replaying the record diverged at sample {item.id} (sampled "
                         f"{path.architecture}, recorded {item.arch})")
     else:
-      agent.learn(item.arch, item.accuracy, new=_counts(item),
+      agent.learn(item.arch, item.accuracy, new=counts_toward_schedule(item),
                   replay_samples=replay_samples)
     agent.meta["event"] = event
 
@@ -231,10 +231,6 @@ def _snapshot_unusable(agent_dir: str, store: store_lib.Store, e: Exception,
     kept = f"; its files are kept in {aside}"
   print(f"the agent snapshot in {agent_dir} cannot be used ({why}); rebuilding the "
         f"agent from the record ({store.last_event() + 1} events){kept}", file=sys.stderr)
-
-
-def _counts(rec: ModelRecord) -> bool:
-  return counts_toward_schedule(rec.status, rec.resampled)
 
 
 class _Search:
@@ -277,7 +273,7 @@ class _Search:
       if attempt is not None:
         self.store.end_attempts([attempt], "done")
       self.consistent = False
-      self.agent.learn(rec.arch, rec.accuracy, new=_counts(rec),
+      self.agent.learn(rec.arch, rec.accuracy, new=counts_toward_schedule(rec),
                        replay_samples=self.replay_samples)
       self.agent.meta["event"] = self.store.last_event()
       self.consistent = True
@@ -531,7 +527,7 @@ def check_executor(config) -> None:
 
 
 def make_executor(config: ml_collections.ConfigDict, evaluate: Optional[Callable],
-                  early_stop=None, dataset: Optional[Dataset] = None
+                  early_stop=None, dataset: Optional[input_pipeline.Dataset] = None
                   ) -> executors.SerialExecutor | executors.WorkerPool:
   """The executor of `config.executor` (local or ray) and `config.num_workers`, settings
   `check_config` has accepted; `dataset` (an `input_pipeline.Dataset`) replaces loading
@@ -542,7 +538,6 @@ def make_executor(config: ml_collections.ConfigDict, evaluate: Optional[Callable
   if evaluate is not None or config.evaluator != "train":
     dataset = None  # nothing to train: no data needed
   elif dataset is None and executors.num_workers(config, evaluate) > 1:
-    from metaqnn import input_pipeline
     dataset = input_pipeline.load(config)  # loaded once, shared by the workers
   shared: dict = {}  # one device copy of the data per device group
   return executors.local(config, evaluate, lambda devices: evaluators.from_config(
@@ -553,7 +548,8 @@ def make_executor(config: ml_collections.ConfigDict, evaluate: Optional[Callable
 def run_search(config: ml_collections.ConfigDict, workdir: str,
                evaluate: Optional[Callable] = None, *,
                log_interval: Optional[float] = None, tensorboard: bool = True,
-               max_models: Optional[int] = None, dataset: Optional[Dataset] = None,
+               max_models: Optional[int] = None,
+               dataset: Optional[input_pipeline.Dataset] = None,
                on_start: Optional[Callable[[bool, int], None]] = None,
                check_resume: Optional[Callable[[object], None]] = None) -> SearchResult:
   """Runs (or resumes) the whole search of `config` in `workdir`.
@@ -633,7 +629,6 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
   executor = make_executor(config, evaluate, rule, dataset) if new else None
   try:
     signals.check()  # a stop dropped while the data loaded: nothing is written yet
-    from metaqnn import input_pipeline  # pylint: disable=import-outside-toplevel
     data = (input_pipeline.digest(dataset)  # only then do the rewards depend on the data
             if dataset is not None and kind == "train" else None)
     store = store_lib.Store(workdir, fp, data, check=check_resume and (
@@ -698,7 +693,6 @@ def _resolve_data(config, workdir: str, dataset, kind: str, recorded: dict):
   """The search's data (`dataset` if given in memory), with `config.dataset`'s image side,
   channels and classes set from it. Custom data is read here, before the work directory
   exists, so that bad data leaves nothing behind; a built-in set is only checked (None)."""
-  from metaqnn import input_pipeline  # pylint: disable=import-outside-toplevel
   _record_absolute_paths(config, recorded)
   if dataset is None:
     _check_workdir_outside_data(config, workdir)
@@ -758,7 +752,6 @@ def _record_absolute_paths(config, recorded: dict) -> None:
   """Data paths are recorded absolute (`input_pipeline.absolute`), except the name of a
   search `recorded` with the same relative path before they were: it resumes as it was
   made (the name is part of the fingerprint; data_dir is not)."""
-  from metaqnn import input_pipeline  # pylint: disable=import-outside-toplevel
   name = config.dataset.name
   input_pipeline.absolute(config)
   if recorded.get("dataset") == name:
@@ -768,7 +761,6 @@ def _record_absolute_paths(config, recorded: dict) -> None:
 def _check_workdir_outside_data(config, workdir: str) -> None:
   """Refuses a work directory inside a folder data set: its folders (agent/, plots/...)
   would be read as a class of images, or as a split, once they exist."""
-  from metaqnn import input_pipeline  # pylint: disable=import-outside-toplevel
   data = input_pipeline.folder_holding(config, workdir)
   if data:
     raise store_lib.WorkdirError(
@@ -838,7 +830,7 @@ def _history(store) -> list[tuple[ModelRecord, int]]:
   """The record in order, each with the unique models counted after it (`Progress`)."""
   history, unique = [], 0
   for rec in store.models():
-    unique += _counts(rec)
+    unique += counts_toward_schedule(rec)
     history.append((rec, unique))
   return history
 
