@@ -385,7 +385,8 @@ def write_all(workdirs: Sequence[str], out: str | None = None) -> list[str]:
             "(its models were not trained by metaqnn's trainer, or were recorded before "
             "curves were kept)", file=sys.stderr)
   datasets = sorted({config.dataset.name for _, config, _, _ in loaded})
-  rules = [_reward_rule(config, store_lib.stored_fingerprint(w)) for w, config, _, _ in loaded]
+  rules = [_reward_rule(config, store_lib.comparable(store_lib.stored_fingerprint(w)))
+           for w, config, _, _ in loaded]
   differ = sorted(k for k in set().union(*rules)
                   if len({json.dumps(r.get(k), sort_keys=True) for r in rules}) > 1)
   if len(datasets) > 1:  # accuracies on different data do not average into anything

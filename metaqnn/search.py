@@ -104,11 +104,8 @@ def fingerprint(config, evaluator_kind: str, replay_samples: int) -> dict:
     # Settings that do not change how a model trains are left out (max_seconds may be
     # changed on resume); float32, the precision of records made before `dtype`
     # existed, is left out so that they still resume.
-    train = {k: v for k, v in config.train.to_dict().items()
-             if k not in ("dtype", "max_seconds")}
-    if train.get("optimizer", "adam") == "adam":  # the default, and momentum unused: left
-      train.pop("optimizer", None)                 # out, as in records made before the
-      train.pop("momentum", None)                  # search's optimizer could be set
+    train = store_lib.without_default_optimizer(
+        {k: v for k, v in config.train.to_dict().items() if k not in ("dtype", "max_seconds")})
     from metaqnn import train as train_lib
     precision = train_lib.resolved_precision(config)
     if precision != "float32":

@@ -179,8 +179,8 @@ class Store:
     meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
     if meta.get("format") != FORMAT:
       raise WorkdirError(f"{self.path} is not a {FORMAT} record")
-    stored = _comparable(meta_json(meta, "fingerprint", self.path))
-    given = _comparable(json.loads(json.dumps(fingerprint, sort_keys=True)))
+    stored = comparable(meta_json(meta, "fingerprint", self.path))
+    given = comparable(json.loads(json.dumps(fingerprint, sort_keys=True)))
     if stored != given:
       diff = differences(stored, given)
       raise WorkdirError(
@@ -491,7 +491,7 @@ def _flock_held(st: os.stat_result, pid: int) -> Optional[bool]:
              for p in (line.split() for line in lines))
 
 
-def _comparable(fp: dict) -> dict:
+def comparable(fp: dict) -> dict:
   """A fingerprint without what changes nothing (applied to both sides, so records that
   stored them match): the soft objective's target and weight when there is no objective;
   the search's optimizer when it is Adam, the default, with SGD's momentum, unused then
@@ -500,10 +500,18 @@ def _comparable(fp: dict) -> dict:
   if b and not b.get("objective"):
     fp = dict(fp, budget={k: v for k, v in b.items() if k not in ("target", "weight")})
   t = fp.get("training", {}).get("train")
-  if t and t.get("optimizer", "adam") == "adam":
-    fp = dict(fp, training=dict(fp["training"], train={
-        k: v for k, v in t.items() if k not in ("optimizer", "momentum")}))
+  if t:
+    fp = dict(fp, training=dict(fp["training"], train=without_default_optimizer(t)))
   return fp
+
+
+def without_default_optimizer(train: dict) -> dict:
+  """The search's training settings without its optimizer when that is Adam, the
+  default, nor SGD's momentum, which Adam ignores: as records made before the search's
+  optimizer was a setting hold them."""
+  if train.get("optimizer", "adam") != "adam":
+    return train
+  return {k: v for k, v in train.items() if k not in ("optimizer", "momentum")}
 
 
 def differences(stored: dict, given: dict, prefix: str = "") -> list[str]:
