@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import itertools
 import math
 import sys
 import threading
@@ -79,22 +80,19 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
 # candidate, none of it reused by the next one. Cleared every this many candidates, which
 # bounds it (clearing costs a re-trace of small operations, ~0.1 s on a CPU: amortised).
 CLEAR_CACHES_EVERY = 20
-_trained = [0]
-_trained_lock = threading.Lock()
+_trained = itertools.count(1)  # candidates of this process (next() is atomic under the GIL)
 
 
 def _release_caches() -> None:
   """`jax.clear_caches()` after every `CLEAR_CACHES_EVERY`-th candidate of the process
   (thread-safe under the GIL, as JAX's caches are; compiled programs in use are held by
   their owners and unaffected)."""
-  with _trained_lock:
-    _trained[0] += 1
-    due = _trained[0] % CLEAR_CACHES_EVERY == 0
-  if due:
+  if next(_trained) % CLEAR_CACHES_EVERY == 0:
     jax.clear_caches()
 
 
 _NOTED: set = set()  # (used, available, batch sizes) already said
+_noted_lock = threading.Lock()  # (workers build their trainers at once)
 
 
 def dividing_devices(train_config: Any) -> list[jax.Device]:
@@ -104,7 +102,7 @@ def dividing_devices(train_config: Any) -> list[jax.Device]:
   devices = jax.local_devices()
   sizes = (int(train_config.batch_size), int(train_config.eval_batch_size))
   n = max(k for k in range(1, len(devices) + 1) if all(s % k == 0 for s in sizes))
-  with _trained_lock:  # (workers build their trainers at once)
+  with _noted_lock:
     new = n < len(devices) and (n, len(devices), sizes) not in _NOTED
     _NOTED.add((n, len(devices), sizes))
   if new:

@@ -1,5 +1,6 @@
 """Tests of metaqnn.train and the two CLIs, on digits with tiny epochs and tiny nets."""
 
+import itertools
 import json
 import os
 import subprocess
@@ -162,7 +163,7 @@ def test_jax_caches_are_cleared_every_few_candidates(dataset, monkeypatch):
   and a candidate trained after a clear trains as before."""
   cleared = []
   monkeypatch.setattr(train, "CLEAR_CACHES_EVERY", 2)
-  monkeypatch.setattr(train, "_trained", [0])
+  monkeypatch.setattr(train, "_trained", itertools.count(1))
   real = jax.clear_caches
   monkeypatch.setattr(jax, "clear_caches", lambda: (cleared.append(1), real()))
   trainer = train.Trainer(tiny_config(epochs=1), dataset)
