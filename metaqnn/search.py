@@ -573,6 +573,90 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
       anything is written to it; it may refuse the run by raising (main: final models
       kept from other final settings).
   """
+  plan = _plan(config, workdir, evaluate, max_models, dataset)
+  config, rule = plan.config, plan.rule
+  if plan.new and on_start is not None:
+    on_start(True, 0)
+  # A new search builds its executor (loads the data) before it creates the work
+  # directory, so that missing data leaves nothing behind; a resumed one checks the
+  # work directory first, so that a refused one costs no data loading.
+  executor = make_executor(config, evaluate, rule, plan.dataset) if plan.new else None
+  try:
+    signals.check()  # a stop dropped while the data loaded: nothing is written yet
+    data = (input_pipeline.digest(plan.dataset)  # only then do the rewards depend on it
+            if plan.dataset is not None and plan.kind == "train" else None)
+    store = store_lib.Store(workdir, plan.fingerprint, data, check=check_resume and (
+        lambda: check_resume(config)))
+  except BaseException:
+    if executor is not None:
+      executor.close()
+    raise
+  try:
+    _record_settings(plan, store)
+    agent_dir = os.path.join(workdir, store_lib.AGENT_DIR)
+    restore_agent(plan.agent, store, agent_dir, plan.replay_samples, set_aside=True)
+    tensorboard_dir = os.path.join(workdir, store_lib.TENSORBOARD_DIR) if tensorboard else None
+    schedule = plan.schedule
+    if schedule.stage(store.unique_count()) is None and not store.pending():
+      if tensorboard_dir and not progress_lib.complete(tensorboard_dir, store.count()):
+        # the run that ended it was killed before it closed them
+        progress_lib.Progress(schedule, history=_history(store),
+                              tensorboard_dir=tensorboard_dir).close()
+      return dataclasses.replace(_result(workdir, store, finished=True),
+                                 already_finished=True)
+    if not plan.new and on_start is not None:
+      on_start(False, store.unique_count())
+    executor = executor or make_executor(config, evaluate, rule, plan.dataset)
+    if rule is not None:
+      for rec in store.models():
+        rule.observe(rec)
+    if log_interval is None:
+      log_interval = 0.0 if plan.kind == "train" else 1.0
+    prog = progress_lib.Progress(schedule, history=_history(store), log_interval=log_interval,
+                                 tensorboard_dir=tensorboard_dir)
+    loop = _Search(plan.agent, store, schedule, executor, prog, agent_dir,
+                   plan.replay_samples, rule, int(config.search.get("max_crashes", 2)),
+                   plan.budget, budget_lib.input_shape(config),
+                   objective_ok_only=plan.legacy)
+    try:
+      with signals.as_interrupts():
+        loop.run(max_models)
+    except KeyboardInterrupt:
+      loop.keep_finished()  # what finished beside the last result taken
+      raise
+    finally:
+      loop.interrupted()  # a clean stop: what was running did not crash the process
+      loop.snapshot()  # before the executor closes: never wait for running candidates
+      prog.close()
+    finished = schedule.stage(store.unique_count()) is None and not store.pending()
+    return _result(workdir, store, finished=finished)
+  finally:
+    if executor is not None:
+      executor.close()
+    store.close()
+
+
+@dataclasses.dataclass
+class _Plan:
+  """A search accepted before anything is written: its settings resolved and checked."""
+  config: ml_collections.ConfigDict  # a copy, its data fields resolved
+  kind: str  # the evaluator's (evaluators.kind_of)
+  schedule: agent_lib.Schedule
+  replay_samples: int
+  dataset: Optional[input_pipeline.Dataset]  # None: a built-in set, loaded by the executor
+  in_memory: bool  # given as arrays: config.dataset cannot load it again
+  budget: budget_lib.Budget
+  agent: agent_lib.Agent
+  rule: object  # the early stopping rule, None for the paper's search
+  fingerprint: dict
+  legacy: bool  # recorded before early stopping joined the fingerprint
+  new: bool  # no record yet
+
+
+def _plan(config, workdir, evaluate, max_models, dataset) -> _Plan:
+  """Every check that needs no record written, in the order that reads the least: the
+  config and arguments, the work directory, the data (custom data is read and checked),
+  the space, the budget and the early stopping rule; refused in one line."""
   config_lib.check_known(config)  # a typo made in Python, not silently ignored
   _check_arguments(workdir, evaluate, max_models)
   schedule = agent_lib.Schedule.parse(config.search.schedule)
@@ -599,91 +683,45 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
   rule = _early_stop_rule(config, kind, recorded, schedule)
   if config.get("compile_cache_dir"):
     _enable_compile_cache(str(config.compile_cache_dir))
-  # A new search builds its executor (loads the data) before it creates the work
-  # directory, so that missing data leaves nothing behind; a resumed one checks the
-  # work directory first, so that a refused one costs no data loading.
   new = not os.path.exists(os.path.join(workdir, store_lib.DB_FILE))
   # A record made before early stopping joined the fingerprint: it resumes with the
-  # rule its settings name (below), and with the budget objective's rule of then (fully
+  # rule its settings name, and with the budget objective's rule of then (fully
   # trained models only are scaled).
   legacy = bool(recorded) and "early_stop" not in recorded
   if not new and kind == "train":
     _keep_recorded_precision(config, recorded)
   fp = fingerprint(config, kind, replay_samples)
   if legacy:
-    # Its rule is the one its last run recorded in its settings (none, for a record made
-    # before early stopping existed): another would mix two rules' rewards.
-    was = _rule_fingerprint(store_lib.stored_config(workdir).get("early_stop"))
-    if was != fp["early_stop"]:
-      raise store_lib.WorkdirError(
-          f"the work directory {workdir} was made for another search (differs in: "
-          f"early_stop; it was made with early_stop "
-          f"{', '.join(f'{k}={v}' for k, v in sorted(was.items()))}: give those "
-          "--config.early_stop flags); it was left untouched")
+    _check_legacy_rule(workdir, fp)
     del fp["early_stop"]
-  if new and on_start is not None:
-    on_start(True, 0)
-  executor = make_executor(config, evaluate, rule, dataset) if new else None
-  try:
-    signals.check()  # a stop dropped while the data loaded: nothing is written yet
-    data = (input_pipeline.digest(dataset)  # only then do the rewards depend on the data
-            if dataset is not None and kind == "train" else None)
-    store = store_lib.Store(workdir, fp, data, check=check_resume and (
-        lambda: check_resume(config)))
-  except BaseException:
-    if executor is not None:
-      executor.close()
-    raise
-  try:
-    store.set_meta("config", json.loads(config.to_json()))  # this run's settings
-    if in_memory:  # config.dataset does not load it: the final stage must be given it
-      store.set_meta(store_lib.DATA_IN_MEMORY, True)
-    if rule is not None:
-      # Under the soft objective the rule compares rewards in records that say so; one
-      # made before (none says) resumes comparing accuracies, as it began.
-      if store.count() == 0:
-        store.set_meta("stop_by_reward", True)
-      rule.by_reward = "stop_by_reward" in store.meta()
-    agent_dir = os.path.join(workdir, store_lib.AGENT_DIR)
-    restore_agent(agent, store, agent_dir, replay_samples, set_aside=True)
-    tensorboard_dir = os.path.join(workdir, store_lib.TENSORBOARD_DIR) if tensorboard else None
-    if schedule.stage(store.unique_count()) is None and not store.pending():
-      if tensorboard_dir and not progress_lib.complete(tensorboard_dir, store.count()):
-        # the run that ended it was killed before it closed them
-        progress_lib.Progress(schedule, history=_history(store),
-                              tensorboard_dir=tensorboard_dir).close()
-      return dataclasses.replace(_result(workdir, store, finished=True),
-                                 already_finished=True)
-    if not new and on_start is not None:
-      on_start(False, store.unique_count())
-    executor = executor or make_executor(config, evaluate, rule, dataset)
-    if rule is not None:
-      for rec in store.models():
-        rule.observe(rec)
-    if log_interval is None:
-      log_interval = 0.0 if kind == "train" else 1.0
-    prog = progress_lib.Progress(schedule, history=_history(store), log_interval=log_interval,
-                                 tensorboard_dir=tensorboard_dir)
-    loop = _Search(agent, store, schedule, executor, prog, agent_dir, replay_samples, rule,
-                   int(config.search.get("max_crashes", 2)), budget,
-                   budget_lib.input_shape(config),
-                   objective_ok_only=legacy)
-    try:
-      with signals.as_interrupts():
-        loop.run(max_models)
-    except KeyboardInterrupt:
-      loop.keep_finished()  # what finished beside the last result taken
-      raise
-    finally:
-      loop.interrupted()  # a clean stop: what was running did not crash the process
-      loop.snapshot()  # before the executor closes: never wait for running candidates
-      prog.close()
-    finished = schedule.stage(store.unique_count()) is None and not store.pending()
-    return _result(workdir, store, finished=finished)
-  finally:
-    if executor is not None:
-      executor.close()
-    store.close()
+  return _Plan(config=config, kind=kind, schedule=schedule, replay_samples=replay_samples,
+               dataset=dataset, in_memory=in_memory, budget=budget, agent=agent, rule=rule, fingerprint=fp, legacy=legacy, new=new)
+
+
+def _check_legacy_rule(workdir: str, fp: dict) -> None:
+  """A record made before early stopping joined the fingerprint resumes only under the
+  rule its last run recorded in its settings (none, for a record made before early
+  stopping existed): another would mix two rules' rewards."""
+  was = _rule_fingerprint(store_lib.stored_config(workdir).get("early_stop"))
+  if was != fp["early_stop"]:
+    raise store_lib.WorkdirError(
+        f"the work directory {workdir} was made for another search (differs in: "
+        f"early_stop; it was made with early_stop "
+        f"{', '.join(f'{k}={v}' for k, v in sorted(was.items()))}: give those "
+        "--config.early_stop flags); it was left untouched")
+
+
+def _record_settings(plan: _Plan, store: store_lib.Store) -> None:
+  """This run's settings in the record, and what the early stopping rule compares."""
+  store.set_meta("config", json.loads(plan.config.to_json()))
+  if plan.in_memory:  # config.dataset does not load it: the final stage must be given it
+    store.set_meta(store_lib.DATA_IN_MEMORY, True)
+  if plan.rule is not None:
+    # Under the soft objective the rule compares rewards in records that say so; one
+    # made before (none says) resumes comparing accuracies, as it began.
+    if store.count() == 0:
+      store.set_meta("stop_by_reward", True)
+    plan.rule.by_reward = "stop_by_reward" in store.meta()
 
 
 def _resolve_data(config, workdir: str, dataset, kind: str, recorded: dict):
