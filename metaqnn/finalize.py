@@ -275,15 +275,7 @@ def _finalize(workdir: str, top: Optional[int], ensemble: Optional[int],
   config, _ = top_models(workdir, 0)
   if config_overrides:
     config.update_from_flattened_dict(config_overrides)
-  stored = {"top": top is None, "ensemble": ensemble is None}  # not given: the record's
-  top = int(config.final.top if top is None else top)
-  ensemble = int(config.final.ensemble if ensemble is None else ensemble)
-  if top < 1 or ensemble < 0:
-    bad = [k for k, ok in (("top", top >= 1), ("ensemble", ensemble >= 0))
-           if not ok and stored[k]]
-    raise UserError(f"--top must be >= 1 and --ensemble >= 0, got {top} and {ensemble}" + (
-        f" (the search's final.{' and final.'.join(bad)}: give "
-        f"{' and '.join('--' + k for k in bad)})" if bad else ""))
+  top, ensemble = _top_and_ensemble(config, top, ensemble)
   _, best = top_models(workdir, top)
   if not best:
     raise store_lib.WorkdirError(f"{workdir} holds no successfully trained model yet")
@@ -309,20 +301,7 @@ def _finalize(workdir: str, top: Optional[int], ensemble: Optional[int],
   def say(line: str) -> None:  # one write: lines of models trained at once stay whole
     print(line + "\n", end="", flush=True)
 
-  if not todo:
-    which = "the final model was" if len(best) == 1 else f"all {len(best)} final models were"
-    say(f"{which} trained by an earlier run; nothing to train")
-  elif len(todo) < len(best):
-    kept = len(best) - len(todo)
-    say(f"{kept} of the {len(best)} final models {'was' if kept == 1 else 'were'} trained by "
-        f"an earlier run and {'is' if kept == 1 else 'are'} kept; training the other "
-        f"{len(todo)}")
-  if ensemble > len(best):
-    models = f"{len(best)} final model{'s' * (len(best) != 1)}"
-    fewer = (f"the top {top} (final.top, or --top)" if len(best) == top else
-             f"the {len(best)} model{'s' * (len(best) != 1)} of the search that trained fully")
-    say(f"the ensemble takes all {models}: {ensemble} were asked (final.ensemble, or "
-        f"finalize's --ensemble), more than {fewer}")
+  _announce(say, len(best), len(todo), top, ensemble)
 
   def train_one(rank: int, rec, after: Optional[str] = None) -> None:
     say(f"final {rank}/{len(best)}: training {rec.arch}...")
@@ -370,6 +349,41 @@ def _finalize(workdir: str, top: Optional[int], ensemble: Optional[int],
   with open(os.path.join(root, "results.md"), "w") as f:
     f.write(results_table(results))
   return results
+
+
+def _top_and_ensemble(config, top: Optional[int], ensemble: Optional[int]) -> tuple[int, int]:
+  """How many models to retrain and to ensemble: the arguments, else the record's
+  `final.top` and `final.ensemble`; a bad value is named where it came from."""
+  stored = {"top": top is None, "ensemble": ensemble is None}  # not given: the record's
+  top = int(config.final.top if top is None else top)
+  ensemble = int(config.final.ensemble if ensemble is None else ensemble)
+  if top < 1 or ensemble < 0:
+    bad = [k for k, ok in (("top", top >= 1), ("ensemble", ensemble >= 0))
+           if not ok and stored[k]]
+    raise UserError(f"--top must be >= 1 and --ensemble >= 0, got {top} and {ensemble}" + (
+        f" (the search's final.{' and final.'.join(bad)}: give "
+        f"{' and '.join('--' + k for k in bad)})" if bad else ""))
+  return top, ensemble
+
+
+def _announce(say: Callable[[str], None], ranked: int, todo: int, top: int,
+              ensemble: int) -> None:
+  """Says which of the `ranked` final models an earlier run kept, and when the ensemble
+  asked for is larger than what there is."""
+  if not todo:
+    which = "the final model was" if ranked == 1 else f"all {ranked} final models were"
+    say(f"{which} trained by an earlier run; nothing to train")
+  elif todo < ranked:
+    kept = ranked - todo
+    say(f"{kept} of the {ranked} final models {'was' if kept == 1 else 'were'} trained by "
+        f"an earlier run and {'is' if kept == 1 else 'are'} kept; training the other "
+        f"{todo}")
+  if ensemble > ranked:
+    models = f"{ranked} final model{'s' * (ranked != 1)}"
+    fewer = (f"the top {top} (final.top, or --top)" if ranked == top else
+             f"the {ranked} model{'s' * (ranked != 1)} of the search that trained fully")
+    say(f"the ensemble takes all {models}: {ensemble} were asked (final.ensemble, or "
+        f"finalize's --ensemble), more than {fewer}")
 
 
 def _collect(root: str, best: list, dataset, ensemble: int) -> dict:
