@@ -181,6 +181,16 @@ def _early_stop(config: dict) -> Optional[dict]:
 
 def render(s: dict) -> str:
   """The readable form of `summarize`'s result."""
+  return "\n".join(_header(s) + _top_table(s) + _agent_choice(s) + _final_models(s)
+                   + _failures(s))
+
+
+def _size(v: Optional[int]) -> str:
+  return "?" if v is None else f"{v:,}"
+
+
+def _header(s: dict) -> list[str]:
+  """The work directory, schedule, budget, early stopping and time lines."""
   lines = [f"work directory: {s['workdir']}   data set: {s['dataset']}"]
   if s.get("running"):
     lines.append(f"running now: process {s['running']['pid']} (a search or its final "
@@ -208,6 +218,12 @@ def render(s: dict) -> str:
     lines.append(f"time in candidates: {spent} ({t['models']} models), "
                  f"{100 * t['compile_wait_seconds'] / t['seconds']:.0f}% of it waiting for "
                  "compiles (on GPUs: README, \"On GPUs\")")
+  return lines
+
+
+def _top_table(s: dict) -> list[str]:
+  """The mean reward per epsilon and the top fully trained models."""
+  lines = []
   soft = bool((s.get("budget") or {}).get("objective"))  # a reward column beside accuracy
   if s["reward_kind"] == "reward":
     lines.append("\nmean reward per epsilon (what the agent received over all samples: "
@@ -226,34 +242,50 @@ def render(s: dict) -> str:
   val = lambda m: "?" if m["best_val_accuracy"] is None else f"{m['best_val_accuracy']:.4f}"
   lines.append(f"      {'accuracy':>8}  " + (f"{'reward':>8}  " if soft else "")
                + f"{'params':>10}  {'FLOPs':>12}  sample     architecture")
-  size = lambda v: "?" if v is None else f"{v:,}"
   for i, m in enumerate(s["top"], 1):
     score = f"{val(m):>8}  {m['accuracy']:.4f}" if soft else f"{m['accuracy']:.4f}"
-    lines.append(f"  {i:2d}. {score}  {size(m['params']):>10}  "
-                 f"{size(m.get('flops')):>12}  #{m['iteration'] + 1:<8d} {m['arch']}")
+    lines.append(f"  {i:2d}. {score}  {_size(m['params']):>10}  "
+                 f"{_size(m.get('flops')):>12}  #{m['iteration'] + 1:<8d} {m['arch']}")
+  return lines
+
+
+def _agent_choice(s: dict) -> list[str]:
+  """The agent's greedy architecture now, with its Q-values."""
   g = s.get("greedy")
-  if g and "error" in g:
-    lines.append(f"\nthe agent cannot be rebuilt from the record: {g['error']}")
-  elif g:
-    seen = ("never sampled" if g["iteration"] is None else
-            f"sample #{g['iteration'] + 1}: "
-            + ("reward " if s["reward_kind"] == "reward" else "")
-            + f"{g['accuracy']:.4f} ({g['status']})")
-    lines.append(f"\nthe agent's choice now (epsilon 0): {g['arch']}; {seen}")
-    lines.append("  Q-values along it: " + " ".join(f"{q:.4f}" for q in g["q_values"]))
-  if s.get("final"):
-    lines.append("\nfinal models (retrained, test accuracy):")
-    for m in s["final"]["models"]:
-      reward = m.get("search_reward", m["val_accuracy"])
-      lines.append(f"  {m['rank']:2d}. test {m['test_accuracy']:.4f}  search val "
-                   f"{m['val_accuracy']:.4f}"
-                   + (f" (reward {reward:.4f})" if abs(reward - m["val_accuracy"]) > 1e-9
-                      else "")
-                   + f"  {size(m['params']):>10} params  {size(m.get('flops')):>12} FLOPs  "
-                   f"{m['arch']}  {m['checkpoint']}")
-    if s["final"].get("ensemble"):
-      e = s["final"]["ensemble"]
-      lines.append(f"  ensemble of {e['size']}: test {e['test_accuracy']:.4f}")
+  if not g:
+    return []
+  if "error" in g:
+    return [f"\nthe agent cannot be rebuilt from the record: {g['error']}"]
+  seen = ("never sampled" if g["iteration"] is None else
+          f"sample #{g['iteration'] + 1}: "
+          + ("reward " if s["reward_kind"] == "reward" else "")
+          + f"{g['accuracy']:.4f} ({g['status']})")
+  return [f"\nthe agent's choice now (epsilon 0): {g['arch']}; {seen}",
+          "  Q-values along it: " + " ".join(f"{q:.4f}" for q in g["q_values"])]
+
+
+def _final_models(s: dict) -> list[str]:
+  """The final stage's retrained models and ensemble, if any."""
+  if not s.get("final"):
+    return []
+  lines = ["\nfinal models (retrained, test accuracy):"]
+  for m in s["final"]["models"]:
+    reward = m.get("search_reward", m["val_accuracy"])
+    lines.append(f"  {m['rank']:2d}. test {m['test_accuracy']:.4f}  search val "
+                 f"{m['val_accuracy']:.4f}"
+                 + (f" (reward {reward:.4f})" if abs(reward - m["val_accuracy"]) > 1e-9
+                    else "")
+                 + f"  {_size(m['params']):>10} params  {_size(m.get('flops')):>12} FLOPs  "
+                 f"{m['arch']}  {m['checkpoint']}")
+  if s["final"].get("ensemble"):
+    e = s["final"]["ensemble"]
+    lines.append(f"  ensemble of {e['size']}: test {e['test_accuracy']:.4f}")
+  return lines
+
+
+def _failures(s: dict) -> list[str]:
+  """Crashed and failed candidates."""
+  lines = []
   if s.get("crashes"):
     lines.append(f"\ncrashed models: {len(s['crashes'])}")
     for c in s["crashes"]:
@@ -265,7 +297,7 @@ def render(s: dict) -> str:
   lines.append(f"\nfailures: {len(s['failures'])}")
   for f in s["failures"][:20]:
     lines.append(f"  sample {f['iteration'] + 1} {f['status']}: {f['message'][:120]}  {f['arch']}")
-  return "\n".join(lines)
+  return lines
 
 
 def checkpoint_summary(path: str, split: Optional[str] = None) -> dict:
