@@ -243,18 +243,10 @@ class Rule:
 # -- offline evaluation -------------------------------------------------------------------
 
 
-def evaluate_offline(workdir: str, tau: Optional[float] = None,
-                     delta: Optional[float] = None, kind: str = "predictor",
-                     min_completed: Optional[int] = None) -> dict:
-  """Replays the rule on a search trained without early stopping (see the module doc)."""
-  from metaqnn import store as store_lib
-  with store_lib.open_existing(workdir) as store:
-    config = store.config()
-    records = [r for r in store.models() if not r.resampled]
-    # "train", "synthetic", or "function" (a user's evaluate), as the search recorded it
-    meta = store.meta()
-    evaluator = (store_lib.meta_json(meta, "fingerprint", store.path)
-                 if "fingerprint" in meta else {}).get("evaluator")
+def _set_replay_rule(config, kind: str, tau: Optional[float], delta: Optional[float],
+                     min_completed: Optional[int]) -> None:
+  """`config.early_stop` as the replay asks (a record made before early stopping existed
+  gets the default settings first)."""
   if "early_stop" not in config:
     from metaqnn import config_lib
     config.early_stop = config_lib.base_config("digits").early_stop
@@ -265,6 +257,11 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
     config.early_stop.delta = delta
   if min_completed is not None:
     config.early_stop.min_completed = min_completed
+
+
+def _check_replayable(workdir: str, config, records: list, evaluator: Optional[str]) -> None:
+  """Refuses a record the rule cannot be replayed on: one searched with early stopping,
+  one without learning curves, one whose epochs leave nothing to stop."""
   if any(r.status == "stopped" for r in records):
     raise UserError(f"{workdir} was searched with early stopping: its stopped models have "
                     "no full curves to replay against")
@@ -279,6 +276,22 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
   if stop_epoch(epochs, float(config.early_stop.tau)) >= epochs:
     raise UserError(f"tau={config.early_stop.tau:g} decides after the last of the record's "
                     f"{epochs} epochs, which leaves nothing to save; give a lower --tau")
+
+
+def evaluate_offline(workdir: str, tau: Optional[float] = None,
+                     delta: Optional[float] = None, kind: str = "predictor",
+                     min_completed: Optional[int] = None) -> dict:
+  """Replays the rule on a search trained without early stopping (see the module doc)."""
+  from metaqnn import store as store_lib
+  with store_lib.open_existing(workdir) as store:
+    config = store.config()
+    records = [r for r in store.models() if not r.resampled]
+    # "train", "synthetic", or "function" (a user's evaluate), as the search recorded it
+    meta = store.meta()
+    evaluator = (store_lib.meta_json(meta, "fingerprint", store.path)
+                 if "fingerprint" in meta else {}).get("evaluator")
+  _set_replay_rule(config, kind, tau, delta, min_completed)
+  _check_replayable(workdir, config, records, evaluator)
   rule = Rule(config)
   full = [r for r in records if r.status == "ok" and r.curves
           and len(r.curves[-1]["val_accuracy"]) >= rule.epochs]
