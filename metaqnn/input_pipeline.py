@@ -453,9 +453,19 @@ def _conform(name: str, ds, tr_x, tr_y, te_x, te_y, k, val: sources.Val = None):
   `num_classes` when set, else the data's. A set image_size, channels or num_classes must
   match the data.
   """
+  va_x, va_y = val if val is not None else (te_x[:0], te_y[:0])
+  tr_x, va_x, te_x = _conform_images(name, ds, tr_x, va_x, te_x)
+  k = _check_labels(name, ds, tr_y, va_y, te_y, k, own_val=val is not None)
+  if val is not None:
+    val = va_x, va_y.astype(np.int32)
+  return tr_x, tr_y.astype(np.int32), te_x, te_y.astype(np.int32), k, val
+
+
+def _conform_images(name: str, ds, tr_x, va_x, te_x):
+  """The three splits' images, resized if `ds.resize`, checked: square, the same shape,
+  and the config's image_size and channels where set."""
   resize = bool(ds.get("resize", False))
   side = int(ds.get("image_size", 0))
-  va_x, va_y = val if val is not None else (te_x[:0], te_y[:0])
   for what, x in (("training", tr_x), ("validation", va_x), ("test", te_x)):
     if (x.ndim == 4 and x.shape[1] in (1, 3, 4) and x.shape[2] == x.shape[3]
         and x.shape[1] != x.shape[2]):  # [N, C, S, S]
@@ -494,6 +504,13 @@ def _conform(name: str, ds, tr_x, tr_y, te_x, te_y, k, val: sources.Val = None):
   if want_c and want_c != c:
     raise DatasetError(f"config.dataset.channels={want_c} but {name}'s images have {c}; set "
                        f"--config.dataset.channels={c} (or 0 to take it from the data).")
+  return tr_x, va_x, te_x
+
+
+def _check_labels(name: str, ds, tr_y, va_y, te_y, k, own_val: bool) -> int:
+  """The number of classes (the config's, else the data's `k`, else the largest label +
+  1), with labels checked: in range, every class in train, two or more classes, and two
+  or more in the data's own validation split."""
   want_k = int(ds.get("num_classes", 0))
   if want_k and k and want_k != k:
     raise DatasetError(f"config.dataset.num_classes={want_k} but {name} has {k} classes; set "
@@ -513,14 +530,12 @@ def _conform(name: str, ds, tr_x, tr_y, te_x, te_y, k, val: sources.Val = None):
              else f"classes {', '.join(map(str, missing))}{more} of 0..{k - 1} have")
     raise DatasetError(f"{name}: {which} no training examples; labels must be 0..k-1 with "
                        "every class present.")
-  if val is not None and len(va_y) and len(np.unique(va_y)) < 2:
+  if own_val and len(va_y) and len(np.unique(va_y)) < 2:
     raise DatasetError(
         f"{name}: its validation split holds class {int(va_y[0])} only; the reward is a "
         "validation accuracy, which a constant guess would max out: add examples of the "
         "other classes there, or leave the split out to have one carved from train.")
-  if val is not None:
-    val = va_x, va_y.astype(np.int32)
-  return tr_x, tr_y.astype(np.int32), te_x, te_y.astype(np.int32), k, val
+  return k
 
 
 def _first_missing(present: np.ndarray, k: int, n: int = 10) -> list[int]:
