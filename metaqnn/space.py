@@ -52,11 +52,8 @@ _COSTS_NUM = 2000  # samples of `costs` unless --num says otherwise
 _COUNT_UP_TO = 100_000  # architectures within a budget counted exactly (more: "at least")
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) != 2 or argv[1] not in COMMANDS:
-    raise cli.UserError(f"usage: python -m metaqnn.space {{{'|'.join(COMMANDS)}}} "
-                        "--config=configs/<name>.py [--num=N --seed=S --uniform] "
-                        "(or --workdir=DIR [--epsilon=E] instead of --config)")
+def _check_flags(command: str) -> None:
+  """Refuses flags that contradict each other or `command`, in one line."""
   if _WORKDIR.value is not None and not _WORKDIR.value.strip():
     raise cli.UserError("--workdir is empty; give a search's work directory")
   if (_CONFIG.value is None) == (_WORKDIR.value is None):
@@ -65,14 +62,22 @@ def main(argv: list[str]) -> None:
   if not 0 <= _EPSILON.value <= 1:  # (NaN fails too)
     raise cli.UserError(f"--epsilon must be in [0, 1] (1: uniform random walks, 0: the "
                         f"agent's greedy choice), got {_EPSILON.value}")
-  if argv[1] == "stats" and any(flags.FLAGS[f].present for f in ("epsilon", "uniform",
-                                                                    "num", "seed")):
+  if command == "stats" and any(flags.FLAGS[f].present
+                                for f in ("epsilon", "uniform", "num", "seed")):
     raise cli.UserError("stats counts the space; it takes no --epsilon, --uniform, --num "
                         "or --seed")
   if _EPSILON.value < 1 and _WORKDIR.value is None:
     raise cli.UserError("--epsilon below 1 needs --workdir=DIR, a search's agent: an "
                         "untrained agent values every action alike, so its walks are "
                         "random at any epsilon")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    raise cli.UserError(f"usage: python -m metaqnn.space {{{'|'.join(COMMANDS)}}} "
+                        "--config=configs/<name>.py [--num=N --seed=S --uniform] "
+                        "(or --workdir=DIR [--epsilon=E] instead of --config)")
+  _check_flags(argv[1])
   agent = None
   if _WORKDIR.value is not None:
     from metaqnn import search  # pylint: disable=import-outside-toplevel
