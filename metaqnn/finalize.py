@@ -33,6 +33,7 @@ from metaqnn import progress
 from metaqnn import signals
 from metaqnn import store as store_lib
 from metaqnn.architecture import parse
+from metaqnn.results import rank_key
 from metaqnn.errors import UserError
 
 
@@ -45,7 +46,7 @@ def top_models(workdir: str, n: int) -> tuple[ml_collections.ConfigDict, list]:
     from metaqnn import config_lib
     config.final = config_lib.base_config(config.dataset.name).final
   records = [r for r in records if within_budget(config, r)]
-  records.sort(key=lambda r: (-r.accuracy, r.iteration))
+  records.sort(key=rank_key)
   return config, records[:n]
 
 

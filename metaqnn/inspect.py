@@ -49,7 +49,7 @@ def summarize(workdir: str, top: int = 10) -> dict:
                 "stage": None if stage is None else stage + 1,
                 "stages": len(sched.stages), "finished": stage is None}
   # Fully trained models only: a stopped model's accuracy is a prediction, not a measure.
-  ranked = sorted((r for r in unique if r.status == "ok"), key=lambda r: -r.accuracy)
+  ranked = sorted((r for r in unique if r.status == "ok"), key=results.rank_key)
   final = _final_results(workdir)
   return {
       "workdir": workdir,

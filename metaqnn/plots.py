@@ -211,7 +211,7 @@ def plot_curves(records, path: str, title: str, top: int = 10) -> bool:
   fig, (ax_top, ax_all) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
   full = [r for r in trained if r.status == "ok"]  # not stopped: a predicted or partial accuracy
   rewarded = False  # ranked by a budget objective's rewards, not validation accuracies
-  for r in sorted(full, key=lambda r: -r.accuracy)[:top]:
+  for r in sorted(full, key=results.rank_key)[:top]:
     acc = r.curves[-1]["val_accuracy"]
     val = r.accuracy if r.best_val_accuracy is None else r.best_val_accuracy
     label = f"#{r.iteration + 1} {val:.3f}"  # the sample number, as in the log

@@ -63,6 +63,14 @@ def earned(result: Result, chance: float) -> bool:
   return result.status in TRAINED and (result.status != "timeout" or result.accuracy > chance)
 
 
+def rank_key(record: Any) -> tuple:
+  """How fully trained models are ranked (inspect, plots, the final stage, the search's
+  best): by reward, then by validation accuracy (the soft objective caps rewards at 1,
+  where they tie), then by sample order."""
+  val = record.best_val_accuracy
+  return (-record.accuracy, -(record.accuracy if val is None else val), record.iteration)
+
+
 def reward_kind(objective: Optional[str], statuses) -> str:
   """What a search's rewards are: "validation accuracy", as in the paper, or "reward"
   when some are not (a budget's objective scales them, an over-budget sample gets a set

@@ -45,7 +45,7 @@ from metaqnn import progress as progress_lib
 from metaqnn import search_space
 from metaqnn import signals
 from metaqnn import store as store_lib
-from metaqnn.results import OVER_BUDGET, Result, counts_toward_schedule, earned
+from metaqnn.results import OVER_BUDGET, Result, counts_toward_schedule, earned, rank_key
 from metaqnn.store import ModelRecord, Sample, WorkdirError
 from metaqnn.errors import UserError
 
@@ -873,8 +873,7 @@ def _history(store) -> list[tuple[ModelRecord, int]]:
 def _result(workdir, store, finished: bool) -> SearchResult:
   # Fully trained models only, as inspect and the final stage rank them (a stopped
   # model's accuracy is a prediction; a timed-out one's is partial).
-  best = max((r for r in store.models() if r.status == "ok"),
-             key=lambda r: r.accuracy, default=None)
+  best = min((r for r in store.models() if r.status == "ok"), key=rank_key, default=None)
   return SearchResult(workdir=workdir, unique_models=store.unique_count(),
                       iterations=store.count(), best_arch=best.arch if best else None,
                       best_accuracy=best.accuracy if best else None, finished=finished)

@@ -302,6 +302,25 @@ def test_soft_objective_in_a_search(tmp_path):
           in inspect_lib.render(summary))
 
 
+def test_rewards_capped_at_one_rank_by_validation_accuracy(tmp_path):
+  """A steep objective caps many rewards at 1: inspect, the final stage and the search's
+  result rank those ties by validation accuracy, not by which was sampled first."""
+  from metaqnn import finalize
+  config = small_config(schedule="1.0:8", objective="params", target=10**6, weight=-1.0)
+  config.seed = 1
+  result = search.run_search(config, str(tmp_path / "w"), tensorboard=False)
+  capped = [r for r in _records(tmp_path / "w")
+            if r.status == "ok" and r.accuracy == 1.0 and not r.resampled]
+  assert len(capped) >= 3
+  want = sorted(capped, key=lambda r: (-r.best_val_accuracy, r.iteration))
+  assert want[0].iteration != min(r.iteration for r in capped)  # sample order would differ
+  top = inspect_lib.summarize(str(tmp_path / "w"))["top"]
+  assert [m["iteration"] for m in top[:len(want)]] == [r.iteration for r in want]
+  _, best = finalize.top_models(str(tmp_path / "w"), len(want))
+  assert [r.iteration for r in best] == [r.iteration for r in want]
+  assert result.best_arch == want[0].arch
+
+
 def test_soft_objective_scales_every_reward_training_earned(tmp_path):
   """Stopped (early stopping) and timed-out models get the objective too: unscaled, a
   stopped model's prediction would out-earn every fully trained model. A timeout before
