@@ -201,7 +201,8 @@ def _header(s: dict) -> list[str]:
     lines.append(f"schedule: {s['unique_models']}/{sched['total']} unique models ({state}); "
                  f"{s['iterations']} iterations, {s['resampled']} re-samples")
   if s.get("budget") or s.get("over_budget"):
-    limits = ", ".join(f"{k} {v:,}" if isinstance(v, (int, float)) else f"{k} {v}"
+    limits = ", ".join(f"{k} {v:,}" if isinstance(v, int) else
+                       f"{k} {v:,g}" if isinstance(v, float) else f"{k} {v}"
                        for k, v in s.get("budget", {}).items())
     lines.append(f"budget: {limits or 'none'}; {s['over_budget']} over-budget samples, "
                  f"{s['over_budget_unique']} distinct (status over_budget, never trained)")
@@ -226,8 +227,11 @@ def _top_table(s: dict) -> list[str]:
   lines = []
   soft = bool((s.get("budget") or {}).get("objective"))  # a reward column beside accuracy
   if s["reward_kind"] == "reward":
-    lines.append("\nmean reward per epsilon (what the agent received over all samples: "
-                 "re-samples, over-budget samples and models stopped early included):")
+    shaped = ["re-samples"] + [what for k, what in (("over_budget", "over-budget samples"),
+                                                   ("stopped", "models stopped early"))
+                               if s.get(k)]
+    lines.append("\nmean reward per epsilon (what the agent received over all samples, "
+                 f"{', '.join(shaped)} included):")
   else:
     lines.append("\nmean accuracy per epsilon (over all samples, re-samples included):")
   for eps, v in s["mean_accuracy_by_epsilon"].items():
@@ -256,9 +260,12 @@ def _agent_choice(s: dict) -> list[str]:
     return []
   if "error" in g:
     return [f"\nthe agent cannot be rebuilt from the record: {g['error']}"]
+  # "reward" where its value is not its validation accuracy: an objective's, a prediction
+  # (stopped), an over-budget sample's set reward
+  shaped = bool((s.get("budget") or {}).get("objective")) or g["status"] in (
+      "stopped", results.OVER_BUDGET)
   seen = ("never sampled" if g["iteration"] is None else
-          f"sample #{g['iteration'] + 1}: "
-          + ("reward " if s["reward_kind"] == "reward" else "")
+          f"sample #{g['iteration'] + 1}: " + ("reward " if shaped else "")
           + f"{g['accuracy']:.4f} ({g['status']})")
   return [f"\nthe agent's choice now (epsilon 0): {g['arch']}; {seen}",
           "  Q-values along it: " + " ".join(f"{q:.4f}" for q in g["q_values"])]

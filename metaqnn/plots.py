@@ -9,8 +9,9 @@ early stopping.
 Figure 3: rolling mean accuracy against iteration, with the mean per epsilon stage.
 Learning curves: the top models' validation accuracy per epoch, and all models' coloured by
 epsilon (where the record holds curves).
-Cost: accuracy of every trained model against its parameters and FLOPs, the Pareto front
-(no other model is both cheaper and more accurate) marked, and the budget's limits drawn.
+Cost: validation accuracy of every fully trained model against its parameters and FLOPs,
+the Pareto front (each model on it more accurate than every model at most as costly)
+marked, and the budget's limits drawn.
 Figure A4: accuracy distribution per epsilon. Figure A5: mean Q-value by layer type and
 by convolution receptive field against layer depth. Figure A3: mean accuracy per epsilon
 over several runs (seeds), with their spread, and each run's curve.
@@ -123,14 +124,16 @@ def plot_rolling(records, path: str, title: str, what: str = "validation accurac
            alpha=0.15 + 0.1 * (i % 2), edgecolor="none",
            label=f"mean {what} per epsilon stage" if i == 0 else None)
     if end - start >= len(acc) / 20 or (eps not in labelled and end - start == longest[eps]):
-      ax.text((start + end) / 2, mean + 0.01, f"ε={eps:g}", ha="center", fontsize=8)
+      # in a band above the rewards (at most 1), where the rolling line never runs
+      ax.text((start + end) / 2, 1.015, f"ε={eps:g}", ha="center", va="bottom", fontsize=8)
       labelled.add(eps)
   w = max(1, min(window, len(acc) // 5))  # the paper's 100, shorter for short searches
   rolling = np.convolve(acc, np.ones(w) / w, mode="valid")
   ax.plot(np.arange(w - 1, len(acc)), rolling, color="tab:blue",
           label=f"rolling mean over {w} samples")
   ax.set(xlabel="iteration", ylabel=what, title=title,
-         xlim=(0, len(acc)), ylim=(min(0.0, acc.min()), 1))  # a penalty can be < 0
+         xlim=(0, len(acc)), ylim=(min(0.0, acc.min()), 1.07))  # a penalty can be < 0
+  ax.axhline(1.0, color="0.8", lw=0.6)
   ax.legend(loc="lower right")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
@@ -144,12 +147,13 @@ def plot_distribution(records, path: str, title: str,
   groups = _by_epsilon(records)
   fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
   bins = np.linspace(min(0.0, min(min(v) for v in groups.values())), 1, 21)
-  cmap = plt.get_cmap("viridis")
-  for i, (eps, values) in enumerate(groups.items()):
+  cmap = _epsilon_colours(plt)
+  for eps, values in groups.items():
     hist, _ = np.histogram(values, bins=bins)
     ax.plot((bins[:-1] + bins[1:]) / 2, hist / max(len(values), 1),
-            color=cmap(i / max(len(groups) - 1, 1)), label=f"ε={eps:g} ({len(values)})")
-  ax.set(xlabel=what, ylabel="fraction of models", title=f"{what} distribution per ε")
+            color=cmap(eps), label=f"ε={eps:g} ({len(values)} samples)")
+  ax.set(xlabel=what, ylabel="fraction of samples (re-samples included)",
+         title=f"{what} distribution per ε")
   ax.legend(fontsize=8)
   ends = [e for e in (max(groups), min(groups)) if e in groups]
   for eps in dict.fromkeys(ends):
@@ -160,6 +164,13 @@ def plot_distribution(records, path: str, title: str,
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def _epsilon_colours(plt):
+  """Colours by epsilon in [0, 1], the same in every figure: viridis without its palest
+  yellow (epsilon 1's curves are the most numerous, and must show on white)."""
+  from matplotlib.colors import ListedColormap
+  return ListedColormap(plt.get_cmap("viridis")(np.linspace(0, 0.85, 256)))
 
 
 def q_by_depth(agent) -> tuple[dict, dict]:
@@ -194,7 +205,11 @@ def plot_q_values(agent, path: str, title: str) -> None:
       ax.legend(fontsize=8)
     else:
       ax.text(0.5, 0.5, "none in this space", ha="center", transform=ax.transAxes)
-  fig.suptitle(title)
+  allowed = np.isfinite(agent.q)
+  untried = int(np.sum(agent.q[allowed] == agent.q_init))
+  fig.suptitle(f"{title}\nmeans over every allowed action: {untried:,} of "
+               f"{int(allowed.sum()):,} still at the initial Q-value {agent.q_init:g} "
+               "(never updated)", fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -223,21 +238,23 @@ def plot_curves(records, path: str, title: str, top: int = 10) -> bool:
              ylabel="validation accuracy")
   if full:
     ax_top.legend(fontsize=7)
-  # Viridis without its palest yellow: the curves of epsilon 1 are the most numerous.
-  from matplotlib.colors import ListedColormap
-  cmap = ListedColormap(plt.get_cmap("viridis")(np.linspace(0, 0.85, 256)))
-  stops = []
+  cmap = _epsilon_colours(plt)
+  ends = {"stopped": [], "timeout": []}  # where a curve was cut short, by what
   for r in trained:
     acc = r.curves[-1]["val_accuracy"]
-    stopped = r.status == "stopped"
-    ax_all.plot(range(1, len(acc) + 1), acc, "--" if stopped else "-", color=cmap(r.epsilon),
+    style = {"stopped": "--", "timeout": ":"}.get(r.status, "-")
+    ax_all.plot(range(1, len(acc) + 1), acc, style, color=cmap(r.epsilon),
                 alpha=0.35, lw=0.8, marker="." if len(acc) == 1 else None)  # else unseen
-    if stopped:  # a black x where it stopped, over any colour: a one-epoch curve is a point
-      stops.append((len(acc), acc[-1]))
-  if stops:
-    ax_all.scatter(*zip(*stops), marker="x", color="k", s=18, lw=0.8, zorder=3)
-  ax_all.set(title="all trained models" + (" (stopped early: dashed, ending in x)"
-                                           if stops else ""), xlabel="epoch")
+    if r.status in ends:  # a black mark where it stopped, over any colour
+      ends[r.status].append((len(acc), acc[-1]))
+  cut = []
+  for status, marker, what in (("stopped", "x", "stopped early: dashed, ending in x"),
+                               ("timeout", "+", "train.max_seconds: dotted, ending in +")):
+    if ends[status]:
+      ax_all.scatter(*zip(*ends[status]), marker=marker, color="k", s=18, lw=0.8, zorder=3)
+      cut.append(what)
+  ax_all.set(title="all trained models" + (f" ({'; '.join(cut)})" if cut else ""),
+             xlabel="epoch")
   from matplotlib.ticker import MaxNLocator
   for ax in (ax_top, ax_all):
     # epochs: 1, 2, ..., not 0.96 (one tick will do: a one-epoch search)
@@ -288,7 +305,7 @@ def plot_cost(config, records, path: str, title: str) -> None:
       (axes[0], 1, "parameters", "params", limits.max_params),
       (axes[1], 2, "forward FLOPs per example", "FLOPs", limits.max_flops)):
     cost = [row[col] for row in rows]
-    ax.scatter(cost, acc, s=10, alpha=0.5, color="tab:blue", label=f"trained ({len(rows)})")
+    ax.scatter(cost, acc, s=10, alpha=0.5, color="tab:blue", label=f"fully trained ({len(rows)})")
     front = pareto_front(cost, acc)
     ax.step([cost[i] for i in front], [acc[i] for i in front], where="post", color="tab:red",
             marker="o", markersize=4, label=f"Pareto front ({len(front)})")

@@ -695,7 +695,8 @@ def _plan(config, workdir, evaluate, max_models, dataset) -> _Plan:
     _check_legacy_rule(workdir, fp)
     del fp["early_stop"]
   return _Plan(config=config, kind=kind, schedule=schedule, replay_samples=replay_samples,
-               dataset=dataset, in_memory=in_memory, budget=budget, agent=agent, rule=rule, fingerprint=fp, legacy=legacy, new=new)
+               dataset=dataset, in_memory=in_memory, budget=budget, agent=agent, rule=rule,
+               fingerprint=fp, legacy=legacy, new=new)
 
 
 def _check_legacy_rule(workdir: str, fp: dict) -> None:

@@ -414,8 +414,13 @@ def test_inspect_shows_costs_and_the_budget(tmp_path):
   assert f"budget: max_params {config.budget.max_params:,}" in text
   assert f"{summary['over_budget']} over-budget samples" in text and summary["over_budget"] > 0
   assert "mean reward per epsilon" in text  # their 0 is a reward, not an accuracy
+  assert "re-samples, over-budget samples included" in text  # nothing was stopped early
   assert summary["reward_kind"] == "reward"
   top = summary["top"][0]
+  # The agent's choice, fully trained: its value is a validation accuracy, not a reward.
+  summary["greedy"].update(iteration=top["iteration"], accuracy=top["accuracy"], status="ok")
+  assert (f"sample #{top['iteration'] + 1}: {top['accuracy']:.4f} (ok)"
+          in inspect_lib.render(summary))
   assert f"{top['params']:,}" in text and f"{top['flops']:,}" in text
   assert all(m["status"] == "over_budget" for m in summary["models"]
              if m["params"] > config.budget.max_params)
@@ -424,6 +429,8 @@ def test_inspect_shows_costs_and_the_budget(tmp_path):
   assert summary["unique_models"] == 10
   assert summary["budget"] == {"max_params": config.budget.max_params,
                                "over_budget_reward": 0.0}
+  summary["budget"] = {"objective": "params", "target": 20000.0, "weight": -0.07}
+  assert "target 20,000, weight -0.07" in inspect_lib.render(summary)
 
 
 @pytest.mark.parametrize("prune", [False, True])

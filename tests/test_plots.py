@@ -259,3 +259,22 @@ def test_epsilon_bars_stand_where_each_epsilon_ran():
                                    (0.1, 35, 36), (1.0, 36, 37)]
   assert [r[3] for r in runs] == pytest.approx([0.2, 0.5, 0.9, 0.3, 0.8, 0.4])
   assert plots.epsilon_runs([]) == []
+
+
+def test_curves_cut_short_are_marked_by_what_cut_them(tmp_path, monkeypatch):
+  """Stopped early: dashed, ending in x; stopped by train.max_seconds: dotted, ending in
+  +, and both named in the panel's title (a timeout looked fully trained)."""
+  import types
+  from matplotlib.figure import Figure
+  saved = []
+  monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: saved.append(fig))
+  curve = lambda n: [{"val_accuracy": [0.3 + 0.1 * e for e in range(n)]}]
+  records = [types.SimpleNamespace(resampled=False, status=status, accuracy=0.5, iteration=i,
+                                   epsilon=1.0, best_val_accuracy=None, curves=curve(n))
+             for i, (status, n) in enumerate((("ok", 4), ("stopped", 2), ("timeout", 1)))]
+  assert plots.plot_curves(records, str(tmp_path / "c.png"), "cut")
+  every = saved[0].axes[1]
+  assert [l.get_linestyle() for l in every.lines] == ["-", "--", ":"]
+  assert "dashed, ending in x" in every.get_title()
+  assert "train.max_seconds: dotted, ending in +" in every.get_title()
+  assert [c.get_offsets().tolist() for c in every.collections] == [[[2, 0.4]], [[1, 0.3]]]
