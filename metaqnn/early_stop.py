@@ -44,7 +44,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from metaqnn import budget, models
+from metaqnn import budget, models, results
 from metaqnn.architecture import FC, GAP, Architecture, Conv, Pool, parse
 from metaqnn.errors import UserError
 
@@ -321,7 +321,7 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
   for i, r in enumerate(full):
     oracle += i >= rule.min_completed and r.accuracy < best
     best = max(best, r.accuracy)
-  ranked = sorted(full, key=lambda r: (-r.accuracy, r.iteration))
+  ranked = sorted(full, key=results.rank_key)
   top10 = [r.iteration for r in ranked[:10]]
   return {"workdir": workdir, "kind": kind, "tau": float(config.early_stop.tau),
           "stop_epoch": rule.epoch, "epochs": rule.epochs,

@@ -202,6 +202,7 @@ def _header(s: dict) -> list[str]:
                  f"{s['iterations']} iterations, {s['resampled']} re-samples")
   if s.get("budget") or s.get("over_budget"):
     limits = ", ".join(f"{k} {v:,}" if isinstance(v, int) else
+                       f"{k} {v:,.0f}" if isinstance(v, float) and v.is_integer() else
                        f"{k} {v:,g}" if isinstance(v, float) else f"{k} {v}"
                        for k, v in s.get("budget", {}).items())
     lines.append(f"budget: {limits or 'none'}; {s['over_budget']} over-budget samples, "

@@ -157,7 +157,8 @@ def plot_distribution(records, path: str, title: str,
   ax.legend(fontsize=8)
   ends = [e for e in (max(groups), min(groups)) if e in groups]
   for eps in dict.fromkeys(ends):
-    ax2.hist(groups[eps], bins=bins, alpha=0.6, density=True, label=f"ε={eps:g}")
+    ax2.hist(groups[eps], bins=bins, alpha=0.6, density=True, color=cmap(eps),
+             label=f"ε={eps:g}")
   ax2.set(xlabel=what, ylabel="density", title="first and last ε")
   ax2.legend()
   fig.suptitle(title)

@@ -423,6 +423,8 @@ class _Search:
     params, flops = self.cost(arch)
     scaled = out.status == "ok" if self.objective_ok_only else earned(out, self.chance)
     if self.budget.objective and scaled:  # the soft, MnasNet-style reward
+      if out.best_val_accuracy is None:  # (a user's evaluate): the accuracy it scales
+        out.best_val_accuracy = out.accuracy
       out.accuracy = self.budget.reward(out.accuracy, params, flops)
     out.params = out.params if out.params is not None else params
     out.flops = out.flops if out.flops is not None else flops

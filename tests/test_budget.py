@@ -321,6 +321,20 @@ def test_rewards_capped_at_one_rank_by_validation_accuracy(tmp_path):
   assert result.best_arch == want[0].arch
 
 
+def test_a_user_evaluate_under_the_objective_keeps_its_accuracy(tmp_path):
+  """A user's evaluate that returns a Result with its accuracy only: the record keeps it
+  as the validation accuracy beside the scaled reward (the final stage and the ranking
+  read it there)."""
+  config = small_config(schedule="1.0:6", objective="params", target=10**6, weight=-1.0)
+  accuracy = lambda arch: 0.3 + 0.01 * len(arch.layers)
+  search.run_search(config, str(tmp_path / "w"), tensorboard=False,
+                    evaluate=lambda arch: results.Result(accuracy=accuracy(arch)))
+  recs = [r for r in _records(tmp_path / "w") if not r.resampled]
+  assert recs and all(r.accuracy == 1.0 for r in recs)  # capped: every reward ties
+  from metaqnn.architecture import parse
+  assert all(r.best_val_accuracy == pytest.approx(accuracy(parse(r.arch))) for r in recs)
+
+
 def test_soft_objective_scales_every_reward_training_earned(tmp_path):
   """Stopped (early stopping) and timed-out models get the objective too: unscaled, a
   stopped model's prediction would out-earn every fully trained model. A timeout before
@@ -429,8 +443,10 @@ def test_inspect_shows_costs_and_the_budget(tmp_path):
   assert summary["unique_models"] == 10
   assert summary["budget"] == {"max_params": config.budget.max_params,
                                "over_budget_reward": 0.0}
-  summary["budget"] = {"objective": "params", "target": 20000.0, "weight": -0.07}
-  assert "target 20,000, weight -0.07" in inspect_lib.render(summary)
+  summary["budget"] = {"objective": "flops", "target": 5e6, "weight": -0.07}
+  assert "target 5,000,000, weight -0.07" in inspect_lib.render(summary)  # not 5e+06
+  summary["budget"]["target"] = 2500.5
+  assert "target 2,500.5," in inspect_lib.render(summary)
 
 
 @pytest.mark.parametrize("prune", [False, True])

@@ -77,6 +77,19 @@ def test_q_by_depth_averages_the_right_pairs():
   assert min(types["pooling"]) == 2  # never from the start state
 
 
+def test_the_q_value_figure_says_how_many_actions_were_never_updated(tmp_path, monkeypatch):
+  from matplotlib.figure import Figure
+  saved = []
+  monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: saved.append(fig))
+  space = search_space.from_config(config_lib.base_config("mnist"))
+  agent = agent_lib.Agent(space)
+  allowed = int(space.allowed.sum())
+  agent.q[0, space.allowed_ids[0][:3]] = 0.7  # three actions learned something
+  plots.plot_q_values(agent, str(tmp_path / "q.png"), "mnist")
+  assert (f"{allowed - 3:,} of {allowed:,} still at the initial Q-value 0.5"
+          in saved[0]._suptitle.get_text())
+
+
 def test_missing_workdir_is_a_clear_error_and_creates_nothing(tmp_path):
   with pytest.raises(WorkdirError, match="no metaqnn search"):
     plots.write_all([str(tmp_path / "nothing")])
