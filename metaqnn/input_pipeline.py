@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Any
 
 import ml_collections
@@ -512,6 +513,7 @@ def _check_labels(name: str, ds, tr_y, va_y, te_y, k, own_val: bool) -> int:
   1), with labels checked: in range, every class in train, two or more classes, and two
   or more in the data's own validation split."""
   want_k = int(ds.get("num_classes", 0))
+  inferred = not (want_k or k)  # the largest label + 1: a stray label makes more classes
   if want_k and k and want_k != k:
     raise DatasetError(f"config.dataset.num_classes={want_k} but {name} has {k} classes; set "
                        f"--config.dataset.num_classes={k} (or 0 to take it from the data).")
@@ -528,8 +530,23 @@ def _check_labels(name: str, ds, tr_y, va_y, te_y, k, own_val: bool) -> int:
     more = ", ..." if k - len(present) > len(missing) else ""
     which = (f"class {missing[0]} of 0..{k - 1} has" if len(missing) == 1 and not more
              else f"classes {', '.join(map(str, missing))}{more} of 0..{k - 1} have")
-    raise DatasetError(f"{name}: {which} no training examples; labels must be 0..k-1 with "
-                       "every class present.")
+    stray = ""
+    if inferred:
+      top = int(present[-1])
+      n = int(np.sum(tr_y == top))
+      stray = (f" (k is the largest label + 1, and label {top} is in {n:,} training "
+               f"example{'s' * (n != 1)}: a stray label? else set "
+               "--config.dataset.num_classes)")
+    raise DatasetError(f"{name}: {which} no training examples{stray}; labels must be 0..k-1 "
+                       "with every class present.")
+  counts = np.bincount(tr_y, minlength=k)
+  rare = np.flatnonzero(counts < min(5, 0.01 * len(tr_y) / k))
+  if len(rare):  # a stray label, most likely: said, not refused (rare classes exist)
+    print(f"warning: {name}: class{'es' * (len(rare) > 1)} "
+          f"{', '.join(map(str, rare[:10]))}{', ...' * (len(rare) > 10)} of 0..{k - 1} "
+          f"{'have' if len(rare) > 1 else 'has'} under 1% of the mean number of training "
+          f"examples per class ({', '.join(str(int(counts[c])) for c in rare[:10])}); "
+          "check those labels", file=sys.stderr)
   if own_val and len(va_y) and len(np.unique(va_y)) < 2:
     raise DatasetError(
         f"{name}: its validation split holds class {int(va_y[0])} only; the reward is a "

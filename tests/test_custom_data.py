@@ -188,6 +188,28 @@ def test_labels_that_are_ids_not_indices_are_one_line_at_once(tmp_path):
   assert ip._first_missing(np.array([5]), 6) == [0, 1, 2, 3, 4]
 
 
+def test_a_stray_label_is_named(tmp_path, capsys):
+  """One label 7 among classes 0..4: the classes it leaves empty are refused, and the
+  message points at the label k was taken from; a stray label 5 (a sixth class in one
+  example) is accepted with a warning."""
+  x, y = _images(1000, 8, k=5)
+  y[5] = 7
+  np.savez(tmp_path / "oor.npz", x_train=x, y_train=y)
+  with pytest.raises(ip.DatasetError, match=r"classes 5, 6 of 0\.\.7 have no training "
+                     r"examples \(k is the largest label \+ 1, and label 7 is in 1 "
+                     r"training example: a stray label\?"):
+    ip.resolve(_config(f"npz:{tmp_path}/oor.npz"))
+  y[5] = 5
+  np.savez(tmp_path / "extra.npz", x_train=x, y_train=y)
+  assert ip.resolve(_config(f"npz:{tmp_path}/extra.npz")).num_classes == 6
+  err = capsys.readouterr().err
+  assert "warning: npz:" in err and "class 5 of 0..5 has under 1%" in err, err
+  y[5] = 4  # balanced classes: no word
+  np.savez(tmp_path / "ok.npz", x_train=x, y_train=y)
+  ip.resolve(_config(f"npz:{tmp_path}/ok.npz"))
+  assert "warning" not in capsys.readouterr().err
+
+
 def test_npz_missing_keys_and_paths(tmp_path):
   np.savez(tmp_path / "bad.npz", images=np.zeros((3, 2, 2), np.uint8))
   with pytest.raises(ip.DatasetError, match="needs x_train and y_train"):
