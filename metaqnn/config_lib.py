@@ -129,6 +129,9 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
                                    # epochs' curve and the architecture) or "median".
   c.early_stop.tau = 0.25          # Decide after this fraction of train.epochs (>= 1 epoch).
   c.early_stop.delta = 0.05        # Stop when P(final > best so far) < delta (predictor).
+  c.early_stop.top = 1             # ... > the top-th best so far instead (predictor): 1 is
+                                   # the follow-up paper; e.g. final.top spares more of the
+                                   # models the final stage retrains.
   c.early_stop.min_completed = 20  # Fully trained models needed before any stopping.
   c.early_stop.refit_every = 10    # Refit the predictor after this many new models.
   c.early_stop.reward = "predicted"  # A stopped model's reward: "predicted" (the follow-up

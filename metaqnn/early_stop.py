@@ -2,7 +2,7 @@
 
   python -m metaqnn.early_stop --workdir=DIR [--json] [--tau=0.25] [--delta=0.05]
   python -m metaqnn.early_stop --workdir=DIR --tau=0.125,0.25 --delta=0.01,0.05,0.2
-  python -m metaqnn.early_stop --workdir=DIR --min_completed=10
+  python -m metaqnn.early_stop --workdir=DIR --min_completed=10 --top=3
 
 Not part of MetaQNN itself: its authors' follow-up (Baker, Gupta, Raskar, Naik,
 "Accelerating Neural Architecture Search using Performance Prediction", ICLR 2018
@@ -16,7 +16,9 @@ workshop). `config.early_stop.kind`:
   the spread of its cross-validated residuals (Gaussian). The candidate stops when the
   probability that it beats the best model so far is below `delta`. With the budget's
   soft objective (`budget.objective`), "beats" is by reward: its accuracy must pass the
-  best reward divided by what its own cost multiplies an accuracy by.
+  best reward divided by what its own cost multiplies an accuracy by. With
+  `early_stop.top` = K > 1, the bar is the K-th best so far instead of the best (1, the
+  default, is the follow-up paper's rule): candidates headed for the top K train on.
 - "median": the median stopping rule, a baseline: stop after tau epochs if the best
   accuracy so far is below the median of the completed models' at the same epoch (every
   fully trained model so far, once there are `min_completed`).
@@ -70,6 +72,8 @@ def check_config(config: Any) -> None:
     raise UserError(f"early_stop.tau={e.tau} must be a fraction of the epochs in (0, 1)")
   if not 0 < float(e.delta) < 1:
     raise UserError(f"early_stop.delta={e.delta} must be a probability in (0, 1)")
+  if int(e.get("top", 1)) < 1:
+    raise UserError(f"early_stop.top must be >= 1 (1: beat the best so far), got {e.top}")
   if int(e.min_completed) < 5 or int(e.refit_every) < 1:
     raise UserError(f"early_stop.min_completed must be >= 5 and refit_every >= 1, got "
                     f"{e.min_completed} and {e.refit_every}")
@@ -157,6 +161,7 @@ class Rule:
     check_config(config)
     e, t = config.early_stop, config.train
     self.kind, self.delta, self.reward = str(e.kind), float(e.delta), str(e.reward)
+    self.top = int(e.get("top", 1))  # beat the top-th best so far (1: the best)
     self.min_completed, self.refit_every = int(e.min_completed), int(e.refit_every)
     self.epochs = int(t.epochs)
     self.epoch = stop_epoch(self.epochs, float(e.tau))
@@ -221,9 +226,9 @@ class Rule:
     with self._lock:  # a snapshot: the fit below runs without holding the lock
       n = self._fit_point(len(self._y))
       xs, seen, ys = list(self._x[:n]), list(self._seen[:n]), list(self._y[:n])
-      best = max(self._rewards if self.by_reward else self._y, default=0.0)
+      best = kth_best(self._rewards if self.by_reward else self._y, self.top)
       predictor = self._predictor if self._fitted_on == n else None
-    if n == 0:
+    if n == 0 or best is None:
       return None
     if predictor is None:  # a function of the first n models alone: deterministic
       predictor = Predictor(np.array(xs), np.array(seen), np.array(ys))
@@ -240,11 +245,16 @@ class Rule:
     return float(np.clip(predictor.predict(x, now)[0], 0.0, 1.0))
 
 
+def kth_best(values: Sequence[float], k: int) -> Optional[float]:
+  """The k-th largest of `values` (k = 1: the largest); None if there are fewer."""
+  return sorted(values, reverse=True)[k - 1] if len(values) >= k else None
+
+
 # -- offline evaluation -------------------------------------------------------------------
 
 
 def _set_replay_rule(config, kind: str, tau: Optional[float], delta: Optional[float],
-                     min_completed: Optional[int]) -> None:
+                     min_completed: Optional[int], top: Optional[int] = None) -> None:
   """`config.early_stop` as the replay asks (a record made before early stopping existed
   gets the default settings first)."""
   if "early_stop" not in config:
@@ -257,6 +267,8 @@ def _set_replay_rule(config, kind: str, tau: Optional[float], delta: Optional[fl
     config.early_stop.delta = delta
   if min_completed is not None:
     config.early_stop.min_completed = min_completed
+  if top is not None:
+    config.early_stop.top = top
 
 
 def _check_replayable(workdir: str, config, records: list, evaluator: Optional[str]) -> None:
@@ -280,7 +292,7 @@ def _check_replayable(workdir: str, config, records: list, evaluator: Optional[s
 
 def evaluate_offline(workdir: str, tau: Optional[float] = None,
                      delta: Optional[float] = None, kind: str = "predictor",
-                     min_completed: Optional[int] = None) -> dict:
+                     min_completed: Optional[int] = None, top: Optional[int] = None) -> dict:
   """Replays the rule on a search trained without early stopping (see the module doc)."""
   from metaqnn import store as store_lib
   with store_lib.open_existing(workdir) as store:
@@ -290,7 +302,7 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
     meta = store.meta()
     evaluator = (store_lib.meta_json(meta, "fingerprint", store.path)
                  if "fingerprint" in meta else {}).get("evaluator")
-  _set_replay_rule(config, kind, tau, delta, min_completed)
+  _set_replay_rule(config, kind, tau, delta, min_completed, top)
   _check_replayable(workdir, config, records, evaluator)
   rule = Rule(config)
   full = [r for r in records if r.status == "ok" and r.curves
@@ -314,19 +326,23 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
     else:
       rule.observe(r)
   # The oracle: a rule that knew every final reward, stopping at the same epoch exactly
-  # the models that end below the best so far (none before min_completed). A rule that
-  # never stops a future leader stops a subset of these, so it saves no more. Rewards
-  # are the validation accuracies, or the soft objective's, by which the best is the best.
-  oracle, best = 0, -1.0
+  # the models that end below the best (early_stop.top: the top-th best) so far, none
+  # before min_completed. A rule that never stops a future leader stops a subset of
+  # these, so it saves no more. Rewards are the validation accuracies, or the soft
+  # objective's, by which the best is the best. (A model it stops ends below the top-th
+  # best: leaving it out of the ranking changes no top-th best after it.)
+  oracle, seen = 0, []
   for i, r in enumerate(full):
-    oracle += i >= rule.min_completed and r.accuracy < best
-    best = max(best, r.accuracy)
+    bar = kth_best(seen, rule.top) if rule.kind == "predictor" else max(seen, default=None)
+    oracle += i >= rule.min_completed and bar is not None and r.accuracy < bar
+    seen.append(r.accuracy)
   ranked = sorted(full, key=results.rank_key)
   top10 = [r.iteration for r in ranked[:10]]
   return {"workdir": workdir, "kind": kind, "tau": float(config.early_stop.tau),
           "stop_epoch": rule.epoch, "epochs": rule.epochs,
           # The median rule has no delta.
           "delta": None if kind == "median" else float(config.early_stop.delta),
+          "top": None if kind == "median" else rule.top,
           "models": len(full),
           "min_completed": rule.min_completed,
           # The predictor's R^2 whatever the rule (the median rule predicts nothing; the
@@ -341,6 +357,10 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
           "best_stopped": top10[0] in stopped}
 
 
+def _ordinal(k: int) -> str:
+  return f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
+
+
 def _r2(s: dict) -> str:
   return "undefined" if s["r2"] is None else f"{s['r2']:.3f}"
 
@@ -351,12 +371,15 @@ def render(s: dict) -> str:
       f"early stopping replayed on {s['workdir']} ({s['models']} fully trained models)",
       f"rule: {s['kind']}, decide after epoch {s['stop_epoch']} of {s['epochs']} "
       f"(tau {s['tau']:g}), " + ("" if median else f"delta {s['delta']:g}, ")
+      + (f"beating the {_ordinal(s['top'])} best so far, " if (s["top"] or 1) > 1 else "")
       + f"after {s['min_completed']} fully trained models",
       f"predictor R^2 on held-out models (5-fold): {_r2(s)}"
       + (" (for reference: the median rule does not use it)" if median else "")
       + (" (every model ends at the same accuracy)" if s["r2"] is None else ""),
       f"stopped {s['stopped']} models; training epochs saved: {100 * s['epochs_saved']:.1f}% "
-      f"(a rule that stopped exactly the models ending below the best so far: "
+      f"(a rule that stopped exactly the models ending below the "
+      + ("" if median or s["top"] == 1 else f"{_ordinal(s['top'])} ")
+      + "best so far: "
       f"{100 * s['oracle_epochs_saved']:.1f}%)",
       f"true top 10 stopped: {s['top10_stopped']}; true best stopped: "
       f"{'yes' if s['best_stopped'] else 'no'}"])
@@ -364,9 +387,11 @@ def render(s: dict) -> str:
 
 def render_grid(rows: list[dict]) -> str:
   """One line per (tau, delta): to choose them before spending GPU time."""
+  top = rows[0]["top"]
   lines = [f"early stopping replayed on {rows[0]['workdir']} ({rows[0]['models']} fully "
            f"trained models, {rows[0]['epochs']} epochs each), rule: {rows[0]['kind']}, "
-           f"after {rows[0]['min_completed']} fully trained models",
+           + (f"beating the {_ordinal(top)} best so far, " if top and top > 1 else "")
+           + f"after {rows[0]['min_completed']} fully trained models",
            f"{'tau':>6} {'epoch':>5} {'delta':>6} {'R^2':>9} {'stopped':>7} {'saved':>6} "
            f"{'oracle':>6} {'top 10 stopped':>14} {'best stopped':>12}"]
   for s in rows:
@@ -416,15 +441,17 @@ def main(argv):
   if len(argv) > 1 or not f.workdir:
     raise cli.UserError("usage: python -m metaqnn.early_stop --workdir=DIR [--json] "
                         "[--tau=0.25[,0.5...]] [--delta=0.05[,0.1...]] "
-                        "[--kind=predictor|median] [--min_completed=20]")
-  if f.kind == "median" and f.delta is not None:
-    raise cli.UserError("--delta is the predictor's; the median rule has none")
+                        "[--kind=predictor|median] [--min_completed=20] [--top=1]")
+  if f.kind == "median" and (f.delta is not None or f.top is not None):
+    raise cli.UserError("--delta and --top are the predictor's; the median rule has neither")
+  if f.top is not None and f.top < 1:
+    raise cli.UserError(f"--top must be >= 1 (1: beat the best so far), got {f.top}")
   # Each value once: a value given twice is one row.
   taus, deltas = (list(dict.fromkeys(_fractions(name, values)))
                   for name, values in (("tau", f.tau), ("delta", f.delta)))
   if f.min_completed is not None and f.min_completed < 5:
     raise cli.UserError(f"--min_completed must be >= 5, got {f.min_completed}")
-  rows = [evaluate_offline(f.workdir, tau, delta, f.kind, f.min_completed)
+  rows = [evaluate_offline(f.workdir, tau, delta, f.kind, f.min_completed, f.top)
           for tau in taus for delta in deltas]
   _note_shared_epochs(rows)
   if f.json:
@@ -445,4 +472,6 @@ if __name__ == "__main__":
   flags.DEFINE_enum("kind", "predictor", ["predictor", "median"], "The rule to replay.")
   flags.DEFINE_integer("min_completed", None, "Fully trained models before the rule acts "
                        "(at least 5; default: the config's).")
+  flags.DEFINE_integer("top", None, "Stop a candidate unlikely to beat the top-th best so "
+                       "far (1: the best; default: the config's, 1 unless it was set).")
   cli.run(main)

@@ -209,7 +209,9 @@ def _header(s: dict) -> list[str]:
                  f"{s['over_budget_unique']} distinct (status over_budget, never trained)")
   rule = s.get("early_stop")
   if rule:
-    how = "" if rule["kind"] == "median" else f", delta {rule['delta']}, reward {rule['reward']}"
+    how = "" if rule["kind"] == "median" else (
+        f", delta {rule['delta']}, reward {rule['reward']}"
+        + (f", beating the top {rule['top']}" if int(rule.get("top", 1)) > 1 else ""))
     lines.append(f"early stopping: {rule['kind']}, deciding after epoch {rule['stop_epoch']} "
                  f"of {rule['epochs']}{how}, once "
                  f"{rule['min_completed']} models are fully trained; {s['stopped']} stopped")

@@ -121,7 +121,9 @@ def _rule_fingerprint(early_stop) -> dict:
   """The settings of an early stopping rule that set its rewards (none: the paper's)."""
   rule = dict(early_stop or {"kind": "none"})
   unused = {"none": set(rule) - {"kind"},  # what each rule ignores
-            "median": {"delta", "reward", "refit_every"}}.get(rule["kind"], set())
+            "median": {"delta", "reward", "refit_every", "top"}}.get(rule["kind"], set())
+  if int(rule.get("top", 1)) == 1:  # the default: as records made before it existed
+    unused = unused | {"top"}
   return json.loads(json.dumps({k: v for k, v in rule.items() if k not in unused}))
 
 

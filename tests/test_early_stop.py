@@ -106,13 +106,22 @@ def test_offline_command_json_and_errors(curved_search, tmp_path):
   assert later["min_completed"] == 30 and s["min_completed"] == 20
   # The oracle acts on a subset of the models: the first 30 are never stopped.
   assert later["oracle_epochs_saved"] < s["oracle_epochs_saved"]
+  top3 = run(f"--workdir={curved_search}", "--json", "--top=3")
+  assert top3.returncode == 0, top3.stderr
+  top3 = json.loads(top3.stdout)
+  assert top3["top"] == 3 and s["top"] == 1
+  # A lower bar stops fewer, and a rule that knew every end would stop fewer too.
+  assert top3["stopped"] <= s["stopped"] and top3["epochs_saved"] <= s["epochs_saved"]
+  assert top3["oracle_epochs_saved"] < s["oracle_epochs_saved"]
   twice = run(f"--workdir={curved_search}", "--json", "--tau=0.25,0.25")
   assert [json.loads(line) for line in twice.stdout.splitlines()] == [s]  # one row
   for flags, says in ((["--tau=x"], ""), (["--tau=1.5"], ""), (["--tau=0.25,1.5"], ""),
                       (["--tau="], ""), (["--delta=0.05,"], ""), (["--delta=0"], ""),
                       (["--min_completed=4"], ""),
                       (["--tau=0.95"], "leaves nothing to save; give a lower --tau"),
-                      (["--kind=median", "--delta=0.1"], "the median rule has none")):
+                      (["--kind=median", "--delta=0.1"], "the median rule has neither"),
+                      (["--kind=median", "--top=2"], "the median rule has neither"),
+                      (["--top=0"], "--top must be >= 1")):
     bad = run(f"--workdir={curved_search}", *flags)
     assert bad.returncode == 2 and bad.stderr.startswith("error:"), (flags, bad.stderr)
     assert says in bad.stderr and len(bad.stderr.splitlines()) == 1, bad.stderr
@@ -197,6 +206,31 @@ def test_a_new_leader_is_not_stopped_and_a_laggard_is():
   assert flat(parse(archs[0]), [best + 1e-4] * flat.epoch) is None
 
 
+def test_top_k_spares_a_candidate_that_would_enter_the_top_k():
+  """early_stop.top=3: the bar is the third best so far, so a candidate headed between
+  the third best and the best trains on; one headed below the third best still stops."""
+  archs = ["[C(16,3,1), SM(10)]", "[C(32,3,1), P(2,2), SM(10)]", "[C(16,1,1), FC(32), SM(10)]"]
+  flat = [[0.3 + 0.02 * i] * EPOCHS for i in range(24)]  # what each shows is its end
+  best, third = flat[-1][0], flat[-3][0]
+  between = [(best + third) / 2] * EPOCHS
+  rule = _rule_fitted_on(flat, archs * 8)
+  assert rule(parse(archs[0]), between[:rule.epoch]) is not None  # cannot beat the best
+  rule.top = 3
+  assert rule(parse(archs[0]), between[:rule.epoch]) is None  # would be the 2nd or 3rd
+  assert rule(parse(archs[0]), [third - 0.05] * rule.epoch) is not None
+  rule.top = 25  # more than the 24 models known: nothing is stopped yet
+  assert rule(parse(archs[0]), [0.0] * rule.epoch) is None
+  assert early_stop.kth_best([0.5, 0.9, 0.7], 2) == 0.7
+  # The default leaves the fingerprint as records made before the setting existed had it.
+  c = config()
+  c.early_stop.kind = "predictor"
+  fp = search._rule_fingerprint(c.early_stop)
+  assert "top" not in fp and fp == search._rule_fingerprint(
+      {k: v for k, v in c.early_stop.items() if k != "top"})
+  c.early_stop.top = 3
+  assert search._rule_fingerprint(c.early_stop)["top"] == 3
+
+
 def test_with_the_soft_objective_the_rule_compares_rewards():
   """Under budget.objective the best is the best reward: a cheap model below the best
   accuracy can still beat it, and is not stopped; a costly one of the same accuracy is."""
@@ -226,7 +260,8 @@ def test_with_the_soft_objective_the_rule_compares_rewards():
 @pytest.mark.parametrize("field,value,match", [
     ("kind", "sometimes", "unknown early_stop.kind"), ("tau", 1.0, "tau"),
     ("delta", 0.0, "delta"), ("reward", "best", "early_stop.reward"),
-    ("min_completed", 2, "min_completed must be >= 5 and refit_every >= 1, got 2 and")])
+    ("min_completed", 2, "min_completed must be >= 5 and refit_every >= 1, got 2 and"),
+    ("top", 0, "early_stop.top must be >= 1")])
 @pytest.mark.parametrize("kind", ["predictor", "none"])
 def test_bad_settings_are_one_line(field, value, match, kind):
   """With kind "none" too: a value set wrong is a mistake even before it is used."""
