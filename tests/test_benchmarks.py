@@ -164,3 +164,23 @@ def test_harder_digits_writes_the_same_images_as_npz_and_folder(tmp_path):
   sources = {split: set(picks.tolist()) for split, (_, _, picks) in splits.items()}
   assert not sources["train"] & (sources["val"] | sources["test"])
   assert not sources["val"] & sources["test"]
+
+
+def test_shapes_writes_an_npz_and_a_folder_of_mixed_sizes(tmp_path):
+  """The RGB data set of BENCHMARKS.md's acceptance runs: balanced classes, and a folder
+  whose images come in three sizes (a search of it must resize)."""
+  from PIL import Image
+  proc = subprocess.run([sys.executable, "benchmarks/shapes.py", f"--out={tmp_path}"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  arrays = np.load(tmp_path / "shapes.npz")
+  assert arrays["x_train"].shape == (1000, 20, 20, 3) and arrays["x_test"].shape[0] == 300
+  assert arrays["x_train"].dtype == np.uint8
+  assert np.bincount(arrays["y_train"]).tolist() == [200] * 5
+  folder = tmp_path / "shapes_folder"
+  sizes = {Image.open(folder / c / f).size for c in os.listdir(folder)
+           for f in os.listdir(folder / c)}
+  assert sizes == {(20, 20), (24, 24), (18, 18)}
+  i = min(int(f[:-4]) for f in os.listdir(folder / "circle") if int(f[:-4]) % 3 == 0)
+  same = np.asarray(Image.open(folder / "circle" / f"{i:05d}.png"))
+  assert (same == arrays["x_train"][i]).all()  # the 20x20 ones are the npz's own
