@@ -47,8 +47,8 @@ The search space's size bins follow the image side (space.size_bins=(): (8, 4, 1
 to 32 pixels and more, (4, 2, 1) for 8; see search_space.derived_bins). Errors are one
 line and leave nothing behind: a wrong path, labels outside 0..k-1, mixed image sizes
 without resize, images in a subfolder of a class folder, fewer training examples than a
-batch, a single class. A class with under 1% of the mean number of training examples per
-class is named in a warning (a stray label, most likely).
+batch, a single class. A class with fewer than 5 training examples and under 1% of the
+mean per class is named in a warning (a stray label, most likely).
 
 Budgets (see README, "Budgets"): e.g. `--config.budget.max_params=200000` or
 `--config.budget.max_flops=5000000`. What the space holds on your data, to choose them by:

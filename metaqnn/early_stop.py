@@ -357,7 +357,8 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
           "best_stopped": top10[0] in stopped}
 
 
-def _ordinal(k: int) -> str:
+def ordinal(k: int) -> str:
+  """1st, 2nd, 3rd, 4th, ..., 11th, 12th, 21st."""
   return f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
 
 
@@ -371,14 +372,14 @@ def render(s: dict) -> str:
       f"early stopping replayed on {s['workdir']} ({s['models']} fully trained models)",
       f"rule: {s['kind']}, decide after epoch {s['stop_epoch']} of {s['epochs']} "
       f"(tau {s['tau']:g}), " + ("" if median else f"delta {s['delta']:g}, ")
-      + (f"beating the {_ordinal(s['top'])} best so far, " if (s["top"] or 1) > 1 else "")
+      + (f"beating the {ordinal(s['top'])} best so far, " if (s["top"] or 1) > 1 else "")
       + f"after {s['min_completed']} fully trained models",
       f"predictor R^2 on held-out models (5-fold): {_r2(s)}"
       + (" (for reference: the median rule does not use it)" if median else "")
       + (" (every model ends at the same accuracy)" if s["r2"] is None else ""),
       f"stopped {s['stopped']} models; training epochs saved: {100 * s['epochs_saved']:.1f}% "
       f"(a rule that stopped exactly the models ending below the "
-      + ("" if median or s["top"] == 1 else f"{_ordinal(s['top'])} ")
+      + ("" if median or s["top"] == 1 else f"{ordinal(s['top'])} ")
       + "best so far: "
       f"{100 * s['oracle_epochs_saved']:.1f}%)",
       f"true top 10 stopped: {s['top10_stopped']}; true best stopped: "
@@ -390,7 +391,7 @@ def render_grid(rows: list[dict]) -> str:
   top = rows[0]["top"]
   lines = [f"early stopping replayed on {rows[0]['workdir']} ({rows[0]['models']} fully "
            f"trained models, {rows[0]['epochs']} epochs each), rule: {rows[0]['kind']}, "
-           + (f"beating the {_ordinal(top)} best so far, " if top and top > 1 else "")
+           + (f"beating the {ordinal(top)} best so far, " if top and top > 1 else "")
            + f"after {rows[0]['min_completed']} fully trained models",
            f"{'tau':>6} {'epoch':>5} {'delta':>6} {'R^2':>9} {'stopped':>7} {'saved':>6} "
            f"{'oracle':>6} {'top 10 stopped':>14} {'best stopped':>12}"]

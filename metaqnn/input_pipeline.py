@@ -539,7 +539,7 @@ def _check_labels(name: str, ds, tr_y, va_y, te_y, k, own_val: bool) -> int:
                "--config.dataset.num_classes)")
     raise DatasetError(f"{name}: {which} no training examples{stray}; labels must be 0..k-1 "
                        "with every class present.")
-  counts = np.bincount(tr_y, minlength=k)
+  counts = np.bincount(tr_y.astype(np.int64), minlength=k)  # (NumPy < 2.2.4: no uint64)
   rare = np.flatnonzero(counts < min(5, 0.01 * len(tr_y) / k))
   if len(rare):  # a stray label, most likely: said, not refused (rare classes exist)
     print(f"warning: {name}: class{'es' * (len(rare) > 1)} "

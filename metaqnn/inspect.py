@@ -176,6 +176,8 @@ def _early_stop(config: dict) -> Optional[dict]:
   from metaqnn import early_stop
   rule["epochs"] = int(config["train"]["epochs"])  # a rule needs the train evaluator
   rule["stop_epoch"] = early_stop.stop_epoch(rule["epochs"], float(rule["tau"]))
+  if rule["kind"] == "predictor":
+    rule.setdefault("top", 1)  # (records made before it existed)
   return rule
 
 
@@ -183,6 +185,11 @@ def render(s: dict) -> str:
   """The readable form of `summarize`'s result."""
   return "\n".join(_header(s) + _top_table(s) + _agent_choice(s) + _final_models(s)
                    + _failures(s))
+
+
+def _ordinal(k: int) -> str:
+  from metaqnn.early_stop import ordinal  # (only for a rule that has one)
+  return ordinal(k)
 
 
 def _size(v: Optional[int]) -> str:
@@ -211,7 +218,8 @@ def _header(s: dict) -> list[str]:
   if rule:
     how = "" if rule["kind"] == "median" else (
         f", delta {rule['delta']}, reward {rule['reward']}"
-        + (f", beating the top {rule['top']}" if int(rule.get("top", 1)) > 1 else ""))
+        + (f", beating the {_ordinal(int(rule['top']))} best so far"
+           if int(rule["top"]) > 1 else ""))
     lines.append(f"early stopping: {rule['kind']}, deciding after epoch {rule['stop_epoch']} "
                  f"of {rule['epochs']}{how}, once "
                  f"{rule['min_completed']} models are fully trained; {s['stopped']} stopped")

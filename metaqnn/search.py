@@ -711,8 +711,7 @@ def _check_legacy_rule(workdir: str, fp: dict) -> None:
   if was != fp["early_stop"]:
     raise store_lib.WorkdirError(
         f"the work directory {workdir} was made for another search (differs in: "
-        f"early_stop; it was made with early_stop "
-        f"{', '.join(f'{k}={v}' for k, v in sorted(was.items()))}: give those "
+        f"early_stop; it was made with early_stop {store_lib.rule_text(was)}: give those "
         "--config.early_stop flags); it was left untouched")
 
 
@@ -764,6 +763,10 @@ def _early_stop_rule(config, kind: str, recorded: dict, schedule: agent_lib.Sche
                     f"fully trained models as the schedule's {schedule.total} unique "
                     "models: the rule would never act; lower it (at least 5) or lengthen "
                     "the schedule")
+  if not recorded and rule.kind == "predictor" and rule.top >= schedule.total:
+    raise UserError(f"early_stop.top={rule.top} asks candidates to beat the "
+                    f"{early_stop.ordinal(rule.top)} best of a schedule of {schedule.total} "
+                    "unique models: the rule would never act; lower it (1: beat the best)")
   return rule
 
 

@@ -547,9 +547,18 @@ def _recorded(stored: dict, given: dict) -> str:
             "; it was made with budget " + ", ".join(f"{k}={v}" for k, v in sorted(
                 limits.items())) + ": give those --config.budget flags")
   if "early_stop" in stored and stored["early_stop"] != given.get("early_stop"):
-    rule = ", ".join(f"{k}={v}" for k, v in sorted(stored["early_stop"].items()))
-    out += f"; it was made with early_stop {rule}: give those --config.early_stop flags"
+    out += (f"; it was made with early_stop {rule_text(stored['early_stop'])}: give those "
+            "--config.early_stop flags")
   return out
+
+
+def rule_text(rule: dict) -> str:
+  """An early stopping rule's recorded settings as flags' values, with the defaults the
+  fingerprint leaves out named (a predictor's top=1), so that giving them resumes."""
+  rule = dict(rule)
+  if rule.get("kind") == "predictor":
+    rule.setdefault("top", 1)
+  return ", ".join(f"{k}={v}" for k, v in sorted(rule.items()))
 
 
 def check_workdir(workdir: str) -> None:

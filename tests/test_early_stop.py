@@ -221,6 +221,8 @@ def test_top_k_spares_a_candidate_that_would_enter_the_top_k():
   rule.top = 25  # more than the 24 models known: nothing is stopped yet
   assert rule(parse(archs[0]), [0.0] * rule.epoch) is None
   assert early_stop.kth_best([0.5, 0.9, 0.7], 2) == 0.7
+  assert [early_stop.ordinal(k) for k in (1, 2, 3, 4, 11, 12, 13, 21, 22, 111)] == [
+      "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "111th"]
   # The default leaves the fingerprint as records made before the setting existed had it.
   c = config()
   c.early_stop.kind = "predictor"
@@ -288,6 +290,11 @@ def test_a_rule_that_would_never_act_is_refused_before_anything_is_written(tmp_p
                      "models as the schedule's 12 unique models: the rule would never act"):
     search.run_search(c, str(tmp_path / "w"), tensorboard=False)  # (the train evaluator)
   assert not os.path.exists(tmp_path / "w")
+  c.early_stop.update(min_completed=5, top=12)
+  with pytest.raises(ValueError, match="early_stop.top=12 asks candidates to beat the 12th "
+                     "best of a schedule of 12 unique models: the rule would never act"):
+    search.run_search(c, str(tmp_path / "w"), tensorboard=False)
+  assert not os.path.exists(tmp_path / "w")
   c.early_stop.kind = "none"  # no rule: nothing to wait for
   search.run_search(c, str(tmp_path / "w"), evaluate=curve_evaluate, tensorboard=False)
 
@@ -317,6 +324,10 @@ def test_inspect_ranks_fully_trained_models_only(tmp_path):
   assert "(not ranked: 1 stopped early, their accuracy predicted or partial)" in text
   # the rewards' header names the stopped models, and no over-budget samples (none here)
   assert "over all samples, re-samples, models stopped early included" in text
+  s["early_stop"] = dict(kind="predictor", stop_epoch=2, epochs=8, delta=0.05, top=3,
+                         reward="predicted", min_completed=20)
+  assert ("delta 0.05, reward predicted, beating the 3rd best so far, once 20 models"
+          in inspect_lib.render(s))
 
 
 def search_space_first(c):
