@@ -312,6 +312,10 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
     raise UserError(f"{workdir} holds {len(full)} fully trained models with learning "
                      f"curves; the evaluation needs at least {rule.min_completed + 5} "
                      f"(min_completed {rule.min_completed}{lower}); search longer")
+  if kind == "predictor" and rule.top >= len(full):
+    raise UserError(f"top={rule.top} asks to beat the {ordinal(rule.top)} best of the "
+                    f"{len(full)} fully trained models of {workdir}: the rule would never "
+                    "act; give a lower --top")
   x = np.array([rule.features(r.arch, r.curves[-1]["val_accuracy"]) for r in full])
   seen = np.array([rule.seen(r.curves[-1]["val_accuracy"]) for r in full])
   y = np.array([r.best_val_accuracy for r in full])

@@ -178,6 +178,8 @@ def _early_stop(config: dict) -> Optional[dict]:
   rule["stop_epoch"] = early_stop.stop_epoch(rule["epochs"], float(rule["tau"]))
   if rule["kind"] == "predictor":
     rule.setdefault("top", 1)  # (records made before it existed)
+  else:
+    rule.pop("top", None)  # the median rule has none
   return rule
 
 

@@ -121,7 +121,8 @@ def test_offline_command_json_and_errors(curved_search, tmp_path):
                       (["--tau=0.95"], "leaves nothing to save; give a lower --tau"),
                       (["--kind=median", "--delta=0.1"], "the median rule has neither"),
                       (["--kind=median", "--top=2"], "the median rule has neither"),
-                      (["--top=0"], "--top must be >= 1")):
+                      (["--top=0"], "--top must be >= 1"),
+                      (["--top=1000"], "the rule would never act; give a lower --top")):
     bad = run(f"--workdir={curved_search}", *flags)
     assert bad.returncode == 2 and bad.stderr.startswith("error:"), (flags, bad.stderr)
     assert says in bad.stderr and len(bad.stderr.splitlines()) == 1, bad.stderr
@@ -231,6 +232,12 @@ def test_top_k_spares_a_candidate_that_would_enter_the_top_k():
       {k: v for k, v in c.early_stop.items() if k != "top"})
   c.early_stop.top = 3
   assert search._rule_fingerprint(c.early_stop)["top"] == 3
+  # inspect describes a predictor's top (1 for a record made before it), a median none
+  from metaqnn import inspect as inspect_lib
+  stored = {"train": {"epochs": 8}, "early_stop": {"kind": "predictor", "tau": 0.25}}
+  assert inspect_lib._early_stop(stored)["top"] == 1
+  stored["early_stop"].update(kind="median", top=3)
+  assert "top" not in inspect_lib._early_stop(stored)
 
 
 def test_with_the_soft_objective_the_rule_compares_rewards():
