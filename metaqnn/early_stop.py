@@ -161,7 +161,8 @@ class Rule:
     check_config(config)
     e, t = config.early_stop, config.train
     self.kind, self.delta, self.reward = str(e.kind), float(e.delta), str(e.reward)
-    self.top = int(e.get("top", 1))  # beat the top-th best so far (1: the best)
+    # beat the top-th best so far (1: the best; the median rule compares with the median)
+    self.top = int(e.get("top", 1)) if self.kind == "predictor" else 1
     self.min_completed, self.refit_every = int(e.min_completed), int(e.refit_every)
     self.epochs = int(t.epochs)
     self.epoch = stop_epoch(self.epochs, float(e.tau))
@@ -312,7 +313,7 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
     raise UserError(f"{workdir} holds {len(full)} fully trained models with learning "
                      f"curves; the evaluation needs at least {rule.min_completed + 5} "
                      f"(min_completed {rule.min_completed}{lower}); search longer")
-  if kind == "predictor" and rule.top >= len(full):
+  if rule.top >= len(full):  # (1 for the median rule)
     raise UserError(f"top={rule.top} asks to beat the {ordinal(rule.top)} best of the "
                     f"{len(full)} fully trained models of {workdir}: the rule would never "
                     "act; give a lower --top")
@@ -337,7 +338,7 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
   # best: leaving it out of the ranking changes no top-th best after it.)
   oracle, seen = 0, []
   for i, r in enumerate(full):
-    bar = kth_best(seen, rule.top) if rule.kind == "predictor" else max(seen, default=None)
+    bar = kth_best(seen, rule.top)
     oracle += i >= rule.min_completed and bar is not None and r.accuracy < bar
     seen.append(r.accuracy)
   ranked = sorted(full, key=results.rank_key)
@@ -366,6 +367,12 @@ def ordinal(k: int) -> str:
   return f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
 
 
+def beating(top: Optional[int]) -> str:
+  """What a rule with `early_stop.top` > 1 must beat, for a description ("" for the
+  best: the follow-up paper's rule, and the median rule's None)."""
+  return f"beating the {ordinal(top)} best so far" if top and top > 1 else ""
+
+
 def _r2(s: dict) -> str:
   return "undefined" if s["r2"] is None else f"{s['r2']:.3f}"
 
@@ -376,15 +383,14 @@ def render(s: dict) -> str:
       f"early stopping replayed on {s['workdir']} ({s['models']} fully trained models)",
       f"rule: {s['kind']}, decide after epoch {s['stop_epoch']} of {s['epochs']} "
       f"(tau {s['tau']:g}), " + ("" if median else f"delta {s['delta']:g}, ")
-      + (f"beating the {ordinal(s['top'])} best so far, " if (s["top"] or 1) > 1 else "")
+      + (f"{beating(s['top'])}, " if beating(s["top"]) else "")
       + f"after {s['min_completed']} fully trained models",
       f"predictor R^2 on held-out models (5-fold): {_r2(s)}"
       + (" (for reference: the median rule does not use it)" if median else "")
       + (" (every model ends at the same accuracy)" if s["r2"] is None else ""),
       f"stopped {s['stopped']} models; training epochs saved: {100 * s['epochs_saved']:.1f}% "
       f"(a rule that stopped exactly the models ending below the "
-      + ("" if median or s["top"] == 1 else f"{ordinal(s['top'])} ")
-      + "best so far: "
+      + (f"{ordinal(s['top'])} " if beating(s["top"]) else "") + "best so far: "
       f"{100 * s['oracle_epochs_saved']:.1f}%)",
       f"true top 10 stopped: {s['top10_stopped']}; true best stopped: "
       f"{'yes' if s['best_stopped'] else 'no'}"])
@@ -392,10 +398,10 @@ def render(s: dict) -> str:
 
 def render_grid(rows: list[dict]) -> str:
   """One line per (tau, delta): to choose them before spending GPU time."""
-  top = rows[0]["top"]
+  bar = beating(rows[0]["top"])
   lines = [f"early stopping replayed on {rows[0]['workdir']} ({rows[0]['models']} fully "
            f"trained models, {rows[0]['epochs']} epochs each), rule: {rows[0]['kind']}, "
-           + (f"beating the {ordinal(top)} best so far, " if top and top > 1 else "")
+           + (f"{bar}, " if bar else "")
            + f"after {rows[0]['min_completed']} fully trained models",
            f"{'tau':>6} {'epoch':>5} {'delta':>6} {'R^2':>9} {'stopped':>7} {'saved':>6} "
            f"{'oracle':>6} {'top 10 stopped':>14} {'best stopped':>12}"]

@@ -189,11 +189,6 @@ def render(s: dict) -> str:
                    + _failures(s))
 
 
-def _ordinal(k: int) -> str:
-  from metaqnn.early_stop import ordinal  # (only for a rule that has one)
-  return ordinal(k)
-
-
 def _size(v: Optional[int]) -> str:
   return "?" if v is None else f"{v:,}"
 
@@ -218,10 +213,11 @@ def _header(s: dict) -> list[str]:
                  f"{s['over_budget_unique']} distinct (status over_budget, never trained)")
   rule = s.get("early_stop")
   if rule:
-    how = "" if rule["kind"] == "median" else (
-        f", delta {rule['delta']}, reward {rule['reward']}"
-        + (f", beating the {_ordinal(int(rule['top']))} best so far"
-           if int(rule["top"]) > 1 else ""))
+    how = ""
+    if rule["kind"] != "median":
+      from metaqnn.early_stop import beating  # (JAX: only for a search that had a rule)
+      bar = beating(int(rule["top"]))
+      how = f", delta {rule['delta']}, reward {rule['reward']}" + (f", {bar}" if bar else "")
     lines.append(f"early stopping: {rule['kind']}, deciding after epoch {rule['stop_epoch']} "
                  f"of {rule['epochs']}{how}, once "
                  f"{rule['min_completed']} models are fully trained; {s['stopped']} stopped")

@@ -216,6 +216,11 @@ def plot_q_values(agent, path: str, title: str) -> None:
   plt.close(fig)
 
 
+# Curves cut short, by status: (line style, end marker, what the title says).
+_CUT = {"stopped": ("--", "x", "stopped early: dashed, ending in x"),
+        "timeout": (":", "+", "train.max_seconds: dotted, ending in +")}
+
+
 def plot_curves(records, path: str, title: str, top: int = 10) -> bool:
   """Learning curves (validation accuracy per epoch, last attempt): the top models, and
   every trained model coloured by the epsilon it was sampled under. False if the record
@@ -240,17 +245,16 @@ def plot_curves(records, path: str, title: str, top: int = 10) -> bool:
   if full:
     ax_top.legend(fontsize=7)
   cmap = _epsilon_colours(plt)
-  ends = {"stopped": [], "timeout": []}  # where a curve was cut short, by what
+  ends = {status: [] for status in _CUT}  # where a curve was cut short, by what
   for r in trained:
     acc = r.curves[-1]["val_accuracy"]
-    style = {"stopped": "--", "timeout": ":"}.get(r.status, "-")
+    style = _CUT[r.status][0] if r.status in _CUT else "-"
     ax_all.plot(range(1, len(acc) + 1), acc, style, color=cmap(r.epsilon),
                 alpha=0.35, lw=0.8, marker="." if len(acc) == 1 else None)  # else unseen
     if r.status in ends:  # a black mark where it stopped, over any colour
       ends[r.status].append((len(acc), acc[-1]))
   cut = []
-  for status, marker, what in (("stopped", "x", "stopped early: dashed, ending in x"),
-                               ("timeout", "+", "train.max_seconds: dotted, ending in +")):
+  for status, (_, marker, what) in _CUT.items():
     if ends[status]:
       ax_all.scatter(*zip(*ends[status]), marker=marker, color="k", s=18, lw=0.8, zorder=3)
       cut.append(what)

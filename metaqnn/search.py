@@ -763,7 +763,7 @@ def _early_stop_rule(config, kind: str, recorded: dict, schedule: agent_lib.Sche
                     f"fully trained models as the schedule's {schedule.total} unique "
                     "models: the rule would never act; lower it (at least 5) or lengthen "
                     "the schedule")
-  if not recorded and rule.kind == "predictor" and rule.top >= schedule.total:
+  if not recorded and rule.top >= schedule.total:  # (1 for the median rule)
     raise UserError(f"early_stop.top={rule.top} asks candidates to beat the "
                     f"{early_stop.ordinal(rule.top)} best of a schedule of {schedule.total} "
                     "unique models: the rule would never act; lower it (1: beat the best)")
