@@ -74,6 +74,9 @@ def check_config(config: Any) -> None:
     raise UserError(f"early_stop.delta={e.delta} must be a probability in (0, 1)")
   if int(e.get("top", 1)) < 1:
     raise UserError(f"early_stop.top must be >= 1 (1: beat the best so far), got {e.top}")
+  if e.kind == "median" and int(e.get("top", 1)) != 1:
+    raise UserError(f"early_stop.top={e.top} is the predictor's; the median rule compares "
+                    "with the median so far (leave top at 1)")
   if int(e.min_completed) < 5 or int(e.refit_every) < 1:
     raise UserError(f"early_stop.min_completed must be >= 5 and refit_every >= 1, got "
                     f"{e.min_completed} and {e.refit_every}")

@@ -517,15 +517,17 @@ def without_default_optimizer(train: dict) -> dict:
 def differences(stored: dict, given: dict, prefix: str = "") -> list[str]:
   """The settings (dotted paths, e.g. training.train.epochs) in which two fingerprints
   differ; a section whose fields differ too (another early stopping rule) by its name,
-  except the training settings, named field by field (one set only on one side, such as
-  train.optimizer, too). Their copy of the data set's name is left out: "dataset" says it."""
+  except the training settings and a rule of the same kind, named field by field (one
+  set only on one side, such as train.optimizer or a rule's top, too). Their copy of the
+  data set's name is left out: "dataset" says it."""
   out = []
   for k in sorted(set(stored) | set(given)):
     a, b = stored.get(k), given.get(k)
     if a == b or prefix + k == "training.dataset.name":
       continue
     nested = isinstance(a, dict) and isinstance(b, dict) and (
-        set(a) == set(b) or (prefix + k).startswith("training"))
+        set(a) == set(b) or (prefix + k).startswith("training")
+        or (prefix + k == "early_stop" and a.get("kind") == b.get("kind")))
     out += differences(a, b, f"{prefix}{k}.") if nested else [prefix + k]
   return out
 

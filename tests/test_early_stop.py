@@ -281,6 +281,16 @@ def test_bad_settings_are_one_line(field, value, match, kind):
     early_stop.check_config(c)
 
 
+def test_a_top_for_the_median_rule_is_refused():
+  """The median rule compares with the median: a top given with it would be ignored."""
+  c = config()
+  c.early_stop.update(kind="median", top=3)
+  with pytest.raises(ValueError, match="early_stop.top=3 is the predictor's"):
+    early_stop.check_config(c)
+  c.early_stop.top = 1
+  early_stop.check_config(c)
+
+
 def test_tau_is_checked_against_the_epochs_only_when_a_rule_runs():
   c = config()
   c.train.epochs = 1

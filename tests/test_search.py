@@ -857,9 +857,14 @@ def test_the_early_stopping_rule_is_part_of_the_search(tmp_path):
   top3 = small_config("1.0:12")
   top3.early_stop.update(kind="predictor", min_completed=5, top=3)
   store_lib.Store(str(tmp_path / "p"), fp).close()
-  with pytest.raises(WorkdirError, match=r"min_completed=5, refit_every=10, "
+  with pytest.raises(WorkdirError, match=r"differs in: early_stop.top; it was made with "
+                     r"early_stop delta=0.05, kind=predictor, min_completed=5, refit_every=10, "
                      r"reward=predicted, tau=0.25, top=1: give those"):
     store_lib.Store(str(tmp_path / "p"), search.fingerprint(top3, "synthetic", 20))
+  store_lib.Store(str(tmp_path / "p3"), search.fingerprint(top3, "synthetic", 20)).close()
+  with pytest.raises(WorkdirError, match=r"differs in: early_stop.top; it was made with "
+                     r"early_stop delta=0.05, kind=predictor, .*tau=0.25, top=3: give those"):
+    store_lib.Store(str(tmp_path / "p3"), fp)  # the same rule, its top left off
   # A record from before: its fingerprint has no early_stop entry.
   db = sqlite3.connect(os.path.join(work, store_lib.DB_FILE))
   stored = json.loads(db.execute("SELECT value FROM meta WHERE key='fingerprint'").fetchone()[0])
