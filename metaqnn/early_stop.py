@@ -273,6 +273,8 @@ def _set_replay_rule(config, kind: str, tau: Optional[float], delta: Optional[fl
     config.early_stop.min_completed = min_completed
   if top is not None:
     config.early_stop.top = top
+  if kind == "median":  # it has no top: one recorded beside kind "none" does not apply
+    config.early_stop.top = 1
 
 
 def _check_replayable(workdir: str, config, records: list, evaluator: Optional[str]) -> None:

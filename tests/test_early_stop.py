@@ -289,6 +289,10 @@ def test_a_top_for_the_median_rule_is_refused():
     early_stop.check_config(c)
   c.early_stop.top = 1
   early_stop.check_config(c)
+  # A record searched without a rule but with top=3 set replays the median rule.
+  c.early_stop.update(kind="none", top=3)
+  early_stop._set_replay_rule(c, "median", None, None, None)
+  assert early_stop.Rule(c).top == 1
 
 
 def test_tau_is_checked_against_the_epochs_only_when_a_rule_runs():
