@@ -542,17 +542,27 @@ def _check_labels(name: str, ds, tr_y, va_y, te_y, k, own_val: bool) -> int:
   counts = np.bincount(tr_y.astype(np.int64), minlength=k)  # (NumPy < 2.2.4: no uint64)
   rare = np.flatnonzero(counts < min(5, 0.01 * len(tr_y) / k))
   if len(rare):  # a stray label, most likely: said, not refused (rare classes exist)
-    print(f"warning: {name}: class{'es' * (len(rare) > 1)} "
-          f"{', '.join(map(str, rare[:10]))}{', ...' * (len(rare) > 10)} of 0..{k - 1} "
-          f"{'have' if len(rare) > 1 else 'has'} under 1% of the mean number of training "
-          f"examples per class ({', '.join(str(int(counts[c])) for c in rare[:10])}); "
-          "check those labels", file=sys.stderr)
+    _warn_once(f"warning: {name}: class{'es' * (len(rare) > 1)} "
+               f"{', '.join(map(str, rare[:10]))}{', ...' * (len(rare) > 10)} of "
+               f"0..{k - 1} {'have' if len(rare) > 1 else 'has'} under 1% of the mean "
+               "number of training examples per class "
+               f"({', '.join(str(int(counts[c])) for c in rare[:10])}); check those labels")
   if own_val and len(va_y) and len(np.unique(va_y)) < 2:
     raise DatasetError(
         f"{name}: its validation split holds class {int(va_y[0])} only; the reward is a "
         "validation accuracy, which a constant guess would max out: add examples of the "
         "other classes there, or leave the split out to have one carved from train.")
   return k
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(line: str) -> None:
+  """Says `line` on stderr once per process: the final stage loads the data again."""
+  if line not in _WARNED:
+    _WARNED.add(line)
+    print(line, file=sys.stderr)
 
 
 def _first_missing(present: np.ndarray, k: int, n: int = 10) -> list[int]:

@@ -5,7 +5,7 @@ search found, put to use.
 
 `--model`: a final model's folder, or the `checkpoint` folder in it. `--images`: one
 image file, a folder of image files (subfolders included), or an .npz whose images are
-`x` (or `x_test`). Images are read with the model's channels (grey, RGB) and resized to
+`x` (or `x_test`, or its only array). Images are read with the model's channels (grey, RGB) and resized to
 its side when theirs differs, as `dataset.resize` does. Each image gets its top classes
 and their probabilities, named as the data names them (a folder's class folders, the
 built-in and tfds sets' names), else by index. Images in folders named after the
@@ -210,7 +210,8 @@ if __name__ == "__main__":
   from absl import flags
   from metaqnn import cli
   flags.DEFINE_string("model", None, "A final model's folder (or its checkpoint).")
-  flags.DEFINE_string("images", None, "An image file, a folder of them, or an .npz (x).")
+  flags.DEFINE_string("images", None, "An image file, a folder of them, or an .npz (x, "
+                      "x_test or its only array).")
   flags.DEFINE_integer("top", 1, "Classes shown per image.")
   flags.DEFINE_bool("json", False, "One JSON object instead of lines.")
   cli.run(main)

@@ -204,6 +204,8 @@ def test_a_stray_label_is_named(tmp_path, capsys):
   assert ip.resolve(_config(f"npz:{tmp_path}/extra.npz")).num_classes == 6
   err = capsys.readouterr().err
   assert "warning: npz:" in err and "class 5 of 0..5 has under 1%" in err, err
+  ip.resolve(_config(f"npz:{tmp_path}/extra.npz"))  # again (the final stage): said once
+  assert "warning" not in capsys.readouterr().err
   y[5] = 4  # balanced classes: no word
   np.savez(tmp_path / "ok.npz", x_train=x, y_train=y)
   ip.resolve(_config(f"npz:{tmp_path}/ok.npz"))
