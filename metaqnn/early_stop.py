@@ -348,6 +348,10 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
     seen.append(r.accuracy)
   ranked = sorted(full, key=results.rank_key)
   top10 = [r.iteration for r in ranked[:10]]
+  # The ceiling: every fully trained model but the true top 10 stopped after epoch tau,
+  # from the first model on. No rule deciding then that keeps the top 10 saves more;
+  # what lies beyond it (models that never learned, restarts) no such rule can save.
+  ceiling = (len(full) - len(top10)) * (rule.epochs - rule.epoch)
   return {"workdir": workdir, "kind": kind, "tau": float(config.early_stop.tau),
           "stop_epoch": rule.epoch, "epochs": rule.epochs,
           # The median rule has no delta.
@@ -363,6 +367,7 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
           "epochs_saved": saved / total_epochs if total_epochs else 0.0,
           "oracle_epochs_saved": (oracle * (rule.epochs - rule.epoch) / total_epochs
                                   if total_epochs else 0.0),
+          "ceiling_epochs_saved": ceiling / total_epochs if total_epochs else 0.0,
           "top10_stopped": sum(i in stopped for i in top10),
           "best_stopped": top10[0] in stopped}
 
@@ -397,6 +402,9 @@ def render(s: dict) -> str:
       f"(a rule that stopped exactly the models ending below the "
       + (f"{ordinal(s['top'])} " if beating(s["top"]) else "") + "best so far: "
       f"{100 * s['oracle_epochs_saved']:.1f}%)",
+      f"ceiling: {100 * s['ceiling_epochs_saved']:.1f}% (every model but the true top 10 "
+      f"stopped after epoch {s['stop_epoch']}; no rule deciding then saves more and keeps "
+      "them)",
       f"true top 10 stopped: {s['top10_stopped']}; true best stopped: "
       f"{'yes' if s['best_stopped'] else 'no'}"])
 
@@ -409,12 +417,13 @@ def render_grid(rows: list[dict]) -> str:
            + (f"{bar}, " if bar else "")
            + f"after {rows[0]['min_completed']} fully trained models",
            f"{'tau':>6} {'epoch':>5} {'delta':>6} {'R^2':>9} {'stopped':>7} {'saved':>6} "
-           f"{'oracle':>6} {'top 10 stopped':>14} {'best stopped':>12}"]
+           f"{'oracle':>6} {'ceiling':>7} {'top 10 stopped':>14} {'best stopped':>12}"]
   for s in rows:
     delta = "-" if s["kind"] == "median" else f"{s['delta']:g}"  # the median rule has none
     lines.append(f"{s['tau']:>6g} {s['stop_epoch']:>5} {delta:>6} {_r2(s):>9} "
                  f"{s['stopped']:>7} {100 * s['epochs_saved']:>5.1f}% "
-                 f"{100 * s['oracle_epochs_saved']:>5.1f}% {s['top10_stopped']:>14} "
+                 f"{100 * s['oracle_epochs_saved']:>5.1f}% "
+                 f"{100 * s['ceiling_epochs_saved']:>6.1f}% {s['top10_stopped']:>14} "
                  f"{'yes' if s['best_stopped'] else 'no':>12}")
   return "\n".join(lines)
 

@@ -75,6 +75,14 @@ def test_offline_replay_predicts_and_saves_epochs(curved_search):
   assert s["epochs_saved"] > 0.3
   # The oracle stops every model that ends below the best so far: most of these.
   assert s["epochs_saved"] - 0.1 < s["oracle_epochs_saved"] <= 1 - 2 / EPOCHS
+  # The ceiling: all but the true top 10 stopped after epoch 2. The rule saves more only
+  # by stopping some of them.
+  with store_lib.open_existing(curved_search) as store:
+    total = sum(len(c["val_accuracy"]) for r in store.models() if not r.resampled
+                for c in r.curves)
+  assert s["ceiling_epochs_saved"] == pytest.approx((s["models"] - 10) * (EPOCHS - 2) / total)
+  assert s["epochs_saved"] <= (s["ceiling_epochs_saved"]
+                               + s["top10_stopped"] * (EPOCHS - 2) / total + 1e-12)
   # Not asserted: that the best is kept. These curves' ends depend on a rate that only
   # their shape reveals, and the best is a slow starter that climbs further than any of
   # the first 20 models; the predictor, fitted on those, stops it (see `Predictor`).
@@ -88,7 +96,8 @@ def test_offline_command_json_and_errors(curved_search, tmp_path):
   out = run(f"--workdir={curved_search}", "--json")
   assert out.returncode == 0, out.stderr
   s = json.loads(out.stdout)
-  assert {"r2", "epochs_saved", "oracle_epochs_saved", "top10_stopped", "best_stopped"} <= set(s)
+  assert {"r2", "epochs_saved", "oracle_epochs_saved", "ceiling_epochs_saved", "top10_stopped",
+          "best_stopped"} <= set(s)
   assert s["r2_of"] == "predictor"  # (with --kind=median too: that rule predicts nothing)
   grid = run(f"--workdir={curved_search}", "--json", "--tau=0.125,0.25", "--delta=0.05,0.5")
   assert grid.returncode == 0, grid.stderr
