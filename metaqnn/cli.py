@@ -153,9 +153,11 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def _last_line(e: BaseException) -> str:
-  """The last line of an error's text (a traceback's: what went wrong)."""
+  """The last line of an error's text (a traceback's: what went wrong), without the class
+  name of metaqnn's own errors (a config file that refuses its argument): their words
+  are for the user."""
   lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-  return lines[-1] if lines else type(e).__name__
+  return re.sub(r"^metaqnn\.[\w.]*Error: ", "", lines[-1]) if lines else type(e).__name__
 
 
 def _whole_numbers(argv: list[str]) -> list[str]:

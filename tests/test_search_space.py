@@ -389,7 +389,9 @@ def test_a_config_file_that_cannot_load_is_its_last_line(tmp_path):
   for config, says in ((tmp_path / "broken.py", "ValueError: bad thing"),
                        (tmp_path / "nofunction.py", "it defines no get_config() function"),
                        ("configs/digits.py:foo", "only configs/custom.py takes an argument"),
-                       (tmp_path / "syntax.py", "SyntaxError: invalid syntax (")):
+                       (tmp_path / "syntax.py", "SyntaxError: invalid syntax ("),
+                       # metaqnn's own error, raised by the file: its words, not its class
+                       ("configs/custom.py:imagenet_fake", "file: unknown data set")):
     out = run(config)
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert out.stderr.startswith("error: cannot load the config file: ") and says in \
