@@ -273,7 +273,7 @@ def _set_replay_rule(config, kind: str, tau: Optional[float], delta: Optional[fl
     config.early_stop.min_completed = min_completed
   if top is not None:
     config.early_stop.top = top
-  if kind == "median":  # it has no top: one recorded beside kind "none" does not apply
+  elif kind == "median":  # it has no top: one recorded beside kind "none" does not apply
     config.early_stop.top = 1
 
 
@@ -348,10 +348,14 @@ def evaluate_offline(workdir: str, tau: Optional[float] = None,
     seen.append(r.accuracy)
   ranked = sorted(full, key=results.rank_key)
   top10 = [r.iteration for r in ranked[:10]]
-  # The ceiling: every fully trained model but the true top 10 stopped after epoch tau,
-  # from the first model on. No rule deciding then that keeps the top 10 saves more;
-  # what lies beyond it (models that never learned, restarts) no such rule can save.
-  ceiling = (len(full) - len(top10)) * (rule.epochs - rule.epoch)
+  # The ceiling: every model but the true top 10 stopped after epoch tau, from the first
+  # model on (the fully trained ones, and any other whose last attempt ran past tau: cut
+  # by a timeout, or diverged). No rule deciding then that keeps the top 10 saves more;
+  # the one-epoch attempts of models that never learned, and restarts, no such rule can.
+  trained = {r.iteration for r in full}
+  ceiling = (len(full) - len(top10)) * (rule.epochs - rule.epoch) + sum(
+      max(0, len(r.curves[-1]["val_accuracy"]) - rule.epoch)
+      for r in records if r.curves and r.iteration not in trained)
   return {"workdir": workdir, "kind": kind, "tau": float(config.early_stop.tau),
           "stop_epoch": rule.epoch, "epochs": rule.epochs,
           # The median rule has no delta.
@@ -403,7 +407,7 @@ def render(s: dict) -> str:
       + (f"{ordinal(s['top'])} " if beating(s["top"]) else "") + "best so far: "
       f"{100 * s['oracle_epochs_saved']:.1f}%)",
       f"ceiling: {100 * s['ceiling_epochs_saved']:.1f}% (every model but the true top 10 "
-      f"stopped after epoch {s['stop_epoch']}; no rule deciding then saves more and keeps "
+      f"stopped after epoch {s['stop_epoch']}: no rule deciding then saves more and keeps "
       "them)",
       f"true top 10 stopped: {s['top10_stopped']}; true best stopped: "
       f"{'yes' if s['best_stopped'] else 'no'}"])

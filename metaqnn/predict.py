@@ -5,12 +5,12 @@ search found, put to use.
 
 `--model`: a final model's folder, or the `checkpoint` folder in it. `--images`: one
 image file, a folder of image files (subfolders included), or an .npz whose images are
-`x` (or `x_test`, or its only array). Images are read with the model's channels (grey, RGB) and resized to
-its side when theirs differs, as `dataset.resize` does. Each image gets its top classes
-and their probabilities, named as the data names them (a folder's class folders, the
-built-in and tfds sets' names), else by index. Images in folders named after the
-model's classes (PATH/<class>/..., or PATH/<index>/...) also give the accuracy on them.
-Hidden files and folders are skipped, as in the search.
+`x` (or `x_test`, or its only array). Images are read with the model's channels (grey,
+RGB) and resized to its side when theirs differs, as `dataset.resize` does. Each image
+gets its top classes and their probabilities, named as the data names them (a folder's
+class folders, the built-in and tfds sets' names), else by index. Images in folders
+named after the model's classes (PATH/<class>/..., or PATH/<index>/...) also give the
+accuracy on them. Hidden files and folders are skipped, as in the search.
 
 In Python: `model = predict.load(path)`, then `model.predict(images)`: class
 probabilities [N, classes] of uint8 images [N, H, W, C] of the model's shape. It computes

@@ -709,10 +709,11 @@ def _check_legacy_rule(workdir: str, fp: dict) -> None:
   stopping existed): another would mix two rules' rewards."""
   was = _rule_fingerprint(store_lib.stored_config(workdir).get("early_stop"))
   if was != fp["early_stop"]:
+    differ = store_lib.differences({"early_stop": was}, {"early_stop": fp["early_stop"]})
     raise store_lib.WorkdirError(
         f"the work directory {workdir} was made for another search (differs in: "
-        f"early_stop; it was made with early_stop {store_lib.rule_text(was)}: give those "
-        "--config.early_stop flags); it was left untouched")
+        f"{', '.join(differ)}; it was made with early_stop {store_lib.rule_text(was)}: give "
+        "those --config.early_stop flags); it was left untouched")
 
 
 def _record_settings(plan: _Plan, store: store_lib.Store) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import digits
-from metaqnn import early_stop, evaluators, search
+from metaqnn import early_stop, evaluators, results, search
 from metaqnn import store as store_lib
 from metaqnn.architecture import parse
 from metaqnn.results import Result
@@ -75,12 +75,16 @@ def test_offline_replay_predicts_and_saves_epochs(curved_search):
   assert s["epochs_saved"] > 0.3
   # The oracle stops every model that ends below the best so far: most of these.
   assert s["epochs_saved"] - 0.1 < s["oracle_epochs_saved"] <= 1 - 2 / EPOCHS
-  # The ceiling: all but the true top 10 stopped after epoch 2. The rule saves more only
-  # by stopping some of them.
+  # The ceiling: all but the true top 10 stopped after epoch 2 (fully trained or not).
+  # The rule saves more only by stopping some of them.
   with store_lib.open_existing(curved_search) as store:
-    total = sum(len(c["val_accuracy"]) for r in store.models() if not r.resampled
-                for c in r.curves)
-  assert s["ceiling_epochs_saved"] == pytest.approx((s["models"] - 10) * (EPOCHS - 2) / total)
+    records = [r for r in store.models() if not r.resampled]
+  total = sum(len(c["val_accuracy"]) for r in records for c in r.curves)
+  full = lambda r: r.status == "ok" and len(r.curves[-1]["val_accuracy"]) == EPOCHS
+  top10 = {r.iteration for r in sorted(filter(full, records), key=results.rank_key)[:10]}
+  past_tau = sum(max(0, len(r.curves[-1]["val_accuracy"]) - 2) for r in records
+                 if r.curves and r.iteration not in top10)
+  assert s["ceiling_epochs_saved"] == pytest.approx(past_tau / total)
   assert s["epochs_saved"] <= (s["ceiling_epochs_saved"]
                                + s["top10_stopped"] * (EPOCHS - 2) / total + 1e-12)
   # Not asserted: that the best is kept. These curves' ends depend on a rate that only
@@ -88,6 +92,8 @@ def test_offline_replay_predicts_and_saves_epochs(curved_search):
   # the first 20 models; the predictor, fitted on those, stops it (see `Predictor`).
   median = early_stop.evaluate_offline(curved_search, kind="median")
   assert 0 < median["epochs_saved"] < 1
+  with pytest.raises(ValueError, match="early_stop.top=3 is the predictor's"):
+    early_stop.evaluate_offline(curved_search, kind="median", top=3)  # not ignored
 
 
 def test_offline_command_json_and_errors(curved_search, tmp_path):
