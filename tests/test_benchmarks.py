@@ -184,3 +184,23 @@ def test_shapes_writes_an_npz_and_a_folder_of_mixed_sizes(tmp_path):
   i = min(int(f[:-4]) for f in os.listdir(folder / "circle") if int(f[:-4]) % 3 == 0)
   same = np.asarray(Image.open(folder / "circle" / f"{i:05d}.png"))
   assert (same == arrays["x_train"][i]).all()  # the 20x20 ones are the npz's own
+
+
+def test_stripes_writes_an_npz_and_train_test_folders_of_two_sizes(tmp_path):
+  """The third RGB data set of BENCHMARKS.md: balanced classes, the folder's splits in
+  two sizes (a search of it must resize), its 20x20 images the npz's own."""
+  from PIL import Image
+  proc = subprocess.run([sys.executable, "benchmarks/stripes.py", f"--out={tmp_path}"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  arrays = np.load(tmp_path / "stripes.npz")
+  assert arrays["x_train"].shape == (800, 20, 20, 3) and arrays["x_test"].shape[0] == 200
+  assert arrays["x_train"].dtype == np.uint8
+  assert np.bincount(arrays["y_train"]).tolist() == [200] * 4
+  for split, n in (("train", 800), ("test", 200)):
+    folder = tmp_path / "stripes_folder" / split
+    files = [(c, f) for c in os.listdir(folder) for f in os.listdir(folder / c)]
+    assert len(files) == n
+    assert {Image.open(folder / c / f).size for c, f in files} == {(20, 20), (24, 24)}
+  c, f = next((c, f) for c, f in files if int(f[:-4]) % 3)
+  assert (np.asarray(Image.open(folder / c / f)) == arrays["x_test"][int(f[:-4])]).all()
