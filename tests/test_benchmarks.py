@@ -170,13 +170,7 @@ def test_shapes_writes_an_npz_and_a_folder_of_mixed_sizes(tmp_path):
   """The RGB data set of BENCHMARKS.md's acceptance runs: balanced classes, and a folder
   whose images come in three sizes (a search of it must resize)."""
   from PIL import Image
-  proc = subprocess.run([sys.executable, "benchmarks/shapes.py", f"--out={tmp_path}"],
-                        cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  arrays = np.load(tmp_path / "shapes.npz")
-  assert arrays["x_train"].shape == (1000, 20, 20, 3) and arrays["x_test"].shape[0] == 300
-  assert arrays["x_train"].dtype == np.uint8
-  assert np.bincount(arrays["y_train"]).tolist() == [200] * 5
+  arrays = _generated("shapes", tmp_path, train=1000, test=300, classes=5)
   folder = tmp_path / "shapes_folder"
   sizes = {Image.open(folder / c / f).size for c in os.listdir(folder)
            for f in os.listdir(folder / c)}
@@ -190,13 +184,7 @@ def test_stripes_writes_an_npz_and_train_test_folders_of_two_sizes(tmp_path):
   """The third RGB data set of BENCHMARKS.md: balanced classes, the folder's splits in
   two sizes (a search of it must resize), its 20x20 images the npz's own."""
   from PIL import Image
-  proc = subprocess.run([sys.executable, "benchmarks/stripes.py", f"--out={tmp_path}"],
-                        cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  arrays = np.load(tmp_path / "stripes.npz")
-  assert arrays["x_train"].shape == (800, 20, 20, 3) and arrays["x_test"].shape[0] == 200
-  assert arrays["x_train"].dtype == np.uint8
-  assert np.bincount(arrays["y_train"]).tolist() == [200] * 4
+  arrays = _generated("stripes", tmp_path, train=800, test=200, classes=4)
   for split, n in (("train", 800), ("test", 200)):
     folder = tmp_path / "stripes_folder" / split
     files = [(c, f) for c in os.listdir(folder) for f in os.listdir(folder / c)]
@@ -204,3 +192,15 @@ def test_stripes_writes_an_npz_and_train_test_folders_of_two_sizes(tmp_path):
     assert {Image.open(folder / c / f).size for c, f in files} == {(20, 20), (24, 24)}
   c, f = next((c, f) for c, f in files if int(f[:-4]) % 3)
   assert (np.asarray(Image.open(folder / c / f)) == arrays["x_test"][int(f[:-4])]).all()
+
+
+def _generated(name: str, out, train: int, test: int, classes: int):
+  """The arrays `benchmarks/<name>.py --out=OUT` writes: 20x20 RGB uint8, balanced."""
+  proc = subprocess.run([sys.executable, f"benchmarks/{name}.py", f"--out={out}"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  arrays = np.load(out / f"{name}.npz")
+  assert arrays["x_train"].shape == (train, 20, 20, 3) and len(arrays["x_test"]) == test
+  assert arrays["x_train"].dtype == np.uint8
+  assert np.bincount(arrays["y_train"]).tolist() == [train // classes] * classes
+  return arrays
