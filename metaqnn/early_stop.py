@@ -164,8 +164,8 @@ class Rule:
     check_config(config)
     e, t = config.early_stop, config.train
     self.kind, self.delta, self.reward = str(e.kind), float(e.delta), str(e.reward)
-    # beat the top-th best so far (1: the best; the median rule compares with the median)
-    self.top = int(e.get("top", 1)) if self.kind == "predictor" else 1
+    # beat the top-th best so far (1: the best; check_config keeps the median rule's at 1)
+    self.top = int(e.get("top", 1))
     self.min_completed, self.refit_every = int(e.min_completed), int(e.refit_every)
     self.epochs = int(t.epochs)
     self.epoch = stop_epoch(self.epochs, float(e.tau))
